@@ -1,0 +1,255 @@
+"""The typed, frozen parameter model of the ``chronos-training`` flow.
+
+Prefect renders :class:`TrainingParams` as the deployment's UI form; the same fields load from a
+YAML file (``load_config``) and any field can be overridden with ``--set section.field=value``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from chronos_flows.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO_ROOT / "data" / "us_gasoline.csv"
+DEFAULT_STORE_DIR = ".chronos-flows"
+QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    path: str = Field(
+        str(DEFAULT_DATA),
+        description="Input file: local path, file:// URL or s3:// URI (CSV, Parquet or Excel).",
+    )
+    format: Literal["auto", "csv", "parquet", "excel"] = Field(
+        "auto", description="File format; 'auto' decides from the file extension."
+    )
+    layout: Literal["long", "wide"] = Field(
+        "long", description="'long': one row per (series, timestamp); 'wide': one column per series."
+    )
+    id_column: Optional[str] = Field(
+        "unique_id", description="Series id column (long layout). If absent from a long file, the whole file is one series."
+    )
+    timestamp_column: str = Field("ds", description="Timestamp column.")
+    target_column: str = Field("y", description="Target column (long layout).")
+    sheet: Optional[str] = Field(None, description="Excel sheet name (first sheet when empty).")
+
+
+class CleaningConfig(_Frozen):
+    freq: Optional[str] = Field(None, description="Pandas frequency alias (e.g. 'W-MON', 'MS'); inferred when empty.")
+    duplicates: Literal["mean", "first", "last", "sum"] = Field(
+        "mean", description="How rows with the same series and timestamp are combined."
+    )
+    fill_method: Literal["interpolate", "ffill", "zero"] = Field(
+        "interpolate", description="How missing timestamps inside a series are filled (each fill is counted)."
+    )
+    outliers: Literal["flag", "replace", "off"] = Field(
+        "flag",
+        description="Robust-STL + IQR outliers: 'flag' marks them, 'replace' swaps them for the STL fit, 'off' skips detection.",
+    )
+    outlier_iqr_k: float = Field(3.0, gt=0, description="Residuals beyond k × IQR from the quartiles are outliers.")
+    seasonal_period: Optional[int] = Field(
+        None, ge=2, description="Season length for STL and MASE; derived from the frequency when empty."
+    )
+
+
+class ChronosConfig(_Frozen):
+    family: Literal["chronos-2", "chronos-bolt", "chronos-t5"] = Field(
+        "chronos-2", description="Chronos model family."
+    )
+    model: Optional[str] = Field(
+        None,
+        description="Pretrained model: hub id (e.g. amazon/chronos-2), local directory or s3:// URI. "
+        "Empty: a small randomly initialised model of `size`.",
+    )
+    size: Literal["tiny", "mini", "small"] = Field("tiny", description="Random-initialised configuration when no `model` is given.")
+    mode: Literal["finetune", "zero-shot"] = Field("finetune", description="Fine-tune on the data, or forecast zero-shot.")
+    finetune_mode: Literal["full", "lora"] = Field("full", description="Chronos-2 fine-tuning: all weights or a LoRA adapter.")
+    context_length: int = Field(128, ge=8, description="Context window length used for training and forecasting.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Windows per batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps used for warm-up.")
+    eval_every: int = Field(50, ge=1, description="Validate every N steps.")
+    early_stopping_patience: Optional[int] = Field(
+        None, ge=1, description="Stop after this many validations without improvement (off when empty)."
+    )
+    checkpoint_every: int = Field(100, ge=1, description="Save a checkpoint every N steps.")
+    seed: int = Field(0, description="Random seed.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when present, else CPU.")
+    num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
+
+
+class ProphetConfig(_Frozen):
+    enabled: bool = Field(True, description="Fit the Prophet baseline.")
+    n_jobs: int = Field(2, ge=1, description="Parallel processes for per-series Prophet fits.")
+    uncertainty_samples: int = Field(200, ge=10, description="Prophet posterior samples used for the quantiles.")
+
+
+class EvaluationConfig(_Frozen):
+    horizon: int = Field(13, ge=1, description="Forecast horizon (steps) evaluated and trained for.")
+    n_windows: int = Field(1, ge=1, description="Rolling-origin backtest windows (1 = the final horizon only).")
+    step: Optional[int] = Field(None, ge=1, description="Steps between window origins (default: horizon).")
+    quantiles: tuple[float, ...] = Field(QUANTILES, description="Quantile levels forecast and scored by WQL.")
+    gate_metric: Literal["wql", "mase", "mae", "rmse", "smape"] = Field(
+        "wql", description="Metric deciding promotion to champion (lower is better)."
+    )
+    promotion_margin: float = Field(
+        0.0, ge=0, description="Relative improvement required over the champion and Prophet (0.05 = 5%)."
+    )
+    plot_series: int = Field(3, ge=0, description="Series plotted (best, median, worst).")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles_in_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < q < 1 for q in v):
+            raise ValueError("quantiles must be a non-empty list of levels strictly between 0 and 1")
+        return tuple(sorted(v))
+
+
+class Ec2Config(_Frozen):
+    region: Optional[str] = Field(None, description="AWS region (default: the AWS configuration's).")
+    instance_type: str = Field("g4dn.2xlarge", description="GPU instance type.")
+    ami_id: Optional[str] = Field(None, description="AMI (a Deep Learning AMI with CUDA drivers).")
+    subnet_id: Optional[str] = Field(None, description="Public subnet from the infra stack.")
+    security_group_ids: tuple[str, ...] = Field((), description="Security groups (HTTPS egress only).")
+    instance_profile: Optional[str] = Field(None, description="IAM instance profile name or ARN.")
+    spot: bool = Field(False, description="Request a spot instance.")
+    volume_size_gb: int = Field(100, ge=8, description="Root EBS volume (gp3, encrypted, deleted on termination).")
+    max_runtime_minutes: int = Field(240, ge=5, description="Hard limit after which the instance shuts itself down.")
+    work_pool: str = Field("chronos-gpu", description="Prefect work pool the instance's one-run worker serves.")
+    bootstrap_package: str = Field(
+        "chronos-flows", description="pip requirement the instance installs (a wheel URL or package spec)."
+    )
+    hourly_prices: dict[str, float] = Field(
+        {"g4dn.xlarge": 0.526, "g4dn.2xlarge": 0.752, "g5.xlarge": 1.006, "g5.2xlarge": 1.212},
+        description="On-demand USD per instance hour, used for the run's cost estimate.",
+    )
+
+
+class ComputeConfig(_Frozen):
+    backend: Literal["local", "ec2"] = Field("local", description="Where the train step runs.")
+    ec2: Ec2Config = Field(default_factory=Ec2Config, description="EC2 settings (backend 'ec2').")
+
+
+class LockConfig(_Frozen):
+    lease_seconds: float = Field(120.0, gt=0, description="A lock not renewed for this long may be taken over.")
+    heartbeat_seconds: float = Field(20.0, gt=0, description="How often the holder renews its lease.")
+
+
+class TrainingParams(_Frozen):
+    """Parameters of one ``chronos-training`` run."""
+
+    env: str = Field("dev", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Environment prefix in the store (dev/stage/prod).")
+    store: Optional[str] = Field(
+        None,
+        description="Store URL: local directory, file:// URL or s3://bucket/prefix. "
+        "Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
+    )
+    run_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run id (generated when empty).")
+    cost_center: str = Field("train", description="CostCenter tag.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
+    chronos: ChronosConfig = Field(default_factory=ChronosConfig)
+    prophet: ProphetConfig = Field(default_factory=ProphetConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    lock: LockConfig = Field(default_factory=LockConfig)
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> "TrainingParams":
+        if self.chronos.context_length < self.evaluation.horizon:
+            raise ValueError(
+                f"chronos.context_length ({self.chronos.context_length}) is shorter than evaluation.horizon "
+                f"({self.evaluation.horizon}); raise the context or shorten the horizon"
+            )
+        return self
+
+    def store_url(self) -> str:
+        return resolve_store_url(self.store)
+
+
+def resolve_store_url(store: str | None) -> str:
+    """The store URL: explicit, else ``$CHRONOS_FLOWS_STORE``, else ``./.chronos-flows`` (absolute file:// URL)."""
+    value = store or os.environ.get("CHRONOS_FLOWS_STORE") or DEFAULT_STORE_DIR
+    if value.startswith("s3://") or value.startswith("file://"):
+        return value
+    return Path(value).expanduser().resolve().as_uri()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` → nested dict; values parsed as YAML scalars (``1`` → int, ``[1,2]`` → list)."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set evaluation.horizon=8")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: cannot parse value: {exc}") from None
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_params(config_file: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainingParams:
+    """Load a YAML config (optional), apply ``--set`` overrides and explicit fields, validate."""
+    tree: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections (data:, chronos:, …)")
+        tree = loaded
+    tree = _merge(tree, parse_overrides(overrides or []))
+    tree = _merge(tree, {k: v for k, v in fields.items() if v is not None})
+    try:
+        return TrainingParams.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, config_file)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str | Path | None = None) -> str:
+    where = f" in {source}" if source else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    lines.append("fix the field(s) above (see README 'Configuration') and run again")
+    return "\n".join(lines)

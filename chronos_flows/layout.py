@@ -1,0 +1,68 @@
+"""Where everything lives in the store: one layout for the local directory and for S3.
+
+::
+
+    cached-datasets/YYYY/MM/{fingerprint}.parquet     ingested canonical datasets
+    {env}/system-state.json                           the lock and live status
+    {env}/logs/{run_id}/training.json                 the run's execution log
+    {env}/logs/{run_id}/cleanup_status.json           the cleanup record
+    {env}/{run_id}/models/{model}/                    saved models
+    {env}/{run_id}/checkpoints/                       training checkpoints
+    {env}/{run_id}/model_metadata.json                config, data fingerprint, metrics, promotion
+    {env}/{run_id}/evaluation/                        leaderboard, per-series metrics, report, plots
+    {env}/{run_id}/data/                              the run's cleaned data and cleaning report
+    {env}/registry/champion.json                      the model that serves
+"""
+
+from __future__ import annotations
+
+DATASETS_PREFIX = "cached-datasets"
+
+
+def state_key(env: str) -> str:
+    return f"{env}/system-state.json"
+
+
+def logs_prefix(env: str, run_id: str) -> str:
+    return f"{env}/logs/{run_id}"
+
+
+def training_log_key(env: str, run_id: str) -> str:
+    return f"{logs_prefix(env, run_id)}/training.json"
+
+
+def cleanup_status_key(env: str, run_id: str) -> str:
+    return f"{logs_prefix(env, run_id)}/cleanup_status.json"
+
+
+def run_prefix(env: str, run_id: str) -> str:
+    return f"{env}/{run_id}"
+
+
+def models_prefix(env: str, run_id: str, model: str | None = None) -> str:
+    base = f"{run_prefix(env, run_id)}/models"
+    return f"{base}/{model}" if model else base
+
+
+def checkpoints_prefix(env: str, run_id: str) -> str:
+    return f"{run_prefix(env, run_id)}/checkpoints"
+
+
+def metadata_key(env: str, run_id: str) -> str:
+    return f"{run_prefix(env, run_id)}/model_metadata.json"
+
+
+def evaluation_prefix(env: str, run_id: str) -> str:
+    return f"{run_prefix(env, run_id)}/evaluation"
+
+
+def run_data_prefix(env: str, run_id: str) -> str:
+    return f"{run_prefix(env, run_id)}/data"
+
+
+def champion_key(env: str) -> str:
+    return f"{env}/registry/champion.json"
+
+
+def dataset_key(fingerprint: str, year: int, month: int) -> str:
+    return f"{DATASETS_PREFIX}/{year:04d}/{month:02d}/{fingerprint}.parquet"

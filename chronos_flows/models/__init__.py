@@ -1,0 +1,1 @@
+"""Forecasters: one module per model family behind :class:`~chronos_flows.models.base.Forecaster`."""

@@ -1,0 +1,53 @@
+"""The one small forecaster interface every model family implements.
+
+Frames are long format:
+
+* history / context: columns ``unique_id`` (str), ``ds`` (datetime64), ``y`` (float), sorted by
+  ``unique_id, ds``, one regular frequency (``freq``, a pandas offset alias) for the whole frame.
+* forecasts: columns ``unique_id``, ``ds`` (the ``horizon`` timestamps after each series' last
+  context timestamp), ``mean`` and one column per quantile level named by
+  :func:`quantile_column` (``"0.1"`` … ``"0.9"``).
+
+``fit`` is the global training step (Chronos fine-tuning); it never mutates ``self`` or its inputs
+and returns a new fitted forecaster. Local models (Prophet, Seasonal Naive) fit per series inside
+``predict`` from the context they are given, so one backtest loop serves every family.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import pandas as pd
+
+DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+ID, TIME, TARGET = "unique_id", "ds", "y"
+
+
+def quantile_column(q: float) -> str:
+    """Column name of quantile level ``q`` in a forecast frame (``0.1`` → ``"0.1"``)."""
+    return f"{float(q):g}"
+
+
+def future_index(last: pd.Timestamp, horizon: int, freq: str) -> pd.DatetimeIndex:
+    """The ``horizon`` timestamps after ``last`` at frequency ``freq``."""
+    return pd.date_range(start=last, periods=horizon + 1, freq=freq)[1:]
+
+
+class Forecaster(ABC):
+    #: Short model name used in leaderboards and store paths (``chronos``, ``prophet``, ``seasonal_naive``).
+    name: str = "forecaster"
+
+    def fit(self, train: pd.DataFrame, freq: str, horizon: int) -> "Forecaster":
+        """Return a forecaster trained on ``train``; local models return ``self`` unchanged."""
+        return self
+
+    @abstractmethod
+    def predict(
+        self,
+        context: pd.DataFrame,
+        horizon: int,
+        freq: str,
+        quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    ) -> pd.DataFrame:
+        """Forecast ``horizon`` steps after the end of every series in ``context``."""
