@@ -1,0 +1,20 @@
+"""Train/test split shared by training and evaluation: the last backtest span is never trained on."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from chronos_flows.config import EvaluationConfig
+
+
+def test_span(ev: EvaluationConfig) -> int:
+    """Points at the end of every series covered by the backtest windows."""
+    return ev.horizon + (ev.n_windows - 1) * (ev.step or ev.horizon)
+
+
+def split_for_training(cleaned: pd.DataFrame, freq: str, ev: EvaluationConfig) -> tuple[pd.DataFrame, str]:
+    """Each series without its final ``test_span`` points (the data Chronos may be fine-tuned on)."""
+    span = test_span(ev)
+    df = cleaned[["unique_id", "ds", "y"]]
+    rank_from_end = df.groupby("unique_id", sort=False).cumcount(ascending=False)
+    return df[rank_from_end >= span].reset_index(drop=True), freq

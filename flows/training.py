@@ -1,0 +1,122 @@
+"""The ``chronos-training`` flow: wiring only.
+
+ingest → clean → [lock] data_sync → training (Chronos, Prophet baseline) → evaluate →
+results_sync (metadata, champion) → cleanup. Errors move the state file to ``failed`` (or it was
+``killed`` from outside) and always end in ``cleanup``, which releases the lock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from chronos_flows.config import TrainingParams
+from chronos_flows.errors import LockedError, RunKilledError
+from tasks.cleanup import cleanup_run
+from tasks.data import clean_data, ingest, sync_data
+from tasks.evaluate import evaluate, finalize_results, train_prophet
+from tasks.state import RunContext, acquire_lock, check_lock, open_run_store, set_status
+from tasks.train import train_chronos
+from chronos_flows.splits import split_for_training
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+class Phases:
+    """Wall time of each phase, for training.json and the benchmark."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - t0, 3)
+
+
+@flow(name="chronos-training", persist_result=False, log_prints=True)
+def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any]:
+    """Train, evaluate and (maybe) promote a Chronos model; see README for the parameters."""
+    phases = Phases()
+    t_start = time.monotonic()
+    with phases("preflight"):
+        store = open_run_store(params.store_url())
+        check_lock(store, params.env, params.lock.lease_seconds)
+        raw = ingest(params)
+        cleaned, report = clean_data(raw, params)
+
+    run_id = params.run_id or new_run_id()
+    workdir = Path(tempfile.mkdtemp(prefix=f"chronos-flows-{run_id}-"))
+    ctx = RunContext(
+        params=params,
+        store=store,
+        run_id=run_id,
+        workdir=workdir,
+        flow_run_id=str(flow_run.get_id()) if flow_run.get_id() else None,
+        info={"host": socket.gethostname(), "pid": os.getpid(), "compute": params.compute.backend},
+    )
+    try:
+        ctx.handle = acquire_lock(ctx)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+    outcome: dict[str, Any] = {"status": "failed", "error": None}
+    results: dict[str, Any] = {}
+    try:
+        with ctx.handle.heartbeat_thread(params.lock.heartbeat_seconds):
+            with phases("data_sync"):
+                set_status(ctx, "data_sync")
+                results["data"] = sync_data(ctx, raw, cleaned, report)
+            with phases("training"):
+                set_status(ctx, "training")
+                train_df, freq = split_for_training(cleaned, report.freq, params.evaluation)
+                chronos, results["chronos"] = train_chronos(ctx, train_df, freq)
+            with phases("baselines"):
+                prophet, seasonal_naive, results["prophet"] = train_prophet(ctx, train_df, freq, report.season_length)
+            with phases("evaluate"):
+                backtest = evaluate(
+                    ctx,
+                    cleaned,
+                    {"chronos": chronos, "prophet": prophet, "seasonal_naive": seasonal_naive},
+                    freq,
+                    report.season_length,
+                )
+            with phases("results_sync"):
+                set_status(ctx, "results_sync")
+                results.update(finalize_results(ctx, backtest, results, report))
+                set_status(ctx, "cleanup")
+            outcome = {"status": "succeeded", "error": None}
+    except RunKilledError as exc:
+        outcome = {"status": "killed", "error": str(exc)}
+        raise
+    except LockedError:
+        outcome = {"status": "failed", "error": "lock lost"}
+        raise
+    except BaseException as exc:
+        outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        raise
+    finally:
+        phases.seconds["total"] = round(time.monotonic() - t_start, 3)
+        summary = cleanup_run(ctx, outcome, results, phases.seconds)
+    return summary
+
+
+if __name__ == "__main__":
+    chronos_training()

@@ -1,0 +1,109 @@
+"""The cleanup step: final training.json, idempotent cleanup steps, cleanup_status.json, lock release."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from chronos_flows import runlog
+from chronos_flows.errors import LostLockError, RunKilledError
+from chronos_flows.ops import run_cleanup
+from tasks.common import RETRY_DELAYS, logger, retry_transient
+from tasks.state import RunContext
+
+
+def _to_terminal_then_cleanup(ctx: RunContext, outcome: dict[str, Any]) -> None:
+    """failed/killed always lead to cleanup; a successful run is already in cleanup."""
+    handle = ctx.handle
+    status = handle.state.get("status")
+    if status == "cleanup":
+        return
+    if status not in ("failed", "killed"):
+        target = "killed" if outcome["status"] == "killed" else "failed"
+        try:
+            handle.transition(target, error=outcome.get("error"))
+        except RunKilledError:
+            pass  # killed from outside meanwhile: the handle now holds the killed state
+        runlog.record_transition(ctx.store, ctx.env, ctx.run_id, handle.state["status"], handle.state["updated_at"], {"error": outcome.get("error")})
+    if handle.state.get("status") == "killed":
+        outcome["status"] = "killed"
+    handle.transition("cleanup")
+    runlog.record_transition(ctx.store, ctx.env, ctx.run_id, "cleanup", handle.state["updated_at"], {})
+
+
+def cleanup_steps(ctx: RunContext) -> list[tuple[str, Callable[[], str]]]:
+    steps: list[tuple[str, Callable[[], str]]] = []
+    instance_id = ctx.info.get("instance_id")
+    if instance_id:
+        from blocks.ec2 import Ec2Compute
+
+        ec2 = Ec2Compute(ctx.params.compute.ec2, env=ctx.env, cost_center=ctx.params.cost_center)
+        steps.append((f"terminate-instance-{instance_id}", lambda: ec2.terminate(instance_id)))
+
+    def remove_workdir() -> str:
+        if not ctx.workdir.exists():
+            return f"{ctx.workdir} already removed"
+        shutil.rmtree(ctx.workdir)
+        return f"removed {ctx.workdir}"
+
+    steps.append(("remove-local-workdir", remove_workdir))
+    return steps
+
+
+@task(name="cleanup", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+def cleanup_run(ctx: RunContext, outcome: dict[str, Any], results: dict[str, Any], phases: dict[str, float]) -> dict[str, Any]:
+    """Always runs (success or failure). Idempotent: a retry skips what is already done."""
+    lost = False
+    try:
+        _to_terminal_then_cleanup(ctx, outcome)
+    except LostLockError as exc:
+        lost = True
+        logger().error("%s; skipping the state-file updates (the new holder owns them)", exc)
+
+    summary = build_summary(ctx, outcome, results, phases)
+    if not lost:
+        log = runlog.load_training_log(ctx.store, ctx.env, ctx.run_id)
+        if log is not None:
+            log = log.model_copy(
+                update={
+                    "status": outcome["status"],
+                    "ended_at": datetime.now(timezone.utc).isoformat(),
+                    "phases": phases,
+                    "error": outcome.get("error"),
+                    "models": {k: v for k, v in results.items() if isinstance(v, dict) and k in ("chronos", "prophet")},
+                    "summary": summary,
+                    "cost_estimate": results.get("cost"),
+                }
+            )
+            runlog.save_training_log(ctx.store, log)
+    status = run_cleanup(ctx.store, ctx.env, ctx.run_id, cleanup_steps(ctx), None if lost else ctx.handle)
+    summary["cleanup_complete"] = status.complete
+    logger().info("cleanup of run %s: %s", ctx.run_id, "complete" if status.complete else "INCOMPLETE")
+    return summary
+
+
+def build_summary(ctx: RunContext, outcome: dict[str, Any], results: dict[str, Any], phases: dict[str, float]) -> dict[str, Any]:
+    from chronos_flows import layout
+
+    return {
+        "run_id": ctx.run_id,
+        "env": ctx.env,
+        "status": outcome["status"],
+        "error": outcome.get("error"),
+        "store": ctx.store.url,
+        "leaderboard": results.get("leaderboard", []),
+        "promotion": results.get("promotion"),
+        "cost_estimate": results.get("cost"),
+        "phases": phases,
+        "artifacts": {
+            "run": ctx.store.uri(layout.run_prefix(ctx.env, ctx.run_id)),
+            "training_log": ctx.store.uri(layout.training_log_key(ctx.env, ctx.run_id)),
+            "cleanup_status": ctx.store.uri(layout.cleanup_status_key(ctx.env, ctx.run_id)),
+            "model_metadata": ctx.store.uri(layout.metadata_key(ctx.env, ctx.run_id)),
+            "evaluation": ctx.store.uri(layout.evaluation_prefix(ctx.env, ctx.run_id)),
+        },
+    }

@@ -1,0 +1,101 @@
+"""What every task module shares: the transient-error retry rule, artifact helpers, loggers."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
+
+from chronos_flows.errors import TransientStoreError
+
+#: Delays between retries of a whole step (Prefect retries; botocore retries single requests first).
+RETRY_DELAYS = [2, 10, 30]
+
+_TRANSIENT_NAMES = {
+    "EndpointConnectionError",
+    "ConnectionClosedError",
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+    "ConnectionResetError",
+    "TimeoutError",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Throttling, 5xx after botocore's own retries, dropped connections, time-outs."""
+    if isinstance(exc, TransientStoreError):
+        return True
+    return type(exc).__name__ in _TRANSIENT_NAMES
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn``: retry a step only for transient errors, never for bad input or bugs."""
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - classifying, not swallowing
+        return is_transient(exc)
+    return False
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("chronos_flows")
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def in_flow_context() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def markdown_artifact(key: str, markdown: str, description: str | None = None) -> None:
+    if not in_flow_context():
+        return
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(key=artifact_key(key), markdown=markdown, description=description)
+
+
+def table_artifact(key: str, rows: list[dict[str, Any]], description: str | None = None) -> None:
+    if not in_flow_context():
+        return
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(key=artifact_key(key), table=rows, description=description)
+
+
+def link_artifact(key: str, link: str, text: str, description: str | None = None) -> None:
+    if not in_flow_context():
+        return
+    from prefect.artifacts import create_link_artifact
+
+    create_link_artifact(key=artifact_key(key), link=link, link_text=text, description=description)
+
+
+class Progress:
+    """A Prefect progress artifact (0-100) that degrades to log lines outside a flow run."""
+
+    def __init__(self, key: str, description: str) -> None:
+        self.id = None
+        self.key = artifact_key(key)
+        if in_flow_context():
+            from prefect.artifacts import create_progress_artifact
+
+            self.id = create_progress_artifact(progress=0.0, key=self.key, description=description)
+
+    def update(self, done: float, total: float) -> None:
+        if self.id is None or total <= 0:
+            return
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self.id, progress=round(100.0 * min(done, total) / total, 1))

@@ -1,0 +1,85 @@
+"""Ingest and clean: thin task wrappers over chronos_flows.ingest / chronos_flows.cleaning."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timezone
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NONE
+
+from blocks.store import read_uri
+from chronos_flows import layout
+from chronos_flows.cleaning import CleaningReport, clean
+from chronos_flows.config import TrainingParams
+from chronos_flows.ingest import fingerprint, load_dataset, to_parquet_bytes
+from tasks.common import RETRY_DELAYS, logger, markdown_artifact, retry_transient
+from tasks.state import RunContext
+
+
+def min_series_length(params: TrainingParams) -> int:
+    """Shortest series worth keeping: every backtest window plus one context (or a season) before it."""
+    ev = params.evaluation
+    step = ev.step or ev.horizon
+    test_span = ev.horizon + (ev.n_windows - 1) * step
+    return test_span + max(ev.horizon, min(params.chronos.context_length, 2 * ev.horizon))
+
+
+@task(name="ingest", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+def ingest(params: TrainingParams) -> pd.DataFrame:
+    df = load_dataset(params.data.path, params.data, fetch=read_uri)
+    logger().info(
+        "ingested %d rows, %d series from %s", len(df), df["unique_id"].nunique(), params.data.path
+    )
+    return df
+
+
+@task(name="clean", cache_policy=NONE)
+def clean_data(df: pd.DataFrame, params: TrainingParams) -> tuple[pd.DataFrame, CleaningReport]:
+    cleaned, report = clean(
+        df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon
+    )
+    logger().info(
+        "cleaned: %d → %d rows, %d → %d series, freq %s, %d gaps filled, %d outliers flagged, %d series dropped",
+        report.rows_in,
+        report.rows_out,
+        report.series_in,
+        report.series_out,
+        report.freq,
+        sum(s.get("gaps_filled", 0) for s in report.per_series.values()),
+        sum(s.get("outliers", 0) for s in report.per_series.values()),
+        len(report.dropped),
+    )
+    return cleaned, report
+
+
+@task(name="sync-data", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+def sync_data(ctx: RunContext, raw: pd.DataFrame, cleaned: pd.DataFrame, report: CleaningReport) -> dict:
+    """Write the canonical dataset (content-addressed, once) and the run's cleaned data + report."""
+    fp = fingerprint(raw)
+    now = datetime.now(timezone.utc)
+    existing = [k for k in ctx.store.list(layout.DATASETS_PREFIX) if k.endswith(f"/{fp}.parquet")]
+    if existing:
+        dataset_key = existing[0]
+    else:
+        dataset_key = layout.dataset_key(fp, now.year, now.month)
+        ctx.store.put(dataset_key, to_parquet_bytes(raw))
+    prefix = layout.run_data_prefix(ctx.env, ctx.run_id)
+    cleaned_fp = fingerprint(cleaned[["unique_id", "ds", "y"]])
+    ctx.store.put(f"{prefix}/cleaned.parquet", to_parquet_bytes(cleaned))
+    ctx.store.put(f"{prefix}/cleaning_report.json", json.dumps(report.to_dict(), indent=2, default=str).encode())
+    markdown_artifact(f"cleaning-report-{ctx.run_id}", report.to_markdown(), "Cleaning report")
+    logger().info("dataset %s (%s), cleaned data under %s", dataset_key, "reused" if existing else "written", prefix)
+    return {
+        "dataset_key": dataset_key,
+        "dataset_uri": ctx.store.uri(dataset_key),
+        "raw_fingerprint": fp,
+        "cleaned_fingerprint": cleaned_fp,
+        "source": ctx.params.data.path,
+    }
+
+
+def read_parquet_bytes(data: bytes) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(data))

@@ -1,0 +1,95 @@
+"""Tasks over the run-state lock: peek, acquire, move through the state machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from blocks.store import check_store, open_store
+from chronos_flows import runlog
+from chronos_flows.config import TrainingParams
+from chronos_flows.errors import LockedError
+from chronos_flows.lock import LockHandle, RunLock
+from chronos_flows.store import ObjectStore
+from tasks.common import RETRY_DELAYS, logger, retry_transient
+
+
+@dataclass
+class RunContext:
+    """What the tasks of one run share (lives in the flow's process; never cached or persisted)."""
+
+    params: TrainingParams
+    store: ObjectStore
+    run_id: str
+    workdir: Path
+    handle: LockHandle | None = None
+    flow_run_id: str | None = None
+    resumed_from: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def env(self) -> str:
+        return self.params.env
+
+
+@task(name="open-store", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+def open_run_store(url: str) -> ObjectStore:
+    store = open_store(url)
+    check_store(store)
+    return store
+
+
+@task(name="check-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+def check_lock(store: ObjectStore, env: str, lease_seconds: float) -> None:
+    """Fail fast (exit 3) when a live run holds the lock; a stale one is taken over by ``acquire``."""
+    snap = RunLock(store, env, lease_seconds=lease_seconds).read()
+    if snap is None:
+        return
+    state = snap.state
+    from chronos_flows.ops import status_report
+
+    report = status_report(store, env, lease_seconds=lease_seconds)
+    if not report.get("stale"):
+        raise LockedError(state["run_id"], state.get("started_at", "?"), state.get("status"))
+    logger().warning(
+        "state file of run %s looks stale (heartbeat %.0f s old); it will be taken over after a full lease",
+        state["run_id"],
+        report.get("heartbeat_age_s", -1),
+    )
+
+
+@task(name="acquire-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+def acquire_lock(ctx: RunContext) -> LockHandle:
+    lock = RunLock(ctx.store, ctx.env, lease_seconds=ctx.params.lock.lease_seconds)
+    handle = lock.acquire(ctx.run_id, flow_run_id=ctx.flow_run_id, info=dict(ctx.info))
+    log = runlog.load_training_log(ctx.store, ctx.env, ctx.run_id)
+    if log is None:
+        log = runlog.TrainingLog(
+            run_id=ctx.run_id,
+            env=ctx.env,
+            generation=handle.generation,
+            flow_run_id=ctx.flow_run_id,
+            status="initialization",
+            started_at=handle.state["started_at"],
+            params=ctx.params.model_dump(mode="json"),
+        )
+    else:  # a resumed run keeps its earlier history
+        log = log.model_copy(update={"generation": handle.generation, "flow_run_id": ctx.flow_run_id, "error": None, "ended_at": None})
+    runlog.save_training_log(ctx.store, log)
+    runlog.record_transition(ctx.store, ctx.env, ctx.run_id, "initialization", handle.state["updated_at"], {"generation": handle.generation})
+    logger().info("run %s holds the lock (generation %d)", ctx.run_id, handle.generation)
+    return handle
+
+
+@task(name="set-status", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+def set_status(ctx: RunContext, status: str, **details: Any) -> None:
+    """Move the state file (compare-and-swap) and record the transition in ``training.json``."""
+    if ctx.handle is None:
+        raise RuntimeError("set_status called before the lock was acquired")
+    ctx.handle.transition(status, **details)
+    runlog.record_transition(ctx.store, ctx.env, ctx.run_id, status, ctx.handle.state["updated_at"], details)
+    logger().info("run %s → %s", ctx.run_id, status)
