@@ -1,0 +1,348 @@
+"""The ``chronos-flows`` command: run, status, kill, verify-cleanup, runs, infra.
+
+Exit codes: 0 success, 1 run failed, 2 bad input or configuration, 3 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+from chronos_flows.errors import BadInputError, ChronosFlowsError, LockedError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED = 0, 1, 2, 3
+
+
+def _embedded_prefect_defaults() -> None:
+    """Settings that make the embedded (no server configured) mode work offline and start reliably."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _params(args: argparse.Namespace):
+    from chronos_flows.config import build_params
+
+    fields: dict[str, Any] = {}
+    if getattr(args, "store", None):
+        fields["store"] = args.store
+    if getattr(args, "env", None):
+        fields["env"] = args.env
+    if getattr(args, "resume", None):
+        fields["run_id"] = args.resume
+    return build_params(getattr(args, "config", None), getattr(args, "set", None) or [], **fields)
+
+
+def _store_for(args: argparse.Namespace):
+    from blocks.store import check_store, open_store
+
+    params = _params(args)
+    store = open_store(params.store_url())
+    check_store(store)
+    return params, store
+
+
+def preflight(params, store) -> None:
+    """Everything that can be checked before Prefect starts: lock, data, cleaning (writes nothing)."""
+    from blocks.store import read_uri
+    from chronos_flows import runlog
+    from chronos_flows.cleaning import clean
+    from chronos_flows.ingest import load_dataset
+    from chronos_flows.ops import status_report
+    from tasks.data import min_series_length
+
+    report = status_report(store, params.env, lease_seconds=params.lock.lease_seconds)
+    if report.get("state") != "idle" and not report.get("stale"):
+        raise LockedError(report["run_id"], report.get("started_at", "?"), report.get("status"))
+    if params.run_id:
+        log = runlog.load_training_log(store, params.env, params.run_id)
+        if log is not None and log.status == "succeeded":
+            raise BadInputError(
+                f"run {params.run_id} already succeeded; only failed or killed runs can be resumed "
+                "(omit --resume / run_id to start a new run)"
+            )
+    df = load_dataset(params.data.path, params.data, fetch=read_uri)
+    clean(df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _embedded_prefect_defaults()
+    params, store = _store_for(args)
+    preflight(params, store)
+    from flows.training import chronos_training
+
+    try:
+        summary = chronos_training(params=params)
+    except ChronosFlowsError:
+        raise
+    except Exception as exc:  # the flow failed: the run's training.json says how
+        summary = _summary_from_store(store, params.env)
+        if summary is None:
+            raise
+        summary.setdefault("error", f"{type(exc).__name__}: {exc}")
+    _print_summary(summary, as_json=args.json)
+    return EXIT_OK if summary.get("status") == "succeeded" else EXIT_FAILED
+
+
+def _summary_from_store(store, env: str) -> dict | None:
+    from chronos_flows.ops import list_runs
+
+    runs = list_runs(store, env)
+    return runs[0].get("summary") or runs[0] if runs else None
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    print(f"run {summary.get('run_id')}: {summary.get('status')}")
+    if summary.get("error"):
+        print(f"  error: {summary['error']}")
+    board = summary.get("leaderboard") or []
+    if board:
+        cols = [c for c in ("model", "mae", "rmse", "mape", "smape", "mase", "wql", "coverage_80", "rel_mase", "rel_wql") if c in board[0]]
+        print("  " + "  ".join(f"{c:>12}" for c in cols))
+        for row in board:
+            print("  " + "  ".join(f"{_fmt(row.get(c)):>12}" for c in cols))
+    promo = summary.get("promotion")
+    if promo:
+        print(f"  champion: {'PROMOTED' if promo.get('promoted') else 'kept'} — {promo.get('reason')}")
+    cost = summary.get("cost_estimate")
+    if cost:
+        print(f"  cost estimate: ${cost.get('total_usd', 0):.2f}")
+    phases = summary.get("phases") or {}
+    if phases:
+        print("  phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+    for name, uri in (summary.get("artifacts") or {}).items():
+        print(f"  {name}: {uri}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from chronos_flows.ops import status_report
+
+    params, store = _store_for(args)
+    while True:
+        report = status_report(store, params.env, lease_seconds=params.lock.lease_seconds)
+        if args.json:
+            print(json.dumps(report, default=str), flush=True)
+        elif report.get("state") == "idle":
+            print(f"idle (no active run in {store.url} env {params.env})", flush=True)
+        else:
+            age = report.get("heartbeat_age_s")
+            print(
+                f"run {report['run_id']} {report['status']} (generation {report.get('generation')}), "
+                f"started {report.get('started_at')}, heartbeat {age:.0f}s ago"
+                + (" — STALE" if report.get("stale") else ""),
+                flush=True,
+            )
+            for name, secs in (report.get("phases") or {}).items():
+                print(f"  {name}: {secs:.1f}s", flush=True)
+        if not args.watch:
+            return EXIT_OK
+        time.sleep(args.interval)
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from chronos_flows.ops import kill_run
+
+    params, store = _store_for(args)
+    result = kill_run(
+        store,
+        params.env,
+        run_id=args.run_id,
+        wait_seconds=args.wait,
+        cancel_flow_run=_cancel_flow_run,
+        extra_cleanup=_instance_cleanup_steps(params),
+    )
+    print(result.get("message", json.dumps(result, default=str)))
+    return EXIT_OK
+
+
+def _cancel_flow_run(flow_run_id: str) -> str:
+    """Ask the Prefect API to cancel the run's flow run (only when a server is configured)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return "no PREFECT_API_URL configured: the flow process stops at its next lock check"
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import State
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, State(type=StateType.CANCELLING, name="Cancelling"), force=True)
+    return f"cancellation requested for flow run {flow_run_id}"
+
+
+def _instance_cleanup_steps(params):
+    def steps(run_id: str):
+        if params.compute.backend != "ec2":
+            return []
+        from blocks.ec2 import Ec2Compute
+
+        ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
+        return [
+            (f"terminate-instance-{inst['InstanceId']}", (lambda i=inst["InstanceId"]: ec2.terminate(i)))
+            for inst in ec2.list_active(run_id=run_id)
+        ]
+
+    return steps
+
+
+def cmd_verify_cleanup(args: argparse.Namespace) -> int:
+    from chronos_flows.ops import verify_cleanup
+
+    params, store = _store_for(args)
+    extra = []
+    if params.compute.backend == "ec2" or args.instances:
+        from blocks.ec2 import Ec2Compute, verify_instances
+
+        ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
+        extra.append(lambda: verify_instances(ec2))
+    ok, findings = verify_cleanup(store, params.env, extra=extra)
+    if ok:
+        print(f"clean: no active or stale state file, no leftover resources ({store.url}, env {params.env})")
+        return EXIT_OK
+    print(f"{len(findings)} finding(s):")
+    for f in findings:
+        print(f"  - {f}")
+    return EXIT_FAILED
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from chronos_flows.ops import list_runs
+
+    params, store = _store_for(args)
+    runs = list_runs(store, params.env)
+    if args.action == "show":
+        match = [r for r in runs if r["run_id"] == args.run_id]
+        if not match:
+            raise BadInputError(f"no run {args.run_id} in {store.url} env {params.env}; `chronos-flows runs` lists them")
+        run = match[0]
+        if args.json:
+            print(json.dumps(run, indent=2, default=str))
+        else:
+            _print_summary(run.get("summary") or run)
+        return EXIT_OK
+    if args.json:
+        print(json.dumps(runs, indent=2, default=str))
+        return EXIT_OK
+    if not runs:
+        print(f"no runs yet in {store.url} env {params.env}")
+        return EXIT_OK
+    print(f"{'run id':<28} {'status':<10} {'started':<26} {'duration':>9}  {'gate':<5} scores  promoted")
+    for r in runs:
+        scores = ", ".join(f"{m}={_fmt(v)}" for m, v in (r.get("gate_scores") or {}).items())
+        dur = r.get("duration_s")
+        print(
+            f"{r['run_id']:<28} {str(r.get('status')):<10} {str(r.get('started_at'))[:25]:<26} "
+            f"{(f'{dur:.0f}s' if dur is not None else '-'):>9}  {str(r.get('gate_metric') or '-'):<5} "
+            f"{scores or '-'}  {'yes' if r.get('promoted') else 'no'}"
+        )
+    return EXIT_OK
+
+
+def cmd_infra(args: argparse.Namespace) -> int:
+    from chronos_flows import infra
+
+    if args.action == "validate":
+        findings = infra.validate_template(args.template)
+        for f in findings:
+            print(f)
+        print("template valid" if not findings else f"{len(findings)} finding(s)")
+        return EXIT_OK if not findings else EXIT_BAD_INPUT
+    if args.action == "deploy":
+        overrides = dict(kv.split("=", 1) for kv in args.parameter)
+        outputs = infra.deploy(args.stack_name, args.template, overrides)
+        print(json.dumps(outputs, indent=2, default=str))
+        return EXIT_OK
+    infra.destroy(args.stack_name)
+    print(f"stack {args.stack_name} deleted")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chronos-flows", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="YAML config file (same fields as the flow's parameters)")
+        sp.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
+        sp.add_argument("--env", help="environment prefix (default dev)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. evaluation.horizon=8")
+
+    r = sub.add_parser("run", help="run the chronos-training flow (embedded default with no arguments)")
+    common(r)
+    r.add_argument("--resume", metavar="RUN_ID", help="resume a failed or killed run from its newest checkpoint")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="the active run's state, phases and heartbeat age, or idle")
+    common(s)
+    s.add_argument("--watch", action="store_true", help="keep polling")
+    s.add_argument("--interval", type=float, default=5.0, help="seconds between polls with --watch")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    k = sub.add_parser("kill", help="mark the active run killed, cancel its flow run, make sure cleanup runs")
+    common(k)
+    k.add_argument("--run-id", help="only kill this run (refuse if another run is active)")
+    k.add_argument("--wait", type=float, default=60.0, help="seconds to let the run clean up itself before cleaning up for it")
+    k.set_defaults(func=cmd_kill)
+
+    v = sub.add_parser("verify-cleanup", help="exit 0 only if nothing is left behind")
+    common(v)
+    v.add_argument("--instances", action="store_true", help="also check EC2 instances (always on with compute.backend=ec2)")
+    v.set_defaults(func=cmd_verify_cleanup)
+
+    rs = sub.add_parser("runs", help="list past runs, newest first; `runs show ID` prints one run")
+    common(rs)
+    rs.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    rs.add_argument("run_id", nargs="?")
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(func=cmd_runs)
+
+    i = sub.add_parser("infra", help="validate, deploy or destroy the persistent AWS resources (infra/template.yaml)")
+    i.add_argument("action", choices=["validate", "deploy", "destroy"])
+    i.add_argument("--template", default=None, help="CloudFormation template (default infra/template.yaml)")
+    i.add_argument("--stack-name", default="chronos-flows")
+    i.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="stack parameter")
+    i.set_defaults(func=cmd_infra)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    if args.command == "runs" and args.action == "show" and not args.run_id:
+        parser.error("runs show needs a RUN_ID")
+    if args.command == "infra" and args.template is None:
+        from chronos_flows.config import REPO_ROOT
+
+        args.template = str(REPO_ROOT / "infra" / "template.yaml")
+    try:
+        return args.func(args)
+    except LockedError as exc:
+        print(f"chronos-flows: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except ChronosFlowsError as exc:
+        print(f"chronos-flows: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("chronos-flows: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
