@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _summary_from_store(store, env: str) -> dict | None:
-    from chronos_flows.ops import list_runs
+    from chronos_flows.runs import list_runs
 
     runs = list_runs(store, env)
     return runs[0].get("summary") or runs[0] if runs else None
@@ -154,7 +154,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from chronos_flows.ops import kill_run
+    from chronos_flows.runs import kill_run
 
     params, store = _store_for(args)
     result = kill_run(
@@ -218,7 +218,7 @@ def cmd_verify_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from chronos_flows.ops import list_runs
+    from chronos_flows.runs import list_runs
 
     params, store = _store_for(args)
     runs = list_runs(store, params.env)

@@ -1,0 +1,113 @@
+"""Run history and the kill procedure (pure: any ObjectStore; no Prefect, no boto3)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any, Callable
+
+from chronos_flows import layout, runlog
+from chronos_flows.errors import BadInputError
+from chronos_flows.lock import RunLock, kill
+from chronos_flows.ops import run_cleanup
+
+CleanupSteps = Callable[[str], list[tuple[str, Callable[[], str]]]]
+
+
+def _duration(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    try:
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    except ValueError:
+        return None
+
+
+def list_runs(store, env: str) -> list[dict[str, Any]]:
+    """Every run with a training.json under ``{env}/logs/``, newest first."""
+    runs: list[dict[str, Any]] = []
+    for key in store.list(f"{env}/logs/"):
+        if not key.endswith("/training.json"):
+            continue
+        run_id = key.split("/")[-2]
+        log = runlog.load_training_log(store, env, run_id)
+        if log is None:
+            continue
+        md = runlog.load_model_metadata(store, env, run_id)
+        promotion = (md.promotion if md else None) or (log.summary or {}).get("promotion")
+        gate = (promotion or {}).get("gate_metric") or (log.params.get("evaluation") or {}).get("gate_metric", "wql")
+        board = (md.leaderboard if md else None) or (log.summary or {}).get("leaderboard") or []
+        runs.append(
+            {
+                "run_id": run_id,
+                "status": log.status,
+                "started_at": log.started_at,
+                "ended_at": log.ended_at,
+                "duration_s": _duration(log.started_at, log.ended_at),
+                "gate_metric": gate,
+                "gate_scores": {row["model"]: row.get(gate) for row in board if "model" in row},
+                "promoted": bool((promotion or {}).get("promoted")),
+                "error": log.error,
+                "summary": log.summary or None,
+            }
+        )
+    runs.sort(key=lambda r: r.get("started_at") or "", reverse=True)
+    return runs
+
+
+def kill_run(
+    store,
+    env: str,
+    run_id: str | None = None,
+    *,
+    wait_seconds: float = 60.0,
+    poll_seconds: float = 1.0,
+    cancel_flow_run: Callable[[str], str] | None = None,
+    extra_cleanup: CleanupSteps | None = None,
+) -> dict[str, Any]:
+    """Mark the active run ``killed``, cancel its flow run, and make sure cleanup runs. Idempotent.
+
+    The run's own process notices ``killed`` at its next lock check and cleans up. If its heartbeat
+    does not move for the whole wait (the process is gone), the cleanup is done here instead.
+    """
+    lock = RunLock(store, env)
+    snap = lock.read()
+    if snap is None:
+        if run_id and runlog.load_training_log(store, env, run_id) is None:
+            raise BadInputError(f"no run {run_id} in {store.url} env {env}; `chronos-flows runs` lists the runs")
+        return {"killed": False, "message": f"no active run in env {env}: nothing to kill"}
+    state = snap.state
+    if run_id and state["run_id"] != run_id:
+        raise BadInputError(f"the active run is {state['run_id']}, not {run_id}; check `chronos-flows status`")
+    run_id = state["run_id"]
+    kill(store, env, run_id)
+    notes = [f"run {run_id} marked killed"]
+    if cancel_flow_run and state.get("flow_run_id"):
+        try:
+            notes.append(cancel_flow_run(state["flow_run_id"]))
+        except Exception as exc:  # noqa: BLE001 - cancellation is best effort; the lock decides
+            notes.append(f"could not cancel flow run {state['flow_run_id']}: {exc}")
+
+    deadline = time.monotonic() + wait_seconds
+    last_beat = None
+    beat_moved = False
+    while time.monotonic() < deadline:
+        cur = lock.read()
+        if cur is None or cur.state.get("run_id") != run_id:
+            notes.append("the run cleaned up and released the lock")
+            return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
+        beat = cur.state.get("heartbeat_at")
+        if last_beat is not None and beat != last_beat:
+            beat_moved = True
+        last_beat = beat
+        time.sleep(poll_seconds)
+
+    if beat_moved:
+        notes.append(f"its process is alive and will clean up at its next check (wait more, then `chronos-flows status`)")
+        return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
+    steps = extra_cleanup(run_id) if extra_cleanup else []
+    runlog.mark_failed(store, env, run_id, "killed by user; its process did not respond, cleaned up by `chronos-flows kill`", status="killed")
+    status = run_cleanup(store, env, run_id, steps, None)
+    notes.append(f"its process did not respond; cleanup done here ({'complete' if status.complete else 'INCOMPLETE'})")
+    return {"killed": True, "run_id": run_id, "cleanup_complete": status.complete, "message": "; ".join(notes)}
