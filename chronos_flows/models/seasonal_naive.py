@@ -7,8 +7,9 @@ the seasonal naive forecast-variance formula of Hyndman & Athanasopoulos (FPP3 �
 ``σ_h = σ·sqrt(k)``), with the empirical error distribution in place of the normal one (a
 bootstrap-free version of FPP3 §5.5's bootstrapped intervals). ``ŷ + sqrt(k)·Q_e(q)``; quantile
 columns are sorted per step so they never cross. Fewer than 2 seasonal errors (context shorter than
-``m + 2``): the errors of the one-step naive forecast are used instead. A series shorter than ``m``
-cannot be forecast and raises :class:`BadInputError`.
+``m + 2``): the errors of the one-step naive forecast are used instead. A context shorter than one
+season falls back to the naive forecast (period 1), the same fallback MASE's scale uses; an empty
+context raises :class:`BadInputError`.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ def seasonal_naive_forecast(
     y: np.ndarray, horizon: int, season_length: int, quantiles: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(mean[h], quantiles[h, Q])`` for one series' context ``y`` (NaN-tolerant)."""
-    m = max(int(season_length), 1)
     y = np.asarray(y, dtype=float)
     n = len(y)
+    if n == 0:
+        raise ValueError("no context points to forecast from")
+    m = max(int(season_length), 1)
     if n < m:
-        raise ValueError(f"{n} points; seasonal naive with season {m} needs at least {m}")
+        m = 1  # shorter than one season: the naive (last value) forecast
     h = np.arange(1, horizon + 1)
     k = np.ceil(h / m).astype(int)
     mean = y[n - m + (h - 1) % m]
