@@ -1,0 +1,364 @@
+"""The ``ec2`` compute backend: one ephemeral GPU instance per run.
+
+Every instance is launched with ``InstanceInitiatedShutdownBehavior=terminate``, an encrypted gp3
+root volume deleted on termination, IMDSv2 only, the tags ``Project``/``Environment``/
+``CostCenter``/``RunId`` on the instance, its volume and its network interface, and user data
+whose first command schedules a hard stop (``shutdown -h +N``): a shutdown terminates the
+instance, so it cannot outlive ``max_runtime_minutes`` even if nobody cleans up. The script ends
+with ``shutdown -h now`` whatever happens (``trap … EXIT``).
+
+The boto3 client comes from the standard AWS configuration (``AWS_ENDPOINT_URL`` is honoured by
+boto3 itself); the region is ``cfg.region`` or the configuration's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import time
+from datetime import datetime
+from typing import Any, Iterable
+
+from chronos_flows.config import Ec2Config
+from chronos_flows.errors import ChronosFlowsError, ConfigError
+from chronos_flows.infra import PROJECT
+
+#: States counted as "still alive" (everything but terminated).
+ACTIVE_STATES = ("pending", "running", "shutting-down", "stopping", "stopped")
+USER_DATA_LIMIT = 16 * 1024  # EC2 refuses user data above 16 KiB (before base64)
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NOT_FOUND = ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
+
+
+class Ec2Error(ChronosFlowsError):
+    """An EC2 call failed or an instance did not reach the expected state in time."""
+
+    exit_code = 1
+
+
+def _code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+class Ec2Compute:
+    """Launch, follow and terminate the training instance of a run."""
+
+    def __init__(self, cfg: Ec2Config, *, env: str, cost_center: str, client: Any | None = None) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.cost_center = cost_center
+        if client is None:
+            import boto3
+
+            client = boto3.client("ec2", region_name=cfg.region) if cfg.region else boto3.client("ec2")
+        self.client = client
+
+    # ------------------------------------------------------------------ tags
+
+    def tags(self, run_id: str) -> list[dict[str, str]]:
+        return [
+            {"Key": "Project", "Value": PROJECT},
+            {"Key": "Environment", "Value": self.env},
+            {"Key": "CostCenter", "Value": self.cost_center},
+            {"Key": "RunId", "Value": run_id},
+            {"Key": "Name", "Value": f"{PROJECT}-{self.env}-{run_id}"[:255]},
+        ]
+
+    # ------------------------------------------------------------------ launch
+
+    def _require(self) -> None:
+        c = self.cfg
+        missing = [
+            name
+            for name, value in (
+                ("ami_id", c.ami_id),
+                ("subnet_id", c.subnet_id),
+                ("security_group_ids", c.security_group_ids),
+                ("instance_profile", c.instance_profile),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                "compute.ec2." + ", compute.ec2.".join(missing) + " must be set for the ec2 backend; "
+                "deploy the stack (`chronos-flows infra deploy`) and use its outputs "
+                "(SubnetId, SecurityGroupId, InstanceProfileName), and a Deep Learning AMI id"
+            )
+
+    def _root_device(self) -> str:
+        from botocore.exceptions import ClientError
+
+        try:
+            images = self.client.describe_images(ImageIds=[self.cfg.ami_id])["Images"]
+        except ClientError as exc:
+            if _code(exc).startswith("InvalidAMIID"):
+                images = []
+            else:
+                raise Ec2Error(f"cannot describe AMI {self.cfg.ami_id}: {exc}") from None
+        if not images:
+            raise ConfigError(
+                f"compute.ec2.ami_id {self.cfg.ami_id} does not exist in this region; "
+                "pick a Deep Learning AMI (GPU, CUDA) available in the region"
+            )
+        return images[0].get("RootDeviceName") or "/dev/xvda"
+
+    def launch_params(self, run_id: str, user_data: str, *, attempt: int | str = 0) -> dict[str, Any]:
+        """The ``run_instances`` arguments for this run (validated; no API call but the AMI lookup).
+
+        ``attempt`` (e.g. the lock generation) goes into the idempotency token: a retried call with
+        the same attempt returns the same instance, a relaunch after a lost instance needs a new one.
+        """
+        if not _RUN_ID.match(run_id):
+            raise ConfigError(f"run id {run_id!r} is not a valid id (letters, digits, '_', '.', '-')")
+        self._require()
+        size = len(user_data.encode())
+        if size > USER_DATA_LIMIT:
+            raise ConfigError(f"user data is {size} bytes; EC2 accepts at most {USER_DATA_LIMIT}: shorten extra_env")
+        tags = self.tags(run_id)
+        resource_types = ["instance", "volume", "network-interface"]
+        if self.cfg.spot:
+            resource_types.append("spot-instances-request")
+        profile = self.cfg.instance_profile or ""
+        params: dict[str, Any] = {
+            "ImageId": self.cfg.ami_id,
+            "InstanceType": self.cfg.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "UserData": user_data,
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "IamInstanceProfile": {"Arn": profile} if profile.startswith("arn:") else {"Name": profile},
+            # The infra stack's subnet maps a public IP on launch (no NAT: PyPI is reached through the IGW).
+            "SubnetId": self.cfg.subnet_id,
+            "SecurityGroupIds": list(self.cfg.security_group_ids),
+            "BlockDeviceMappings": [
+                {
+                    "DeviceName": self._root_device(),
+                    "Ebs": {
+                        "VolumeSize": self.cfg.volume_size_gb,
+                        "VolumeType": "gp3",
+                        "Encrypted": True,
+                        "DeleteOnTermination": True,
+                    },
+                }
+            ],
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "InstanceMetadataTags": "enabled"},
+            "TagSpecifications": [{"ResourceType": rt, "Tags": tags} for rt in resource_types],
+            # Idempotent launch: a retried call for the same run returns the same instance.
+            "ClientToken": hashlib.sha256(f"{PROJECT}/{self.env}/{run_id}/{attempt}".encode()).hexdigest()[:64],
+        }
+        if self.cfg.spot:
+            params["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            }
+        return params
+
+    def launch(self, run_id: str, user_data: str, *, attempt: int | str = 0) -> str:
+        """Launch the run's instance; return its id. See :meth:`launch_params` for ``attempt``."""
+        from botocore.exceptions import ClientError
+
+        params = self.launch_params(run_id, user_data, attempt=attempt)
+        try:
+            resp = self.client.run_instances(**params)
+        except ClientError as exc:
+            code = _code(exc)
+            hint = {
+                "InsufficientInstanceCapacity": "try another instance type/AZ or on-demand instead of spot",
+                "VcpuLimitExceeded": "request a G/VT vCPU quota increase for on-demand or spot",
+                "MaxSpotInstanceCountExceeded": "request a spot quota increase or set compute.ec2.spot=false",
+                "UnauthorizedOperation": "the caller needs ec2:RunInstances, ec2:CreateTags and iam:PassRole",
+            }.get(code, "check the compute.ec2 settings")
+            raise Ec2Error(f"cannot launch {self.cfg.instance_type} for run {run_id}: {exc}; {hint}") from None
+        return resp["Instances"][0]["InstanceId"]
+
+    # ------------------------------------------------------------------ follow
+
+    def _instance(self, instance_id: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            reservations = self.client.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return None
+            raise Ec2Error(f"cannot describe instance {instance_id}: {exc}") from None
+        for r in reservations:
+            for inst in r["Instances"]:
+                return inst
+        return None
+
+    def describe(self, instance_id: str) -> str | None:
+        """The instance's state name (``pending``, ``running``, …, ``terminated``) or None if unknown."""
+        inst = self._instance(instance_id)
+        return inst["State"]["Name"] if inst else None
+
+    def wait_until(
+        self, instance_id: str, states: Iterable[str], timeout: float, poll_seconds: float = 5.0
+    ) -> str | None:
+        """Poll until the instance is in one of ``states``; return it. Ec2Error on timeout.
+
+        An instance EC2 no longer knows counts as ``terminated`` (terminated instances vanish after ~1 h).
+        """
+        wanted = set(states)
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.describe(instance_id)
+            if state in wanted or (state is None and "terminated" in wanted):
+                return state
+            if time.monotonic() >= deadline:
+                raise Ec2Error(
+                    f"instance {instance_id} is {state or 'unknown'} after {timeout:.0f}s, "
+                    f"expected one of {sorted(wanted)}"
+                )
+            time.sleep(poll_seconds)
+
+    def terminate(self, instance_id: str) -> str:
+        """Terminate (idempotent). Return ``terminated``, ``already_terminated`` or ``not_found``."""
+        from botocore.exceptions import ClientError
+
+        state = self.describe(instance_id)
+        if state is None:
+            return "not_found"
+        if state == "terminated":
+            return "already_terminated"
+        try:
+            self.client.terminate_instances(InstanceIds=[instance_id])
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return "not_found"
+            raise Ec2Error(f"cannot terminate {instance_id}: {exc}; terminate it in the console") from None
+        return "terminated"
+
+    def list_active(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Instances tagged for this project and environment (and run) that are not terminated."""
+        filters = [
+            {"Name": "tag:Project", "Values": [PROJECT]},
+            {"Name": "tag:Environment", "Values": [self.env]},
+            {"Name": "instance-state-name", "Values": list(ACTIVE_STATES)},
+        ]
+        if run_id:
+            filters.append({"Name": "tag:RunId", "Values": [run_id]})
+        out = []
+        for page in self.client.get_paginator("describe_instances").paginate(Filters=filters):
+            for r in page["Reservations"]:
+                for inst in r["Instances"]:
+                    tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                    launched = inst.get("LaunchTime")
+                    out.append(
+                        {
+                            "instance_id": inst["InstanceId"],
+                            "state": inst["State"]["Name"],
+                            "run_id": tags.get("RunId"),
+                            "instance_type": inst.get("InstanceType"),
+                            "launch_time": launched.isoformat() if isinstance(launched, datetime) else launched,
+                        }
+                    )
+        return sorted(out, key=lambda d: (d["launch_time"] or "", d["instance_id"]))
+
+    # ------------------------------------------------------------------ user data
+
+    def render_user_data(
+        self,
+        run_id: str,
+        store_url: str,
+        env: str | None = None,
+        flow_run_id: str | None = None,
+        work_pool: str | None = None,
+        max_runtime_minutes: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        mode: str | None = None,
+        generation: int | None = None,
+    ) -> str:
+        """The instance's bash bootstrap for this run only.
+
+        ``mode``: ``flow-run`` (default when ``flow_run_id`` is given) executes exactly that Prefect
+        flow run (``prefect flow-run execute``: submitted by the parent with ``run_deployment``);
+        ``worker`` starts a one-shot worker on ``work_pool`` (``--run-once --limit 1``);
+        ``bootstrap`` (default otherwise) runs ``python -m chronos_flows.bootstrap``.
+        """
+        env = env or self.env
+        minutes = int(max_runtime_minutes or self.cfg.max_runtime_minutes)
+        pool = work_pool or self.cfg.work_pool
+        mode = mode or ("flow-run" if flow_run_id else "bootstrap")
+        if not _RUN_ID.match(run_id):
+            raise ConfigError(f"run id {run_id!r} is not a valid id (letters, digits, '_', '.', '-')")
+        if minutes < 1:
+            raise ConfigError(f"max_runtime_minutes must be at least 1, got {minutes}")
+        if mode == "flow-run" and not flow_run_id:
+            raise ConfigError("mode 'flow-run' needs the flow_run_id that run_deployment returned")
+        if mode not in ("flow-run", "worker", "bootstrap"):
+            raise ConfigError(f"unknown user-data mode {mode!r}; use flow-run, worker or bootstrap")
+        q = shlex.quote
+        exports = {
+            "CHRONOS_FLOWS_RUN_ID": run_id,
+            "CHRONOS_FLOWS_STORE": store_url,
+            "CHRONOS_FLOWS_ENV": env,
+            "PYTHONUNBUFFERED": "1",
+            "DO_NOT_TRACK": "1",
+        }
+        for k, v in (extra_env or {}).items():
+            if not _ENV_NAME.match(k):
+                raise ConfigError(f"extra_env name {k!r} is not a valid environment variable name")
+            exports[k] = str(v)
+        if mode == "flow-run":
+            step = f"prefect flow-run execute {q(flow_run_id or '')}"
+        elif mode == "worker":
+            step = f"prefect worker start --pool {q(pool)} --type process --run-once --limit 1"
+        else:
+            step = f"python -m chronos_flows.bootstrap --run-id {q(run_id)} --store {q(store_url)} --env {q(env)}"
+            if generation is not None:
+                step += f" --generation {int(generation)}"
+        lines = [
+            "#!/bin/bash",
+            f"# {PROJECT} training instance: run {run_id} ({env}), mode {mode}",
+            "# Hard stop first: shutdown terminates this instance (InstanceInitiatedShutdownBehavior=terminate).",
+            f'shutdown -h +{minutes} "{PROJECT}: max runtime {minutes} min reached" || true',
+            # Backstop if the graceful shutdown hangs: power off 10 minutes after the limit.
+            f"(sleep {(minutes + 10) * 60}; poweroff -f) >/dev/null 2>&1 &",
+            "finish() {",
+            "  rc=$?",
+            '  echo "chronos-flows bootstrap finished with exit code $rc; shutting down"',
+            "  sync",
+            "  shutdown -h now",
+            "}",
+            "trap finish EXIT",
+            "set -euo pipefail",
+            "exec > >(tee -a /var/log/chronos-flows-bootstrap.log) 2>&1",
+            "echo \"chronos-flows bootstrap starting at $(date -u +%FT%TZ)\"",
+        ]
+        lines += [f"export {k}={q(v)}" for k, v in exports.items()]
+        lines += [
+            # IMDSv2 (HttpTokens=required): the instance id goes into result.json.
+            'IMDS_TOKEN=$(curl -sf -X PUT http://169.254.169.254/latest/api/token '
+            '-H "X-aws-ec2-metadata-token-ttl-seconds: 300" || true)',
+            'CHRONOS_FLOWS_INSTANCE_ID=$(curl -sf -H "X-aws-ec2-metadata-token: $IMDS_TOKEN" '
+            "http://169.254.169.254/latest/meta-data/instance-id || true)",
+            "export CHRONOS_FLOWS_INSTANCE_ID",
+        ]
+        lines += [
+            "VENV=/opt/chronos-flows/venv",
+            "python3 -m venv \"$VENV\"",
+            '"$VENV/bin/python" -m pip install --quiet --upgrade pip',
+            f'"$VENV/bin/python" -m pip install --quiet {q(self.cfg.bootstrap_package)}',
+            'export PATH="$VENV/bin:$PATH"',
+            "nvidia-smi -L  # fails (and so shuts down) when the AMI has no GPU driver",
+            "cd /opt/chronos-flows",
+            step,
+        ]
+        script = "\n".join(lines) + "\n"
+        size = len(script.encode())
+        if size > USER_DATA_LIMIT:
+            raise ConfigError(f"user data is {size} bytes; EC2 accepts at most {USER_DATA_LIMIT}: shorten extra_env")
+        return script
+
+
+def verify_instances(ec2: Ec2Compute) -> list[str]:
+    """verify-cleanup findings: one line per non-terminated instance of this project and environment."""
+    return [
+        f"instance {i['instance_id']} is {i['state']} (RunId {i['run_id'] or '?'}, "
+        f"{i['instance_type']}, launched {i['launch_time']}); "
+        f"terminate it: aws ec2 terminate-instances --instance-ids {i['instance_id']}"
+        for i in ec2.list_active()
+    ]

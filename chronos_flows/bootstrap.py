@@ -1,0 +1,212 @@
+"""The entry point run ON the training instance (``python -m chronos_flows.bootstrap``).
+
+It checks the environment (a GPU unless ``--allow-cpu``), refuses to work unless the store's
+``{env}/system-state.json`` names this run in status ``training`` (and, if given, this lock
+generation), runs the training callable and writes the outcome to
+``{env}/{run_id}/instance/result.json`` (atomic put) for the parent flow to read. The user data
+shuts the instance down after it returns, whatever the exit code.
+
+Exit codes: 0 ok, 1 training error, 2 bad environment/arguments/store, 3 refused (not this run's turn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from chronos_flows.errors import BadInputError, ChronosFlowsError, StoreError
+
+EXIT_OK, EXIT_ERROR, EXIT_ENV, EXIT_REFUSED = 0, 1, 2, 3
+#: ``module:function`` called as ``fn(run_id=..., store_url=..., env=...) -> dict`` when --train is not given.
+DEFAULT_TRAIN_ENTRYPOINT = "tasks.train:instance_train"
+REQUIRED_STATUS = "training"
+
+
+def result_key(env: str, run_id: str) -> str:
+    return f"{env}/{run_id}/instance/result.json"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def check_gpu(allow_cpu: bool = False) -> dict[str, Any]:
+    """``nvidia-smi -L`` must list a GPU unless ``allow_cpu``. Returns what was found; BadInputError otherwise."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        if allow_cpu:
+            return {"gpu": None, "note": "nvidia-smi not found; running on CPU (--allow-cpu)"}
+        raise BadInputError(
+            "no GPU: nvidia-smi is not on PATH; launch from a Deep Learning AMI with NVIDIA drivers, "
+            "or pass --allow-cpu to train on CPU"
+        )
+    proc = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=60, check=False)
+    gpus = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("GPU")]
+    if proc.returncode != 0 or not gpus:
+        if allow_cpu:
+            return {"gpu": None, "note": f"nvidia-smi found no GPU (exit {proc.returncode}); CPU (--allow-cpu)"}
+        raise BadInputError(
+            f"nvidia-smi found no GPU (exit {proc.returncode}: {proc.stderr.strip()[:200]}); check the "
+            "instance type (g4dn/g5) and the AMI's driver, or pass --allow-cpu"
+        )
+    return {"gpu": gpus}
+
+
+def _write_result(store: Any, env: str, run_id: str, result: dict[str, Any]) -> None:
+    store.put(result_key(env, run_id), json.dumps(result, indent=2, sort_keys=True, default=str).encode())
+
+
+def run_instance_step(
+    run_id: str,
+    store_url: str,
+    env: str,
+    train: Callable[[], dict],
+    *,
+    store: Any | None = None,
+    generation: int | None = None,
+    environment: dict[str, Any] | None = None,
+) -> int:
+    """Run ``train`` for ``run_id`` if the state file says it is this run's training turn.
+
+    Writes ``result.json`` with ``outcome`` ``ok``/``error``/``refused``, timings, the training
+    result or the error. Returns the exit code (see module doc).
+    """
+    if store is None:
+        from blocks.store import open_store
+
+        try:
+            store = open_store(store_url)
+        except StoreError as exc:
+            print(f"chronos-flows bootstrap: {exc}", file=sys.stderr)
+            return EXIT_ENV
+    from chronos_flows.lock import read_state
+
+    started = time.monotonic()
+    base: dict[str, Any] = {
+        "run_id": run_id,
+        "env": env,
+        "store": store_url,
+        "host": socket.gethostname(),
+        "instance_id": os.environ.get("CHRONOS_FLOWS_INSTANCE_ID"),
+        "started_at": _now(),
+        "environment": environment or {},
+    }
+    snap = read_state(store, env)
+    reason = None
+    if snap is None:
+        reason = f"no {env}/system-state.json: no run holds the lock"
+    elif snap.run_id != run_id:
+        reason = f"the state file names run {snap.run_id}, not {run_id}"
+    elif snap.status != REQUIRED_STATUS:
+        reason = f"run {run_id} is in status {snap.status}, not {REQUIRED_STATUS}"
+    elif generation is not None and snap.generation != generation:
+        reason = f"lock generation is {snap.generation}, this instance was launched for {generation}"
+    if reason:
+        _write_result(store, env, run_id, {**base, "outcome": "refused", "reason": reason, "finished_at": _now(),
+                                           "duration_seconds": round(time.monotonic() - started, 3)})
+        print(f"chronos-flows bootstrap: refusing to train: {reason}", file=sys.stderr)
+        return EXIT_REFUSED
+    if generation is None and snap is not None:
+        base["generation"] = snap.generation
+    _write_result(store, env, run_id, {**base, "outcome": "running"})
+    try:
+        result = train()
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded for the parent, then the instance stops
+        code = exc.exit_code if isinstance(exc, ChronosFlowsError) else EXIT_ERROR
+        _write_result(
+            store,
+            env,
+            run_id,
+            {
+                **base,
+                "outcome": "error",
+                "error": {"type": type(exc).__name__, "message": str(exc),
+                          "traceback": traceback.format_exc(limit=20)[-4000:]},
+                "exit_code": code,
+                "finished_at": _now(),
+                "duration_seconds": round(time.monotonic() - started, 3),
+            },
+        )
+        print(f"chronos-flows bootstrap: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return code
+    _write_result(
+        store,
+        env,
+        run_id,
+        {**base, "outcome": "ok", "result": result, "exit_code": EXIT_OK, "finished_at": _now(),
+         "duration_seconds": round(time.monotonic() - started, 3)},
+    )
+    return EXIT_OK
+
+
+def load_entrypoint(spec: str) -> Callable[..., dict]:
+    """``package.module:function`` → the callable; BadInputError naming the spec otherwise."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise BadInputError(f"--train {spec!r}: expected module:function, e.g. {DEFAULT_TRAIN_ENTRYPOINT}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BadInputError(f"--train {spec!r}: cannot import {module_name}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise BadInputError(f"--train {spec!r}: {module_name} has no callable {attr}")
+    return fn
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m chronos_flows.bootstrap", description=__doc__.splitlines()[0])
+    p.add_argument("--run-id", default=os.environ.get("CHRONOS_FLOWS_RUN_ID"), help="the run this instance serves")
+    p.add_argument("--store", default=os.environ.get("CHRONOS_FLOWS_STORE"), help="store URL (s3://bucket/prefix)")
+    p.add_argument("--env", default=os.environ.get("CHRONOS_FLOWS_ENV", "dev"), help="environment prefix")
+    p.add_argument("--generation", type=int, default=None, help="lock generation the instance was launched for")
+    p.add_argument("--allow-cpu", action="store_true", help="do not require a GPU")
+    p.add_argument(
+        "--train",
+        default=os.environ.get("CHRONOS_FLOWS_TRAIN_ENTRYPOINT", DEFAULT_TRAIN_ENTRYPOINT),
+        help="module:function called with run_id=, store_url=, env= (returns a JSON-able dict)",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad arguments; keep that code
+        return int(exc.code or 0)
+    if not args.run_id or not args.store:
+        print("chronos-flows bootstrap: --run-id and --store are required (or CHRONOS_FLOWS_RUN_ID/"
+              "CHRONOS_FLOWS_STORE)", file=sys.stderr)
+        return EXIT_ENV
+    environment: dict[str, Any] = {}
+    try:
+        environment = check_gpu(args.allow_cpu)
+        fn = load_entrypoint(args.train)
+    except BadInputError as exc:
+        print(f"chronos-flows bootstrap: {exc}", file=sys.stderr)
+        failure = exc
+
+        def train() -> dict:  # record the environment error in result.json for the parent
+            raise failure
+
+    else:
+
+        def train() -> dict:
+            return fn(run_id=args.run_id, store_url=args.store, env=args.env)
+
+    return run_instance_step(args.run_id, args.store, args.env, train, generation=args.generation,
+                             environment=environment)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
