@@ -343,6 +343,8 @@ class S3Store:
             raise StoreError("S3 store needs a bucket name: use s3://BUCKET/PREFIX")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self._client_args = (endpoint_url, region, profile)
+        self._own_client = client is None
         self.client = client or make_s3_client(endpoint_url, region, profile, max_attempts)
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
 
@@ -611,8 +613,10 @@ def check_store(store) -> None:
     if isinstance(store, S3Store):
         from botocore.exceptions import BotoCoreError, ClientError
 
+        # A quick probe: few attempts, so an unreachable endpoint is reported in seconds.
+        client = make_s3_client(*store._client_args, max_attempts=2) if store._own_client else store.client
         try:
-            store.client.head_bucket(Bucket=store.bucket)
+            client.head_bucket(Bucket=store.bucket)
         except (ClientError, BotoCoreError) as e:
             err = store._error(e, "HeadBucket", None)
             if isinstance(err, TransientStoreError):
