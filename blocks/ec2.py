@@ -45,6 +45,10 @@ def _code(exc: Exception) -> str:
 class Ec2Compute:
     """Launch, follow and terminate the training instance of a run."""
 
+    #: Where the user data installs the project and writes its log on the instance.
+    install_dir = "/opt/chronos-flows"
+    log_file = "/var/log/chronos-flows-bootstrap.log"
+
     def __init__(self, cfg: Ec2Config, *, env: str, cost_center: str, client: Any | None = None) -> None:
         self.cfg = cfg
         self.env = env
@@ -325,7 +329,7 @@ class Ec2Compute:
             "}",
             "trap finish EXIT",
             "set -euo pipefail",
-            "exec > >(tee -a /var/log/chronos-flows-bootstrap.log) 2>&1",
+            f"exec > >(tee -a {q(self.log_file)}) 2>&1",
             "echo \"chronos-flows bootstrap starting at $(date -u +%FT%TZ)\"",
         ]
         lines += [f"export {k}={q(v)}" for k, v in exports.items()]
@@ -338,13 +342,14 @@ class Ec2Compute:
             "export CHRONOS_FLOWS_INSTANCE_ID",
         ]
         lines += [
-            "VENV=/opt/chronos-flows/venv",
+            f"mkdir -p {q(self.install_dir)}",
+            f"VENV={q(self.install_dir + '/venv')}",
             "python3 -m venv \"$VENV\"",
             '"$VENV/bin/python" -m pip install --quiet --upgrade pip',
             f'"$VENV/bin/python" -m pip install --quiet {q(self.cfg.bootstrap_package)}',
             'export PATH="$VENV/bin:$PATH"',
             "nvidia-smi -L  # fails (and so shuts down) when the AMI has no GPU driver",
-            "cd /opt/chronos-flows",
+            f"cd {q(self.install_dir)}",
             step,
         ]
         script = "\n".join(lines) + "\n"
