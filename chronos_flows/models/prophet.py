@@ -221,6 +221,8 @@ class ProphetForecaster(Forecaster):
                 self.progress(done, total)
 
         workers = min(self.n_jobs, total, os.cpu_count() or 1)
+        if multiprocessing.current_process().daemon:
+            workers = 1  # a daemonic process (e.g. inside another pool) may not start children
         if workers <= 1:
             for uid, ds, y in jobs:
                 record(*fit_predict_one(uid, ds, y, horizon, freq, quantiles, settings))
