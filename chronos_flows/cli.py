@@ -111,7 +111,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool = False) -> None:
         print(f"  error: {summary['error']}")
     board = summary.get("leaderboard") or []
     if board:
-        cols = [c for c in ("model", "mae", "rmse", "mape", "smape", "mase", "wql", "coverage_80", "rel_mase", "rel_wql") if c in board[0]]
+        cols = [c for c in ("model", "mae", "rmse", "mape", "smape", "mase", "wql", "coverage_80", "mase_relative", "wql_relative") if c in board[0]]
         print("  " + "  ".join(f"{c:>12}" for c in cols))
         for row in board:
             print("  " + "  ".join(f"{_fmt(row.get(c)):>12}" for c in cols))

@@ -232,6 +232,32 @@ def build_leaderboard(
     return lb[cols]
 
 
+def merge_results(*results: BacktestResult) -> BacktestResult:
+    """One result from backtests of different models on the same windows (e.g. Prophet run as its
+    own step); the leaderboard is rebuilt so relative scores use the common (series, window) pairs."""
+    if not results:
+        raise BadInputError("merge_results needs at least one backtest result")
+    first = results[0]
+    for other in results[1:]:
+        for k in ("horizon", "n_windows", "step", "freq", "quantiles"):
+            if other.settings.get(k) != first.settings.get(k):
+                raise ChronosFlowsError(
+                    f"cannot merge backtests with different {k}: {first.settings.get(k)!r} vs {other.settings.get(k)!r}"
+                )
+    models = [m for r in results for m in r.failures]
+    if len(set(models)) != len(models):
+        raise ChronosFlowsError(f"cannot merge backtests that share a model: {models}")
+    forecasts = pd.concat([r.forecasts for r in results], ignore_index=True)
+    metrics_df = pd.concat([r.metrics for r in results], ignore_index=True)
+    failures = {m: f for r in results for m, f in r.failures.items()}
+    leaderboard = build_leaderboard(metrics_df, forecasts, models, failures, first.settings["quantiles"])
+    timings: dict[str, float] = {}
+    for r in results:
+        for k, v in r.timings.items():
+            timings[k] = round(timings.get(k, 0.0) + v, 4)
+    return BacktestResult(forecasts, metrics_df, leaderboard, failures, first.cutoffs, dict(first.settings), timings)
+
+
 # --------------------------------------------------------------------------- outputs
 
 

@@ -89,15 +89,9 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
                 train_df, freq = split_for_training(cleaned, report.freq, params.evaluation)
                 chronos, results["chronos"] = train_chronos(ctx, train_df, freq)
             with phases("baselines"):
-                prophet, seasonal_naive, results["prophet"] = train_prophet(ctx, train_df, freq, report.season_length)
+                prophet_backtest, results["prophet"] = train_prophet(ctx, cleaned, freq, report.season_length)
             with phases("evaluate"):
-                backtest = evaluate(
-                    ctx,
-                    cleaned,
-                    {"chronos": chronos, "prophet": prophet, "seasonal_naive": seasonal_naive},
-                    freq,
-                    report.season_length,
-                )
+                backtest = evaluate(ctx, cleaned, chronos, prophet_backtest, freq, report.season_length)
             with phases("results_sync"):
                 set_status(ctx, "results_sync")
                 results.update(finalize_results(ctx, backtest, results, report))

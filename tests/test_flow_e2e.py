@@ -1,0 +1,67 @@
+"""One fast end-to-end run of the whole chronos-training flow on the embedded default."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from blocks.store import open_store
+from chronos_flows import layout
+from chronos_flows.config import build_params
+
+SMALL = [
+    "evaluation.horizon=8",
+    "evaluation.n_windows=2",
+    "chronos.context_length=64",
+    "chronos.max_steps=20",
+    "chronos.batch_size=16",
+    "chronos.eval_every=10",
+    "chronos.checkpoint_every=10",
+    "prophet.n_jobs=1",
+    "prophet.uncertainty_samples=50",
+]
+
+
+@pytest.fixture
+def small_params(tmp_path):
+    return build_params(overrides=SMALL, store=str(tmp_path / "store"), run_id="e2e-run-1")
+
+
+def test_when_the_default_flow_runs_then_the_store_holds_a_complete_run(prefect_api, small_params, tmp_path):
+    from flows.training import chronos_training
+
+    summary = chronos_training(params=small_params)
+
+    assert summary["status"] == "succeeded", summary
+    store = open_store(small_params.store_url())
+    env, run = small_params.env, small_params.run_id
+
+    # the lock is released and every run file is there
+    assert store.get(layout.state_key(env)) is None
+    log = json.loads(store.get(layout.training_log_key(env, run))[0])
+    assert log["status"] == "succeeded"
+    assert [t["status"] for t in log["transitions"]] == [
+        "initialization", "data_sync", "training", "results_sync", "cleanup",
+    ]
+    assert log["schema_version"] >= 1 and log["phases"]["training"] > 0
+    cleanup = json.loads(store.get(layout.cleanup_status_key(env, run))[0])
+    assert cleanup["complete"] is True
+    assert all(step["outcome"] in ("done", "already_done") for step in cleanup["steps"].values())
+    metadata = json.loads(store.get(layout.metadata_key(env, run))[0])
+    assert metadata["data_fingerprint"]
+    assert store.exists(f"{layout.models_prefix(env, run, 'chronos')}/config.json")
+    assert any(k.startswith(layout.DATASETS_PREFIX + "/") for k in store.list(layout.DATASETS_PREFIX))
+
+    # the leaderboard has every model with sane metrics
+    board = pd.read_csv(store.uri(f"{layout.evaluation_prefix(env, run)}/leaderboard.csv").removeprefix("file://"))
+    assert set(board["model"]) == {"chronos", "prophet", "seasonal_naive"}
+    for col in ("mae", "rmse", "mase", "wql"):
+        assert board[col].map(lambda v: math.isfinite(v) and v >= 0).all(), col
+    sn = board.set_index("model").loc["seasonal_naive"]
+    assert sn["wql_relative"] == pytest.approx(1.0)
+    # gasoline is ~8-10 million barrels/day: errors far beyond that would mean a broken pipeline
+    assert board["mae"].max() < 5.0
+    assert summary["leaderboard"] and summary["promotion"] is not None
