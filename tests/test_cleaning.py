@@ -34,8 +34,9 @@ def frame(series: dict[str, tuple[str, list[float]]], freq: str = "D") -> pd.Dat
 
 
 def run(df: pd.DataFrame, min_length: int = 3, horizon: int = 2, **cfg):
-    return clean(df, CleaningConfig(outliers="off", **cfg) if "outliers" not in cfg else CleaningConfig(**cfg),
-                 min_length=min_length, horizon=horizon)
+    """clean() on a small frame; outlier detection off unless asked for."""
+    cfg.setdefault("outliers", "off")
+    return clean(df, CleaningConfig(**cfg), min_length=min_length, horizon=horizon)
 
 
 def reference_outliers(y: np.ndarray, period: int, k: float) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +79,9 @@ def test_when_outliers_replace_then_flagged_values_become_trend_plus_seasonal(ga
     spiked = gasoline.copy()
     for pos, delta in SPIKES.items():
         spiked.loc[pos, "y"] += delta
+    before = spiked.copy()
     cleaned, _ = clean(spiked, CleaningConfig(outliers="replace"), min_length=39, horizon=13)
+    pd.testing.assert_frame_equal(spiked, before)  # the input is not modified
     flags, fit = reference_outliers(spiked["y"].to_numpy(), 52, 3.0)
     np.testing.assert_allclose(cleaned["y"].to_numpy()[flags], fit[flags])
     np.testing.assert_array_equal(cleaned["y"].to_numpy()[~flags], spiked["y"].to_numpy()[~flags])

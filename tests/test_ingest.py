@@ -62,8 +62,10 @@ def test_when_shipped_livestock_panel_loaded_then_42_monthly_series_of_120():
 
 @pytest.mark.parametrize("name", ["d.csv", "d.parquet", "d.pq", "d.xlsx"])
 @pytest.mark.parametrize("layout", ["long", "wide"])
-def test_when_same_data_in_any_format_and_layout_then_same_canonical_frame(tmp_path, name, layout):
-    path = _write(LONG if layout == "long" else _wide(LONG), tmp_path / name)
+@pytest.mark.parametrize("dates", ["text", "datetime"])
+def test_when_same_data_in_any_format_and_layout_then_same_canonical_frame(tmp_path, name, layout, dates):
+    source = LONG if dates == "text" else LONG.assign(ds=pd.to_datetime(LONG["ds"]))
+    path = _write(source if layout == "long" else _wide(source), tmp_path / name)
     df = load_dataset(str(path), DataConfig(layout=layout))
     expected = pd.DataFrame(
         {
