@@ -332,8 +332,9 @@ def load_dataset(source: str, cfg: DataConfig, fetch: Fetch | None = None) -> pd
     """
     source = str(source)
     name, stem = _source_name(source)
+    data = _read_bytes(source, fetch)
     fmt = _detect_format(source, name, cfg)
-    raw = _parse(_read_bytes(source, fetch), fmt, source, cfg)
+    raw = _parse(data, fmt, source, cfg)
     if len(raw) == 0:
         found = ", ".join(repr(str(c)) for c in raw.columns) or "(none)"
         raise BadInputError(
