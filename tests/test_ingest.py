@@ -155,6 +155,8 @@ def test_when_frame_round_trips_through_parquet_bytes_then_identical():
 def test_when_file_missing_then_error_names_file_and_setting(tmp_path):
     message = _error(tmp_path / "nope.csv")
     assert "nope.csv" in message and "does not exist" in message and "data.path" in message
+    (tmp_path / "folder.csv").mkdir()
+    assert "folder.csv is a directory" in _error(tmp_path / "folder.csv")
 
 
 @pytest.mark.parametrize("content", ["", "\n\n", "unique_id,ds,y\n"])
