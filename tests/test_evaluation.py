@@ -167,3 +167,17 @@ def test_when_outputs_written_then_parquet_csv_report_and_plots_exist(backtest_w
         assert paths[key].parent == tmp_path / "evaluation" / "plots"
     # no temporary files left behind by the atomic writes
     assert not [p for p in (tmp_path / "evaluation").rglob(".*.tmp")]
+
+
+def test_when_backtests_of_different_models_are_merged_then_the_leaderboard_equals_a_joint_run(panel):
+    kw = dict(horizon=6, n_windows=2, step=3, freq="MS", season_length=12)
+    from chronos_flows.evaluation import merge_results
+
+    joint = run_backtest({"seasonal_naive": SeasonalNaive(12), "oracle": Oracle(panel)}, panel, **kw)
+    merged = merge_results(
+        run_backtest({"seasonal_naive": SeasonalNaive(12)}, panel, **kw),
+        run_backtest({"oracle": Oracle(panel)}, panel, **kw),
+    )
+    pd.testing.assert_frame_equal(merged.leaderboard.sort_index(), joint.leaderboard.sort_index())
+    with pytest.raises(ChronosFlowsError, match="horizon"):
+        merge_results(joint, run_backtest({"x": SeasonalNaive(12)}, panel, **{**kw, "horizon": 3}))
