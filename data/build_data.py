@@ -101,6 +101,7 @@ def write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     try:
         with os.fdopen(fd, "w", newline="") as fh:
             df.to_csv(fh, index=False, date_format="%Y-%m-%d", float_format="%.10g")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; shipped data must be world-readable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
