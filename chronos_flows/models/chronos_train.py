@@ -499,6 +499,7 @@ def train_loop(
                     state.stopped_early = True
                     logger.info("early stopping at step %d: no validation improvement in %d evaluations (best %.4g at step %s)",
                                 step, state.bad_evals, state.best_val, state.best_step)
+        entry = None
         if step % log_every == 0 or last or val_loss is not None or state.stopped_early:
             loss_value = float(running) / max(running_n, 1)
             running.zero_()
@@ -507,9 +508,10 @@ def train_loop(
             if val_loss is not None:
                 entry["val_loss"] = val_loss
             state.history.append(entry)
-            reporter.report(step, loss_value, val_loss, entry["lr"])
         if step % cfg.checkpoint_every == 0 or last or state.stopped_early:
-            save_ckpt()
+            save_ckpt()  # before reporting: a failing progress callback must not lose it
+        if entry is not None:
+            reporter.report(step, entry["loss"], val_loss, entry["lr"])
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -589,10 +591,10 @@ def _make_chronos2_callback(cfg, state: TrainState, resume: Optional[Checkpoint]
                     control.should_training_stop = True
                     logger.info("early stopping at step %d: no validation improvement in %d evaluations (best %.4g at step %s)",
                                 step, state.bad_evals, state.best_val, state.best_step)
-            self.reporter.report(step, self.last_loss, val, self.scheduler.get_last_lr()[0])
-            if self.pending is not None:
+            if self.pending is not None:  # checkpoint first: a failing progress callback must not lose it
                 self._save(self.pending)
                 self.pending = None
+            self.reporter.report(step, self.last_loss, val, self.scheduler.get_last_lr()[0])
 
         def on_step_end(self, args, tstate, control, **kw):
             if self.finished:
