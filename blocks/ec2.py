@@ -180,7 +180,7 @@ class Ec2Compute:
     # ------------------------------------------------------------------ follow
 
     def _instance(self, instance_id: str) -> dict[str, Any] | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             reservations = self.client.describe_instances(InstanceIds=[instance_id])["Reservations"]
@@ -188,6 +188,8 @@ class Ec2Compute:
             if _code(exc) in _NOT_FOUND:
                 return None
             raise Ec2Error(f"cannot describe instance {instance_id}: {exc}") from None
+        except BotoCoreError as exc:  # no credentials, endpoint unreachable
+            raise Ec2Error(f"cannot describe instance {instance_id}: {exc}; check AWS credentials/region") from None
         for r in reservations:
             for inst in r["Instances"]:
                 return inst
@@ -244,8 +246,17 @@ class Ec2Compute:
         ]
         if run_id:
             filters.append({"Name": "tag:RunId", "Values": [run_id]})
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = list(self.client.get_paginator("describe_instances").paginate(Filters=filters))
+        except (ClientError, BotoCoreError) as exc:
+            raise Ec2Error(
+                f"cannot list {PROJECT} instances of {self.env}: {exc}; check AWS credentials/region "
+                "(the caller needs ec2:DescribeInstances)"
+            ) from None
         out = []
-        for page in self.client.get_paginator("describe_instances").paginate(Filters=filters):
+        for page in pages:
             for r in page["Reservations"]:
                 for inst in r["Instances"]:
                     tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}

@@ -343,3 +343,18 @@ def test_when_nvidia_smi_lists_a_gpu_then_main_runs_the_training_entry_point(tmp
     res = _result(store, "dev", "run-g")
     assert res["environment"]["gpu"] == ["GPU 0: NVIDIA A10G (UUID: GPU-1234)"]
     assert res["result"] == {"run_id": "run-g", "store_url": tmp_path.as_uri(), "env": "dev"}
+
+
+def test_when_the_ec2_api_is_unreachable_then_listing_and_describing_raise_ec2_error():
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "ec2", region_name="us-east-1", endpoint_url="http://127.0.0.1:9", aws_access_key_id="x",
+        aws_secret_access_key="x", config=Config(retries={"total_max_attempts": 1}, connect_timeout=1),
+    )
+    ec2 = Ec2Compute(Ec2Config(), env="dev", cost_center="train", client=client)
+    with pytest.raises(Ec2Error, match="cannot list chronos-flows instances of dev"):
+        ec2.list_active()
+    with pytest.raises(Ec2Error, match="credentials/region"):
+        ec2.describe("i-0123456789abcdef0")
