@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from chronos_flows import layout, runlog
 from chronos_flows.errors import BadInputError
-from chronos_flows.lock import RunLock, kill
+from chronos_flows.lock import RunLock, iso, kill, utc_now
 from chronos_flows.ops import run_cleanup
 
 CleanupSteps = Callable[[str], list[tuple[str, Callable[[], str]]]]
@@ -107,7 +107,14 @@ def kill_run(
         notes.append(f"its process is alive and will clean up at its next check (wait more, then `chronos-flows status`)")
         return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
     steps = extra_cleanup(run_id) if extra_cleanup else []
-    runlog.mark_failed(store, env, run_id, "killed by user; its process did not respond, cleaned up by `chronos-flows kill`", status="killed")
+    reason = "killed by user; its process did not respond, cleaned up by `chronos-flows kill`"
+
+    def mark_killed(log: runlog.TrainingLog) -> None:
+        log.transitions.append(runlog.Transition(status="killed", at=iso(utc_now()), details={"reason": reason}))
+        log.status, log.error = "killed", reason
+        log.ended_at = log.ended_at or iso(utc_now())
+
+    runlog.update_training_log(store, env, run_id, mark_killed)
     status = run_cleanup(store, env, run_id, steps, None)
     notes.append(f"its process did not respond; cleanup done here ({'complete' if status.complete else 'INCOMPLETE'})")
     return {"killed": True, "run_id": run_id, "cleanup_complete": status.complete, "message": "; ".join(notes)}

@@ -58,12 +58,14 @@ class TrainProgress:
         self.artifact = Progress(f"training-progress-{ctx.run_id}", "Chronos training steps")
 
     def __call__(self, ev: dict[str, Any]) -> None:
-        if self.ctx.handle is not None:
-            self.ctx.handle.check()  # raises RunKilledError / LostLockError: training stops
         now = time.monotonic()
         step, total = ev.get("step", 0), ev.get("max_steps", 0)
         final = bool(total) and step >= total
-        if now - self.last < self.every_s and not final:
+        due = now - self.last >= self.every_s or final
+        if self.ctx.handle is not None:
+            # raises RunKilledError / LostLockError so training stops; re-reads the file only when due
+            self.ctx.handle.check(refresh=due)
+        if not due:
             return
         self.last = now
         self.artifact.update(step, total)
