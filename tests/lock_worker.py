@@ -20,16 +20,24 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _open(url: str, cache: dict):
-    from blocks.store import open_store
+    from blocks.store import S3Store, make_s3_client, open_store
 
     if url not in cache:
-        cache[url] = open_store(url, check=False)
+        if url.startswith("s3://"):
+            # one boto3 client per worker process (creating one costs ~0.3 s of CPU)
+            if "client" not in cache:
+                cache["client"] = make_s3_client()
+            bucket, _, prefix = url[len("s3://"):].partition("/")
+            cache[url] = S3Store(bucket, prefix, client=cache["client"])
+        else:
+            cache[url] = open_store(url, check=False)
     return cache[url]
 
 
@@ -99,7 +107,8 @@ def main() -> int:
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
-            return 0
+            sys.stdout.flush()
+            os._exit(0)  # skip interpreter teardown: 20 workers exit at once
         try:
             out = handle(cmd, cache)
         except Exception as e:  # noqa: BLE001 — reported to the test, which fails on it
@@ -159,6 +168,51 @@ def spawn_holder(env: dict | None = None) -> subprocess.Popen:
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.Popen([sys.executable, str(Path(__file__).resolve())], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=full_env, cwd=str(ROOT))
+
+
+_SERIAL_MOTO = """
+import sys
+from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import run_simple
+run_simple("127.0.0.1", int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
+           threaded=False, request_handler=MotoRequestHandler)
+"""
+
+
+class SerialMotoServer:
+    """moto's S3 API served by ONE thread, so every request (and so every conditional check+write)
+    runs to completion before the next: the atomicity real S3 guarantees. moto_server's threaded
+    mode does not lock its check-then-write (FACTS.md), which under 20 contending processes on
+    2 cores occasionally lets two conditional writes both pass (a moto artefact, not the lock's)."""
+
+    def __init__(self) -> None:
+        from tests.conftest import free_port, wait_for_port
+
+        self.port = free_port()
+        self.endpoint_url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERIAL_MOTO, str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.endpoint_url, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def new_bucket(self) -> str:
+        import boto3
+
+        name = f"race-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=name)
+        return name
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def store(tmp_path):
 def race_scenario(pool: WorkerPool, store, env: str, rounds: int) -> None:
     generations = []
     for r in range(rounds):
-        at = time.time() + 0.3
+        at = time.time() + 0.15
         cmds = [{"op": "acquire", "url": store.url, "env": env, "run_id": f"r{r}-w{i}", "at": at, "lease": 60}
                 for i in range(len(pool.procs))]
         results = pool.run(cmds)
