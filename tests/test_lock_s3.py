@@ -51,6 +51,11 @@ def s3_store(s3_store_url):
 
 
 def test_when_20_processes_race_for_the_s3_lock_then_exactly_one_wins_each_round(s3_pool, race_store):
+    race_scenario(s3_pool, race_store, ENV, rounds=6)
+
+
+@pytest.mark.slow
+def test_when_20_processes_race_for_the_s3_lock_for_20_rounds_then_exactly_one_wins_each(s3_pool, race_store):
     race_scenario(s3_pool, race_store, ENV, rounds=20)
 
 
