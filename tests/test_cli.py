@@ -1,0 +1,180 @@
+"""The chronos-flows command: exit codes and messages for bad input, lock contention, operations.
+
+These run the real console entry point in a subprocess. Every case here is decided before Prefect
+starts (preflight), so none of them pays for a Prefect server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from blocks.store import open_store
+from chronos_flows import layout, runlog
+from chronos_flows.lock import RunLock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "chronos_flows.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} if root.exists() else {}
+
+
+@pytest.fixture
+def store_dir(tmp_path):
+    d = tmp_path / "store"
+    d.mkdir()
+    return d
+
+
+def run_expect(store_dir: Path, code: int, *args: str) -> str:
+    before = snapshot(store_dir)
+    res = cli("run", "--store", str(store_dir), *args)
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, res.stderr
+    assert snapshot(store_dir) == before, "a rejected run must leave the store as it was"
+    return res.stderr
+
+
+def test_when_the_data_file_is_empty_then_exit_2_names_the_file(store_dir, tmp_path):
+    f = tmp_path / "empty.csv"
+    f.write_text("")
+    err = run_expect(store_dir, 2, "--set", f"data.path={f}")
+    assert "empty.csv" in err
+
+
+def test_when_a_column_is_misnamed_then_exit_2_names_the_column_and_the_fix(store_dir, tmp_path):
+    f = tmp_path / "sales.csv"
+    pd.DataFrame({"unique_id": ["a"] * 60, "date": pd.date_range("2020-01-06", periods=60, freq="W-MON"), "y": range(60)}).to_csv(f, index=False)
+    err = run_expect(store_dir, 2, "--set", f"data.path={f}")
+    assert "sales.csv" in err and "ds" in err and "data.timestamp_column" in err
+
+
+def test_when_targets_are_not_numeric_then_exit_2_names_the_column(store_dir, tmp_path):
+    f = tmp_path / "bad.csv"
+    df = pd.DataFrame({"unique_id": ["a"] * 60, "ds": pd.date_range("2020-01-06", periods=60, freq="W-MON"), "y": [1.0] * 60})
+    df["y"] = df["y"].astype(object)
+    df.loc[5, "y"] = "n/a?"
+    df.to_csv(f, index=False)
+    err = run_expect(store_dir, 2, "--set", f"data.path={f}")
+    assert "bad.csv" in err and "n/a?" in err and "not numeric" in err and "line 7" in err
+
+
+def test_when_timestamps_do_not_parse_then_exit_2_shows_the_bad_value(store_dir, tmp_path):
+    f = tmp_path / "dates.csv"
+    df = pd.DataFrame({"unique_id": ["a"] * 60, "ds": [str(d.date()) for d in pd.date_range("2020-01-06", periods=60, freq="W-MON")], "y": range(60)})
+    df.loc[3, "ds"] = "not-a-date"
+    df.to_csv(f, index=False)
+    err = run_expect(store_dir, 2, "--set", f"data.path={f}")
+    assert "dates.csv" in err and "not-a-date" in err
+
+
+def test_when_a_series_is_shorter_than_the_horizon_then_exit_2_names_it(store_dir, tmp_path):
+    f = tmp_path / "short.csv"
+    long = pd.DataFrame({"unique_id": "long", "ds": pd.date_range("2015-01-05", periods=300, freq="W-MON"), "y": range(300)})
+    short = pd.DataFrame({"unique_id": "tiny-series", "ds": pd.date_range("2020-01-06", periods=5, freq="W-MON"), "y": range(5)})
+    pd.concat([long, short]).to_csv(f, index=False)
+    err = run_expect(store_dir, 2, "--set", f"data.path={f}")
+    assert "tiny-series" in err and "horizon" in err
+
+
+def test_when_the_file_type_is_unknown_then_exit_2_says_which_types_work(store_dir, tmp_path):
+    f = tmp_path / "data.json"
+    f.write_text("{}")
+    err = run_expect(store_dir, 2, "--set", f"data.path={f}")
+    assert "data.json" in err and "csv" in err.lower()
+
+
+def test_when_a_config_value_is_invalid_then_exit_2_names_the_field(store_dir):
+    err = run_expect(store_dir, 2, "--set", "evaluation.horizon=0")
+    assert "evaluation.horizon" in err
+    err = run_expect(store_dir, 2, "--set", "chronos.family=gpt")
+    assert "chronos.family" in err
+    err = run_expect(store_dir, 2, "--set", "chronos.context_length=8", "--set", "evaluation.horizon=20")
+    assert "context_length" in err
+
+
+def test_when_the_config_file_sets_fields_then_set_overrides_win(tmp_path):
+    from chronos_flows.config import build_params
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("evaluation:\n  horizon: 10\nchronos:\n  max_steps: 7\n")
+    p = build_params(cfg, ["evaluation.horizon=4", "prophet.enabled=false"])
+    assert (p.evaluation.horizon, p.chronos.max_steps, p.prophet.enabled) == (4, 7, False)
+
+
+def test_when_the_store_is_unreachable_then_exit_2_names_it(tmp_path, aws_env):
+    res = cli("run", "--store", "s3://no-such-bucket-chronos/x", env=aws_env.env())
+    assert res.returncode == 2, res.stderr
+    assert "no-such-bucket-chronos" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_when_another_run_holds_the_lock_then_run_exits_3_naming_it(store_dir):
+    store = open_store(str(store_dir))
+    RunLock(store, "dev", lease_seconds=600).acquire("holder-run-7")
+    before = snapshot(store_dir)
+    res = cli("run", "--store", str(store_dir))
+    assert res.returncode == 3, res.stderr
+    assert "locked by run holder-run-7 since" in res.stderr and "chronos-flows kill" in res.stderr
+    assert snapshot(store_dir) == before
+
+
+def test_when_status_is_asked_then_it_reports_idle_then_the_active_run(store_dir):
+    res = cli("status", "--store", str(store_dir))
+    assert res.returncode == 0 and "idle" in res.stdout
+    store = open_store(str(store_dir))
+    h = RunLock(store, "dev", lease_seconds=600).acquire("run-s1")
+    h.transition("data_sync")
+    res = cli("status", "--store", str(store_dir), "--json")
+    report = json.loads(res.stdout)
+    assert report["run_id"] == "run-s1" and report["status"] == "data_sync" and report["stale"] is False
+
+
+def test_when_a_dead_run_is_killed_then_cleanup_happens_and_verify_cleanup_passes(store_dir):
+    store = open_store(str(store_dir))
+    h = RunLock(store, "dev", lease_seconds=600).acquire("dead-run")
+    runlog.record_transition(store, "dev", "dead-run", "initialization", h.state["updated_at"], {})
+    h.transition("data_sync")
+    # nobody heartbeats: the holder process is gone
+    res = cli("verify-cleanup", "--store", str(store_dir))
+    assert res.returncode == 1 and "dead-run" in res.stdout
+
+    res = cli("kill", "--store", str(store_dir), "--wait", "2")
+    assert res.returncode == 0, res.stderr
+    assert "dead-run" in res.stdout and "cleanup done here" in res.stdout
+    assert store.get(layout.state_key("dev")) is None
+    log = runlog.load_training_log(store, "dev", "dead-run")
+    assert log.status == "killed"
+    status = runlog.load_cleanup_status(store, "dev", "dead-run")
+    assert status.complete
+
+    again = cli("kill", "--store", str(store_dir), "--wait", "0")
+    assert again.returncode == 0 and "nothing to kill" in again.stdout
+    res = cli("verify-cleanup", "--store", str(store_dir))
+    assert res.returncode == 0, res.stdout
+
+
+def test_when_kill_names_another_run_then_it_refuses(store_dir):
+    store = open_store(str(store_dir))
+    RunLock(store, "dev", lease_seconds=600).acquire("run-a")
+    res = cli("kill", "--store", str(store_dir), "--run-id", "run-b", "--wait", "0")
+    assert res.returncode == 2 and "run-a" in res.stderr
+    assert RunLock(store, "dev").read().state["status"] == "initialization"
