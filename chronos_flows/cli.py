@@ -190,7 +190,7 @@ def _instance_cleanup_steps(params):
 
         ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
         return [
-            (f"terminate-instance-{inst['InstanceId']}", (lambda i=inst["InstanceId"]: ec2.terminate(i)))
+            (f"terminate-instance-{inst['instance_id']}", (lambda i=inst["instance_id"]: ec2.terminate(i)))
             for inst in ec2.list_active(run_id=run_id)
         ]
 

@@ -20,7 +20,7 @@ from .errors import BadInputError, PreconditionFailed, TransientStoreError
 from .store import ObjectStore
 
 SCHEMA_VERSION = 1
-FINISHED_STATUSES = ("success", "failed", "killed")
+FINISHED_STATUSES = ("succeeded", "failed", "killed")
 
 
 def _now() -> datetime:
@@ -161,7 +161,7 @@ def record_transition(store: ObjectStore, env: str, run_id: str, status: str,
 def mark_failed(store: ObjectStore, env: str, run_id: str, reason: str,
                 at: datetime | str | None = None, generation: int | None = None) -> TrainingLog:
     """Record that ``run_id`` failed (e.g. its lock was taken over). Creates the log if missing;
-    a run already finished (success/failed/killed) keeps its status but gets the note."""
+    a run already finished (succeeded/failed/killed) keeps its status but gets the note."""
     at_s = _iso(at)
 
     def mutate(log: TrainingLog) -> None:

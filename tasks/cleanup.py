@@ -64,6 +64,10 @@ def cleanup_run(ctx: RunContext, outcome: dict[str, Any], results: dict[str, Any
         lost = True
         logger().error("%s; skipping the state-file updates (the new holder owns them)", exc)
 
+    if results.get("cost") is None and ctx.info.get("instance_seconds") is not None:
+        from chronos_flows.cost import estimate_run_cost
+
+        results["cost"] = estimate_run_cost(ctx.params.compute.ec2, ctx.info["instance_seconds"] / 3600.0, "ec2")
     summary = build_summary(ctx, outcome, results, phases)
     if not lost:
         log = runlog.load_training_log(ctx.store, ctx.env, ctx.run_id)

@@ -128,13 +128,10 @@ def finalize_results(ctx: RunContext, result: BacktestResult, results: dict[str,
     promotion = {**outcome.decision.to_dict(), "promoted": outcome.promoted}
     logger().info("champion: %s", outcome.decision.reason)
 
-    cost = None
-    if ctx.params.compute.backend == "ec2":
-        from chronos_flows.cost import estimate_cost
+    from chronos_flows.cost import estimate_run_cost
 
-        ec2 = ctx.params.compute.ec2
-        hours = results.get("chronos", {}).get("instance_seconds", 0.0) / 3600.0
-        cost = estimate_cost(ec2.instance_type, hours, ec2.hourly_prices, volume_gb=ec2.volume_size_gb, spot=ec2.spot)
+    hours = results.get("chronos", {}).get("instance_seconds", 0.0) / 3600.0
+    cost = estimate_run_cost(ctx.params.compute.ec2, hours, ctx.params.compute.backend)
     md = runlog.ModelMetadata(
         run_id=ctx.run_id,
         env=ctx.env,

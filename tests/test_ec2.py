@@ -144,7 +144,7 @@ def _fake_bin(tmp_path: Path, nvidia_rc: int, train_rc: int) -> tuple[Path, Path
 @pytest.mark.parametrize(
     "nvidia_rc,train_rc,trains,rc",
     [(0, 0, True, 0), (0, 5, True, 5), (9, 0, False, 9)],
-    ids=["success", "training-fails", "no-gpu"],
+    ids=["succeeded", "training-fails", "no-gpu"],
 )
 def test_when_user_data_runs_then_hard_stop_comes_first_and_instance_always_shuts_down(
     tmp_path, network, nvidia_rc, train_rc, trains, rc

@@ -65,3 +65,8 @@ def test_when_the_default_flow_runs_then_the_store_holds_a_complete_run(prefect_
     # gasoline is ~8-10 million barrels/day: errors far beyond that would mean a broken pipeline
     assert board["mae"].max() < 5.0
     assert summary["leaderboard"] and summary["promotion"] is not None
+
+    from chronos_flows.ops import verify_cleanup
+
+    ok, findings = verify_cleanup(store, env)
+    assert ok, findings

@@ -122,7 +122,7 @@ def test_when_verifying_then_leftover_state_files_and_extra_findings_are_reporte
     assert not ok
     assert any("active state file" in f and "run-1" in f for f in findings)
     assert "instance i-1 still running (tag run-1)" in findings
-    runlog.save_training_log(store, TrainingLog(run_id="run-0", env=ENV, status="success"))
+    runlog.save_training_log(store, TrainingLog(run_id="run-0", env=ENV, status="succeeded"))
     ok, findings = verify_cleanup(store, ENV)
     assert any("run-0" in f and "no cleanup record" in f for f in findings)
 
