@@ -334,6 +334,14 @@ def make_s3_client(endpoint_url: str | None = None, region: str | None = None, p
     return session.client("s3", **kwargs)
 
 
+def _tagging(key: str) -> dict[str, str]:
+    """Object tags the bucket's lifecycle rules match on (model artifacts and checkpoints)."""
+    from chronos_flows.infra import lifecycle_tagging
+
+    tag = lifecycle_tagging(key)
+    return {"Tagging": tag} if tag else {}
+
+
 class S3Store:
     """``s3://bucket/prefix`` with conditional writes (S3 ``IfNoneMatch`` / ``IfMatch``)."""
 
@@ -463,7 +471,8 @@ class S3Store:
             raise self._error(e, "GetObject", key) from e
 
     def put(self, key: str, data: bytes) -> str:
-        r = self._call("PutObject", key, self.client.put_object, Bucket=self.bucket, Key=self._k(key), Body=data)
+        r = self._call("PutObject", key, self.client.put_object, Bucket=self.bucket, Key=self._k(key), Body=data,
+                       **_tagging(key))
         return r["ETag"]
 
     def put_if_absent(self, key: str, data: bytes) -> str:
@@ -530,7 +539,7 @@ class S3Store:
         for src in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             key = _join(prefix, src.relative_to(local_dir).as_posix())
             try:
-                self.client.upload_file(str(src), self.bucket, self._k(key))
+                self.client.upload_file(str(src), self.bucket, self._k(key), ExtraArgs=_tagging(key) or None)
             except (ClientError, BotoCoreError) as e:
                 raise self._error(e, "PutObject", key) from e
             except S3UploadFailedError as e:

@@ -12,6 +12,7 @@
     {env}/{run_id}/evaluation/                        leaderboard, per-series metrics, report, plots
     {env}/{run_id}/data/                              the run's cleaned data and cleaning report
     {env}/registry/champion.json                      the model that serves
+    {env}/registry/{run_id}/{model}/                  promoted models (outside the 60-day expiry)
 """
 
 from __future__ import annotations
@@ -66,3 +67,8 @@ def champion_key(env: str) -> str:
 
 def dataset_key(fingerprint: str, year: int, month: int) -> str:
     return f"{DATASETS_PREFIX}/{year:04d}/{month:02d}/{fingerprint}.parquet"
+
+
+def registry_model_prefix(env: str, run_id: str, model: str) -> str:
+    """Where a promoted model is kept: not under ``{run_id}/models/``, so lifecycle expiry skips it."""
+    return f"{env}/registry/{run_id}/{model}"

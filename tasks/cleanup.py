@@ -50,7 +50,9 @@ def cleanup_steps(ctx: RunContext) -> list[tuple[str, Callable[[], str]]]:
         shutil.rmtree(ctx.workdir)
         return f"removed {ctx.workdir}"
 
-    steps.append(("remove-local-workdir", remove_workdir))
+    # named per attempt: a resumed run's new workdir is not "already done" by the earlier attempt
+    generation = ctx.handle.generation if ctx.handle is not None else 0
+    steps.append((f"remove-local-workdir-g{generation}", remove_workdir))
     return steps
 
 

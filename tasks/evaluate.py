@@ -116,15 +116,23 @@ def finalize_results(ctx: RunContext, result: BacktestResult, results: dict[str,
     prophet_scores = result.scores("prophet") if "prophet" in result.leaderboard.index else None
     champion, etag = read_champion(ctx.store, ctx.env)
     decision = decide_promotion(chronos_scores, champion, prophet_scores, gate_metric=ev.gate_metric, margin=ev.promotion_margin)
+    registry_prefix = layout.registry_model_prefix(ctx.env, ctx.run_id, "chronos")
     entry = {
         "run_id": ctx.run_id,
         "model": "chronos",
-        "model_uri": results["chronos"]["uri"],
+        "model_uri": ctx.store.uri(registry_prefix),
+        "run_model_uri": results["chronos"]["uri"],
         "family": ctx.params.chronos.family,
         "scores": chronos_scores,
     }
     ctx.handle and ctx.handle.check()
+    if decision.promoted:
+        # the pointer must never dangle: copy first, then swap champion.json
+        ctx.store.upload_dir(ctx.workdir / "models" / "chronos", registry_prefix)
     outcome = promote_outcome(ctx.store, ctx.env, entry, decision, etag)
+    if decision.promoted and not outcome.promoted:  # lost a race against a better model
+        for key in ctx.store.list(registry_prefix + "/"):
+            ctx.store.delete(key)
     promotion = {**outcome.decision.to_dict(), "promoted": outcome.promoted}
     logger().info("champion: %s", outcome.decision.reason)
 

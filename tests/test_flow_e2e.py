@@ -70,3 +70,30 @@ def test_when_the_default_flow_runs_then_the_store_holds_a_complete_run(prefect_
 
     ok, findings = verify_cleanup(store, env)
     assert ok, findings
+
+
+def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an_equal_model_is_kept(prefect_api, tmp_path):
+    from chronos import BaseChronosPipeline
+
+    from flows.training import chronos_training
+    from chronos_flows.registry import read_champion
+
+    store_dir = tmp_path / "store"
+    first = build_params(overrides=SMALL + ["prophet.enabled=false"], store=str(store_dir), run_id="promo-1")
+    s1 = chronos_training(params=first)
+    assert s1["status"] == "succeeded" and s1["promotion"]["promoted"] is True, s1["promotion"]
+    store = open_store(first.store_url())
+    champion, etag = read_champion(store, "dev")
+    assert champion["run_id"] == "promo-1"
+    assert champion["model_uri"].endswith("dev/registry/promo-1/chronos")
+    BaseChronosPipeline.from_pretrained(champion["model_uri"].removeprefix("file://"))
+
+    # the same seed and data give the same score: equal is not better, the champion stays
+    second = build_params(overrides=SMALL + ["prophet.enabled=false"], store=str(store_dir), run_id="promo-2")
+    s2 = chronos_training(params=second)
+    assert s2["status"] == "succeeded" and s2["promotion"]["promoted"] is False, s2["promotion"]
+    again, etag2 = read_champion(store, "dev")
+    assert again == champion and etag2 == etag
+    assert not store.list("dev/registry/promo-2/")
+    md = json.loads(store.get(layout.metadata_key("dev", "promo-2"))[0])
+    assert md["promotion"]["promoted"] is False and md["promotion"]["champion_run_id"] == "promo-1"
