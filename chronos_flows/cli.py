@@ -155,6 +155,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_kill(args: argparse.Namespace) -> int:
     from chronos_flows.runs import kill_run
+    from tasks.cleanup import instance_cleanup_steps
 
     params, store = _store_for(args)
     result = kill_run(
@@ -163,7 +164,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
         run_id=args.run_id,
         wait_seconds=args.wait,
         cancel_flow_run=_cancel_flow_run,
-        extra_cleanup=_instance_cleanup_steps(params),
+        extra_cleanup=instance_cleanup_steps(params),
     )
     print(result.get("message", json.dumps(result, default=str)))
     return EXIT_OK
@@ -180,21 +181,6 @@ def _cancel_flow_run(flow_run_id: str) -> str:
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run_id, State(type=StateType.CANCELLING, name="Cancelling"), force=True)
     return f"cancellation requested for flow run {flow_run_id}"
-
-
-def _instance_cleanup_steps(params):
-    def steps(run_id: str):
-        if params.compute.backend != "ec2":
-            return []
-        from blocks.ec2 import Ec2Compute
-
-        ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
-        return [
-            (f"terminate-instance-{inst['instance_id']}", (lambda i=inst["instance_id"]: ec2.terminate(i)))
-            for inst in ec2.list_active(run_id=run_id)
-        ]
-
-    return steps
 
 
 def cmd_verify_cleanup(args: argparse.Namespace) -> int:

@@ -65,6 +65,7 @@ def kill_run(
     poll_seconds: float = 1.0,
     cancel_flow_run: Callable[[str], str] | None = None,
     extra_cleanup: CleanupSteps | None = None,
+    reason: str = "killed by user",
 ) -> dict[str, Any]:
     """Mark the active run ``killed``, cancel its flow run, and make sure cleanup runs. Idempotent.
 
@@ -81,7 +82,9 @@ def kill_run(
     if run_id and state["run_id"] != run_id:
         raise BadInputError(f"the active run is {state['run_id']}, not {run_id}; check `chronos-flows status`")
     run_id = state["run_id"]
-    kill(store, env, run_id)
+    after = kill(store, env, run_id, reason=reason)
+    if after is not None and after.status == "killed" and state.get("status") != "killed":
+        runlog.record_transition(store, env, run_id, "killed", after.state.get("updated_at"), {"reason": reason})
     notes = [f"run {run_id} marked killed"]
     if cancel_flow_run and state.get("flow_run_id"):
         try:
@@ -107,10 +110,10 @@ def kill_run(
         notes.append(f"its process is alive and will clean up at its next check (wait more, then `chronos-flows status`)")
         return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
     steps = extra_cleanup(run_id) if extra_cleanup else []
-    reason = "killed by user; its process did not respond, cleaned up by `chronos-flows kill`"
+    reason = f"{reason}; its process did not respond, cleaned up by `chronos-flows kill`" if wait_seconds > 0 else reason
 
     def mark_killed(log: runlog.TrainingLog) -> None:
-        log.transitions.append(runlog.Transition(status="killed", at=iso(utc_now()), details={"reason": reason}))
+        log.transitions.append(runlog.Transition(status="cleanup", at=iso(utc_now()), details={"by": "chronos-flows kill"}))
         log.status, log.error = "killed", reason
         log.ended_at = log.ended_at or iso(utc_now())
 

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 
 from chronos_flows.config import TrainingParams
 from chronos_flows.errors import LockedError, RunKilledError
-from tasks.cleanup import cleanup_run
+from tasks.cleanup import cleanup_run, release_after_abort
 from tasks.data import clean_data, ingest, sync_data
 from tasks.evaluate import evaluate, finalize_results, train_prophet
 from tasks.state import RunContext, acquire_lock, check_lock, open_run_store, set_status
@@ -50,7 +50,13 @@ class Phases:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - t0, 3)
 
 
-@flow(name="chronos-training", persist_result=False, log_prints=True)
+@flow(
+    name="chronos-training",
+    persist_result=False,
+    log_prints=True,
+    on_cancellation=[release_after_abort],
+    on_crashed=[release_after_abort],
+)
 def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any]:
     """Train, evaluate and (maybe) promote a Chronos model; see README for the parameters."""
     phases = Phases()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -10,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from chronos_flows import runlog
+from chronos_flows.config import TrainingParams
 from chronos_flows.errors import LostLockError, RunKilledError
 from chronos_flows.ops import run_cleanup
 from tasks.common import RETRY_DELAYS, logger, retry_transient
@@ -113,3 +115,47 @@ def build_summary(ctx: RunContext, outcome: dict[str, Any], results: dict[str, A
             "evaluation": ctx.store.uri(layout.evaluation_prefix(ctx.env, ctx.run_id)),
         },
     }
+
+
+def instance_cleanup_steps(params: TrainingParams) -> Callable[[str], list[tuple[str, Callable[[], str]]]]:
+    """For a run whose process is gone: terminate every instance still tagged with its RunId."""
+
+    def steps(run_id: str) -> list[tuple[str, Callable[[], str]]]:
+        if params.compute.backend != "ec2":
+            return []
+        from blocks.ec2 import Ec2Compute
+
+        ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
+        return [
+            (f"terminate-instance-{inst['instance_id']}", (lambda i=inst["instance_id"]: ec2.terminate(i)))
+            for inst in ec2.list_active(run_id=run_id)
+        ]
+
+    return steps
+
+
+def release_after_abort(flow: Any, flow_run: Any, state: Any) -> None:
+    """Prefect ``on_cancellation`` / ``on_crashed`` hook: the flow's own cleanup did not run (the
+    process was cancelled or died), so mark the run killed, run its cleanup and release the lock —
+    only if the state file still belongs to this flow run."""
+    from blocks.store import open_store
+    from chronos_flows.lock import read_state
+    from chronos_flows.runs import kill_run
+
+    log = logging.getLogger("chronos_flows")
+    raw = (getattr(flow_run, "parameters", None) or {}).get("params") or {}
+    params = raw if isinstance(raw, TrainingParams) else TrainingParams.model_validate(raw)
+    store = open_store(params.store_url())
+    snap = read_state(store, params.env)
+    if snap is None or snap.state.get("flow_run_id") != str(flow_run.id):
+        log.info("flow run %s holds no lock in %s env %s: nothing to release", flow_run.id, store.url, params.env)
+        return
+    result = kill_run(
+        store,
+        params.env,
+        snap.run_id,
+        wait_seconds=0,
+        extra_cleanup=instance_cleanup_steps(params),
+        reason=f"flow run {flow_run.id} ended {getattr(state, 'name', state)}",
+    )
+    log.warning("released the lock of run %s after its flow run ended %s: %s", snap.run_id, getattr(state, "name", state), result["message"])
