@@ -60,7 +60,7 @@ def test_when_a_live_run_is_killed_then_it_cleans_up_and_resume_reaches_the_same
     overrides = [a for o in SMALL if not o.startswith(("chronos.max_steps", "chronos.checkpoint_every")) for a in ("--set", o)]
     args = [
         "--store", str(store_dir), *overrides,
-        "--set", "chronos.max_steps=600", "--set", "chronos.checkpoint_every=20",
+        "--set", "chronos.max_steps=300", "--set", "chronos.checkpoint_every=10",
         "--set", "lock.heartbeat_seconds=1", "--set", "lock.lease_seconds=30",
     ]
     proc = subprocess.Popen(
@@ -95,7 +95,7 @@ def test_when_a_live_run_is_killed_then_it_cleans_up_and_resume_reaches_the_same
     md = json.loads(store.get(layout.metadata_key("dev", "kr-1"))[0])
     chronos = md["models"]["chronos"]
     assert chronos["resumed_checkpoints"] >= 1
-    assert chronos["steps_done"] == 600
+    assert chronos["steps_done"] == 300
     statuses = [t.status for t in runlog.load_training_log(store, "dev", "kr-1").transitions]
     assert statuses.count("initialization") == 2 and "killed" in statuses and statuses[-1] == "cleanup"
     assert runlog.load_training_log(store, "dev", "kr-1").status == "succeeded"
