@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from typing import Any, Callable
 
-from chronos_flows import layout, runlog
+from chronos_flows import runlog
 from chronos_flows.errors import BadInputError
 from chronos_flows.lock import RunLock, iso, kill, utc_now
 from chronos_flows.ops import run_cleanup
@@ -107,7 +106,7 @@ def kill_run(
         time.sleep(poll_seconds)
 
     if beat_moved:
-        notes.append(f"its process is alive and will clean up at its next check (wait more, then `chronos-flows status`)")
+        notes.append("its process is alive and will clean up at its next check (wait more, then `chronos-flows status`)")
         return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
     steps = extra_cleanup(run_id) if extra_cleanup else []
     reason = f"{reason}; its process did not respond, cleaned up by `chronos-flows kill`" if wait_seconds > 0 else reason

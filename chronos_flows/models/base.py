@@ -29,6 +29,15 @@ def quantile_column(q: float) -> str:
     return f"{float(q):g}"
 
 
+def require_long_frame(df: pd.DataFrame, what: str = "context") -> None:
+    """Raise BadInputError unless ``df`` has the long-format columns unique_id, ds, y."""
+    from chronos_flows.errors import BadInputError
+
+    missing = [c for c in (ID, TIME, TARGET) if c not in df.columns]
+    if missing:
+        raise BadInputError(f"{what} frame is missing column(s) {missing} (has {list(df.columns)}); pass unique_id, ds, y")
+
+
 def future_index(last: pd.Timestamp, horizon: int, freq: str) -> pd.DatetimeIndex:
     """The ``horizon`` timestamps after ``last`` at frequency ``freq``."""
     return pd.date_range(start=last, periods=horizon + 1, freq=freq)[1:]

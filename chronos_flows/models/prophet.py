@@ -31,6 +31,7 @@ import pandas as pd
 
 from chronos_flows.errors import BadInputError
 from chronos_flows.models.base import (
+    require_long_frame,
     DEFAULT_QUANTILES,
     ID,
     TARGET,
@@ -194,9 +195,7 @@ class ProphetForecaster(Forecaster):
     ) -> pd.DataFrame:
         import time
 
-        missing = [c for c in (ID, TIME, TARGET) if c not in context.columns]
-        if missing:
-            raise BadInputError(f"context frame is missing column(s) {missing}; pass unique_id, ds, y")
+        require_long_frame(context)
         t0 = time.perf_counter()
         settings = self.settings(freq)
         qcols = [quantile_column(q) for q in quantiles]

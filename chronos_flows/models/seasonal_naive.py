@@ -21,6 +21,7 @@ import pandas as pd
 
 from chronos_flows.errors import BadInputError
 from chronos_flows.models.base import (
+    require_long_frame,
     DEFAULT_QUANTILES,
     ID,
     TARGET,
@@ -78,9 +79,7 @@ class SeasonalNaive(Forecaster):
         freq: str,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
     ) -> pd.DataFrame:
-        missing = [c for c in (ID, TIME, TARGET) if c not in context.columns]
-        if missing:
-            raise BadInputError(f"context frame is missing column(s) {missing}; pass unique_id, ds, y")
+        require_long_frame(context)
         qcols = [quantile_column(q) for q in quantiles]
         parts = []
         for uid, g in context.sort_values([ID, TIME], kind="stable").groupby(ID, sort=True):
