@@ -178,3 +178,9 @@ def test_when_kill_names_another_run_then_it_refuses(store_dir):
     res = cli("kill", "--store", str(store_dir), "--run-id", "run-b", "--wait", "0")
     assert res.returncode == 2 and "run-a" in res.stderr
     assert RunLock(store, "dev").read().state["status"] == "initialization"
+
+
+def test_when_infra_validate_runs_then_the_shipped_template_passes():
+    res = cli("infra", "validate")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "template valid" in res.stdout

@@ -72,7 +72,7 @@ def test_when_the_default_flow_runs_then_the_store_holds_a_complete_run(prefect_
     assert ok, findings
 
 
-def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an_equal_model_is_kept(prefect_api, tmp_path):
+def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an_equal_model_is_kept(prefect_api, tmp_path, capsys):
     from chronos import BaseChronosPipeline
 
     from flows.training import chronos_training
@@ -97,3 +97,14 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     assert not store.list("dev/registry/promo-2/")
     md = json.loads(store.get(layout.metadata_key("dev", "promo-2"))[0])
     assert md["promotion"]["promoted"] is False and md["promotion"]["champion_run_id"] == "promo-1"
+
+    from chronos_flows.cli import main
+
+    assert main(["runs", "--store", str(store_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [l for l in lines if l.startswith("promo-")]
+    assert [r.split()[0] for r in rows] == ["promo-2", "promo-1"]  # newest first
+    assert rows[0].split()[-1] == "no" and rows[1].split()[-1] == "yes" and "chronos=" in rows[1]
+    assert main(["runs", "show", "promo-1", "--store", str(store_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "run promo-1: succeeded" in shown and "seasonal_naive" in shown and "PROMOTED" in shown
