@@ -80,7 +80,7 @@ def test_when_finetuned_on_seasonal_pattern_then_backtest_mase_and_wql_beat_the_
     n_windows = 2
     cut = sine.groupby("unique_id").cumcount(ascending=False) >= HORIZON * n_windows  # never train on the test span
     # a random-initialised model learns slowly: a few dozen steps barely move it; a few hundred at a higher rate do
-    cfg = _cfg(family, max_steps=300, learning_rate=3e-3, checkpoint_every=1000, eval_every=50, num_threads=2)
+    cfg = _cfg(family, max_steps=300, learning_rate=3e-3, checkpoint_every=1000, eval_every=50)
     base = ChronosForecaster(cfg, workdir=tmp_path)
     tuned = base.fit(sine[cut], "MS", HORIZON)
     res = run_backtest({"random": base, "tuned": tuned}, sine, horizon=HORIZON, n_windows=n_windows, freq="MS",
