@@ -66,7 +66,12 @@ def main() -> int:
     print(f"{'total (wall)':<28}{wall:>10.1f}")
     print()
     print(f"model fitting: chronos fit {chronos_fit:.1f}s + prophet fits {prophet_fit:.1f}s + forecasting {predict:.1f}s = {fitting:.1f}s")
+    prefect_start = wall - flow_total
+    in_flow = flow_total - fitting
     print(f"outside model fitting: {outside:.1f}s = {100 * outside / wall:.1f}% of the total (target < 15%)")
+    print(f"  of which Prefect's ephemeral server start/stop and process start: {prefect_start:.1f}s")
+    print(f"  and inside the flow (I/O, cleaning, evaluation, state file, artifacts): {in_flow:.1f}s = "
+          f"{100 * in_flow / flow_total:.1f}% of the flow's {flow_total:.1f}s")
     print(f"total {wall:.1f}s (target < 300s): {'OK' if wall < 300 else 'OVER'}")
     for row in summary.get("leaderboard") or []:
         print(f"  {row['model']:<16} MASE {row['mase']:.3f}  WQL {row['wql']:.4f}")

@@ -74,8 +74,8 @@ class ChronosConfig(_Frozen):
     size: Literal["tiny", "mini", "small"] = Field("tiny", description="Random-initialised configuration when no `model` is given.")
     mode: Literal["finetune", "zero-shot"] = Field("finetune", description="Fine-tune on the data, or forecast zero-shot.")
     finetune_mode: Literal["full", "lora"] = Field("full", description="Chronos-2 fine-tuning: all weights or a LoRA adapter.")
-    context_length: int = Field(128, ge=8, description="Context window length used for training and forecasting.")
-    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    context_length: int = Field(256, ge=8, description="Context window length used for training and forecasting.")
+    max_steps: int = Field(600, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Windows per batch.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
     learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
@@ -99,7 +99,7 @@ class ProphetConfig(_Frozen):
 
 class EvaluationConfig(_Frozen):
     horizon: int = Field(13, ge=1, description="Forecast horizon (steps) evaluated and trained for.")
-    n_windows: int = Field(1, ge=1, description="Rolling-origin backtest windows (1 = the final horizon only).")
+    n_windows: int = Field(4, ge=1, description="Rolling-origin backtest windows (1 = the final horizon only).")
     step: Optional[int] = Field(None, ge=1, description="Steps between window origins (default: horizon).")
     quantiles: tuple[float, ...] = Field(QUANTILES, description="Quantile levels forecast and scored by WQL.")
     gate_metric: Literal["wql", "mase", "mae", "rmse", "smape"] = Field(
