@@ -74,26 +74,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     _embedded_prefect_defaults()
     params, store = _store_for(args)
     preflight(params, store)
-    from flows.training import chronos_training
+    from flows.training import chronos_training, new_run_id
 
+    if not params.run_id:
+        params = params.model_copy(update={"run_id": new_run_id()})
     try:
         summary = chronos_training(params=params)
-    except ChronosFlowsError:
+    except (BadInputError, LockedError):
         raise
-    except Exception as exc:  # the flow failed: the run's training.json says how
-        summary = _summary_from_store(store, params.env)
+    except Exception as exc:  # the run failed: its training.json says how (if it got that far)
+        summary = _summary_from_store(store, params.env, params.run_id)
         if summary is None:
             raise
-        summary.setdefault("error", f"{type(exc).__name__}: {exc}")
+        summary["error"] = summary.get("error") or f"{type(exc).__name__}: {exc}"
     _print_summary(summary, as_json=args.json)
     return EXIT_OK if summary.get("status") == "succeeded" else EXIT_FAILED
 
 
-def _summary_from_store(store, env: str) -> dict | None:
+def _summary_from_store(store, env: str, run_id: str) -> dict | None:
     from chronos_flows.runs import list_runs
 
-    runs = list_runs(store, env)
-    return runs[0].get("summary") or runs[0] if runs else None
+    for run in list_runs(store, env):
+        if run["run_id"] == run_id:
+            return {**run, **(run.get("summary") or {})}
+    return None
 
 
 def _fmt(v: Any) -> str:
