@@ -39,11 +39,10 @@ def _params(args: argparse.Namespace):
 
 
 def _store_for(args: argparse.Namespace):
-    from blocks.store import check_store, open_store
+    from blocks.store import open_store
 
     params = _params(args)
-    store = open_store(params.store_url())
-    check_store(store)
+    store = open_store(params.store_url())  # verifies the bucket / directory is reachable
     return params, store
 
 

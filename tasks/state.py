@@ -9,11 +9,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NONE
 
-from blocks.store import check_store, open_store
+from blocks.store import open_store
 from chronos_flows import runlog
 from chronos_flows.config import TrainingParams
 from chronos_flows.errors import LockedError
 from chronos_flows.lock import LockHandle, RunLock
+from chronos_flows.ops import status_report
 from chronos_flows.store import ObjectStore
 from tasks.common import RETRY_DELAYS, logger, retry_transient
 
@@ -38,26 +39,20 @@ class RunContext:
 
 @task(name="open-store", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
 def open_run_store(url: str) -> ObjectStore:
-    store = open_store(url)
-    check_store(store)
-    return store
+    return open_store(url)  # verifies the bucket / directory is reachable
 
 
 @task(name="check-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
 def check_lock(store: ObjectStore, env: str, lease_seconds: float) -> None:
     """Fail fast (exit 3) when a live run holds the lock; a stale one is taken over by ``acquire``."""
-    snap = RunLock(store, env, lease_seconds=lease_seconds).read()
-    if snap is None:
-        return
-    state = snap.state
-    from chronos_flows.ops import status_report
-
     report = status_report(store, env, lease_seconds=lease_seconds)
+    if report.get("state") == "idle":
+        return
     if not report.get("stale"):
-        raise LockedError(state["run_id"], state.get("started_at", "?"), state.get("status"))
+        raise LockedError(report["run_id"], report.get("started_at", "?"), report.get("status"))
     logger().warning(
         "state file of run %s looks stale (heartbeat %.0f s old); it will be taken over after a full lease",
-        state["run_id"],
+        report["run_id"],
         report.get("heartbeat_age_s", -1),
     )
 
