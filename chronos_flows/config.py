@@ -78,7 +78,11 @@ class ChronosConfig(_Frozen):
     max_steps: int = Field(600, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Windows per batch.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
-    learning_rate: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    learning_rate: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Peak learning rate. Empty: 1e-3 for a random-initialised model, 1e-5 when fine-tuning pretrained weights.",
+    )
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps used for warm-up.")
     eval_every: int = Field(50, ge=1, description="Validate every N steps.")

@@ -363,3 +363,16 @@ def test_when_s3_download_is_incomplete_then_config_error_and_nothing_cached(tmp
     with pytest.raises(ConfigError, match="incomplete.*weights file"):
         resolve_model_source("s3://b/m", tmp_path / "cache", fetch_config_only)
     assert not any((tmp_path / "cache").iterdir())
+
+
+def test_when_no_learning_rate_is_set_then_it_follows_the_starting_point(tmp_path):
+    from chronos_flows.config import ChronosConfig
+    from chronos_flows.models.chronos import ChronosForecaster
+    from chronos_flows.models.chronos_configs import PRETRAINED_LR, RANDOM_INIT_LR
+
+    random_init = ChronosForecaster(ChronosConfig(), workdir=tmp_path)
+    pretrained = ChronosForecaster(ChronosConfig(model="amazon/chronos-2"), workdir=tmp_path)
+    explicit = ChronosForecaster(ChronosConfig(model="amazon/chronos-2", learning_rate=3e-4), workdir=tmp_path)
+    assert random_init.cfg.learning_rate == RANDOM_INIT_LR
+    assert pretrained.cfg.learning_rate == PRETRAINED_LR < RANDOM_INIT_LR
+    assert explicit.cfg.learning_rate == 3e-4

@@ -36,6 +36,7 @@ from chronos_flows.models.chronos_configs import (
     DeviceInfo,
     build_random_pipeline,
     check_family,
+    with_default_learning_rate,
     model_family_of_dir,
     resolve_model_source,
     select_device,
@@ -134,7 +135,7 @@ class ChronosForecaster(Forecaster):
         _info: Optional[dict] = None,
     ):
         check_family(cfg.family)
-        self.cfg = cfg
+        self.cfg = with_default_learning_rate(cfg)
         self.workdir = Path(workdir)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = progress

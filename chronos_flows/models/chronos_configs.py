@@ -40,6 +40,20 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 COMPLETE_MARKER = ".chronos-flows-complete"
 
 
+#: Learning rates used when ``chronos.learning_rate`` is empty: a random-initialised model must learn
+#: everything; pretrained weights are only nudged (upstream ``Chronos2Pipeline.fit`` defaults to 1e-6).
+RANDOM_INIT_LR = 1e-3
+PRETRAINED_LR = 1e-5
+
+
+def with_default_learning_rate(cfg: Any) -> Any:
+    """``cfg`` with ``learning_rate`` filled in from the starting point when it was left empty."""
+    if getattr(cfg, "learning_rate", None) is not None:
+        return cfg
+    lr = PRETRAINED_LR if getattr(cfg, "model", None) else RANDOM_INIT_LR
+    return cfg.model_copy(update={"learning_rate": lr})
+
+
 def check_family(family: str) -> str:
     if family not in FAMILIES:
         raise ConfigError(
