@@ -25,7 +25,7 @@ from chronos_flows.config import TrainingParams
 from chronos_flows.errors import LockedError, RunKilledError
 from tasks.cleanup import cleanup_run, release_after_abort
 from tasks.data import clean_data, ingest, sync_data
-from tasks.evaluate import evaluate, finalize_results, train_prophet
+from tasks.evaluate import evaluate, finalize_results, load_champion, train_prophet
 from tasks.state import RunContext, acquire_lock, check_lock, open_run_store, set_status
 from tasks.train import train_chronos
 from chronos_flows.splits import split_for_training
@@ -97,7 +97,9 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
             with phases("baselines"):
                 prophet_backtest, results["prophet"] = train_prophet(ctx, cleaned, freq, report.season_length)
             with phases("evaluate"):
-                backtest = evaluate(ctx, cleaned, chronos, prophet_backtest, freq, report.season_length)
+                champion_doc, champion = load_champion(ctx)
+                results["champion_run_id"] = champion_doc.get("run_id") if champion_doc else None
+                backtest = evaluate(ctx, cleaned, chronos, prophet_backtest, freq, report.season_length, champion)
             with phases("results_sync"):
                 set_status(ctx, "results_sync")
                 results.update(finalize_results(ctx, backtest, results, report))

@@ -65,6 +65,29 @@ def train_prophet(ctx: RunContext, history: pd.DataFrame, freq: str, season: int
     return result, {"fit_seconds": round(seconds, 3), "failures": failures, "settings": prophet.settings(freq)}
 
 
+@task(name="load-champion", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+def load_champion(ctx: RunContext) -> tuple[dict | None, Forecaster | None]:
+    """The current champion's document and, when its registry copy loads, the model itself, so it is
+    scored on exactly this run's windows instead of trusting a score measured on other data."""
+    from chronos_flows.errors import ChronosFlowsError
+    from chronos_flows.models.chronos import ChronosForecaster
+
+    doc, _ = read_champion(ctx.store, ctx.env)
+    if doc is None or doc.get("model") != "chronos":
+        return doc, None
+    prefix = layout.registry_model_prefix(ctx.env, doc["run_id"], "chronos")
+    local = ctx.workdir / "champion" / "chronos"
+    try:
+        if not ctx.store.download_dir(prefix, local):
+            raise ChronosFlowsError(f"no files under {ctx.store.uri(prefix)}")
+        model = ChronosForecaster.load(local, ctx.params.chronos, workdir=ctx.workdir / "champion")
+    except ChronosFlowsError as exc:
+        logger().warning("champion %s cannot be re-scored (%s); gating against its stored score", doc["run_id"], exc)
+        return doc, None
+    logger().info("champion %s loaded from %s; it is backtested on this run's windows", doc["run_id"], ctx.store.uri(prefix))
+    return doc, model
+
+
 @task(name="evaluate", cache_policy=NONE)
 def evaluate(
     ctx: RunContext,
@@ -73,9 +96,14 @@ def evaluate(
     prophet_result: BacktestResult | None,
     freq: str,
     season: int,
+    champion: Forecaster | None = None,
 ) -> BacktestResult:
-    """Backtest Chronos and Seasonal Naive on the same windows, join Prophet's, publish the results."""
-    result = _backtest(ctx, {"chronos": chronos, "seasonal_naive": SeasonalNaive(season)}, history, freq, season)
+    """Backtest Chronos, the current champion and Seasonal Naive on the same windows, join
+    Prophet's, publish the results."""
+    models: dict[str, Forecaster] = {"chronos": chronos, "seasonal_naive": SeasonalNaive(season)}
+    if champion is not None:
+        models["champion"] = champion
+    result = _backtest(ctx, models, history, freq, season)
     if prophet_result is not None:
         result = merge_results(result, prophet_result)
     out = ctx.workdir / "evaluation"
@@ -115,6 +143,9 @@ def finalize_results(ctx: RunContext, result: BacktestResult, results: dict[str,
     chronos_scores = result.scores("chronos")
     prophet_scores = result.scores("prophet") if "prophet" in result.leaderboard.index else None
     champion, etag = read_champion(ctx.store, ctx.env)
+    if champion is not None and "champion" in result.leaderboard.index and champion.get("run_id") == results.get("champion_run_id"):
+        # re-scored on this run's windows: compare like with like
+        champion = {**champion, **result.scores("champion"), "rescored": True}
     decision = decide_promotion(chronos_scores, champion, prophet_scores, gate_metric=ev.gate_metric, margin=ev.promotion_margin)
     registry_prefix = layout.registry_model_prefix(ctx.env, ctx.run_id, "chronos")
     entry = {

@@ -97,14 +97,27 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     assert not store.list("dev/registry/promo-2/")
     md = json.loads(store.get(layout.metadata_key("dev", "promo-2"))[0])
     assert md["promotion"]["promoted"] is False and md["promotion"]["champion_run_id"] == "promo-1"
+    # the champion was re-scored on this run's windows, next to the candidate
+    board = {row["model"]: row for row in md["leaderboard"]}
+    assert "champion" in board and board["champion"]["wql"] == pytest.approx(board["chronos"]["wql"])
+    assert md["promotion"]["champion_score"] == pytest.approx(board["champion"]["wql"], rel=1e-4)
+
+    # a champion whose model copy is gone is gated on its stored score; the run still succeeds
+    for key in store.list("dev/registry/promo-1/"):
+        store.delete(key)
+    third = build_params(overrides=SMALL + ["prophet.enabled=false"], store=str(store_dir), run_id="promo-3")
+    s3 = chronos_training(params=third)
+    assert s3["status"] == "succeeded" and s3["promotion"]["promoted"] is False
+    assert "champion" not in {row["model"] for row in s3["leaderboard"]}
+    assert s3["promotion"]["champion_score"] == pytest.approx(champion["score"])
 
     from chronos_flows.cli import main
 
     assert main(["runs", "--store", str(store_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [l for l in lines if l.startswith("promo-")]
-    assert [r.split()[0] for r in rows] == ["promo-2", "promo-1"]  # newest first
-    assert rows[0].split()[-1] == "no" and rows[1].split()[-1] == "yes" and "chronos=" in rows[1]
+    assert [r.split()[0] for r in rows] == ["promo-3", "promo-2", "promo-1"]  # newest first
+    assert rows[0].split()[-1] == "no" and rows[2].split()[-1] == "yes" and "chronos=" in rows[2]
     assert main(["runs", "show", "promo-1", "--store", str(store_dir)]) == 0
     shown = capsys.readouterr().out
     assert "run promo-1: succeeded" in shown and "seasonal_naive" in shown and "PROMOTED" in shown
