@@ -22,7 +22,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from chronos_flows.config import TrainingParams
-from chronos_flows.errors import LockedError, RunKilledError
+from chronos_flows.errors import RunKilledError
 from tasks.cleanup import cleanup_run, release_after_abort
 from tasks.data import clean_data, ingest, sync_data
 from tasks.evaluate import evaluate, finalize_results, load_champion, train_prophet
@@ -107,9 +107,6 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
             outcome = {"status": "succeeded", "error": None}
     except RunKilledError as exc:
         outcome = {"status": "killed", "error": str(exc)}
-        raise
-    except LockedError:
-        outcome = {"status": "failed", "error": "lock lost"}
         raise
     except BaseException as exc:
         outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
