@@ -53,7 +53,7 @@ def preflight(params, store) -> None:
     from chronos_flows.cleaning import clean
     from chronos_flows.ingest import load_dataset
     from chronos_flows.ops import status_report
-    from tasks.data import min_series_length
+    from chronos_flows.splits import min_series_length
 
     report = status_report(store, params.env, lease_seconds=params.lock.lease_seconds)
     if report.get("state") != "idle" and not report.get("stale"):

@@ -72,3 +72,8 @@ def dataset_key(fingerprint: str, year: int, month: int) -> str:
 def registry_model_prefix(env: str, run_id: str, model: str) -> str:
     """Where a promoted model is kept: not under ``{run_id}/models/``, so lifecycle expiry skips it."""
     return f"{env}/registry/{run_id}/{model}"
+
+
+def instance_progress_key(env: str, run_id: str) -> str:
+    """Training progress an EC2 instance reports for the parent flow to follow."""
+    return f"{run_prefix(env, run_id)}/instance/progress.json"

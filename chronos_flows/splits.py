@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pandas as pd
 
-from chronos_flows.config import EvaluationConfig
+from chronos_flows.config import EvaluationConfig, TrainingParams
 
 
 def test_span(ev: EvaluationConfig) -> int:
     """Points at the end of every series covered by the backtest windows."""
     return ev.horizon + (ev.n_windows - 1) * (ev.step or ev.horizon)
+
+
+def min_series_length(params: TrainingParams) -> int:
+    """Shortest series worth keeping: every backtest window plus one context (or a season) before it."""
+    ev = params.evaluation
+    return test_span(ev) + max(ev.horizon, min(params.chronos.context_length, 2 * ev.horizon))
 
 
 def split_for_training(cleaned: pd.DataFrame, freq: str, ev: EvaluationConfig) -> tuple[pd.DataFrame, str]:

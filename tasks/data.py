@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import datetime, timezone
 
@@ -15,16 +14,9 @@ from chronos_flows import layout
 from chronos_flows.cleaning import CleaningReport, clean
 from chronos_flows.config import TrainingParams
 from chronos_flows.ingest import fingerprint, load_dataset, to_parquet_bytes
+from chronos_flows.splits import min_series_length
 from tasks.common import RETRY_DELAYS, logger, markdown_artifact, retry_transient
 from tasks.state import RunContext
-
-
-def min_series_length(params: TrainingParams) -> int:
-    """Shortest series worth keeping: every backtest window plus one context (or a season) before it."""
-    ev = params.evaluation
-    step = ev.step or ev.horizon
-    test_span = ev.horizon + (ev.n_windows - 1) * step
-    return test_span + max(ev.horizon, min(params.chronos.context_length, 2 * ev.horizon))
 
 
 @task(name="ingest", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
@@ -79,7 +71,3 @@ def sync_data(ctx: RunContext, raw: pd.DataFrame, cleaned: pd.DataFrame, report:
         "cleaned_fingerprint": cleaned_fp,
         "source": ctx.params.data.path,
     }
-
-
-def read_parquet_bytes(data: bytes) -> pd.DataFrame:
-    return pd.read_parquet(io.BytesIO(data))

@@ -29,7 +29,6 @@ class RunContext:
     workdir: Path
     handle: LockHandle | None = None
     flow_run_id: str | None = None
-    resumed_from: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property

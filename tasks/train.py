@@ -31,10 +31,6 @@ from tasks.state import RunContext
 Guard = Callable[[bool], None]
 
 
-def instance_progress_key(env: str, run_id: str) -> str:
-    return f"{layout.run_prefix(env, run_id)}/instance/progress.json"
-
-
 class CheckpointSync:
     """Mirror new local checkpoints into the store's ``checkpoints/`` (fenced by ``guard``)."""
 
@@ -245,7 +241,7 @@ def _follow_instance(ctx: RunContext, ec2: Any, instance_id: str, deadline: floa
         doc = finished()
         if doc is not None:
             return doc
-        prog = ctx.store.get(instance_progress_key(ctx.env, ctx.run_id))
+        prog = ctx.store.get(layout.instance_progress_key(ctx.env, ctx.run_id))
         if prog is not None:
             ev = json.loads(prog[0])
             bar.update(ev.get("step", 0), ev.get("max_steps", 0))
@@ -297,7 +293,7 @@ def instance_train(run_id: str, store_url: str, env: str) -> dict:
             raise LostLockError(f"run {run_id} (generation {generation}) no longer owns the training step; stopping")
 
     def report(ev: dict) -> None:
-        store.put(instance_progress_key(env, run_id), json.dumps(ev, default=str).encode())
+        store.put(layout.instance_progress_key(env, run_id), json.dumps(ev, default=str).encode())
 
     workdir = Path(tempfile.mkdtemp(prefix=f"chronos-flows-instance-{run_id}-"))
     try:
