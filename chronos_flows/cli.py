@@ -1,4 +1,4 @@
-"""The ``chronos-flows`` command: run, status, kill, verify-cleanup, runs, infra.
+"""The ``chronos-flows`` command: run, forecast, status, kill, verify-cleanup, runs, infra.
 
 Exit codes: 0 success, 1 run failed, 2 bad input or configuration, 3 another run holds the lock.
 """
@@ -88,6 +88,56 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary["error"] = summary.get("error") or f"{type(exc).__name__}: {exc}"
     _print_summary(summary, as_json=args.json)
     return EXIT_OK if summary.get("status") == "succeeded" else EXIT_FAILED
+
+
+def _forecast_params(args: argparse.Namespace):
+    from chronos_flows.config import build_forecast_params
+
+    overrides = list(getattr(args, "set", None) or [])
+    if args.data:
+        overrides.insert(0, f"data.path={args.data}")
+    fields: dict[str, Any] = {"store": args.store, "env": args.env, "horizon": args.horizon, "forecast_id": args.forecast_id}
+    if args.quantiles:
+        try:
+            fields["quantiles"] = [float(q) for q in args.quantiles.split(",") if q.strip()]
+        except ValueError:
+            raise BadInputError(f"--quantiles {args.quantiles!r}: expected comma-separated levels, e.g. 0.1,0.5,0.9") from None
+    return build_forecast_params(args.config, overrides, **fields)
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    """Batch forecasts from the champion. Everything checkable is checked before Prefect starts
+    (store, champion, data, frequency), so a refusal exits 2 at once and writes nothing."""
+    _embedded_prefect_defaults()
+    from blocks.store import open_store
+    from chronos_flows.forecasting import no_champion_message
+    from chronos_flows.registry import read_champion
+    from tasks.forecast import load_forecast_data
+
+    params = _forecast_params(args)
+    store = open_store(params.store_url())
+    champion, _ = read_champion(store, params.env)
+    if champion is None:
+        raise BadInputError(no_champion_message(params.env))
+    load_forecast_data(params, champion)
+    from flows.forecast import chronos_forecast, new_forecast_id
+
+    if not params.forecast_id:
+        params = params.model_copy(update={"forecast_id": new_forecast_id()})
+    doc = chronos_forecast(params=params)
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+        return EXIT_OK
+    c, n = doc["champion"], doc["counts"]
+    print(f"forecast {doc['forecast_id']}: {n['series_forecast']} series × {doc['horizon']} steps = {n['rows']} rows "
+          f"from the {c['family']} champion (run {c['run_id']})")
+    print(f"  quantiles: {', '.join(f'{q:g}' for q in doc['quantiles'])}; data: {doc['data']['source']} ({doc['data']['freq']})")
+    if doc["skipped"]:
+        print(f"  skipped {len(doc['skipped'])} series:")
+        for uid, why in list(doc["skipped"].items())[:20]:
+            print(f"    {uid}: {why}")
+    print(f"  forecasts: {doc['forecasts_uri']}")
+    return EXIT_OK
 
 
 def _summary_from_store(store, env: str, run_id: str) -> dict | None:
@@ -273,6 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_ID", help="resume a failed or killed run from its newest checkpoint")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_run)
+
+    f = sub.add_parser(
+        "forecast",
+        help="batch forecasts of every series from the environment's champion (the chronos-forecast flow)",
+        description="Forecast every series HORIZON steps past its last observation with the champion of --env and "
+        "write {env}/forecasts/{id}/forecasts.parquet and forecast.json to the store. Does not take the training lock.",
+    )
+    f.add_argument("--data", help="data to forecast (path, file:// or s3://); default: the data the champion was judged on")
+    f.add_argument("--horizon", type=int, help="steps to forecast (default: the champion's horizon)")
+    f.add_argument("--quantiles", help="comma-separated quantile levels, e.g. 0.1,0.5,0.9 (default: the champion's)")
+    f.add_argument("--forecast-id", help="id of this batch (generated when empty)")
+    f.add_argument("--config", help="YAML file with the forecast parameters (data:, cleaning:, horizon:, …)")
+    f.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
+    f.add_argument("--env", help="environment whose champion forecasts (default dev)")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. data.layout=wide or chunk_size=500")
+    f.add_argument("--json", action="store_true", help="print forecast.json instead of the summary")
+    f.set_defaults(func=cmd_forecast)
 
     s = sub.add_parser("status", help="the active run's state, phases and heartbeat age, or idle")
     common(s)

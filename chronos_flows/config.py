@@ -96,9 +96,21 @@ class ChronosConfig(_Frozen):
 
 
 class ProphetConfig(_Frozen):
-    enabled: bool = Field(True, description="Fit the Prophet baseline.")
     n_jobs: int = Field(2, ge=1, description="Parallel processes for per-series Prophet fits.")
     uncertainty_samples: int = Field(200, ge=10, description="Prophet posterior samples used for the quantiles.")
+
+
+class AutoETSConfig(_Frozen):
+    n_jobs: int = Field(2, ge=1, description="Parallel processes for per-series AutoETS fits.")
+    model: str = Field(
+        "ZZZ",
+        pattern=r"^[ZAM][ZNA][ZNAM]$",
+        description="ETS components (error, trend, season): Z = chosen by AICc, A additive, M multiplicative, N none.",
+    )
+    damped: Optional[bool] = Field(None, description="Damped trend: true, false, or empty to let AICc choose.")
+
+
+BASELINES = ("autoets", "prophet", "seasonal_naive")
 
 
 class EvaluationConfig(_Frozen):
@@ -107,12 +119,22 @@ class EvaluationConfig(_Frozen):
     step: Optional[int] = Field(None, ge=1, description="Steps between window origins (default: horizon).")
     quantiles: tuple[float, ...] = Field(QUANTILES, description="Quantile levels forecast and scored by WQL.")
     gate_metric: Literal["wql", "mase", "mae", "rmse", "smape"] = Field(
-        "wql", description="Metric deciding promotion to champion (lower is better)."
+        "wql", description="Metric deciding the champion (lower is better)."
     )
     promotion_margin: float = Field(
-        0.0, ge=0, description="Relative improvement required over the champion and Prophet (0.05 = 5%)."
+        0.0, ge=0, lt=1, description="Relative improvement the best candidate needs over the current champion (0.05 = 5%)."
     )
     plot_series: int = Field(3, ge=0, description="Series plotted (best, median, worst).")
+    baselines: tuple[Literal["autoets", "prophet", "seasonal_naive"], ...] = Field(
+        BASELINES,
+        description="Baseline families backtested beside Chronos; each may become champion. Seasonal Naive is "
+        "always scored as the reference of the relative metrics, but is a candidate only when listed.",
+    )
+
+    @field_validator("baselines")
+    @classmethod
+    def _unique_baselines(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v))
 
     @field_validator("quantiles")
     @classmethod
@@ -167,6 +189,7 @@ class TrainingParams(_Frozen):
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
     chronos: ChronosConfig = Field(default_factory=ChronosConfig)
     prophet: ProphetConfig = Field(default_factory=ProphetConfig)
+    autoets: AutoETSConfig = Field(default_factory=AutoETSConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     lock: LockConfig = Field(default_factory=LockConfig)
@@ -257,3 +280,67 @@ def format_validation_error(exc: ValidationError, source: str | Path | None = No
         lines.append(f"  {loc}: {err['msg']}")
     lines.append("fix the field(s) above (see README 'Configuration') and run again")
     return "\n".join(lines)
+
+
+class ForecastParams(_Frozen):
+    """Parameters of one ``chronos-forecast`` run: batch forecasts from the environment's champion."""
+
+    env: str = Field("dev", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Environment whose champion forecasts.")
+    store: Optional[str] = Field(
+        None,
+        description="Store URL: local directory, file:// URL or s3://bucket/prefix. "
+        "Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
+    )
+    forecast_id: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Id of this batch (generated when empty)."
+    )
+    data: Optional[DataConfig] = Field(
+        None,
+        description="Data to forecast, read and cleaned exactly as in training. Empty: the dataset the "
+        "champion was judged on (its copy in the store), with the champion's cleaning settings.",
+    )
+    cleaning: Optional[CleaningConfig] = Field(
+        None, description="Cleaning settings. Empty: the champion's own (recommended)."
+    )
+    horizon: Optional[int] = Field(None, ge=1, description="Steps forecast past each series' last observation. Empty: the champion's horizon.")
+    quantiles: Optional[tuple[float, ...]] = Field(
+        None, description="Quantile levels written beside the mean. Empty: the levels the champion was judged on."
+    )
+    chunk_size: int = Field(1000, ge=1, description="Series per model call; bounds peak memory on large panels.")
+    n_jobs: int = Field(2, ge=1, description="Parallel processes for local families (AutoETS, Prophet).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of a Chronos champion: 'auto' uses CUDA when present.")
+    plot_series: int = Field(3, ge=0, description="Series plotted (history, forecast and 80% interval) as Prefect artifacts.")
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles_in_range(cls, v: Optional[tuple[float, ...]]) -> Optional[tuple[float, ...]]:
+        if v is None:
+            return v
+        if not v or any(not 0 < q < 1 for q in v):
+            raise ValueError("quantiles must be a non-empty list of levels strictly between 0 and 1")
+        return tuple(sorted(set(v)))
+
+    def store_url(self) -> str:
+        return resolve_store_url(self.store)
+
+
+def build_forecast_params(config_file: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> ForecastParams:
+    """:func:`build_params` for the forecast flow's parameters."""
+    tree: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of fields (horizon:, data:, …)")
+        tree = loaded
+    tree = _merge(tree, parse_overrides(overrides or []))
+    tree = _merge(tree, {k: v for k, v in fields.items() if v is not None})
+    try:
+        return ForecastParams.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, config_file)) from None

@@ -13,6 +13,7 @@
     {env}/{run_id}/data/                              the run's cleaned data and cleaning report
     {env}/registry/champion.json                      the model that serves
     {env}/registry/{run_id}/{model}/                  promoted models (outside the 60-day expiry)
+    {env}/forecasts/{forecast_id}/                    batch forecasts: forecasts.parquet, forecast.json
 """
 
 from __future__ import annotations
@@ -77,3 +78,8 @@ def registry_model_prefix(env: str, run_id: str, model: str) -> str:
 def instance_progress_key(env: str, run_id: str) -> str:
     """Training progress an EC2 instance reports for the parent flow to follow."""
     return f"{run_prefix(env, run_id)}/instance/progress.json"
+
+
+def forecasts_prefix(env: str, forecast_id: str) -> str:
+    """A batch of forecasts: ``forecasts.parquet`` and ``forecast.json`` (written last)."""
+    return f"{env}/forecasts/{forecast_id}"

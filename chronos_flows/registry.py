@@ -1,25 +1,38 @@
-"""The champion: ``{env}/registry/champion.json`` points at the model that serves.
+"""The champion: ``{env}/registry/champion.json`` names the model that serves, of any family.
 
-A candidate is promoted only if it beats **both** the current champion and the Prophet baseline on
-the gate metric (lower is better) by the configured relative margin::
+The rule (:func:`decide_champion`), on the gate metric (lower is better) of the run's own backtest:
 
-    candidate <= other * (1 - margin)   and   candidate < other
+* the candidates are this run's models — the new Chronos model and every enabled baseline
+  (AutoETS, Prophet, Seasonal Naive) — scored on the same windows; the best valid score wins the
+  candidacy (ties: the first candidate in the order given);
+* with no champion, the best candidate is promoted, so a successful run always leaves one;
+* with a champion, it is re-scored on the same windows when it can be (its stored score
+  otherwise), and the best candidate replaces it only if ``candidate <= champion * (1 - margin)``
+  **and** ``candidate < champion``: an equal score keeps the champion, whatever the margin.
+  With the default margin 0 the champion is therefore never worse than the best candidate on the
+  run's backtest; with a margin, never worse by more than that margin.
 
-(so an equal score is never a promotion, whatever the margin). A missing champion or baseline is
-simply not compared against; a NaN candidate score is never promoted; a NaN score of the champion
-or baseline counts as beaten (there is nothing valid to protect).
+A NaN candidate score is never promoted; a champion with a NaN or missing score counts as beaten.
 
-Promotion is a compare-and-swap on the champion file: ``put_if_absent`` when there is no champion,
+Promotion is a compare-and-swap on the champion file: ``put_if_absent`` when there is none,
 ``put_if_match`` on the ETag that was read otherwise. When the condition fails (someone else
-promoted meanwhile) the champion is re-read and the decision is made again against the new one;
+promoted meanwhile) the champion is re-read and the decision made again against its stored score;
 the file is never overwritten blindly and a rejected model never replaces it. Pure: works on any
 :class:`chronos_flows.store.ObjectStore`.
 
-Champion JSON (schema_version 1)::
+Champion JSON, schema_version 2 (version-1 files, Chronos-only, still read — :func:`normalize`)::
 
-    {"schema_version": 1, "run_id": ..., "model": ..., "model_uri": ..., "gate_metric": "wql",
-     "score": 0.021, "scores": {"wql": 0.021, "mase": 0.8, ...}, "promoted_at": "2026-...Z",
-     "previous": {"run_id": ..., "score": ...} | null}
+    {"schema_version": 2, "run_id": ..., "family": "autoets", "model": "autoets",
+     "model_uri": "s3://…/registry/RUN/chronos" | null,   # Chronos: the registry copy to load
+     "config": {...},                                      # what re-creates the forecaster
+     "gate_metric": "wql", "score": 0.021, "scores": {"wql": 0.021, "mase": 0.8, ...},
+     "judged_on": {"data_fingerprint": ..., "dataset_uri": ..., "freq": "W-MON",
+                   "season_length": 52, "horizon": 13, "n_windows": 4, ...},
+     "promoted_at": "2026-...Z", "write_id": "<nonce>",
+     "previous": {"run_id": ..., "family": ..., "score": ..., "gate_metric": ...} | null}
+
+Local families (AutoETS, Prophet, Seasonal Naive) store no weights: they are fitted on the history
+at forecast time from ``config``.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -35,30 +48,49 @@ from chronos_flows import layout
 from chronos_flows.errors import BadInputError, ConfigError, PreconditionFailed
 from chronos_flows.store import ObjectStore
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_CAS_ATTEMPTS = 10
 
 
 @dataclass(frozen=True)
-class PromotionDecision:
+class ChampionDecision:
+    """Which model serves after a run, and why (the reason states every number)."""
+
     promoted: bool
     reason: str
     gate_metric: str
     margin: float
-    candidate_score: float
+    #: the best candidate of the run (promoted or not); None when no candidate has a valid score
+    best: str | None
+    best_score: float | None
     champion_score: float | None = None
-    baseline_score: float | None = None
     champion_run_id: str | None = None
-    #: the inputs, kept so the decision can be re-made against a newer champion
-    candidate: dict[str, float] = field(default_factory=dict, repr=False)
-    baseline: dict[str, float] | None = field(default=None, repr=False)
+    champion_family: str | None = None
+    #: whether champion_score was measured on this run's windows (else: its stored score)
+    champion_rescored: bool = False
+    #: {candidate: gate score} of every candidate, in the order given
+    candidate_scores: dict[str, float] = field(default_factory=dict)
+    #: every candidate's full scores, kept so the decision can be re-made against a newer champion
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary for model_metadata.json and the run summary."""
-        d = asdict(self)
-        d.pop("candidate")
-        d.pop("baseline")
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+        def clean(v: Any) -> Any:
+            return None if isinstance(v, float) and math.isnan(v) else v
+
+        return {
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "gate_metric": self.gate_metric,
+            "margin": self.margin,
+            "best": self.best,
+            "best_score": clean(self.best_score),
+            "champion_score": clean(self.champion_score),
+            "champion_run_id": self.champion_run_id,
+            "champion_family": self.champion_family,
+            "champion_rescored": self.champion_rescored,
+            "candidate_scores": {k: clean(v) for k, v in self.candidate_scores.items()},
+        }
 
 
 def _score(entry: Mapping[str, Any], gate_metric: str, what: str) -> float:
@@ -83,7 +115,7 @@ def _score(entry: Mapping[str, Any], gate_metric: str, what: str) -> float:
 
 
 def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.6g}"
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4g}"
 
 
 def _beats(candidate: float, other: float, margin: float) -> bool:
@@ -92,56 +124,81 @@ def _beats(candidate: float, other: float, margin: float) -> bool:
     return candidate <= other * (1.0 - margin) and candidate < other
 
 
-def decide_promotion(
-    candidate: Mapping[str, float],
+def decide_champion(
+    candidates: Mapping[str, Mapping[str, float]],
     champion: Mapping[str, Any] | None,
-    baseline: Mapping[str, float] | None,
     *,
+    champion_scores: Mapping[str, float] | None = None,
     gate_metric: str = "wql",
     margin: float = 0.0,
-) -> PromotionDecision:
-    """Whether ``candidate`` (scores, lower is better) replaces ``champion`` (its champion.json or
-    scores) given the ``baseline`` (Prophet's scores); the reason states the numbers."""
+) -> ChampionDecision:
+    """Whether the best of ``candidates`` (``{name: scores}``, lower is better) replaces
+    ``champion`` (its champion.json, or None). ``champion_scores``: the champion re-scored on the
+    run's windows; without them its stored score is used."""
     if not 0 <= margin < 1:
         raise ConfigError(f"promotion margin must be in [0, 1), got {margin}")
-    cand = _score(candidate, gate_metric, "candidate")
-    champ = _score(champion, gate_metric, "current champion") if champion is not None else None
-    base = _score(baseline, gate_metric, "Prophet baseline") if baseline is not None else None
-    champ_run = str(champion.get("run_id")) if champion is not None and champion.get("run_id") else None
-    need = f"by a margin of {margin:.1%}" if margin > 0 else "strictly"
-    parts: list[str] = []
-    ok = True
-    if math.isnan(cand):
-        ok = False
-        parts.append(f"candidate {gate_metric} is not a number")
-    else:
-        for label, other in (("champion" + (f" {champ_run}" if champ_run else ""), champ), ("prophet", base)):
-            if other is None:
-                parts.append(f"no {label.split()[0]} to compare")
-                continue
-            if _beats(cand, other, margin):
-                parts.append(f"beats {label} ({_fmt(cand)} vs {_fmt(other)})")
-            else:
-                ok = False
-                parts.append(f"does not beat {label} {need} ({_fmt(cand)} vs {_fmt(other)}, needs <= {_fmt(other * (1 - margin))} and < {_fmt(other)})")
-    verdict = "promoted" if ok else "kept current champion"
-    reason = f"{verdict}: candidate {gate_metric} {_fmt(cand)}; " + "; ".join(parts)
-    return PromotionDecision(
-        promoted=ok,
-        reason=reason,
-        gate_metric=gate_metric,
-        margin=float(margin),
-        candidate_score=cand,
-        champion_score=champ,
-        baseline_score=base,
-        champion_run_id=champ_run,
-        candidate={k: float(v) for k, v in candidate.items() if isinstance(v, (int, float))},
-        baseline=None if baseline is None else {k: float(v) for k, v in baseline.items() if isinstance(v, (int, float))},
-    )
+    if not candidates:
+        raise BadInputError("no champion candidates: enable Chronos or at least one baseline (evaluation.baselines)")
+    gate = {name: _score(s, gate_metric, f"candidate {name}") for name, s in candidates.items()}
+    valid = {n: v for n, v in gate.items() if not math.isnan(v)}
+    full = {n: {k: float(v) for k, v in s.items() if isinstance(v, (int, float))} for n, s in candidates.items()}
+    others = ", ".join(f"{n} {_fmt(v)}" for n, v in gate.items())
+    best = min(valid, key=lambda n: (valid[n], list(gate).index(n))) if valid else None
+    best_score = valid[best] if best is not None else None
+    doc = normalize(champion) if champion is not None else None
+    champ_run = str(doc.get("run_id")) if doc is not None and doc.get("run_id") else None
+    champ_family = doc.get("family") if doc is not None else None
+    rescored = champion_scores is not None
+    champ_score: float | None = None
+    if doc is not None:
+        src = champion_scores if champion_scores is not None else doc
+        try:
+            champ_score = _score(src, gate_metric, "current champion")
+        except ConfigError:
+            champ_score = float("nan")  # nothing valid to protect: counts as beaten
+    common = dict(gate_metric=gate_metric, margin=float(margin), best=best, best_score=best_score,
+                  champion_score=champ_score, champion_run_id=champ_run, champion_family=champ_family,
+                  champion_rescored=rescored and doc is not None, candidate_scores=gate, candidates=full)
+    need = f"by {margin:.1%}" if margin > 0 else "(equal keeps the champion)"
+    if best is None:
+        what = f"kept {champ_family} from run {champ_run}" if doc is not None else "no champion"
+        return ChampionDecision(False, f"{what}: no candidate has a valid {gate_metric} ({others})", **common)
+    if doc is None:
+        rest = ", ".join(f"{n} {_fmt(v)}" for n, v in gate.items() if n != best)
+        reason = f"no champion yet: promoted {best} ({gate_metric} {_fmt(best_score)}" + (f"; {rest})" if rest else ")")
+        return ChampionDecision(True, reason, **common)
+    how = "re-scored on this run's windows" if rescored else "stored score"
+    champ_txt = f"{champ_family} from run {champ_run} ({gate_metric} {_fmt(champ_score)}, {how})"
+    if _beats(best_score, champ_score, margin):
+        gain = "" if math.isnan(champ_score) or champ_score == 0 else f", {1 - best_score / champ_score:.1%} better"
+        reason = f"replaced {champ_txt} with {best} ({_fmt(best_score)}{gain}; candidates: {others})"
+        return ChampionDecision(True, reason, **common)
+    reason = f"kept {champ_txt}: best candidate {best} {_fmt(best_score)} does not beat it {need} (candidates: {others})"
+    return ChampionDecision(False, reason, **common)
+
+
+def normalize(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A champion document in the current schema. Version 1 (Chronos only: ``model`` was
+    ``"chronos"`` and ``family`` the Chronos pipeline family) is read as a Chronos champion."""
+    out = dict(doc)
+    version = int(out.get("schema_version") or 1)
+    if version > SCHEMA_VERSION:
+        raise BadInputError(
+            f"champion.json has schema_version {version}, newer than this chronos-flows ({SCHEMA_VERSION}); upgrade it"
+        )
+    if version == 1:
+        out["config"] = {"chronos_family": out.get("family")} if out.get("family") else {}
+        out["family"] = out.get("model") or "chronos"
+        out.setdefault("judged_on", {})
+        out["schema_version_read"] = 1
+    out.setdefault("config", {})
+    out.setdefault("judged_on", {})
+    return out
 
 
 def read_champion(store: ObjectStore, env: str) -> tuple[dict[str, Any] | None, str | None]:
-    """``(champion, etag)``, or ``(None, None)`` when no model has been promoted in ``env``."""
+    """``(champion, etag)`` from one read (never a half-written file: writes are atomic), or
+    ``(None, None)`` when nothing has been promoted in ``env``. Version-1 files are normalised."""
     key = layout.champion_key(env)
     got = store.get(key)
     if got is None:
@@ -152,36 +209,47 @@ def read_champion(store: ObjectStore, env: str) -> tuple[dict[str, Any] | None, 
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInputError(
             f"{store.uri(key)} is not valid JSON ({exc}); restore it from a run's model_metadata.json "
-            f"or delete it to let the next good model become champion"
+            f"or delete it to let the next run's best model become champion"
         ) from None
     if not isinstance(doc, dict):
         raise BadInputError(f"{store.uri(key)} must hold a JSON object, not {type(doc).__name__}")
-    return doc, etag
+    return normalize(doc), etag
 
 
-def champion_document(entry: Mapping[str, Any], decision: PromotionDecision, previous: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The champion.json content for ``entry`` (``run_id``, ``model``, ``model_uri``, optional ``scores``)."""
-    for required in ("run_id", "model", "model_uri"):
+def champion_document(entry: Mapping[str, Any], decision: ChampionDecision, previous: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The champion.json content for ``entry`` (``run_id``, ``family``; ``model_uri`` for Chronos;
+    ``config``, ``judged_on``, optional ``scores`` and extra fields)."""
+    for required in ("run_id", "family"):
         if not entry.get(required):
             raise BadInputError(f"champion entry needs {required!r}; got keys {sorted(entry)}")
-    scores = dict(entry.get("scores") or decision.candidate)
+    if entry["family"] == "chronos" and not entry.get("model_uri"):
+        raise BadInputError("a Chronos champion entry needs 'model_uri' (the registry copy of its model)")
+    scores = dict(entry.get("scores") or decision.candidates.get(entry["family"]) or {})
     prev = None
     if previous is not None:
-        prev_score = previous.get("score")
-        prev = {"run_id": previous.get("run_id"), "score": prev_score, "gate_metric": previous.get("gate_metric")}
+        prev = {
+            "run_id": previous.get("run_id"),
+            "family": previous.get("family"),
+            "score": previous.get("score"),
+            "gate_metric": previous.get("gate_metric"),
+        }
+    reserved = {"run_id", "family", "model", "model_uri", "scores", "previous", "config", "judged_on"}
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": entry["run_id"],
-        "model": entry["model"],
-        "model_uri": entry["model_uri"],
+        "family": entry["family"],
+        "model": entry["family"],
+        "model_uri": entry.get("model_uri"),
+        "config": dict(entry.get("config") or {}),
         "gate_metric": decision.gate_metric,
-        "score": decision.candidate_score,
+        "score": decision.best_score,
         "scores": scores,
+        "judged_on": dict(entry.get("judged_on") or {}),
         "promoted_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         # a nonce: ETags are content MD5s, so content must never repeat (FACTS: stale CAS)
         "write_id": uuid.uuid4().hex,
         "previous": prev,
-        **{k: v for k, v in entry.items() if k not in {"run_id", "model", "model_uri", "scores", "previous"}},
+        **{k: v for k, v in entry.items() if k not in reserved},
     }
 
 
@@ -189,7 +257,7 @@ def champion_document(entry: Mapping[str, Any], decision: PromotionDecision, pre
 class PromotionOutcome:
     promoted: bool
     #: the decision that held at write time (the last one made, if not promoted)
-    decision: PromotionDecision
+    decision: ChampionDecision
     #: the champion document after the call (ours if promoted)
     champion: dict[str, Any] | None
     attempts: int
@@ -199,25 +267,31 @@ def promote_outcome(
     store: ObjectStore,
     env: str,
     entry: Mapping[str, Any],
-    decision: PromotionDecision,
+    decision: ChampionDecision,
     expected_etag: str | None,
 ) -> PromotionOutcome:
-    """:func:`promote` returning the decision that held at write time and the resulting champion.
+    """Write ``entry`` (the decision's best candidate) as champion if ``decision`` says so.
 
     Each attempt reads the champion; if it is not the one the decision was made against
-    (``expected_etag``), the decision is made again against it. A rejected decision writes nothing.
-    The write is conditional on the ETag just read, so a promotion racing in between makes it fail
-    with ``PreconditionFailed`` and the loop starts over.
+    (``expected_etag``), the decision is made again against its stored score. A rejected decision
+    writes nothing. The write is conditional on the ETag just read, so a promotion racing in
+    between makes it fail with ``PreconditionFailed`` and the loop starts over.
     """
     key = layout.champion_key(env)
+    if decision.promoted and entry.get("family") != decision.best:
+        raise BadInputError(f"champion entry is {entry.get('family')!r} but the decision promotes {decision.best!r}")
     for attempt in range(1, MAX_CAS_ATTEMPTS + 1):
         current, etag = read_champion(store, env)
-        if current is not None and current.get("run_id") == entry.get("run_id") and current.get("model_uri") == entry.get("model_uri"):
+        if (
+            current is not None
+            and current.get("run_id") == entry.get("run_id")
+            and current.get("family") == entry.get("family")
+        ):
             # our own earlier write landed (e.g. the response of a retried request was lost)
             return PromotionOutcome(True, decision, current, attempt)
         if etag != expected_etag:
-            decision = decide_promotion(
-                decision.candidate, current, decision.baseline, gate_metric=decision.gate_metric, margin=decision.margin
+            decision = decide_champion(
+                decision.candidates, current, gate_metric=decision.gate_metric, margin=decision.margin
             )
             expected_etag = etag
         if not decision.promoted:
@@ -241,11 +315,8 @@ def promote(
     store: ObjectStore,
     env: str,
     entry: Mapping[str, Any],
-    decision: PromotionDecision,
+    decision: ChampionDecision,
     expected_etag: str | None,
 ) -> bool:
-    """Make ``entry`` (``run_id``, ``model``, ``model_uri``, optional ``scores`` and extra fields) the
-    champion of ``env`` if ``decision`` says so. ``expected_etag`` is the ETag of the champion the
-    decision was made against (``None``: there was none). Compare-and-swap; a lost race re-reads
-    and re-decides against the new champion. Returns whether ``entry`` is now the champion."""
+    """:func:`promote_outcome`, returning whether ``entry`` is now the champion."""
     return promote_outcome(store, env, entry, decision, expected_etag).promoted

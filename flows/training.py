@@ -1,7 +1,7 @@
 """The ``chronos-training`` flow: wiring only.
 
-ingest → clean → [lock] data_sync → training (Chronos, Prophet baseline) → evaluate →
-results_sync (metadata, champion) → cleanup. Errors move the state file to ``failed`` (or it was
+ingest → clean → [lock] data_sync → training (Chronos; AutoETS and Prophet baselines) → evaluate →
+results_sync (metadata, champion of any family) → cleanup. Errors move the state file to ``failed`` (or it was
 ``killed`` from outside) and always end in ``cleanup``, which releases the lock.
 """
 
@@ -25,7 +25,7 @@ from chronos_flows.config import TrainingParams
 from chronos_flows.errors import RunKilledError
 from tasks.cleanup import cleanup_run, release_after_abort
 from tasks.data import clean_data, ingest, sync_data
-from tasks.evaluate import evaluate, finalize_results, load_champion, train_prophet
+from tasks.evaluate import backtest_baseline, evaluate, finalize_results, load_champion
 from tasks.state import RunContext, acquire_lock, check_lock, open_run_store, set_status
 from tasks.train import train_chronos
 from chronos_flows.splits import split_for_training
@@ -94,15 +94,18 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
                 set_status(ctx, "training")
                 train_df, freq = split_for_training(cleaned, report.freq, params.evaluation)
                 chronos, results["chronos"] = train_chronos(ctx, train_df, freq)
-            with phases("baselines"):
-                prophet_backtest, results["prophet"] = train_prophet(ctx, cleaned, freq, report.season_length)
+            baselines = {}
+            for family in ("autoets", "prophet"):
+                if family in params.evaluation.baselines:
+                    with phases(family):
+                        baselines[family], results[family] = backtest_baseline(ctx, family, cleaned, freq, report.season_length)
             with phases("evaluate"):
-                champion_doc, champion = load_champion(ctx)
-                results["champion_run_id"] = champion_doc.get("run_id") if champion_doc else None
-                backtest = evaluate(ctx, cleaned, chronos, prophet_backtest, freq, report.season_length, champion)
+                champion = load_champion(ctx, report.season_length)
+                results["champion_run_id"] = champion.doc.get("run_id") if champion.doc else None
+                backtest = evaluate(ctx, cleaned, chronos, baselines, freq, report.season_length, champion)
             with phases("results_sync"):
                 set_status(ctx, "results_sync")
-                results.update(finalize_results(ctx, backtest, results, report))
+                results.update(finalize_results(ctx, backtest, results, report, champion))
                 set_status(ctx, "cleanup")
             outcome = {"status": "succeeded", "error": None}
     except RunKilledError as exc:

@@ -82,7 +82,7 @@ def cleanup_run(ctx: RunContext, outcome: dict[str, Any], results: dict[str, Any
                     "ended_at": datetime.now(timezone.utc).isoformat(),
                     "phases": phases,
                     "error": outcome.get("error"),
-                    "models": {k: v for k, v in results.items() if isinstance(v, dict) and k in ("chronos", "prophet")},
+                    "models": {k: v for k, v in results.items() if isinstance(v, dict) and k in ("chronos", "autoets", "prophet")},
                     "summary": summary,
                     "cost_estimate": results.get("cost"),
                 }

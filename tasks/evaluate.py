@@ -1,8 +1,9 @@
-"""Baselines, backtest evaluation, artifacts, metadata and the champion decision."""
+"""Baselines, backtest evaluation, artifacts, metadata and the champion decision (any family)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -13,9 +14,9 @@ from chronos_flows import layout, runlog
 from chronos_flows.cleaning import CleaningReport
 from chronos_flows.evaluation import BacktestResult, merge_results, run_backtest, write_outputs
 from chronos_flows.models.base import Forecaster
-from chronos_flows.models.prophet import ProphetForecaster
+from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.seasonal_naive import SeasonalNaive
-from chronos_flows.registry import decide_promotion, promote_outcome, read_champion
+from chronos_flows.registry import decide_champion, promote_outcome, read_champion
 from tasks.common import Progress, RETRY_DELAYS, link_artifact, logger, markdown_artifact, retry_transient, table_artifact
 from tasks.state import RunContext
 
@@ -35,12 +36,11 @@ def _backtest(ctx: RunContext, forecasters: dict[str, Forecaster], history: pd.D
     )
 
 
-@task(name="train-prophet-baseline", cache_policy=NONE)
-def train_prophet(ctx: RunContext, history: pd.DataFrame, freq: str, season: int) -> tuple[BacktestResult | None, dict]:
-    """Fit Prophet per series and window (processes in parallel) on exactly the backtest windows."""
-    if not ctx.params.prophet.enabled:
-        return None, {"enabled": False}
-    bar = Progress(f"prophet-progress-{ctx.run_id}", "Prophet fits (series × windows)")
+@task(name="backtest-baseline", task_run_name="backtest-{family}", cache_policy=NONE)
+def backtest_baseline(ctx: RunContext, family: str, history: pd.DataFrame, freq: str, season: int) -> tuple[BacktestResult, dict]:
+    """Fit a local baseline (AutoETS, Prophet) per series and window, in parallel processes, on
+    exactly the backtest windows; series it cannot fit are reported, never fatal."""
+    bar = Progress(f"{family.replace('_', '-')}-progress-{ctx.run_id}", f"{family} fits (series × windows)")
     n_series = history["unique_id"].nunique()
     total = n_series * ctx.params.evaluation.n_windows
     fits = {"done": 0}
@@ -49,32 +49,55 @@ def train_prophet(ctx: RunContext, history: pd.DataFrame, freq: str, season: int
         fits["done"] += 1
         bar.update(fits["done"], total)
 
-    prophet = ProphetForecaster(
-        n_jobs=ctx.params.prophet.n_jobs,
-        uncertainty_samples=ctx.params.prophet.uncertainty_samples,
-        progress=progress,
-        seed=ctx.params.chronos.seed,
-    )
+    config = baseline_config(ctx.params, family, season)
+    model = local_forecaster(family, config, n_jobs=baseline_jobs(ctx.params, family), progress=progress)
     t0 = time.monotonic()
-    result = _backtest(ctx, {"prophet": prophet}, history, freq, season)
+    result = _backtest(ctx, {family: model}, history, freq, season)
     seconds = time.monotonic() - t0
-    failures = result.failures.get("prophet", {})
+    failures = result.failures.get(family, {})
     for uid, msg in failures.items():
-        logger().warning("prophet failed on series %s: %s", uid, msg)
-    logger().info("prophet: %d series × %d windows in %.1f s, %d series failed", n_series, ctx.params.evaluation.n_windows, seconds, len(failures))
-    return result, {"fit_seconds": round(seconds, 3), "failures": failures, "settings": prophet.settings(freq)}
+        logger().warning("%s failed on series %s: %s", family, uid, msg)
+    logger().info(
+        "%s: %d series × %d windows in %.1f s, %d series failed",
+        family, n_series, ctx.params.evaluation.n_windows, seconds, len(failures),
+    )
+    return result, {"fit_seconds": round(seconds, 3), "failures": failures, "config": config}
+
+
+@dataclass
+class ChampionInRun:
+    """The current champion as this run sees it."""
+
+    doc: dict | None = None
+    #: a forecaster to backtest as ``champion`` on this run's windows (None: see ``same_as``)
+    model: Forecaster | None = None
+    #: the candidate of this run that *is* the champion (same local family, same config)
+    same_as: str | None = None
 
 
 @task(name="load-champion", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def load_champion(ctx: RunContext) -> tuple[dict | None, Forecaster | None]:
-    """The current champion's document and, when its registry copy loads, the model itself, so it is
-    scored on exactly this run's windows instead of trusting a score measured on other data."""
+def load_champion(ctx: RunContext, season: int) -> ChampionInRun:
+    """The current champion's document and, when it can be re-created, the model itself, so it is
+    scored on exactly this run's windows instead of trusting a score measured on other data.
+    A local-family champion whose configuration equals this run's candidate of that family is that
+    candidate: it is not fitted twice."""
     from chronos_flows.errors import ChronosFlowsError
     from chronos_flows.models.chronos import ChronosForecaster
 
     doc, _ = read_champion(ctx.store, ctx.env)
-    if doc is None or doc.get("model") != "chronos":
-        return doc, None
+    if doc is None:
+        return ChampionInRun()
+    family = doc["family"]
+    if family in LOCAL_FAMILIES:
+        if family in ctx.params.evaluation.baselines and doc["config"] == baseline_config(ctx.params, family, season):
+            logger().info("champion %s from run %s has this run's %s configuration: scored as that candidate", family, doc["run_id"], family)
+            return ChampionInRun(doc, same_as=family)
+        try:
+            model = local_forecaster(family, doc["config"], n_jobs=baseline_jobs(ctx.params, family))
+        except ChronosFlowsError as exc:
+            logger().warning("champion %s cannot be re-created (%s); gating against its stored score", doc["run_id"], exc)
+            return ChampionInRun(doc)
+        return ChampionInRun(doc, model=model)
     prefix = layout.registry_model_prefix(ctx.env, doc["run_id"], "chronos")
     local = ctx.workdir / "champion" / "chronos"
     try:
@@ -83,9 +106,9 @@ def load_champion(ctx: RunContext) -> tuple[dict | None, Forecaster | None]:
         model = ChronosForecaster.load(local, ctx.params.chronos, workdir=ctx.workdir / "champion")
     except ChronosFlowsError as exc:
         logger().warning("champion %s cannot be re-scored (%s); gating against its stored score", doc["run_id"], exc)
-        return doc, None
+        return ChampionInRun(doc)
     logger().info("champion %s loaded from %s; it is backtested on this run's windows", doc["run_id"], ctx.store.uri(prefix))
-    return doc, model
+    return ChampionInRun(doc, model=model)
 
 
 @task(name="evaluate", cache_policy=NONE)
@@ -93,19 +116,19 @@ def evaluate(
     ctx: RunContext,
     history: pd.DataFrame,
     chronos: Forecaster,
-    prophet_result: BacktestResult | None,
+    baselines: dict[str, BacktestResult],
     freq: str,
     season: int,
-    champion: Forecaster | None = None,
+    champion: ChampionInRun | None = None,
 ) -> BacktestResult:
-    """Backtest Chronos, the current champion and Seasonal Naive on the same windows, join
-    Prophet's, publish the results."""
+    """Backtest Chronos, the current champion and Seasonal Naive on the same windows, join the
+    baselines' backtests, publish the results."""
     models: dict[str, Forecaster] = {"chronos": chronos, "seasonal_naive": SeasonalNaive(season)}
-    if champion is not None:
-        models["champion"] = champion
+    if champion is not None and champion.model is not None:
+        models["champion"] = champion.model
     result = _backtest(ctx, models, history, freq, season)
-    if prophet_result is not None:
-        result = merge_results(result, prophet_result)
+    for other in baselines.values():
+        result = merge_results(result, other)
     out = ctx.workdir / "evaluation"
     paths = write_outputs(result, out, history=history[["unique_id", "ds", "y"]], plot_series=ctx.params.evaluation.plot_series)
     ctx.handle and ctx.handle.check()
@@ -124,6 +147,11 @@ def evaluate(
     for name, path in paths.items():
         if name.startswith("plot_"):
             link_artifact(f"{name.replace('_', '-')}-{ctx.run_id}", ctx.store.uri(prefix + "/" + str(path.relative_to(out))), f"forecast plot ({name.removeprefix('plot_')})")
+    for model, row in result.leaderboard.iterrows():
+        logger().info(
+            "%s: wql %.4g, mase %.4g, mae %.4g, coverage_80 %.2f",
+            model, row.get("wql", float("nan")), row.get("mase", float("nan")), row.get("mae", float("nan")), row.get("coverage_80", float("nan")),
+        )
     logger().info("evaluation: %d series, %d windows, best model %s", result.settings["n_series"], result.settings["n_windows"], result.best_model)
     return result
 
@@ -135,37 +163,69 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def _candidates(ctx: RunContext, result: BacktestResult) -> dict[str, dict[str, float]]:
+    """This run's champion candidates, in the order ties are broken: Chronos, then the baselines."""
+    names = ["chronos", *ctx.params.evaluation.baselines]
+    return {n: result.scores(n) for n in names if n in result.leaderboard.index}
+
+
 @task(name="results-sync", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def finalize_results(ctx: RunContext, result: BacktestResult, results: dict[str, Any], report: CleaningReport) -> dict[str, Any]:
-    """Champion decision (compare-and-swap), cost estimate and model_metadata.json."""
+def finalize_results(
+    ctx: RunContext, result: BacktestResult, results: dict[str, Any], report: CleaningReport, champion: ChampionInRun | None = None
+) -> dict[str, Any]:
+    """Champion decision over every family (compare-and-swap), cost estimate and model_metadata.json."""
     ev = ctx.params.evaluation
     board = _records(result.leaderboard.reset_index())
-    chronos_scores = result.scores("chronos")
-    prophet_scores = result.scores("prophet") if "prophet" in result.leaderboard.index else None
-    champion, etag = read_champion(ctx.store, ctx.env)
-    if champion is not None and "champion" in result.leaderboard.index and champion.get("run_id") == results.get("champion_run_id"):
+    candidates = _candidates(ctx, result)
+    current, etag = read_champion(ctx.store, ctx.env)
+    champion_scores = None
+    seen = champion.doc if champion is not None else None
+    if current is not None and seen is not None and current.get("write_id") == seen.get("write_id"):
         # re-scored on this run's windows: compare like with like
-        champion = {**champion, **result.scores("champion"), "rescored": True}
-    decision = decide_promotion(chronos_scores, champion, prophet_scores, gate_metric=ev.gate_metric, margin=ev.promotion_margin)
-    registry_prefix = layout.registry_model_prefix(ctx.env, ctx.run_id, "chronos")
-    entry = {
-        "run_id": ctx.run_id,
-        "model": "chronos",
-        "model_uri": ctx.store.uri(registry_prefix),
-        "run_model_uri": results["chronos"]["uri"],
-        "family": ctx.params.chronos.family,
-        "scores": chronos_scores,
+        if "champion" in result.leaderboard.index:
+            champion_scores = result.scores("champion")
+        elif champion.same_as and champion.same_as in result.leaderboard.index:
+            champion_scores = result.scores(champion.same_as)
+    decision = decide_champion(candidates, current, champion_scores=champion_scores, gate_metric=ev.gate_metric, margin=ev.promotion_margin)
+    winner = decision.best
+    judged_on = {
+        "data_fingerprint": results["data"]["cleaned_fingerprint"],
+        "raw_fingerprint": results["data"]["raw_fingerprint"],
+        "dataset_uri": results["data"]["dataset_uri"],
+        "source": results["data"]["source"],
+        "freq": report.freq,
+        "season_length": report.season_length,
+        "horizon": ev.horizon,
+        "n_windows": ev.n_windows,
+        "quantiles": list(ev.quantiles),
+        "n_series": result.settings.get("n_series"),
+        "data": ctx.params.data.model_dump(mode="json"),
+        "cleaning": ctx.params.cleaning.model_dump(mode="json"),
     }
+    entry: dict[str, Any] = {"run_id": ctx.run_id, "family": winner, "judged_on": judged_on}
+    registry_prefix = layout.registry_model_prefix(ctx.env, ctx.run_id, "chronos")
+    if winner == "chronos":
+        entry.update(
+            model_uri=ctx.store.uri(registry_prefix),
+            run_model_uri=results["chronos"]["uri"],
+            config={"chronos_family": ctx.params.chronos.family, **ctx.params.chronos.model_dump(mode="json")},
+        )
+    elif winner is not None:
+        entry["config"] = baseline_config(ctx.params, winner, report.season_length)
     ctx.handle and ctx.handle.check()
-    if decision.promoted:
+    if decision.promoted and winner == "chronos":
         # the pointer must never dangle: copy first, then swap champion.json
         ctx.store.upload_dir(ctx.workdir / "models" / "chronos", registry_prefix)
-    outcome = promote_outcome(ctx.store, ctx.env, entry, decision, etag)
-    if decision.promoted and not outcome.promoted:  # lost a race against a better model
+    if winner is None:
+        outcome_promoted, final = False, decision
+    else:
+        outcome = promote_outcome(ctx.store, ctx.env, entry, decision, etag)
+        outcome_promoted, final = outcome.promoted, outcome.decision
+    if decision.promoted and winner == "chronos" and not outcome_promoted:  # lost a race against a better model
         for key in ctx.store.list(registry_prefix + "/"):
             ctx.store.delete(key)
-    promotion = {**outcome.decision.to_dict(), "promoted": outcome.promoted}
-    logger().info("champion: %s", outcome.decision.reason)
+    promotion = {**final.to_dict(), "promoted": outcome_promoted, "family": winner if outcome_promoted else final.champion_family}
+    logger().info("champion: %s", final.reason)
 
     from chronos_flows.cost import estimate_run_cost
 
@@ -178,8 +238,8 @@ def finalize_results(ctx: RunContext, result: BacktestResult, results: dict[str,
         data_fingerprint=results["data"]["cleaned_fingerprint"],
         models={
             "chronos": results["chronos"],
-            "prophet": {k: v for k, v in (results.get("prophet") or {}).items() if k != "settings"},
-            "seasonal_naive": {"season_length": report.season_length},
+            **{b: {k: v for k, v in (results.get(b) or {}).items()} for b in ("autoets", "prophet") if b in results},
+            "seasonal_naive": {"config": {"season_length": report.season_length}},
         },
         leaderboard=board,
         promotion=promotion,
@@ -193,9 +253,11 @@ def finalize_results(ctx: RunContext, result: BacktestResult, results: dict[str,
         },
     )
     runlog.save_model_metadata(ctx.store, md)
+    rows = "\n".join(f"| {n} | {v:.4g} |" for n, v in final.candidate_scores.items())
     markdown_artifact(
         f"champion-decision-{ctx.run_id}",
-        f"## Champion decision\n\n**{'PROMOTED' if outcome.promoted else 'kept'}** — {outcome.decision.reason}",
+        f"## Champion decision\n\n**{'PROMOTED' if outcome_promoted else 'kept'}** — {final.reason}\n\n"
+        f"| candidate | {final.gate_metric} |\n|---|---|\n{rows}\n",
         "Champion decision",
     )
     return {"leaderboard": board, "promotion": promotion, "cost": cost}

@@ -117,8 +117,8 @@ def test_when_the_config_file_sets_fields_then_set_overrides_win(tmp_path):
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("evaluation:\n  horizon: 10\nchronos:\n  max_steps: 7\n")
-    p = build_params(cfg, ["evaluation.horizon=4", "prophet.enabled=false"])
-    assert (p.evaluation.horizon, p.chronos.max_steps, p.prophet.enabled) == (4, 7, False)
+    p = build_params(cfg, ["evaluation.horizon=4", "evaluation.baselines=[prophet]"])
+    assert (p.evaluation.horizon, p.chronos.max_steps, p.evaluation.baselines) == (4, 7, ("prophet",))
 
 
 def test_when_the_store_is_unreachable_then_exit_2_names_it(tmp_path, aws_env):

@@ -57,7 +57,7 @@ def test_when_the_default_flow_runs_then_the_store_holds_a_complete_run(prefect_
 
     # the leaderboard has every model with sane metrics
     board = pd.read_csv(store.uri(f"{layout.evaluation_prefix(env, run)}/leaderboard.csv").removeprefix("file://"))
-    assert set(board["model"]) == {"chronos", "prophet", "seasonal_naive"}
+    assert set(board["model"]) == {"chronos", "autoets", "prophet", "seasonal_naive"}
     for col in ("mae", "rmse", "mase", "wql"):
         assert board[col].map(lambda v: math.isfinite(v) and v >= 0).all(), col
     sn = board.set_index("model").loc["seasonal_naive"]
@@ -79,7 +79,7 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     from chronos_flows.registry import read_champion
 
     store_dir = tmp_path / "store"
-    first = build_params(overrides=SMALL + ["prophet.enabled=false"], store=str(store_dir), run_id="promo-1")
+    first = build_params(overrides=SMALL + ["evaluation.baselines=[]"], store=str(store_dir), run_id="promo-1")
     s1 = chronos_training(params=first)
     assert s1["status"] == "succeeded" and s1["promotion"]["promoted"] is True, s1["promotion"]
     store = open_store(first.store_url())
@@ -89,7 +89,7 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     BaseChronosPipeline.from_pretrained(champion["model_uri"].removeprefix("file://"))
 
     # the same seed and data give the same score: equal is not better, the champion stays
-    second = build_params(overrides=SMALL + ["prophet.enabled=false"], store=str(store_dir), run_id="promo-2")
+    second = build_params(overrides=SMALL + ["evaluation.baselines=[]"], store=str(store_dir), run_id="promo-2")
     s2 = chronos_training(params=second)
     assert s2["status"] == "succeeded" and s2["promotion"]["promoted"] is False, s2["promotion"]
     again, etag2 = read_champion(store, "dev")
@@ -97,6 +97,7 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     assert not store.list("dev/registry/promo-2/")
     md = json.loads(store.get(layout.metadata_key("dev", "promo-2"))[0])
     assert md["promotion"]["promoted"] is False and md["promotion"]["champion_run_id"] == "promo-1"
+    assert md["promotion"]["champion_rescored"] is True
     # the champion was re-scored on this run's windows, next to the candidate
     board = {row["model"]: row for row in md["leaderboard"]}
     assert "champion" in board and board["champion"]["wql"] == pytest.approx(board["chronos"]["wql"])
@@ -105,7 +106,7 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     # a champion whose model copy is gone is gated on its stored score; the run still succeeds
     for key in store.list("dev/registry/promo-1/"):
         store.delete(key)
-    third = build_params(overrides=SMALL + ["prophet.enabled=false"], store=str(store_dir), run_id="promo-3")
+    third = build_params(overrides=SMALL + ["evaluation.baselines=[]"], store=str(store_dir), run_id="promo-3")
     s3 = chronos_training(params=third)
     assert s3["status"] == "succeeded" and s3["promotion"]["promoted"] is False
     assert "champion" not in {row["model"] for row in s3["leaderboard"]}
@@ -121,3 +122,56 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     assert main(["runs", "show", "promo-1", "--store", str(store_dir)]) == 0
     shown = capsys.readouterr().out
     assert "run promo-1: succeeded" in shown and "seasonal_naive" in shown and "PROMOTED" in shown
+
+
+def _artifact_markdown(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    import anyio
+
+    async def read() -> str:
+        async with get_client() as client:
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return arts[0].data if arts else ""
+
+    return anyio.run(read)
+
+
+def test_when_the_default_flow_runs_twice_then_the_best_family_is_champion_and_the_second_run_keeps_it_by_the_rule(prefect_api, tmp_path):
+    from flows.training import chronos_training
+    from chronos_flows.registry import read_champion
+
+    store_dir = tmp_path / "store"
+    s1 = chronos_training(params=build_params(overrides=SMALL, store=str(store_dir), run_id="twice-1"))
+    assert s1["status"] == "succeeded", s1
+    store = open_store(s1["store"])
+    champion, etag = read_champion(store, "dev")
+    assert champion is not None, "a successful run always leaves a champion"
+    board = {row["model"]: row["wql"] for row in s1["leaderboard"]}
+    candidates = {m: board[m] for m in ("chronos", "autoets", "prophet", "seasonal_naive")}
+    best = min(candidates, key=candidates.get)
+    assert champion["family"] == best and champion["run_id"] == "twice-1"
+    assert champion["score"] == pytest.approx(candidates[best], rel=1e-4)  # the summary rounds to 6 digits
+    assert champion["judged_on"]["freq"] == "W-MON" and champion["judged_on"]["horizon"] == 8
+    assert champion["judged_on"]["data_fingerprint"] and champion["judged_on"]["dataset_uri"]
+    if best == "chronos":
+        assert champion["model_uri"].endswith("dev/registry/twice-1/chronos")
+    else:
+        assert champion["model_uri"] is None and champion["config"]
+    reason1 = s1["promotion"]["reason"]
+    assert s1["promotion"]["promoted"] is True and reason1.startswith(f"no champion yet: promoted {best} (wql ")
+    md1 = json.loads(store.get(layout.metadata_key("dev", "twice-1"))[0])
+    assert md1["promotion"]["reason"] == reason1 and md1["promotion"]["family"] == best
+    assert reason1 in _artifact_markdown("champion-decision-twice-1")
+
+    # same data, same settings: the champion is re-scored on the same windows and equal keeps it
+    s2 = chronos_training(params=build_params(overrides=SMALL, store=str(store_dir), run_id="twice-2"))
+    assert s2["status"] == "succeeded", s2
+    reason2 = s2["promotion"]["reason"]
+    assert s2["promotion"]["promoted"] is False
+    assert reason2.startswith(f"kept {best} from run twice-1 (wql ") and "re-scored on this run's windows" in reason2
+    assert read_champion(store, "dev") == (champion, etag)
+    md2 = json.loads(store.get(layout.metadata_key("dev", "twice-2"))[0])
+    assert md2["promotion"]["reason"] == reason2 and md2["promotion"]["champion_score"] == pytest.approx(champion["score"])
+    assert reason2 in _artifact_markdown("champion-decision-twice-2")

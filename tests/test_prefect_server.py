@@ -147,7 +147,7 @@ class PrefectServer:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory) -> Iterator[PrefectServer]:
-    """A running server with the work pool and both deployments of prefect.yaml."""
+    """A running server with the work pool and every deployment of prefect.yaml."""
     home = tmp_path_factory.mktemp("prefect-server")
     server = PrefectServer(home)
     try:
@@ -290,7 +290,7 @@ def test_when_the_adhoc_run_has_completed_then_its_artifacts_are_readable_throug
     board = by_key[f"leaderboard-{RUN_ID}"]
     assert board.type == "table"
     rows = json.loads(board.data) if isinstance(board.data, str) else board.data
-    assert {r["model"] for r in rows} == {"chronos", "prophet", "seasonal_naive"}
+    assert {r["model"] for r in rows} == {"chronos", "autoets", "prophet", "seasonal_naive"}
     assert all(r["wql"] >= 0 for r in rows)
 
     report = by_key[f"evaluation-report-{RUN_ID}"]
@@ -319,3 +319,48 @@ def test_when_the_adhoc_run_has_completed_then_the_cli_shows_its_history_logs_an
 
     artifact = deployed.cli("artifact", "inspect", f"leaderboard-{RUN_ID}")
     assert flow_run_id in artifact and "seasonal_naive" in artifact
+
+
+def test_when_forecast_adhoc_runs_after_the_training_run_then_the_champion_writes_forecasts(deployed, adhoc_run):
+    """The forecast deployments: weekly on Mondays 09:00 UTC; adhoc run by a worker on the store the
+    training run left a champion in."""
+    assert adhoc_run["state"] is not None and adhoc_run["state"].is_completed(), _failure_context(deployed, adhoc_run)
+    with deployed.client() as client:
+        weekly = client.read_deployment_by_name("chronos-forecast/forecast-weekly")
+        adhoc = client.read_deployment_by_name("chronos-forecast/forecast-adhoc")
+    assert weekly.entrypoint == adhoc.entrypoint == "flows/forecast.py:chronos_forecast"
+    assert [(s.schedule.cron, s.schedule.timezone) for s in weekly.schedules] == [("0 9 * * 1", "UTC")]
+    assert adhoc.schedules == []
+
+    store_dir = adhoc_run["store_dir"]
+    payload = {"store": str(store_dir), "forecast_id": "server-forecast-1", "horizon": 5}
+    out = deployed.cli("deployment", "run", "chronos-forecast/forecast-adhoc", "--param", f"params={json.dumps(payload)}")
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
+    assert match, out
+    flow_run_id = match.group(1)
+    work = store_dir.parent
+    log_path = work / "forecast-worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", POOL, "--run-once", "--limit", "1"],
+            cwd=work, env=deployed.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        state = None
+        t0 = time.monotonic()
+        with deployed.client() as client:
+            while time.monotonic() - t0 < RUN_TIMEOUT:
+                state = client.read_flow_run(flow_run_id).state
+                if state is not None and state.is_final():
+                    break
+                time.sleep(2)
+        worker.wait(timeout=60)
+    finally:
+        _stop(worker)
+    assert state is not None and state.is_completed(), f"{state}\n{_tail(log_path)}"
+    store = open_store(adhoc_run["params"].store_url())
+    doc = json.loads(store.get(f"{layout.forecasts_prefix('dev', 'server-forecast-1')}/forecast.json")[0])
+    champion = json.loads(store.get(layout.champion_key("dev"))[0])
+    assert doc["champion"]["run_id"] == RUN_ID == champion["run_id"]
+    assert doc["counts"]["rows"] == doc["counts"]["series_forecast"] * 5 > 0

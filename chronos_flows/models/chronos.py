@@ -302,15 +302,17 @@ class ChronosForecaster(Forecaster):
             else:
                 q_t, m_t = pipe.predict_quantiles(inputs, prediction_length=horizon, quantile_levels=levels)
                 q, mean = q_t.numpy(), m_t.numpy()
-        frames = []
-        for i, uid in enumerate(ids):
-            ds = future_index(pd.Timestamp(lasts.loc[uid] if uid in lasts.index else lasts.iloc[i]), horizon, freq)
-            part = {ID: uid, TIME: ds, "mean": mean[i].astype(float)}
-            for j, lv in enumerate(levels):
-                part[quantile_column(lv)] = q[i, :, j].astype(float)
-            frames.append(pd.DataFrame(part))
-        out = pd.concat(frames, ignore_index=True)
-        out[ID] = out[ID].astype(str)
+        # one vectorised frame (a per-series DataFrame costs more than the model on large panels);
+        # future timestamps computed once per distinct last observation
+        last_of = [pd.Timestamp(lasts.loc[uid] if uid in lasts.index else lasts.iloc[i]) for i, uid in enumerate(ids)]
+        futures = {t: future_index(t, horizon, freq).to_numpy() for t in set(last_of)}
+        out = pd.DataFrame({
+            ID: np.repeat(np.asarray([str(u) for u in ids], dtype=object), horizon),
+            TIME: np.concatenate([futures[t] for t in last_of]),
+            "mean": mean.reshape(-1).astype(float),
+        })
+        for j, lv in enumerate(levels):
+            out[quantile_column(lv)] = q[:, :, j].reshape(-1).astype(float)
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -7,8 +7,9 @@
   ``uncertainty_samples`` draws of trend changes and observation noise); ``mean`` is Prophet's
   point forecast ``yhat``. Each series' sampling is seeded (``seed``) so parallel and serial runs
   give identical forecasts.
-* Series are fitted in a ``concurrent.futures.ProcessPoolExecutor`` with the fork start method
-  (≈2× on 2 cores; spawn re-imports everything and gains much less); ``n_jobs=1`` runs in process.
+* Series are fitted by :func:`chronos_flows.models._parallel.map_series`: in a
+  ``concurrent.futures.ProcessPoolExecutor`` with the fork start method (≈2× on 2 cores; spawn
+  re-imports everything and gains much less); ``n_jobs=1`` runs in process.
   ``progress(done, total)`` is called as series finish.
 * A series whose fit fails is left out of the returned frame and recorded in ``last_failures``
   (``{unique_id: message}``); it never fails the call. A crashed worker process fails only the
@@ -19,17 +20,14 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from chronos_flows.errors import BadInputError
+from chronos_flows.models._parallel import Progress, map_series
 from chronos_flows.models.base import (
     require_long_frame,
     DEFAULT_QUANTILES,
@@ -40,8 +38,6 @@ from chronos_flows.models.base import (
     future_index,
     quantile_column,
 )
-
-Progress = Callable[[int, int], None]
 
 
 def seasonality_for_freq(freq: str) -> dict[str, bool]:
@@ -182,10 +178,6 @@ class ProphetForecaster(Forecaster):
         s["seed"] = self.seed
         return s
 
-    def _mp_context(self):
-        methods = multiprocessing.get_all_start_methods()
-        return multiprocessing.get_context(self.start_method if self.start_method in methods else "spawn")
-
     def predict(
         self,
         context: pd.DataFrame,
@@ -203,47 +195,14 @@ class ProphetForecaster(Forecaster):
             (uid, g[TIME].to_numpy(), g[TARGET].to_numpy(dtype=float))
             for uid, g in context.sort_values([ID, TIME], kind="stable").groupby(ID, sort=True)
         ]
-        total = len(jobs)
-        results: dict[str, np.ndarray] = {}
-        failures: dict[str, str] = {}
         last: dict[str, pd.Timestamp] = {uid: pd.Timestamp(ds[-1]) for uid, ds, _ in jobs}
-        done = 0
-
-        def record(uid: str, arr: np.ndarray | None, err: str | None) -> None:
-            nonlocal done
-            if arr is None:
-                failures[uid] = err or "unknown error"
-            else:
-                results[uid] = arr
-            done += 1
-            if self.progress is not None:
-                self.progress(done, total)
-
-        workers = min(self.n_jobs, total, os.cpu_count() or 1)
-        if multiprocessing.current_process().daemon:
-            workers = 1  # a daemonic process (e.g. inside another pool) may not start children
-        if workers <= 1:
-            for uid, ds, y in jobs:
-                record(*fit_predict_one(uid, ds, y, horizon, freq, quantiles, settings))
-        else:
-            pending = {uid for uid, _, _ in jobs}
-            try:
-                with ProcessPoolExecutor(max_workers=workers, mp_context=self._mp_context()) as pool:
-                    futures = {
-                        pool.submit(fit_predict_one, uid, ds, y, horizon, freq, tuple(quantiles), settings): uid
-                        for uid, ds, y in jobs
-                    }
-                    for fut in as_completed(futures):
-                        uid = futures[fut]
-                        try:
-                            out = fut.result()
-                        except BrokenProcessPool as exc:
-                            out = (uid, None, f"worker process died: {exc}")
-                        pending.discard(uid)
-                        record(*out)
-            except BrokenProcessPool as exc:  # pool broke while submitting
-                for uid in sorted(pending):
-                    record(uid, None, f"worker process died: {exc}")
+        results, failures = map_series(
+            fit_predict_one,
+            [(uid, ds, y, horizon, freq, tuple(quantiles), settings) for uid, ds, y in jobs],
+            n_jobs=self.n_jobs,
+            progress=self.progress,
+            start_method=self.start_method,
+        )
 
         self.last_failures = failures
         parts = []
