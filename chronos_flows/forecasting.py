@@ -81,23 +81,36 @@ def forecast_panel(
         raise BadInputError(f"quantiles must be levels strictly between 0 and 1, got {list(quantiles)}")
     t_start = time.perf_counter()
     qcols = [quantile_column(q) for q in quantiles]
-    frame = history[[ID, TIME, TARGET]].sort_values([ID, TIME], kind="stable")
+    # one sort for the whole panel; chunks are then selected by integer series codes
+    codes, uniques = pd.factorize(history[ID].astype(str), sort=True)
+    order = np.lexsort((pd.to_datetime(history[TIME]).to_numpy(), codes))
+    frame = history[[ID, TIME, TARGET]].iloc[order].reset_index(drop=True)
+    frame[TIME] = pd.to_datetime(frame[TIME])
+    codes = codes[order]
+    y = frame[TARGET].to_numpy(dtype="float32", na_value=np.nan)
+    times = frame[TIME].to_numpy()
+    starts = np.searchsorted(codes, np.arange(len(uniques)), side="left")
+    ends = np.searchsorted(codes, np.arange(len(uniques)), side="right")
+    counts = np.bincount(codes, weights=np.isfinite(y), minlength=len(uniques)).astype(int)
     run = ForecastRun()
-    lengths = frame.groupby(ID, sort=True)[TARGET].count()
-    for uid, n in lengths[lengths < min_history].items():
-        run.skipped[str(uid)] = f"{n} observations; a {family} forecast needs at least {min_history}"
-    ids = [str(u) for u in lengths[lengths >= min_history].index]
-    if not ids:
+    for code in np.flatnonzero(counts < min_history):
+        run.skipped[str(uniques[code])] = f"{counts[code]} observations; a {family} forecast needs at least {min_history}"
+    eligible = np.flatnonzero(counts >= min_history)
+    if not len(eligible):
         raise BadInputError(
             f"no series can be forecast: every series has fewer than {min_history} observations "
             f"(the minimum for {family}); give the series more history"
         )
     done = 0
-    for start in range(0, len(ids), chunk_size):
-        chunk_ids = ids[start : start + chunk_size]
-        context = frame[frame[ID].isin(chunk_ids)]
+    for start in range(0, len(eligible), chunk_size):
+        chunk_codes = eligible[start : start + chunk_size]
+        chunk_ids = [str(uniques[c]) for c in chunk_codes]
         t0 = time.perf_counter()
-        fc = model.predict(context, horizon, freq, quantiles)
+        if hasattr(model, "predict_series"):  # global models take the already split series
+            fc = model.predict_series(chunk_ids, [y[starts[c] : ends[c]] for c in chunk_codes],
+                                      [times[ends[c] - 1] for c in chunk_codes], horizon, freq, quantiles)
+        else:
+            fc = model.predict(frame[np.isin(codes, chunk_codes)], horizon, freq, quantiles)
         run.predict_seconds += time.perf_counter() - t0
         failures = dict(getattr(model, "last_failures", None) or {})
         got = set(fc[ID].astype(str).unique())
@@ -116,7 +129,7 @@ def forecast_panel(
         run.chunks += 1
         done += len(chunk_ids)
         if progress is not None:
-            progress(done, len(ids))
+            progress(done, len(eligible))
     run.total_seconds = time.perf_counter() - t_start
     return run
 

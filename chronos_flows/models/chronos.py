@@ -280,15 +280,27 @@ class ChronosForecaster(Forecaster):
         freq: str,
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
     ) -> pd.DataFrame:
+        ids, arrays, lasts = ct.series_blocks(context)
+        return self.predict_series(ids, arrays, lasts, horizon, freq, quantiles)
+
+    def predict_series(
+        self,
+        ids: Sequence[str],
+        arrays: Sequence[np.ndarray],
+        lasts: Sequence,
+        horizon: int,
+        freq: str,
+        quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    ) -> pd.DataFrame:
+        """:meth:`predict` on series already split into time-sorted arrays (``lasts``: each series'
+        last timestamp), so a batch caller that split the panel once does not pay for it per chunk."""
         import torch
 
         if horizon < 1:
             raise ConfigError(f"horizon must be at least 1, got {horizon}")
         pipe = self._ensure_pipeline(horizon)
-        ids, arrays = ct.series_arrays(context)
-        lasts = context.groupby(ID, sort=True)[TIME].max()
         C = self.cfg.context_length
-        inputs = [torch.from_numpy(np.ascontiguousarray(a[-C:])) for a in arrays]
+        inputs = [torch.from_numpy(np.ascontiguousarray(a[-C:], dtype=np.float32)) for a in arrays]
         levels = [float(q) for q in quantiles]
         family = family_of_pipeline(pipe)
         with torch.random.fork_rng(devices=[]):
@@ -304,7 +316,7 @@ class ChronosForecaster(Forecaster):
                 q, mean = q_t.numpy(), m_t.numpy()
         # one vectorised frame (a per-series DataFrame costs more than the model on large panels);
         # future timestamps computed once per distinct last observation
-        last_of = [pd.Timestamp(lasts.loc[uid] if uid in lasts.index else lasts.iloc[i]) for i, uid in enumerate(ids)]
+        last_of = [pd.Timestamp(t) for t in lasts]
         futures = {t: future_index(t, horizon, freq).to_numpy() for t in set(last_of)}
         out = pd.DataFrame({
             ID: np.repeat(np.asarray([str(u) for u in ids], dtype=object), horizon),

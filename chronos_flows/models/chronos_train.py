@@ -42,18 +42,28 @@ META_FILE = "trainer_state.json"
 # data
 
 
-def series_arrays(frame: pd.DataFrame) -> tuple[list[str], list[np.ndarray]]:
-    """Per-series float32 arrays (sorted by time) from a long ``unique_id/ds/y`` frame."""
+def series_blocks(frame: pd.DataFrame) -> tuple[list[str], list[np.ndarray], np.ndarray]:
+    """``(ids, arrays, last_ds)``: per-series float32 arrays sorted by time, ids in sorted order and
+    each series' last timestamp, from a long ``unique_id/ds/y`` frame. Vectorised (one factorize,
+    one lexsort, one split): on large panels a per-series pandas loop costs more than the model."""
     missing = [c for c in (ID, TIME, TARGET) if c not in frame.columns]
     if missing:
         raise BadInputError(f"training frame is missing column(s) {', '.join(missing)}; expected unique_id, ds, y")
     if frame.empty:
         raise BadInputError("training frame is empty; nothing to train on")
-    ids: list[str] = []
-    arrays: list[np.ndarray] = []
-    for uid, part in frame.sort_values([ID, TIME]).groupby(ID, sort=True):
-        ids.append(str(uid))
-        arrays.append(part[TARGET].to_numpy(dtype=np.float32, na_value=np.nan))
+    codes, uniques = pd.factorize(frame[ID].astype(str), sort=True)
+    times = pd.to_datetime(frame[TIME]).to_numpy()
+    order = np.lexsort((times, codes))
+    codes = codes[order]
+    y = frame[TARGET].to_numpy(dtype=np.float32, na_value=np.nan)[order]
+    bounds = np.flatnonzero(np.diff(codes)) + 1
+    ends = np.r_[bounds, len(codes)] - 1
+    return [str(u) for u in uniques], np.split(y, bounds), times[order][ends]
+
+
+def series_arrays(frame: pd.DataFrame) -> tuple[list[str], list[np.ndarray]]:
+    """Per-series float32 arrays (sorted by time) from a long ``unique_id/ds/y`` frame."""
+    ids, arrays, _ = series_blocks(frame)
     return ids, arrays
 
 
