@@ -175,3 +175,17 @@ def test_when_the_default_flow_runs_twice_then_the_best_family_is_champion_and_t
     md2 = json.loads(store.get(layout.metadata_key("dev", "twice-2"))[0])
     assert md2["promotion"]["reason"] == reason2 and md2["promotion"]["champion_score"] == pytest.approx(champion["score"])
     assert reason2 in _artifact_markdown("champion-decision-twice-2")
+
+    # the champion delivers: batch forecasts of the data it was judged on, its horizon and quantiles
+    from chronos_flows.config import ForecastParams
+    from flows.forecast import chronos_forecast
+
+    doc = chronos_forecast(params=ForecastParams(store=str(store_dir), forecast_id="after-twice"))
+    assert doc["champion"]["run_id"] == "twice-1" and doc["champion"]["family"] == best
+    assert doc["counts"] == {"series_forecast": 1, "rows": 8, "series_skipped": 0, "chunks": 1}
+    assert doc["data"]["fingerprint"] == champion["judged_on"]["data_fingerprint"]
+    frame = pd.read_parquet(doc["forecasts_uri"].removeprefix("file://"))
+    qcols = [f"{q:g}" for q in champion["judged_on"]["quantiles"]]
+    assert list(frame.columns) == ["unique_id", "ds", "mean", *qcols, "family", "champion_run_id"]
+    assert (frame[qcols].diff(axis=1).iloc[:, 1:] >= 0).all().all()
+    assert "data:image/png;base64," in _artifact_markdown("forecast-plots-after-twice")
