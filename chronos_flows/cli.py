@@ -73,12 +73,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     _embedded_prefect_defaults()
     params, store = _store_for(args)
     preflight(params, store)
+    import socket
+
+    from chronos_flows.lock import RunLock, abandon, hand_off
     from flows.training import chronos_training, new_run_id
 
     if not params.run_id:
         params = params.model_copy(update={"run_id": new_run_id()})
+    # Take the lock before Prefect starts: a launch that loses (even at the same instant) exits 3
+    # in about a second with one line. The flow of this process adopts the handle.
+    handle = RunLock(store, params.env, lease_seconds=params.lock.lease_seconds).acquire(
+        params.run_id, info={"host": socket.gethostname(), "pid": os.getpid(), "launcher": "cli"}
+    )
+    hand_off(handle)
     try:
-        summary = chronos_training(params=params)
+        with handle.heartbeat_thread(params.lock.heartbeat_seconds):
+            summary = chronos_training(params=params)
     except (BadInputError, LockedError):
         raise
     except Exception as exc:  # the run failed: its training.json says how (if it got that far)
@@ -86,6 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if summary is None:
             raise
         summary["error"] = summary.get("error") or f"{type(exc).__name__}: {exc}"
+    finally:
+        if not handle.released and handle.status == "initialization":
+            # the flow never adopted the lock (e.g. Prefect could not start): give it back
+            abandon(handle, "the flow run did not start; see the error above")
     _print_summary(summary, as_json=args.json)
     return EXIT_OK if summary.get("status") == "succeeded" else EXIT_FAILED
 

@@ -135,7 +135,8 @@ def status_report(store: ObjectStore, env: str, lease_seconds: float | None = No
     if snap is None:
         return {"state": "idle", "env": env}
     now = wall()
-    lease = float(lease_seconds if lease_seconds is not None else snap.state.get("lease_seconds") or 120.0)
+    # the lease the holder promised (recorded in the state file) decides; the caller's is a fallback
+    lease = float(snap.state.get("lease_seconds") or (lease_seconds if lease_seconds is not None else 120.0))
     age = snap.heartbeat_age(now)
     s = snap.state
     return {

@@ -63,7 +63,7 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
     t_start = time.monotonic()
     with phases("preflight"):
         store = open_run_store(params.store_url())
-        check_lock(store, params.env, params.lock.lease_seconds)
+        check_lock(store, params.env, params.lock.lease_seconds, params.run_id)
         raw = ingest(params)
         cleaned, report = clean_data(raw, params)
 

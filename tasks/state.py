@@ -13,7 +13,7 @@ from blocks.store import open_store
 from chronos_flows import runlog
 from chronos_flows.config import TrainingParams
 from chronos_flows.errors import LockedError
-from chronos_flows.lock import LockHandle, RunLock
+from chronos_flows.lock import LockHandle, RunLock, is_handed_off, take_handed_off
 from chronos_flows.ops import status_report
 from chronos_flows.store import ObjectStore
 from tasks.common import RETRY_DELAYS, logger, retry_transient
@@ -42,8 +42,11 @@ def open_run_store(url: str) -> ObjectStore:
 
 
 @task(name="check-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def check_lock(store: ObjectStore, env: str, lease_seconds: float) -> None:
-    """Fail fast (exit 3) when a live run holds the lock; a stale one is taken over by ``acquire``."""
+def check_lock(store: ObjectStore, env: str, lease_seconds: float, run_id: str | None = None) -> None:
+    """Fail fast (exit 3) when a live run holds the lock; a stale one is taken over by ``acquire``.
+    The lock ``chronos-flows run`` took for this very run before Prefect started is not a rival."""
+    if is_handed_off(store.url, env, run_id):
+        return
     report = status_report(store, env, lease_seconds=lease_seconds)
     if report.get("state") == "idle":
         return
@@ -58,8 +61,14 @@ def check_lock(store: ObjectStore, env: str, lease_seconds: float) -> None:
 
 @task(name="acquire-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
 def acquire_lock(ctx: RunContext) -> LockHandle:
-    lock = RunLock(ctx.store, ctx.env, lease_seconds=ctx.params.lock.lease_seconds)
-    handle = lock.acquire(ctx.run_id, flow_run_id=ctx.flow_run_id, info=dict(ctx.info))
+    handle = take_handed_off(ctx.store.url, ctx.env, ctx.run_id)
+    if handle is not None:  # `chronos-flows run` took it before Prefect started: adopt it
+        handle.update_info(flow_run_id=ctx.flow_run_id, **ctx.info)
+        if ctx.flow_run_id:
+            handle._write(lambda s: s.__setitem__("flow_run_id", ctx.flow_run_id))
+    else:
+        lock = RunLock(ctx.store, ctx.env, lease_seconds=ctx.params.lock.lease_seconds)
+        handle = lock.acquire(ctx.run_id, flow_run_id=ctx.flow_run_id, info=dict(ctx.info))
     log = runlog.load_training_log(ctx.store, ctx.env, ctx.run_id)
     if log is None:
         log = runlog.TrainingLog(

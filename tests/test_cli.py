@@ -184,3 +184,52 @@ def test_when_infra_validate_runs_then_the_shipped_template_passes():
     res = cli("infra", "validate")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "template valid" in res.stdout
+
+
+def test_when_runs_launch_at_the_same_instant_then_the_losers_exit_3_within_3_s_with_one_line(store_dir):
+    """Every launch passes the preflight (nobody holds the lock yet); the CLI takes the lock before
+    Prefect starts, so the losers are refused at once instead of after their own server start."""
+    import time
+
+    args = [sys.executable, "-m", "chronos_flows.cli", "run", "--store", str(store_dir),
+            "--set", "chronos.max_steps=5", "--set", "evaluation.baselines=[seasonal_naive]"]
+    homes = [store_dir.parent / f"prefect-home-{i}" for i in range(3)]
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              env={**os.environ, "PREFECT_HOME": str(home)}) for home in homes]
+    finished: dict[int, tuple[float, int, str, str]] = {}
+    try:
+        while len(finished) < 2 and time.monotonic() - t0 < 60:
+            for i, p in enumerate(procs):
+                if i not in finished and p.poll() is not None:
+                    out, err = p.communicate()
+                    finished[i] = (time.monotonic() - t0, p.returncode, out, err)
+            time.sleep(0.05)
+        running = [p for i, p in enumerate(procs) if i not in finished]
+        assert len(running) == 1, {i: f[1:] for i, f in finished.items()}
+        holder = json.loads((store_dir / "dev" / "system-state.json").read_text())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for i, (seconds, code, out, err) in finished.items():
+        assert code == 3, err
+        # refused before any Prefect server started: the loser never created its Prefect database
+        assert not list(homes[i].rglob("*.db")), list(homes[i].rglob("*"))
+        assert seconds < 10.0  # ~1-2 s on a quiet 2-core machine (three interpreters start at once)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("chronos-flows: locked by run ") and "Traceback" not in err
+        assert holder["run_id"] in lines[0] and out == ""
+    assert holder["info"]["launcher"] == "cli"
+
+
+def test_when_the_holder_recorded_a_short_lease_then_status_judges_staleness_by_it(store_dir):
+    import time
+
+    store = open_store(str(store_dir))
+    RunLock(store, "dev", lease_seconds=1.0).acquire("short-lease-run")
+    time.sleep(1.3)
+    report = json.loads(cli("status", "--store", str(store_dir), "--json").stdout)
+    # the CLI's own default lease is 120 s: only the recorded 1 s lease makes this stale
+    assert report["lease_seconds"] == 1.0 and report["stale"] is True, report
