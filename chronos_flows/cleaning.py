@@ -61,6 +61,10 @@ class CleaningReport(BaseModel):
     outlier_method: str
     #: series on which outlier detection did not run → reason
     outlier_skipped: dict[str, str] = {}
+    #: every normalisation applied to the input (sorting, timezone, duplicates, non-finite values …)
+    notes: list[str] = []
+    #: heavy repairs a reviewer must see (quoted in the run summary and the champion decision)
+    warnings: list[str] = []
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -84,6 +88,8 @@ class CleaningReport(BaseModel):
             f"| leading/trailing missing trimmed | {t['trimmed']} |",
             f"| outliers ({self.outlier_method}) | {t['outliers']} |",
             "",
+            *([f"**Warning:** {w}" for w in self.warnings] + [""] if self.warnings else []),
+            *(["Normalisations:", *[f"- {n}" for n in self.notes], ""] if self.notes else []),
             "| series | rows in | rows out | duplicates | gaps filled | outliers | note |",
             "|---|---:|---:|---:|---:|---:|---|",
         ]
@@ -313,7 +319,7 @@ def _combine_duplicates(df: pd.DataFrame, rule: str) -> tuple[pd.DataFrame, pd.S
     return y.reset_index(), counts
 
 
-def _regularise(df: pd.DataFrame, freq: str, explicit: bool) -> pd.DataFrame:
+def _regularise(df: pd.DataFrame, freq: str, explicit: bool, with_present: bool = False):
     bounds = df.groupby(ID, sort=True)[TIME].agg(["min", "max"])
     owner, stamps = _grids(bounds["min"].to_numpy(), bounds["max"].to_numpy(), freq)
     full = pd.MultiIndex.from_arrays(
@@ -330,7 +336,10 @@ def _regularise(df: pd.DataFrame, freq: str, explicit: bool) -> pd.DataFrame:
             + (f" (and {off.sum() - 5} more)" if off.sum() > 5 else "")
             + "; set `--set cleaning.freq=<alias>` to the data's real frequency/anchor, or align the timestamps"
         )
-    return keyed.reindex(full).reset_index()
+    out = keyed.reindex(full).reset_index()
+    if with_present:
+        return out, full.isin(keyed.index)
+    return out
 
 
 def _fill(df: pd.DataFrame, method: str) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
@@ -372,38 +381,105 @@ def stl_outliers(y: np.ndarray, period: int, k: float) -> tuple[np.ndarray, np.n
     return flags, np.asarray(res.trend) + np.asarray(res.seasonal)
 
 
+#: |y| at or above this is not a measurement: float32 (Chronos) overflows at 3.4e38 and scaling
+#: squares values, so such a series is dropped as non-finite.
+MAX_ABS_VALUE = 1e30
+#: A spacing other than one step of the inferred frequency that covers this share of a frame's
+#: steps makes the frequency ambiguous (e.g. weekly rows mixed into daily ones).
+AMBIGUOUS_SHARE = 0.2
+#: Filled points above this share of all cleaned points is a heavy repair (a warning).
+HEAVY_FILL_SHARE = 0.05
+
+
+def _spacing_check(present_pos: np.ndarray, owner: np.ndarray, freq: str) -> None:
+    """Refuse an inferred frequency when the observed spacing is ambiguous: two or more spacings
+    (in steps of ``freq``) each cover at least ``AMBIGUOUS_SHARE`` of the steps. ``present_pos``: grid positions of the
+    observed rows, ``owner``: their series (both sorted by series, then time)."""
+    same = owner[1:] == owner[:-1]
+    steps = np.diff(present_pos)[same]
+    if len(steps) == 0:
+        return
+    values, counts = np.unique(steps, return_counts=True)
+    share = counts / counts.sum()
+    common = [(int(v), float(sh)) for v, sh in zip(values, share) if sh >= AMBIGUOUS_SHARE]
+    one = float(share[values == 1].sum()) if (values == 1).any() else 0.0
+    if len(common) >= 2 or (common and common[0][0] != 1 and one > 0):
+        found = ", ".join(f"{v}×{freq} ({sh:.0%} of steps)" for v, sh in sorted(common, key=lambda x: -x[1]))
+        if one > 0 and all(v != 1 for v, _ in common):
+            found += f", 1×{freq} ({one:.0%})"
+        raise BadInputError(
+            f"ambiguous frequency: the spacings between observations are {found}; treating the data as {freq} "
+            f"would fill most of its points. Set the real frequency with `--set cleaning.freq=<alias>` "
+            f"(e.g. W-MON for weekly data) or split the file by frequency"
+        )
+
+
 def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: int) -> tuple[pd.DataFrame, CleaningReport]:
-    """Clean the canonical long frame; return ``(unique_id, ds, y, is_outlier)`` and the report."""
+    """Clean the canonical long frame; return ``(unique_id, ds, y, is_outlier)`` and the report.
+
+    A problem of one series (blank, non-finite or absurd values, too short, too many gaps) drops that
+    series with the reason; only when no series is left is the data refused."""
     _check_frame(df)
+    from chronos_flows.ingest import ingest_notes
+
+    notes = ingest_notes(df)
     frame = pd.DataFrame(
         {ID: df[ID].astype(str), TIME: pd.to_datetime(df[TIME]).astype("datetime64[ns]"), TARGET: df[TARGET].astype("float64")}
-    ).sort_values([ID, TIME], kind="mergesort", ignore_index=True)
-    frame.loc[np.isinf(frame[TARGET].to_numpy()), TARGET] = np.nan
+    )
+    ids, times = frame[ID].to_numpy(), frame[TIME].to_numpy()
+    if len(frame) > 1 and not bool(np.all((ids[1:] > ids[:-1]) | ((ids[1:] == ids[:-1]) & (times[1:] >= times[:-1])))):
+        notes.append("rows were not in (series, time) order: sorted")
+    frame = frame.sort_values([ID, TIME], kind="mergesort", ignore_index=True)
     rows_in = frame.groupby(ID, sort=True).size()
     series_ids = [str(s) for s in rows_in.index]
+
+    dropped: dict[str, str] = {}
+    y_in = frame[TARGET].to_numpy()
+    bad_value = ~np.isfinite(y_in) & ~np.isnan(y_in) | (np.abs(np.nan_to_num(y_in, nan=0.0, posinf=0.0, neginf=0.0)) >= MAX_ABS_VALUE)
+    if bad_value.any():
+        per = pd.Series(bad_value).groupby(frame[ID]).sum()
+        for sid, n in per[per > 0].items():
+            dropped[str(sid)] = f"{n} non-finite or absurd value(s) (infinite or |y| >= {MAX_ABS_VALUE:g}); fix the source"
+        notes.append(f"{int(bad_value.sum())} non-finite or |y| >= {MAX_ABS_VALUE:g} value(s) in {len(per[per > 0])} series: those series dropped")
+    blank = frame[TARGET].notna().groupby(frame[ID]).sum()
+    for sid in blank[blank == 0].index:
+        dropped.setdefault(str(sid), "blank: no values")
+    if dropped:
+        frame = frame[~frame[ID].isin(list(dropped))].reset_index(drop=True)
+    if frame.empty:
+        raise BadInputError(f"no usable series: {_listing([f'{k} ({v})' for k, v in dropped.items()])}; fix the data")
 
     freq = normalize_freq(cfg.freq) if cfg.freq else _frame_freq(frame)
     season = cfg.seasonal_period or season_length(freq)
 
     frame, dups = _combine_duplicates(frame, cfg.duplicates)
-    frame = _regularise(frame, freq, explicit=bool(cfg.freq))
+    if int(dups.sum()):
+        notes.append(f"{int(dups.sum())} duplicate (series, timestamp) rows combined by {cfg.duplicates}")
+    frame, present = _regularise(frame, freq, explicit=bool(cfg.freq), with_present=True)
+    if not cfg.freq:
+        codes = pd.factorize(frame[ID])[0]
+        pos = np.flatnonzero(present)
+        _spacing_check(pos, codes[pos], freq)
     frame, gaps, trimmed = _fill(frame, cfg.fill_method)
 
-    lengths = frame.groupby(ID, sort=True).size().reindex(series_ids, fill_value=0)
-    too_short = lengths[lengths < horizon + 1]
-    if len(too_short):
-        detail = _listing([f"{sid} ({n} points)" for sid, n in too_short.items()])
-        raise BadInputError(
-            f"series shorter than evaluation.horizon + 1 = {horizon + 1} points after cleaning: {detail}; "
-            f"lower the horizon (`--set evaluation.horizon=<n>`) or remove those series from the data"
+    lengths = frame.groupby(ID, sort=True).size()
+    need = max(min_length, horizon + 1)
+    for sid, n in lengths[lengths < need].items():
+        dropped.setdefault(str(sid), f"{n} points after cleaning < minimum length {need}"
+                           + (" (backtest windows + context)" if min_length >= horizon + 1 else f" (horizon {horizon} + 1)"))
+    fill_share = (gaps.reindex(lengths.index, fill_value=0) / lengths.clip(lower=1)).astype(float)
+    for sid, share in fill_share[fill_share > cfg.max_fill_fraction].items():
+        dropped.setdefault(
+            str(sid),
+            f"{int(gaps.get(sid, 0))} of {int(lengths[sid])} points ({share:.0%}) would be filled > "
+            f"cleaning.max_fill_fraction {cfg.max_fill_fraction:g}",
         )
-    short = lengths[lengths < min_length]
-    dropped = {str(sid): f"{n} points after cleaning < minimum length {min_length}" for sid, n in short.items()}
-    if len(short) == len(lengths):
-        detail = _listing([f"{sid} ({n} points)" for sid, n in short.items()])
+    usable = [s for s in lengths.index if str(s) not in dropped]
+    if not usable:
+        detail = _listing([f"{sid}: {why}" for sid, why in dropped.items()])
         raise BadInputError(
-            f"no series is long enough: all are shorter than the minimum length {min_length} "
-            f"(backtest windows + context): {detail}; lower evaluation.horizon / evaluation.n_windows, or supply longer series"
+            f"no usable series is left after cleaning: {detail}; lower evaluation.horizon / evaluation.n_windows, "
+            f"supply longer or more complete series, or raise cleaning.max_fill_fraction"
         )
     if dropped:
         frame = frame[~frame[ID].isin(list(dropped))].reset_index(drop=True)
@@ -443,7 +519,18 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
         if cfg.outliers == "off"
         else f"robust STL (period {season}) residuals beyond {cfg.outlier_iqr_k:g}×IQR from the quartiles: {cfg.outliers}"
     )
+    warnings: list[str] = []
+    kept_gaps = int(sum(int(gaps.get(s, 0)) for s in frame[ID].unique()))
+    if len(frame) and kept_gaps / len(frame) > HEAVY_FILL_SHARE:
+        warnings.append(f"heavy repair: {kept_gaps} of {len(frame)} points ({kept_gaps / len(frame):.0%}) were filled ({cfg.fill_method})")
+    if dropped:
+        warnings.append(f"{len(dropped)} of {len(series_ids)} series dropped: {_listing([f'{k} ({v})' for k, v in dropped.items()], 3)}")
+    n_flagged = int(outliers.sum())
+    if cfg.outliers == "replace" and len(frame) and n_flagged / len(frame) > HEAVY_FILL_SHARE:
+        warnings.append(f"heavy repair: {n_flagged} of {len(frame)} points ({n_flagged / len(frame):.0%}) replaced as outliers")
     report = CleaningReport(
+        notes=notes,
+        warnings=warnings,
         freq=freq,
         season_length=int(season),
         rows_in=int(len(df)),

@@ -1,6 +1,8 @@
 """The ``chronos-flows`` command: run, forecast, status, kill, verify-cleanup, runs, infra.
 
-Exit codes: 0 success, 1 run failed, 2 bad input or configuration, 3 another run holds the lock.
+Exit codes: 0 success, 1 run failed (including a store that vanished mid-run), 2 bad input or
+configuration (refused before the run started), 3 another run holds the lock, 4 the run was killed
+(``chronos-flows kill`` or a Prefect cancellation).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Sequence
 
 from chronos_flows.errors import BadInputError, ChronosFlowsError, LockedError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_KILLED = 0, 1, 2, 3, 4
 
 
 def _embedded_prefect_defaults() -> None:
@@ -88,20 +90,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     hand_off(handle)
     try:
         with handle.heartbeat_thread(params.lock.heartbeat_seconds):
-            summary = chronos_training(params=params)
+            state = chronos_training(params=params, return_state=True)
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, dict):  # completed, or cancelled with the summary (killed / locked)
+            summary = outcome
+        else:  # the run failed: its training.json says how (if the store can still be read)
+            error = f"{type(outcome).__name__}: {outcome}" if isinstance(outcome, BaseException) else str(state.message)
+            summary = _failed_summary(store, params, error)
     except (BadInputError, LockedError):
         raise
-    except Exception as exc:  # the run failed: its training.json says how (if it got that far)
-        summary = _summary_from_store(store, params.env, params.run_id)
-        if summary is None:
-            raise
-        summary["error"] = summary.get("error") or f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # Prefect itself failed (e.g. its server did not start)
+        summary = _failed_summary(store, params, f"{type(exc).__name__}: {exc}")
     finally:
         if not handle.released and handle.status == "initialization":
             # the flow never adopted the lock (e.g. Prefect could not start): give it back
-            abandon(handle, "the flow run did not start; see the error above")
+            try:
+                abandon(handle, "the flow run did not start; see the error above")
+            except ChronosFlowsError as exc:
+                print(f"chronos-flows: could not release the lock of run {params.run_id}: {exc}", file=sys.stderr)
+    if summary.get("status") == "refused":  # another run took the lock first (a deployment run)
+        print(f"chronos-flows: {summary.get('error')}", file=sys.stderr)
+        return EXIT_LOCKED
     _print_summary(summary, as_json=args.json)
-    return EXIT_OK if summary.get("status") == "succeeded" else EXIT_FAILED
+    return {"succeeded": EXIT_OK, "killed": EXIT_KILLED}.get(summary.get("status"), EXIT_FAILED)
+
+
+def _failed_summary(store, params, error: str) -> dict:
+    """The failed run's summary from its training.json, or — when the store cannot be read (it
+    vanished mid-run) — a local one with the cause, so the run never ends with empty output."""
+    try:
+        summary = _summary_from_store(store, params.env, params.run_id)
+    except ChronosFlowsError as exc:
+        summary, error = None, f"{error}; the store cannot be read ({exc})"
+    if summary is None:
+        return {"run_id": params.run_id, "env": params.env, "status": "failed", "error": error, "store": store.url}
+    summary["error"] = summary.get("error") or error
+    return summary
 
 
 def _forecast_params(args: argparse.Namespace):
@@ -185,6 +209,8 @@ def _print_summary(summary: dict[str, Any], as_json: bool = False) -> None:
     promo = summary.get("promotion")
     if promo:
         print(f"  champion: {'PROMOTED' if promo.get('promoted') else 'kept'} — {promo.get('reason')}")
+        for warning in promo.get("data_warnings") or []:
+            print(f"  data warning: {warning}")
     cost = summary.get("cost_estimate")
     if cost:
         print(f"  cost estimate: ${cost.get('total_usd', 0):.2f}")

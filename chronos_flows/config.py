@@ -60,6 +60,12 @@ class CleaningConfig(_Frozen):
     seasonal_period: Optional[int] = Field(
         None, ge=2, description="Season length for STL and MASE; derived from the frequency when empty."
     )
+    max_fill_fraction: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="A series whose cleaned points would be more than this fraction filled (gaps) is dropped, with the reason.",
+    )
 
 
 class ChronosConfig(_Frozen):

@@ -16,6 +16,7 @@ that names the file, the column or series, and what to do about it.
 from __future__ import annotations
 
 import hashlib
+import contextvars
 import io
 import json
 from pathlib import Path, PurePosixPath
@@ -213,6 +214,7 @@ def _parse_timestamps(col: pd.Series, source: str, fmt: str, what: str) -> pd.Se
                     "fix them (ISO dates like 2024-01-31 work best) or set data.timestamp_column to the date column"
                 ) from None
     if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        _note(f"{what}: timezone {parsed.dt.tz} removed, local wall-clock times kept")
         parsed = parsed.dt.tz_localize(None)  # keep the local wall-clock time
     try:
         return parsed.astype("datetime64[ns]")
@@ -239,11 +241,7 @@ def _parse_target(col: pd.Series, source: str, fmt: str, what: str) -> pd.Series
                 "fix or blank out those values (blank values are filled by cleaning), "
                 "or point data.target_column at the numeric column"
             )
-    inf = np.isinf(num.to_numpy())
-    if inf.any():
-        raise BadInputError(
-            f"data file {source}: {what} has infinite values: {_show_bad(col[inf], fmt)}; fix or blank them out"
-        )
+    # infinite values are kept: cleaning drops the series that hold them, with the reason
     return num
 
 
@@ -320,7 +318,29 @@ def _canonical(df: pd.DataFrame) -> pd.DataFrame:
             TARGET: df[TARGET].astype("float64"),
         }
     )
+    ids, times = out[ID].to_numpy(), out[TIME].to_numpy()
+    ordered = len(out) < 2 or bool(np.all((ids[1:] > ids[:-1]) | ((ids[1:] == ids[:-1]) & (times[1:] >= times[:-1]))))
+    if not ordered:
+        _note("rows were not in (series, time) order: sorted")
     return out.sort_values([ID, TIME], kind="mergesort", ignore_index=True)
+
+
+#: What ingest changed without refusing (timezones dropped, rows sorted), for the cleaning report.
+_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("ingest_notes", default=None)
+
+
+def _note(text: str) -> None:
+    notes = _NOTES.get()
+    if notes is not None and text not in notes:
+        notes.append(text)
+
+
+def ingest_notes(df: pd.DataFrame) -> list[str]:
+    """The normalisations ingest applied to ``df`` (kept in ``df.attrs``)."""
+    return list(df.attrs.get(NOTES_ATTR, []))
+
+
+NOTES_ATTR = "chronos_flows_ingest_notes"
 
 
 # --------------------------------------------------------------------------------------- public
@@ -340,8 +360,14 @@ def load_dataset(source: str, cfg: DataConfig, fetch: Fetch | None = None) -> pd
         raise BadInputError(
             f"data file {source} has no data rows (columns found: {found}); supply at least one row per series"
         )
-    df = _from_long(raw, cfg, source, stem, fmt) if cfg.layout == "long" else _from_wide(raw, cfg, source, fmt)
-    return _canonical(df)
+    token = _NOTES.set([])
+    try:
+        df = _from_long(raw, cfg, source, stem, fmt) if cfg.layout == "long" else _from_wide(raw, cfg, source, fmt)
+        out = _canonical(df)
+        out.attrs[NOTES_ATTR] = list(_NOTES.get() or [])
+    finally:
+        _NOTES.reset(token)
+    return out
 
 
 def fingerprint(df: pd.DataFrame) -> str:

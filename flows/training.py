@@ -18,8 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from chronos_flows.config import TrainingParams
 from chronos_flows.errors import RunKilledError
@@ -63,7 +66,9 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
     t_start = time.monotonic()
     with phases("preflight"):
         store = open_run_store(params.store_url())
-        check_lock(store, params.env, params.lock.lease_seconds, params.run_id)
+        refused = check_lock(store, params.env, params.lock.lease_seconds, params.run_id)
+        if refused:
+            return _refused(refused)
         raw = ingest(params)
         cleaned, report = clean_data(raw, params)
 
@@ -78,10 +83,14 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
         info={"host": socket.gethostname(), "pid": os.getpid(), "compute": params.compute.backend},
     )
     try:
-        ctx.handle = acquire_lock(ctx)
+        got = acquire_lock(ctx)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
+    if isinstance(got, str):  # another run holds the lock
+        shutil.rmtree(workdir, ignore_errors=True)
+        return _refused(got)
+    ctx.handle = got
 
     outcome: dict[str, Any] = {"status": "failed", "error": None}
     results: dict[str, Any] = {}
@@ -110,14 +119,26 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
             outcome = {"status": "succeeded", "error": None}
     except RunKilledError as exc:
         outcome = {"status": "killed", "error": str(exc)}
+    except TerminationSignal:  # `prefect flow-run cancel` (or SIGTERM): a kill, not a failure
+        outcome = {"status": "killed", "error": f"cancelled from Prefect (flow run {ctx.flow_run_id})"}
         raise
     except BaseException as exc:
         outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        get_run_logger().error("run %s failed: %s (traceback below)", run_id, outcome["error"])
         raise
     finally:
         phases.seconds["total"] = round(time.monotonic() - t_start, 3)
         summary = cleanup_run(ctx, outcome, results, phases.seconds)
+    if summary["status"] == "killed":
+        # a kill ends the flow run Cancelled (not Failed), with the summary as its result
+        return Cancelled(name="Killed", message=summary.get("error") or f"run {run_id} was killed", data=summary)
     return summary
+
+
+def _refused(message: str) -> State:
+    """Another run holds the lock: end the flow run Cancelled, named and explained, no traceback."""
+    get_run_logger().warning("refused: %s", message)
+    return Cancelled(name="Locked", message=message, data={"status": "refused", "error": message})
 
 
 if __name__ == "__main__":

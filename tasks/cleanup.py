@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 
 from chronos_flows import runlog
 from chronos_flows.config import TrainingParams
-from chronos_flows.errors import LostLockError, RunKilledError
+from chronos_flows.errors import ChronosFlowsError, LostLockError, RunKilledError
 from chronos_flows.ops import run_cleanup
 from tasks.common import RETRY_DELAYS, logger, retry_transient
 from tasks.state import RunContext
@@ -107,14 +107,28 @@ def build_summary(ctx: RunContext, outcome: dict[str, Any], results: dict[str, A
         "promotion": results.get("promotion"),
         "cost_estimate": results.get("cost"),
         "phases": phases,
-        "artifacts": {
-            "run": ctx.store.uri(layout.run_prefix(ctx.env, ctx.run_id)),
-            "training_log": ctx.store.uri(layout.training_log_key(ctx.env, ctx.run_id)),
-            "cleanup_status": ctx.store.uri(layout.cleanup_status_key(ctx.env, ctx.run_id)),
-            "model_metadata": ctx.store.uri(layout.metadata_key(ctx.env, ctx.run_id)),
-            "evaluation": ctx.store.uri(layout.evaluation_prefix(ctx.env, ctx.run_id)),
-        },
+        "artifacts": _existing_artifacts(ctx),
     }
+
+
+def _existing_artifacts(ctx: RunContext) -> dict[str, str]:
+    """Where the run's records are — only those that were written (a killed or failed run has no
+    metadata or evaluation; cleanup_status.json is written right after the summary)."""
+    from chronos_flows import layout
+
+    out = {
+        "run": ctx.store.uri(layout.run_prefix(ctx.env, ctx.run_id)),
+        "training_log": ctx.store.uri(layout.training_log_key(ctx.env, ctx.run_id)),
+        "cleanup_status": ctx.store.uri(layout.cleanup_status_key(ctx.env, ctx.run_id)),
+    }
+    try:
+        if ctx.store.exists(layout.metadata_key(ctx.env, ctx.run_id)):
+            out["model_metadata"] = ctx.store.uri(layout.metadata_key(ctx.env, ctx.run_id))
+        if ctx.store.list(layout.evaluation_prefix(ctx.env, ctx.run_id) + "/"):
+            out["evaluation"] = ctx.store.uri(layout.evaluation_prefix(ctx.env, ctx.run_id))
+    except ChronosFlowsError:  # the store is unreachable: list only the paths that are always written
+        pass
+    return out
 
 
 def instance_cleanup_steps(params: TrainingParams) -> Callable[[str], list[tuple[str, Callable[[], str]]]]:

@@ -201,6 +201,7 @@ def finalize_results(
         "n_series": result.settings.get("n_series"),
         "data": ctx.params.data.model_dump(mode="json"),
         "cleaning": ctx.params.cleaning.model_dump(mode="json"),
+        "data_warnings": list(report.warnings),
     }
     entry: dict[str, Any] = {"run_id": ctx.run_id, "family": winner, "judged_on": judged_on}
     registry_prefix = layout.registry_model_prefix(ctx.env, ctx.run_id, "chronos")
@@ -225,7 +226,10 @@ def finalize_results(
         for key in ctx.store.list(registry_prefix + "/"):
             ctx.store.delete(key)
     promotion = {**final.to_dict(), "promoted": outcome_promoted, "family": winner if outcome_promoted else final.champion_family}
-    logger().info("champion: %s", final.reason)
+    if report.warnings:  # a champion judged on heavily repaired data is never promoted silently
+        promotion["reason"] = final.reason + " — DATA WARNING: " + "; ".join(report.warnings)
+        promotion["data_warnings"] = list(report.warnings)
+    logger().info("champion: %s", promotion["reason"])
 
     from chronos_flows.cost import estimate_run_cost
 
@@ -256,7 +260,7 @@ def finalize_results(
     rows = "\n".join(f"| {n} | {v:.4g} |" for n, v in final.candidate_scores.items())
     markdown_artifact(
         f"champion-decision-{ctx.run_id}",
-        f"## Champion decision\n\n**{'PROMOTED' if outcome_promoted else 'kept'}** — {final.reason}\n\n"
+        f"## Champion decision\n\n**{'PROMOTED' if outcome_promoted else 'kept'}** — {promotion['reason']}\n\n"
         f"| candidate | {final.gate_metric} |\n|---|---|\n{rows}\n",
         "Champion decision",
     )

@@ -42,25 +42,35 @@ def open_run_store(url: str) -> ObjectStore:
 
 
 @task(name="check-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def check_lock(store: ObjectStore, env: str, lease_seconds: float, run_id: str | None = None) -> None:
-    """Fail fast (exit 3) when a live run holds the lock; a stale one is taken over by ``acquire``.
-    The lock ``chronos-flows run`` took for this very run before Prefect started is not a rival."""
+def check_lock(store: ObjectStore, env: str, lease_seconds: float, run_id: str | None = None) -> str | None:
+    """The refusal message when a live run holds the lock (the flow ends Cancelled "Locked"), else
+    None; a stale holder is taken over by ``acquire``. The lock ``chronos-flows run`` took for this
+    very run before Prefect started is not a rival."""
     if is_handed_off(store.url, env, run_id):
-        return
+        return None
     report = status_report(store, env, lease_seconds=lease_seconds)
     if report.get("state") == "idle":
-        return
+        return None
     if not report.get("stale"):
-        raise LockedError(report["run_id"], report.get("started_at", "?"), report.get("status"))
+        return str(LockedError(report["run_id"], report.get("started_at", "?"), report.get("status")))
     logger().warning(
         "state file of run %s looks stale (heartbeat %.0f s old); it will be taken over after a full lease",
         report["run_id"],
         report.get("heartbeat_age_s", -1),
     )
+    return None
 
 
 @task(name="acquire-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def acquire_lock(ctx: RunContext) -> LockHandle:
+def acquire_lock(ctx: RunContext) -> LockHandle | str:
+    """The lock handle, or the refusal message when another run holds the lock."""
+    try:
+        return _acquire(ctx)
+    except LockedError as exc:
+        return str(exc)
+
+
+def _acquire(ctx: RunContext) -> LockHandle:
     handle = take_handed_off(ctx.store.url, ctx.env, ctx.run_id)
     if handle is not None:  # `chronos-flows run` took it before Prefect started: adopt it
         handle.update_info(flow_run_id=ctx.flow_run_id, **ctx.info)

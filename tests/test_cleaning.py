@@ -124,7 +124,7 @@ def test_when_timestamps_missing_or_nan_then_filled_and_counted(method, filled):
     df = df.drop(index=3)
     df.loc[5, "y"] = np.nan
     df = pd.concat([df, frame({"b": ("2024-03-01", [5.0, 6.0, 7.0, 8.0, 9.0])}, freq="MS")], ignore_index=True)
-    cleaned, report = run(df, fill_method=method)
+    cleaned, report = run(df, fill_method=method, max_fill_fraction=1.0)
     assert report.freq == "MS"
     a = cleaned[cleaned["unique_id"] == "a"]
     assert a["ds"].tolist() == list(pd.date_range("2024-03-01", "2024-07-01", freq="MS"))
@@ -153,15 +153,67 @@ def test_when_no_series_reaches_min_length_then_error_lists_them():
     df = frame({"x1": ("2024-01-01", [1.0] * 5), "x2": ("2024-01-01", [2.0] * 6)})
     with pytest.raises(BadInputError) as info:
         run(df, min_length=10, horizon=3)
-    assert "'x1 (5 points)'" in str(info.value) and "'x2 (6 points)'" in str(info.value)
+    assert "'x1: 5 points" in str(info.value) and "'x2: 6 points" in str(info.value)
 
 
-def test_when_series_shorter_than_horizon_plus_one_then_error_names_series_length_and_fix():
+def test_when_one_series_is_shorter_than_horizon_plus_one_then_it_is_dropped_with_the_reason_and_the_rest_go_on():
     df = frame({"ok": ("2024-01-01", list(range(30))), "tiny": ("2024-01-01", [1.0, 2.0, 3.0, 4.0])})
+    cleaned, report = run(df, min_length=3, horizon=4)
+    assert set(cleaned["unique_id"]) == {"ok"}
+    assert report.dropped == {"tiny": "4 points after cleaning < minimum length 5 (horizon 4 + 1)"}
+    assert any("1 of 2 series dropped" in w for w in report.warnings)
+
+
+def test_when_a_series_has_a_single_point_or_is_blank_then_only_it_is_dropped():
+    df = frame({"ok": ("2024-01-01", list(range(30))), "one": ("2024-01-01", [7.0]),
+                "blank": ("2024-01-01", [np.nan] * 30)})
+    cleaned, report = run(df, min_length=5, horizon=2)
+    assert set(cleaned["unique_id"]) == {"ok"}
+    assert report.dropped["blank"] == "blank: no values"
+    assert report.dropped["one"].startswith("1 points after cleaning < minimum length 5")
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, 1e308])
+def test_when_a_series_holds_non_finite_or_absurd_values_then_it_is_dropped_and_reported(bad):
+    df = frame({"ok": ("2024-01-01", list(range(30))), "bad": ("2024-01-01", [1.0] * 29 + [bad])})
+    cleaned, report = run(df, min_length=5, horizon=2)
+    assert set(cleaned["unique_id"]) == {"ok"}
+    assert "1 non-finite or absurd value(s)" in report.dropped["bad"]
+    assert any("|y| >= 1e+30" in n for n in report.notes)
+
+
+def test_when_a_series_would_be_mostly_filled_then_it_is_dropped_with_the_fill_share():
+    ys = [1.0, np.nan, np.nan, np.nan, 5.0, np.nan, np.nan, 8.0] + list(range(9, 31))
+    df = frame({"ok": ("2024-01-01", list(range(30))), "holey": ("2024-01-01", [float(v) for v in ys])})
+    df = df[df["y"].notna() | (df["unique_id"] == "ok")]
+    df = df.sample(frac=1.0, random_state=0)  # shuffled rows: sorting is a normalisation
+    cleaned, report = run(df, min_length=5, horizon=2, max_fill_fraction=0.1, freq="D")
+    assert set(cleaned["unique_id"]) == {"ok"}
+    assert report.dropped["holey"] == "5 of 30 points (17%) would be filled > cleaning.max_fill_fraction 0.1"
+    assert "rows were not in (series, time) order: sorted" in report.notes
+    kept, report2 = run(df, min_length=5, horizon=2, max_fill_fraction=0.2, freq="D")
+    assert set(kept["unique_id"]) == {"ok", "holey"} and report2.dropped == {}
+    assert any(w.startswith("heavy repair: 5 of 60 points (8%) were filled") for w in report2.warnings)
+    assert "heavy repair" in report2.to_markdown()
+
+
+def test_when_weekly_rows_are_mixed_with_daily_ones_then_the_ambiguous_frequency_is_refused_naming_the_spacings():
+    weekly = pd.date_range("2020-01-06", periods=150, freq="W-MON")
+    daily = pd.date_range("2023-01-02", periods=50, freq="D")
+    df = pd.DataFrame({"unique_id": "mix", "ds": weekly.append(daily), "y": np.arange(200, dtype=float)})
     with pytest.raises(BadInputError) as info:
-        run(df, min_length=5, horizon=4)
+        run(df, min_length=5, horizon=2)
     message = str(info.value)
-    assert "tiny (4 points)" in message and "evaluation.horizon" in message and "'ok" not in message
+    assert "ambiguous frequency" in message and "7×D" in message and "1×D" in message and "cleaning.freq" in message
+    cleaned, report = run(df[df["ds"] < "2023-01-01"], min_length=5, horizon=2)  # the weekly part alone is fine
+    assert report.freq == "W-MON"
+
+
+def test_when_duplicates_are_combined_then_the_report_says_so():
+    df = frame({"a": ("2024-01-01", list(range(10)))})
+    df = pd.concat([df, df.iloc[[2]]], ignore_index=True)
+    _, report = run(df, min_length=5, horizon=2)
+    assert "1 duplicate (series, timestamp) rows combined by mean" in report.notes
 
 
 # ------------------------------------------------------------------------------------- frequency
@@ -295,3 +347,17 @@ def test_when_panel_of_300_monthly_series_cleaned_then_it_takes_seconds():
     assert report.rows_out == len(cleaned) == report.rows_in + report.totals()["gaps_filled"]
     # ≈2.5 s on an idle 2-core machine; the bound leaves room for a loaded CI box.
     assert elapsed < 20.0, f"cleaning 300 monthly series took {elapsed:.1f}s"
+
+
+def test_when_a_wide_file_has_two_blank_columns_then_those_series_are_dropped_and_the_rest_cleaned(tmp_path):
+    from chronos_flows.config import DataConfig
+    from chronos_flows.ingest import load_dataset
+
+    dates = pd.date_range("2024-01-01", periods=40, freq="D")
+    wide = pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "a": np.arange(40.0), "empty1": "", "b": np.arange(40.0) * 2, "empty2": ""})
+    path = tmp_path / "wide.csv"
+    wide.to_csv(path, index=False)
+    df = load_dataset(str(path), DataConfig(layout="wide", timestamp_column="date"))
+    cleaned, report = run(df, min_length=5, horizon=2)
+    assert set(cleaned["unique_id"]) == {"a", "b"}
+    assert report.dropped == {"empty1": "blank: no values", "empty2": "blank: no values"}

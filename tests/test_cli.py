@@ -87,13 +87,15 @@ def test_when_timestamps_do_not_parse_then_exit_2_shows_the_bad_value(store_dir,
     assert "dates.csv" in err and "not-a-date" in err
 
 
-def test_when_a_series_is_shorter_than_the_horizon_then_exit_2_names_it(store_dir, tmp_path):
+def test_when_every_series_is_too_short_then_exit_2_names_them_and_the_fix(store_dir, tmp_path):
+    # one short series among long ones is dropped with its reason (tests/test_cleaning.py); only when
+    # nothing usable is left is the run refused
     f = tmp_path / "short.csv"
-    long = pd.DataFrame({"unique_id": "long", "ds": pd.date_range("2015-01-05", periods=300, freq="W-MON"), "y": range(300)})
-    short = pd.DataFrame({"unique_id": "tiny-series", "ds": pd.date_range("2020-01-06", periods=5, freq="W-MON"), "y": range(5)})
-    pd.concat([long, short]).to_csv(f, index=False)
+    short = [pd.DataFrame({"unique_id": f"tiny-series-{i}", "ds": pd.date_range("2020-01-06", periods=5, freq="W-MON"),
+                           "y": range(5)}) for i in range(2)]
+    pd.concat(short).to_csv(f, index=False)
     err = run_expect(store_dir, 2, "--set", f"data.path={f}")
-    assert "tiny-series" in err and "horizon" in err
+    assert "tiny-series-0: 5 points" in err and "tiny-series-1" in err and "evaluation.horizon" in err
 
 
 def test_when_the_file_type_is_unknown_then_exit_2_says_which_types_work(store_dir, tmp_path):
@@ -233,3 +235,14 @@ def test_when_the_holder_recorded_a_short_lease_then_status_judges_staleness_by_
     report = json.loads(cli("status", "--store", str(store_dir), "--json").stdout)
     # the CLI's own default lease is 120 s: only the recorded 1 s lease makes this stale
     assert report["lease_seconds"] == 1.0 and report["stale"] is True, report
+
+
+def test_when_weekly_and_daily_rows_are_mixed_then_run_exits_2_naming_the_spacings_and_cleaning_freq(store_dir, tmp_path):
+    weekly = pd.date_range("2015-01-05", periods=300, freq="W-MON")
+    daily = pd.date_range("2021-01-04", periods=900, freq="D")
+    path = tmp_path / "mixed.csv"
+    pd.DataFrame({"ds": weekly.append(daily), "y": range(1200)}).to_csv(path, index=False)
+    res = cli("run", "--store", str(store_dir), "--set", f"data.path={path}")
+    assert res.returncode == 2, res.stderr
+    assert "ambiguous frequency" in res.stderr and "7×D" in res.stderr and "cleaning.freq" in res.stderr
+    assert "Traceback" not in res.stderr and not (store_dir / "dev").exists()

@@ -189,3 +189,39 @@ def test_when_the_default_flow_runs_twice_then_the_best_family_is_champion_and_t
     assert list(frame.columns) == ["unique_id", "ds", "mean", *qcols, "family", "champion_run_id"]
     assert (frame[qcols].diff(axis=1).iloc[:, 1:] >= 0).all().all()
     assert "data:image/png;base64," in _artifact_markdown("forecast-plots-after-twice")
+
+
+def test_when_the_data_needed_heavy_repair_then_the_summary_metadata_and_champion_say_so(prefect_api, tmp_path):
+    from flows.training import chronos_training
+    from chronos_flows.config import DEFAULT_DATA
+    from chronos_flows.registry import read_champion
+
+    gas = pd.read_csv(DEFAULT_DATA)
+    holey = gas.drop(index=gas.index[5:-30:9])  # ~11% of the weeks missing: filled, under the 20% limit
+    path = tmp_path / "holey.csv"
+    holey.to_csv(path, index=False)
+    params = build_params(overrides=SMALL + ["evaluation.baselines=[seasonal_naive]", f"data.path={path}",
+                                             "cleaning.freq=W-MON"], store=str(tmp_path / "store"), run_id="holey-1")
+    summary = chronos_training(params=params)
+    assert summary["status"] == "succeeded", summary
+    warnings = summary["promotion"]["data_warnings"]
+    assert warnings and warnings[0].startswith("heavy repair: ") and "were filled (interpolate)" in warnings[0]
+    assert "DATA WARNING: heavy repair" in summary["promotion"]["reason"]
+    champion, _ = read_champion(open_store(summary["store"]), "dev")
+    assert champion["judged_on"]["data_warnings"] == warnings
+    md = json.loads(open_store(summary["store"]).get(layout.metadata_key("dev", "holey-1"))[0])
+    assert md["promotion"]["data_warnings"] == warnings and md["extra"]["cleaning"]["warnings"] == warnings
+
+
+def test_when_another_run_holds_the_lock_then_the_flow_run_ends_cancelled_locked_naming_the_holder(prefect_api, tmp_path):
+    """A deployment run refused by the lock is not a crash: Cancelled, named "Locked", one message."""
+    from chronos_flows.lock import RunLock
+    from flows.training import chronos_training
+
+    params = build_params(overrides=SMALL, store=str(tmp_path / "store"), run_id="refused-1")
+    RunLock(open_store(params.store_url()), "dev", lease_seconds=600).acquire("the-holder")
+    state = chronos_training(params=params, return_state=True)
+    assert state.is_cancelled() and state.name == "Locked"
+    assert "locked by run the-holder since" in state.message and "chronos-flows kill" in state.message
+    assert state.result(raise_on_failure=False)["status"] == "refused"
+    assert open_store(params.store_url()).get(layout.training_log_key("dev", "refused-1")) is None

@@ -10,7 +10,7 @@ import pytest
 
 from chronos_flows.config import DEFAULT_DATA, DataConfig
 from chronos_flows.errors import BadInputError
-from chronos_flows.ingest import fingerprint, from_parquet_bytes, load_dataset, to_parquet_bytes
+from chronos_flows.ingest import fingerprint, from_parquet_bytes, ingest_notes, load_dataset, to_parquet_bytes
 
 LONG = pd.DataFrame(
     {
@@ -128,6 +128,7 @@ def test_when_timestamps_are_tz_aware_then_wall_clock_kept_tz_naive(tmp_path):
     path.write_text("ds,y\n2024-01-01T00:00:00+02:00,1\n2024-01-01T01:00:00+02:00,2\n")
     df = load_dataset(str(path), DataConfig())
     assert df["ds"].dtype == "datetime64[ns]" and df["ds"].iloc[0] == pd.Timestamp("2024-01-01 00:00")
+    assert any("timezone" in n and "wall-clock" in n for n in ingest_notes(df))
 
 
 def test_when_row_order_changes_then_fingerprint_is_stable_and_content_changes_it():
@@ -242,8 +243,9 @@ def test_when_excel_sheet_missing_then_error_lists_sheets(tmp_path):
     assert "book.xlsx" in message and "'Data'" in message and "Sheet1" in message and "data.sheet" in message
 
 
-def test_when_target_infinite_then_error_names_column(tmp_path):
+def test_when_target_infinite_then_ingest_keeps_it_for_cleaning_to_drop_that_series(tmp_path):
     path = tmp_path / "inf.csv"
-    path.write_text("ds,y\n2024-01-01,1\n2024-01-02,inf\n")
-    message = _error(path)
-    assert "inf.csv" in message and "'y'" in message and "infinite" in message
+    path.write_text("unique_id,ds,y\nb,2024-01-02,inf\na,2024-01-01,1\n")
+    df = load_dataset(str(path), DataConfig())
+    assert np.isinf(df["y"]).sum() == 1
+    assert "rows were not in (series, time) order: sorted" in ingest_notes(df)
