@@ -1,4 +1,4 @@
-"""The ``chronos-flows`` command: run, forecast, status, kill, verify-cleanup, runs, infra.
+"""The ``chronos-flows`` command: run, forecast, status, kill, cleanup, verify-cleanup, runs, infra.
 
 Exit codes: 0 success, 1 run failed (including a store that vanished mid-run), 2 bad input or
 configuration (refused before the run started), 3 another run holds the lock, 4 the run was killed
@@ -286,6 +286,7 @@ def cmd_verify_cleanup(args: argparse.Namespace) -> int:
 
         ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
         extra.append(lambda: verify_instances(ec2))
+    extra.append(lambda: _leftover_workdirs(store, params.env))
     ok, findings = verify_cleanup(store, params.env, extra=extra)
     if ok:
         print(f"clean: no active or stale state file, no leftover resources ({store.url}, env {params.env})")
@@ -294,6 +295,37 @@ def cmd_verify_cleanup(args: argparse.Namespace) -> int:
     for f in findings:
         print(f"  - {f}")
     return EXIT_FAILED
+
+
+def _leftover_workdirs(store, env: str) -> list[str]:
+    """Local work directories of this env's runs that do not hold the lock (their process died)."""
+    from chronos_flows import workdirs
+    from chronos_flows.lock import read_state
+    from chronos_flows.runs import list_runs
+
+    snap = read_state(store, env)
+    runs = [r["run_id"] for r in list_runs(store, env)]
+    return [
+        f"local work directory {path} of run {run_id} left behind; remove it with `chronos-flows cleanup --run-id {run_id}`"
+        for run_id, path in workdirs.leftover(snap.run_id if snap else None, runs)
+    ]
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    """Finish a dead run by hand: its record, its cleanup steps (local work directory, instances)."""
+    from chronos_flows.runs import cleanup_dead_run
+    from tasks.cleanup import instance_cleanup_steps
+
+    params, store = _store_for(args)
+    result = cleanup_dead_run(
+        store, params.env, args.run_id, reason="its process was gone; cleaned up by `chronos-flows cleanup`",
+        extra_cleanup=instance_cleanup_steps(params),
+    )
+    print(f"run {result['run_id']}: {result['status']}" + (f" ({result['error']})" if result.get("error") else ""))
+    for name, outcome in result["steps"].items():
+        print(f"  {name}: {outcome}")
+    print(f"  cleanup {'complete' if result['cleanup_complete'] else 'INCOMPLETE: see its cleanup_status.json'}")
+    return EXIT_OK if result["cleanup_complete"] else EXIT_FAILED
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -398,6 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
     common(v)
     v.add_argument("--instances", action="store_true", help="also check EC2 instances (always on with compute.backend=ec2)")
     v.set_defaults(func=cmd_verify_cleanup)
+
+    c = sub.add_parser(
+        "cleanup",
+        help="finish a dead run: record its end, remove its local work directory, terminate its instances",
+        description="Finish the record and cleanup of a run whose process is gone and that no longer holds the lock "
+        "(e.g. after a takeover or a SIGKILL): training.json gets its final status, the cleanup steps run and are "
+        "recorded in cleanup_status.json. Idempotent. A run that still holds the lock is stopped with `kill`.",
+    )
+    c.add_argument("--run-id", required=True, help="the dead run to clean up (see `chronos-flows runs`)")
+    c.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
+    c.add_argument("--env", help="environment prefix (default dev)")
+    c.add_argument("--config", help="YAML config (for compute.ec2 settings when the run used EC2)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. compute.backend=ec2")
+    c.set_defaults(func=cmd_cleanup)
 
     rs = sub.add_parser("runs", help="list past runs, newest first; `runs show ID` prints one run")
     common(rs)

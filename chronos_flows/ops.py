@@ -102,7 +102,8 @@ def _release(store: ObjectStore, env: str, run_id: str, handle: LockHandle | Non
         if snap is None:
             return "done", f"no state file at {store.uri(key)}"
         if snap.run_id != run_id:
-            return "skipped", f"{store.uri(key)} belongs to run {snap.run_id}, not {run_id}; left alone"
+            # the lock passed to another run (a takeover): nothing of this run's is left to release
+            return "done", f"{store.uri(key)} belongs to run {snap.run_id} now; run {run_id} holds no lock"
         lease = float(snap.state.get("lease_seconds") or 0)
         age = snap.heartbeat_age(wall())
         if snap.status not in ("failed", "killed", "cleanup") and age < lease:

@@ -108,15 +108,54 @@ def kill_run(
     if beat_moved:
         notes.append("its process is alive and will clean up at its next check (wait more, then `chronos-flows status`)")
         return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
-    steps = extra_cleanup(run_id) if extra_cleanup else []
+    from chronos_flows import workdirs
+
+    steps = [(f"remove-local-workdir-{run_id}", lambda: workdirs.remove_for(run_id))]
+    steps += list(extra_cleanup(run_id) if extra_cleanup else [])
     reason = f"{reason}; its process did not respond, cleaned up by `chronos-flows kill`" if wait_seconds > 0 else reason
 
     def mark_killed(log: runlog.TrainingLog) -> None:
         log.transitions.append(runlog.Transition(status="cleanup", at=iso(utc_now()), details={"by": "chronos-flows kill"}))
-        log.status, log.error = "killed", reason
+        # a cause recorded earlier (e.g. the store outage that stopped it) is kept, not overwritten
+        log.error = f"{log.error}; then {reason}" if log.error and reason not in log.error else (log.error or reason)
+        log.status = "killed"
         log.ended_at = log.ended_at or iso(utc_now())
 
     runlog.update_training_log(store, env, run_id, mark_killed)
     status = run_cleanup(store, env, run_id, steps, None)
     notes.append(f"its process did not respond; cleanup done here ({'complete' if status.complete else 'INCOMPLETE'})")
     return {"killed": True, "run_id": run_id, "cleanup_complete": status.complete, "message": "; ".join(notes)}
+
+
+def cleanup_dead_run(
+    store,
+    env: str,
+    run_id: str,
+    *,
+    reason: str,
+    extra_cleanup: CleanupSteps | None = None,
+) -> dict[str, Any]:
+    """Finish the record of a run whose process is gone and which no longer holds the lock (taken
+    over, or its lock already removed): final status and cause in training.json (an earlier final
+    status and cause are kept), its cleanup steps — local work directories, ``extra_cleanup`` (e.g.
+    instances still tagged with it) — run and recorded in cleanup_status.json. Idempotent."""
+    from chronos_flows import workdirs
+
+    snap = RunLock(store, env).read()
+    if snap is not None and snap.run_id == run_id and snap.status not in ("killed", "failed", "cleanup"):
+        raise BadInputError(
+            f"run {run_id} still holds the lock of env {env} (status {snap.status}); "
+            f"stop it with `chronos-flows kill --run-id {run_id}` instead"
+        )
+    log = runlog.load_training_log(store, env, run_id)
+    if log is None:
+        raise BadInputError(f"no run {run_id} in {store.url} env {env}; `chronos-flows runs` lists the runs")
+    if log.status not in runlog.FINISHED_STATUSES:
+        runlog.mark_failed(store, env, run_id, reason)
+    steps = [(f"remove-local-workdir-{run_id}", lambda: workdirs.remove_for(run_id))]
+    steps += list(extra_cleanup(run_id) if extra_cleanup else [])
+    status = run_cleanup(store, env, run_id, steps, None)
+    final = runlog.load_training_log(store, env, run_id)
+    return {"run_id": run_id, "status": final.status if final else None, "error": final.error if final else None,
+            "cleanup_complete": status.complete,
+            "steps": {k: v.outcome for k, v in status.steps.items()}}

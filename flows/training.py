@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
+from chronos_flows import workdirs
 from chronos_flows.config import TrainingParams
 from chronos_flows.errors import RunKilledError
 from tasks.cleanup import cleanup_run, release_after_abort
@@ -73,7 +73,7 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
         cleaned, report = clean_data(raw, params)
 
     run_id = params.run_id or new_run_id()
-    workdir = Path(tempfile.mkdtemp(prefix=f"chronos-flows-{run_id}-"))
+    workdir = workdirs.new(run_id)
     ctx = RunContext(
         params=params,
         store=store,

@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 from blocks.store import open_store
 from chronos_flows import runlog
 from chronos_flows.config import TrainingParams
-from chronos_flows.errors import LockedError
+from chronos_flows.errors import ChronosFlowsError, LockedError
 from chronos_flows.lock import LockHandle, RunLock, is_handed_off, take_handed_off
 from chronos_flows.ops import status_report
 from chronos_flows.store import ObjectStore
@@ -79,6 +79,8 @@ def _acquire(ctx: RunContext) -> LockHandle:
     else:
         lock = RunLock(ctx.store, ctx.env, lease_seconds=ctx.params.lock.lease_seconds)
         handle = lock.acquire(ctx.run_id, flow_run_id=ctx.flow_run_id, info=dict(ctx.info))
+        if handle.previous is not None:  # took over a dead holder: finish its record and cleanup
+            _cleanup_taken_over(ctx, handle.previous.run_id)
     log = runlog.load_training_log(ctx.store, ctx.env, ctx.run_id)
     if log is None:
         log = runlog.TrainingLog(
@@ -106,3 +108,18 @@ def set_status(ctx: RunContext, status: str, **details: Any) -> None:
     ctx.handle.transition(status, **details)
     runlog.record_transition(ctx.store, ctx.env, ctx.run_id, status, ctx.handle.state["updated_at"], details)
     logger().info("run %s → %s", ctx.run_id, status)
+
+
+def _cleanup_taken_over(ctx: RunContext, dead_run_id: str) -> None:
+    from chronos_flows.runs import cleanup_dead_run
+    from tasks.cleanup import instance_cleanup_steps
+
+    try:
+        result = cleanup_dead_run(
+            ctx.store, ctx.env, dead_run_id, reason=f"lock taken over by run {ctx.run_id} after its lease expired",
+            extra_cleanup=instance_cleanup_steps(ctx.params),
+        )
+        logger().warning("run %s was dead: recorded %s, cleanup %s", dead_run_id, result["status"],
+                         "complete" if result["cleanup_complete"] else "INCOMPLETE (see its cleanup_status.json)")
+    except ChronosFlowsError as exc:  # never blocks the new run; `chronos-flows cleanup` can finish it
+        logger().warning("could not clean up after dead run %s: %s", dead_run_id, exc)

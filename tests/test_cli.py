@@ -246,3 +246,88 @@ def test_when_weekly_and_daily_rows_are_mixed_then_run_exits_2_naming_the_spacin
     assert res.returncode == 2, res.stderr
     assert "ambiguous frequency" in res.stderr and "7×D" in res.stderr and "cleaning.freq" in res.stderr
     assert "Traceback" not in res.stderr and not (store_dir / "dev").exists()
+
+
+def _dead_run(store, run_id: str, workroot: Path, lease: float = 600.0):
+    """A run that took the lock, moved to data_sync, made its work directory and died (no heartbeat)."""
+    from chronos_flows import workdirs
+
+    h = RunLock(store, "dev", lease_seconds=lease).acquire(run_id)
+    runlog.save_training_log(store, runlog.TrainingLog(run_id=run_id, env="dev", status="initialization",
+                                                       started_at=h.state["started_at"], generation=h.generation))
+    h.transition("data_sync")
+    runlog.record_transition(store, "dev", run_id, "data_sync", h.state["updated_at"], {})
+    before = os.environ.get("CHRONOS_FLOWS_WORKDIR")
+    os.environ["CHRONOS_FLOWS_WORKDIR"] = str(workroot)
+    try:
+        wd = workdirs.new(run_id)
+    finally:
+        if before is None:
+            del os.environ["CHRONOS_FLOWS_WORKDIR"]
+        else:
+            os.environ["CHRONOS_FLOWS_WORKDIR"] = before
+    (wd / "checkpoint.bin").write_bytes(b"x" * 1024)
+    return h, wd
+
+
+def test_when_a_takeover_happens_then_the_dead_runs_record_and_cleanup_are_finished_and_verify_cleanup_passes(store_dir, tmp_path, monkeypatch):
+    import time
+
+    from chronos_flows.config import build_params
+    from chronos_flows.ops import run_cleanup
+    from prefect.logging import disable_run_logger
+    from tasks.state import RunContext, acquire_lock
+
+    workroot = tmp_path / "work"
+    monkeypatch.setenv("CHRONOS_FLOWS_WORKDIR", str(workroot))
+    store = open_store(str(store_dir))
+    _, wd = _dead_run(store, "dead-run", workroot, lease=1.0)
+    time.sleep(1.2)
+    params = build_params(store=str(store_dir), run_id="new-run", overrides=["lock.lease_seconds=1"])
+    ctx = RunContext(params=params, store=store, run_id="new-run", workdir=tmp_path / "new-work")
+    with disable_run_logger():
+        handle = acquire_lock.fn(ctx)
+    assert handle.run_id == "new-run" and handle.previous.run_id == "dead-run"
+    dead = runlog.load_training_log(store, "dev", "dead-run")
+    assert dead.status == "failed" and "lease expired" in dead.error
+    status = runlog.load_cleanup_status(store, "dev", "dead-run")
+    assert status.complete and status.steps["remove-local-workdir-dead-run"].outcome == "done"
+    assert not wd.exists()
+
+    handle.fail("test over")
+    run_cleanup(store, "dev", "new-run", [], handle)
+    runlog.update_training_log(store, "dev", "new-run", lambda log: setattr(log, "status", "failed"))
+    res = cli("verify-cleanup", "--store", str(store_dir), env={"CHRONOS_FLOWS_WORKDIR": str(workroot)})
+    assert res.returncode == 0, res.stdout
+
+
+def test_when_a_run_died_without_cleanup_then_verify_cleanup_names_its_workdir_and_cleanup_finishes_it(store_dir, tmp_path):
+    from chronos_flows.lock import read_state
+
+    workroot = tmp_path / "work"
+    env = {"CHRONOS_FLOWS_WORKDIR": str(workroot)}
+    store = open_store(str(store_dir))
+    h, wd = _dead_run(store, "sigkilled", workroot)
+    store.delete(layout.state_key("dev"))  # e.g. `kill` removed its lock; its process and directory stayed
+    assert read_state(store, "dev") is None
+
+    res = cli("verify-cleanup", "--store", str(store_dir), env=env)
+    assert res.returncode == 1 and f"local work directory {wd} of run sigkilled left behind" in res.stdout, res.stdout
+    assert "chronos-flows cleanup --run-id sigkilled" in res.stdout
+
+    res = cli("cleanup", "--store", str(store_dir), "--run-id", "sigkilled", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "run sigkilled: failed" in res.stdout and "remove-local-workdir-sigkilled: done" in res.stdout
+    assert not wd.exists()
+    again = cli("cleanup", "--store", str(store_dir), "--run-id", "sigkilled", env=env)  # idempotent
+    assert again.returncode == 0 and "already_done" in again.stdout
+    res = cli("verify-cleanup", "--store", str(store_dir), env=env)
+    assert res.returncode == 0, res.stdout
+
+
+def test_when_cleanup_names_a_live_run_then_it_refuses_and_points_at_kill(store_dir):
+    store = open_store(str(store_dir))
+    RunLock(store, "dev", lease_seconds=600).acquire("alive")
+    runlog.save_training_log(store, runlog.TrainingLog(run_id="alive", env="dev", status="initialization"))
+    res = cli("cleanup", "--store", str(store_dir), "--run-id", "alive")
+    assert res.returncode == 2 and "still holds the lock" in res.stderr and "kill --run-id alive" in res.stderr
