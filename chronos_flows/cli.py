@@ -35,9 +35,35 @@ def _params(args: argparse.Namespace):
         fields["store"] = args.store
     if getattr(args, "env", None):
         fields["env"] = args.env
-    if getattr(args, "resume", None):
-        fields["run_id"] = args.resume
     return build_params(getattr(args, "config", None), getattr(args, "set", None) or [], **fields)
+
+
+def _resume_params(args: argparse.Namespace):
+    """``run --resume ID``: the run's recorded parameters (only where/how it runs may be changed), a
+    new attempt id ``ID-resume-N`` whose record says ``resumed_from``; ID's own record is untouched."""
+    from blocks.store import open_store
+    from chronos_flows import runlog
+    from chronos_flows.config import build_resume_params, resolve_store_url
+
+    if getattr(args, "config", None):
+        raise BadInputError("--config cannot be combined with --resume: a resumed run keeps its recorded parameters")
+    store = open_store(resolve_store_url(args.store))
+    env = args.env or "dev"
+    log = runlog.load_training_log(store, env, args.resume)
+    if log is None:
+        raise BadInputError(f"no run {args.resume} in {store.url} env {env}; `chronos-flows runs` lists the runs")
+    if log.status not in ("failed", "killed"):
+        raise BadInputError(
+            f"run {args.resume} is {log.status}; only failed or killed runs can be resumed"
+            + (" (omit --resume to start a new run)" if log.status == "succeeded" else " (kill it first)")
+        )
+    earlier = [r for r in (k.split("/")[-2] for k in store.list(f"{env}/logs/") if k.endswith("/training.json"))
+               if r.startswith(f"{args.resume}-resume-")]
+    run_id = f"{args.resume}-resume-{len(earlier) + 1}"
+    params = build_resume_params(log.params, getattr(args, "set", None) or [], run_id=run_id, resume_from=args.resume)
+    if args.store or args.env:
+        params = params.model_copy(update={k: v for k, v in (("store", args.store), ("env", args.env)) if v})
+    return params, store
 
 
 def _store_for(args: argparse.Namespace):
@@ -64,8 +90,8 @@ def preflight(params, store) -> None:
         log = runlog.load_training_log(store, params.env, params.run_id)
         if log is not None and log.status == "succeeded":
             raise BadInputError(
-                f"run {params.run_id} already succeeded; only failed or killed runs can be resumed "
-                "(omit --resume / run_id to start a new run)"
+                f"run {params.run_id} already succeeded; use another run_id (or none) for a new run, "
+                "or `--resume RUN_ID` to continue a failed or killed one"
             )
     df = load_dataset(params.data.path, params.data, fetch=read_uri)
     clean(df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon)
@@ -73,7 +99,7 @@ def preflight(params, store) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _embedded_prefect_defaults()
-    params, store = _store_for(args)
+    params, store = _resume_params(args) if args.resume else _store_for(args)
     preflight(params, store)
     import socket
 
@@ -392,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the chronos-training flow (embedded default with no arguments)")
     common(r)
-    r.add_argument("--resume", metavar="RUN_ID", help="resume a failed or killed run from its newest checkpoint")
+    r.add_argument("--resume", metavar="RUN_ID", help="continue a failed or killed run from its newest checkpoint with its recorded "
+                   "parameters (only lock.*, compute.*, chronos.device/num_threads, *.n_jobs may be --set) as a new attempt RUN_ID-resume-N")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_run)
 

@@ -190,6 +190,12 @@ class TrainingParams(_Frozen):
         "Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
     )
     run_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run id (generated when empty).")
+    resume_from: Optional[str] = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Continue the training of this failed or killed run from its newest stored checkpoint "
+        "(set by `chronos-flows run --resume RUN_ID`, which also restores that run's parameters).",
+    )
     cost_center: str = Field("train", description="CostCenter tag.")
     data: DataConfig = Field(default_factory=DataConfig)
     cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
@@ -350,3 +356,31 @@ def build_forecast_params(config_file: str | Path | None = None, overrides: list
         return ForecastParams.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, config_file)) from None
+
+
+#: What ``run --resume`` may change: where and how the work runs, not what is trained or judged.
+RESUME_OVERRIDABLE = ("lock.", "compute.", "chronos.device", "chronos.num_threads", "prophet.n_jobs", "autoets.n_jobs")
+
+
+def build_resume_params(recorded: dict[str, Any], overrides: list[str], *, run_id: str, resume_from: str) -> TrainingParams:
+    """The parameters of a resumed attempt: the original run's recorded ones, with only the
+    :data:`RESUME_OVERRIDABLE` fields overridable (anything else would train or judge another model)."""
+    tree = parse_overrides(overrides)
+    flat: list[str] = []
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            (walk(v, f"{prefix}{k}.") if isinstance(v, dict) else flat.append(f"{prefix}{k}"))
+
+    walk(tree, "")
+    refused = [k for k in flat if not k.startswith(RESUME_OVERRIDABLE)]
+    if refused:
+        raise ConfigError(
+            f"cannot change {', '.join(refused)} when resuming run {resume_from}: a resumed run continues with its "
+            f"recorded parameters; only {', '.join(RESUME_OVERRIDABLE)} may be set. Start a new run to change the others"
+        )
+    base = {k: v for k, v in recorded.items() if k not in ("run_id", "resume_from")}
+    try:
+        return TrainingParams.model_validate(_merge(base, tree) | {"run_id": run_id, "resume_from": resume_from})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"the recorded parameters of run {resume_from}")) from None

@@ -64,6 +64,8 @@ class TrainingLog(_Model):
     cost_estimate: Optional[dict[str, Any]] = None
     models: dict[str, Any] = Field(default_factory=dict)
     summary: dict[str, Any] = Field(default_factory=dict)
+    #: the failed or killed run this attempt continues (``run --resume``); its own record is untouched
+    resumed_from: Optional[str] = None
 
 
 class CleanupStep(BaseModel):

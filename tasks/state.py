@@ -91,8 +91,9 @@ def _acquire(ctx: RunContext) -> LockHandle:
             status="initialization",
             started_at=handle.state["started_at"],
             params=ctx.params.model_dump(mode="json"),
+            resumed_from=ctx.params.resume_from,
         )
-    else:  # a resumed run keeps its earlier history
+    else:  # the same run id again (a deployment re-run): keep its history, this attempt appends
         log = log.model_copy(update={"generation": handle.generation, "flow_run_id": ctx.flow_run_id, "error": None, "ended_at": None})
     runlog.save_training_log(ctx.store, log)
     runlog.record_transition(ctx.store, ctx.env, ctx.run_id, "initialization", handle.state["updated_at"], {"generation": handle.generation})

@@ -34,18 +34,27 @@ Guard = Callable[[bool], None]
 class CheckpointSync:
     """Mirror new local checkpoints into the store's ``checkpoints/`` (fenced by ``guard``)."""
 
-    def __init__(self, store: ObjectStore, env: str, run_id: str, local_dir: Path, guard: Guard) -> None:
+    def __init__(self, store: ObjectStore, env: str, run_id: str, local_dir: Path, guard: Guard,
+                 resume_from: str | None = None) -> None:
         self.store = store
         self.local_dir = local_dir
         self.guard = guard
         self.prefix = layout.checkpoints_prefix(env, run_id)
+        #: where earlier checkpoints come from: this run's own, or the run it resumes
+        self.source = layout.checkpoints_prefix(env, resume_from) if resume_from else self.prefix
         self.synced: set[str] = set()
 
     def restore(self) -> int:
-        """Download the run's stored checkpoints (a resumed run continues from the newest)."""
-        if self.store.list(self.prefix + "/"):
-            self.store.download_dir(self.prefix, self.local_dir)
-            self.synced = {p.name for p in self.local_dir.iterdir() if p.is_dir()}
+        """Download the stored checkpoints (of this run, or of the run it resumes); training
+        continues from the newest. Restored checkpoints are also copied under this run's own prefix,
+        so this attempt's record is complete on its own."""
+        if self.store.list(self.source + "/"):
+            self.store.download_dir(self.source, self.local_dir)
+            restored = {p.name for p in self.local_dir.iterdir() if p.is_dir()}
+            if self.source != self.prefix:
+                self.synced = set()
+                self()  # copy them to this run's prefix (fenced like every other write)
+            self.synced = restored
         return len(self.synced)
 
     def __call__(self) -> None:
@@ -110,10 +119,10 @@ def fit_and_store(
     env = params.env
     ckpt_dir = workdir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    sync = CheckpointSync(store, env, run_id, ckpt_dir, guard)
+    sync = CheckpointSync(store, env, run_id, ckpt_dir, guard, resume_from=params.resume_from)
     restored = sync.restore()
     if restored:
-        logger().info("resuming from %d stored checkpoint(s) of run %s", restored, run_id)
+        logger().info("resuming from %d stored checkpoint(s) of run %s", restored, params.resume_from or run_id)
     forecaster = ChronosForecaster(
         params.chronos,
         workdir=workdir / "chronos",

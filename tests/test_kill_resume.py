@@ -88,17 +88,27 @@ def test_when_a_live_run_is_killed_then_it_cleans_up_and_resume_reaches_the_same
     assert [t.status for t in log.transitions][-2:] == ["killed", "cleanup"]
     assert runlog.load_cleanup_status(store, "dev", "kr-1").complete
 
+    killed_log = store.get(layout.training_log_key("dev", "kr-1"))[0]
+
+    # resume continues the run as it was: its recorded parameters (a changed training setting is
+    # refused), up to its recorded max_steps, as a new attempt; kr-1's own record is never rewritten
+    refused = cli("run", "--resume", "kr-1", "--store", str(store_dir), "--set", "chronos.max_steps=5", env=env)
+    assert refused.returncode == 2 and "cannot change chronos.max_steps when resuming run kr-1" in refused.stderr
     res = subprocess.run(
-        [sys.executable, "-m", "chronos_flows.cli", "run", "--resume", "kr-1", "--json", *args],
+        [sys.executable, "-m", "chronos_flows.cli", "run", "--resume", "kr-1", "--json", "--store", str(store_dir),
+         "--set", "lock.heartbeat_seconds=1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout)
-    assert summary["status"] == "succeeded" and summary["run_id"] == "kr-1"
-    md = json.loads(store.get(layout.metadata_key("dev", "kr-1"))[0])
+    assert summary["status"] == "succeeded" and summary["run_id"] == "kr-1-resume-1"
+    md = json.loads(store.get(layout.metadata_key("dev", "kr-1-resume-1"))[0])
     chronos = md["models"]["chronos"]
     assert chronos["resumed_checkpoints"] >= 1
-    assert chronos["steps_done"] == 300
-    statuses = [t.status for t in runlog.load_training_log(store, "dev", "kr-1").transitions]
-    assert statuses.count("initialization") == 2 and "killed" in statuses and statuses[-1] == "cleanup"
-    assert runlog.load_training_log(store, "dev", "kr-1").status == "succeeded"
+    assert chronos["steps_done"] == 300  # kr-1's recorded max_steps
+    assert md["params"]["chronos"]["max_steps"] == 300 and md["params"]["resume_from"] == "kr-1"
+    attempt = runlog.load_training_log(store, "dev", "kr-1-resume-1")
+    assert attempt.resumed_from == "kr-1" and attempt.status == "succeeded"
+    assert [t.status for t in attempt.transitions][0] == "initialization" and attempt.transitions[-1].status == "cleanup"
+    assert store.get(layout.training_log_key("dev", "kr-1"))[0] == killed_log  # untouched
+    assert runlog.load_training_log(store, "dev", "kr-1").status == "killed"
