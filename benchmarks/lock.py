@@ -5,6 +5,7 @@
 Prints, per backend, the median and p99 latency of acquire, update (a transition or heartbeat)
 and release (transition to cleanup + conditional delete), then the delay between SIGKILL of a
 holder (heartbeating every lease/8) and a polling contender's takeover, relative to the lease.
+First: the time the losers of an 8-way simultaneous ``chronos-flows run`` launch take to exit.
 """
 
 from __future__ import annotations
@@ -97,11 +98,48 @@ def report(name: str, store, n: int, lease: float, extra_env: dict | None) -> No
               f"{hb:5.2f} s after the last heartbeat = {hb / lease:4.2f}x lease")
 
 
+def simultaneous_launch(n: int, rounds: int) -> None:
+    """``n`` × ``chronos-flows run`` started at the same instant on a fresh local store: how long the
+    losers take to exit (code 3) — they are refused before any Prefect server starts."""
+    import subprocess
+
+    times: list[float] = []
+    codes: list[int] = []
+    for r in range(rounds):
+        with tempfile.TemporaryDirectory() as d:
+            args = [sys.executable, "-m", "chronos_flows.cli", "run", "--store", f"{d}/store",
+                    "--set", "evaluation.baselines=[seasonal_naive]", "--set", "chronos.max_steps=5"]
+            t0 = time.monotonic()
+            procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      env={**os.environ, "PREFECT_HOME": f"{d}/prefect-{i}"}) for i in range(n)]
+            done: dict[int, float] = {}
+            while len(done) < n - 1 and time.monotonic() - t0 < 120:
+                for i, p in enumerate(procs):
+                    if i not in done and p.poll() is not None:
+                        done[i] = time.monotonic() - t0
+                time.sleep(0.02)
+            for i, p in enumerate(procs):
+                if i in done:
+                    codes.append(p.returncode)
+                    times.append(done[i])
+                else:
+                    p.kill()
+                    p.wait()
+    print(f"{n}-way simultaneous `chronos-flows run`, {rounds} round(s): losers' exit codes {sorted(set(codes))}; "
+          f"time to exit median {statistics.median(times):.2f} s, p95 {pct(times, 95):.2f} s, max {max(times):.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--iterations", type=int, default=200)
     ap.add_argument("--lease", type=float, default=2.0)
+    ap.add_argument("--launches", type=int, default=8, help="simultaneous `chronos-flows run` launches")
+    ap.add_argument("--launch-rounds", type=int, default=3)
+    ap.add_argument("--only-launch", action="store_true", help="only the simultaneous-launch measurement")
     args = ap.parse_args()
+    simultaneous_launch(args.launches, args.launch_rounds)
+    if args.only_launch:
+        return
     with tempfile.TemporaryDirectory() as d:
         report("local", open_store(d), args.iterations, args.lease, None)
     server = AwsServer()

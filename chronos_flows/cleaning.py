@@ -414,11 +414,13 @@ def _spacing_check(present_pos: np.ndarray, owner: np.ndarray, freq: str) -> Non
         )
 
 
-def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: int) -> tuple[pd.DataFrame, CleaningReport]:
+def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: int,
+          detect_outliers: bool = True) -> tuple[pd.DataFrame, CleaningReport]:
     """Clean the canonical long frame; return ``(unique_id, ds, y, is_outlier)`` and the report.
 
     A problem of one series (blank, non-finite or absurd values, too short, too many gaps) drops that
-    series with the reason; only when no series is left is the data refused."""
+    series with the reason; only when no series is left is the data refused. ``detect_outliers=False``
+    (a preflight that only validates) skips the STL fits, which can flag but never refuse data."""
     _check_frame(df)
     from chronos_flows.ingest import ingest_notes
 
@@ -486,7 +488,7 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
 
     outliers = np.zeros(len(frame), dtype=bool)
     skipped: dict[str, str] = {}
-    if cfg.outliers != "off":
+    if cfg.outliers != "off" and detect_outliers:  # a preflight validates without the STL fits
         y = frame[TARGET].to_numpy(copy=True)
         for sid, pos in frame.groupby(ID, sort=False).indices.items():
             if season < 2:

@@ -94,7 +94,7 @@ def preflight(params, store) -> None:
                 "or `--resume RUN_ID` to continue a failed or killed one"
             )
     df = load_dataset(params.data.path, params.data, fetch=read_uri)
-    clean(df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon)
+    clean(df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon, detect_outliers=False)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
