@@ -48,6 +48,7 @@ def _resume_params(args: argparse.Namespace):
     if getattr(args, "config", None):
         raise BadInputError("--config cannot be combined with --resume: a resumed run keeps its recorded parameters")
     store = open_store(resolve_store_url(args.store))
+    _flush_pending(store)
     env = args.env or "dev"
     log = runlog.load_training_log(store, env, args.resume)
     if log is None:
@@ -71,7 +72,17 @@ def _store_for(args: argparse.Namespace):
 
     params = _params(args)
     store = open_store(params.store_url())  # verifies the bucket / directory is reachable
+    _flush_pending(store)
     return params, store
+
+
+def _flush_pending(store) -> None:
+    """Failure records kept locally while this store was unreachable go into their training.json."""
+    from chronos_flows import pending
+
+    for record in pending.flush(store):
+        print(f"chronos-flows: recorded the failure of run {record['run_id']} (kept locally since {record['at']} "
+              f"while the store was unreachable)", file=sys.stderr)
 
 
 def preflight(params, store) -> None:
@@ -144,10 +155,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _failed_summary(store, params, error: str) -> dict:
     """The failed run's summary from its training.json, or — when the store cannot be read (it
     vanished mid-run) — a local one with the cause, so the run never ends with empty output."""
+    from chronos_flows import pending
+
     try:
         summary = _summary_from_store(store, params.env, params.run_id)
     except ChronosFlowsError as exc:
         summary, error = None, f"{error}; the store cannot be read ({exc})"
+        kept = pending.keep(store.url, params.env, params.run_id, error)
+        error += f"; the failure record is kept in {kept} and written to the store by the next chronos-flows command"
     if summary is None:
         return {"run_id": params.run_id, "env": params.env, "status": "failed", "error": error, "store": store.url}
     summary["error"] = summary.get("error") or error

@@ -331,3 +331,29 @@ def test_when_cleanup_names_a_live_run_then_it_refuses_and_points_at_kill(store_
     runlog.save_training_log(store, runlog.TrainingLog(run_id="alive", env="dev", status="initialization"))
     res = cli("cleanup", "--store", str(store_dir), "--run-id", "alive")
     assert res.returncode == 2 and "still holds the lock" in res.stderr and "kill --run-id alive" in res.stderr
+
+
+def test_when_the_store_is_gone_at_the_end_of_a_run_then_the_failure_is_kept_locally_and_written_by_the_next_command(aws_env, tmp_path, monkeypatch):
+    """A bucket that vanished mid-run: the summary still says why (exit 1, not 2), and the record
+    reaches training.json once the store answers again."""
+    from blocks.store import S3Store
+    from chronos_flows.cli import _failed_summary
+    from chronos_flows.config import build_params
+
+    workroot = tmp_path / "work"
+    monkeypatch.setenv("CHRONOS_FLOWS_WORKDIR", str(workroot))
+    bucket = f"vanishing-{os.getpid()}"
+    url = f"s3://{bucket}/chronos"
+    store = S3Store(bucket, "chronos", endpoint_url=aws_env.endpoint_url)  # the bucket does not exist (any more)
+    params = build_params(store=url, run_id="outage-run")
+    summary = _failed_summary(store, params, "StoreError: NoSuchBucket while writing checkpoints")
+    assert summary["status"] == "failed" and "NoSuchBucket while writing checkpoints" in summary["error"]
+    assert "written to the store by the next chronos-flows command" in summary["error"]
+    assert list(workroot.rglob("outage-run.json"))
+
+    aws_env.client("s3").create_bucket(Bucket=bucket)  # the store is back
+    res = cli("status", "--store", url, env={**aws_env.env(), "CHRONOS_FLOWS_WORKDIR": str(workroot)})
+    assert res.returncode == 0 and "recorded the failure of run outage-run" in res.stderr
+    log = runlog.load_training_log(open_store(url), "dev", "outage-run")
+    assert log.status == "failed" and "NoSuchBucket while writing checkpoints" in log.error
+    assert not list(workroot.rglob("outage-run.json"))
