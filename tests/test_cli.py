@@ -357,3 +357,14 @@ def test_when_the_store_is_gone_at_the_end_of_a_run_then_the_failure_is_kept_loc
     log = runlog.load_training_log(open_store(url), "dev", "outage-run")
     assert log.status == "failed" and "NoSuchBucket while writing checkpoints" in log.error
     assert not list(workroot.rglob("outage-run.json"))
+
+
+def test_when_a_stale_run_with_a_recorded_cause_is_killed_then_the_cause_is_kept(store_dir):
+    store = open_store(str(store_dir))
+    h = RunLock(store, "dev", lease_seconds=600).acquire("outage-2")
+    runlog.save_training_log(store, runlog.TrainingLog(run_id="outage-2", env="dev", status="training",
+                                                       error="EndpointConnectionError: S3 unreachable for 200 s"))
+    res = cli("kill", "--store", str(store_dir), "--wait", "0")
+    assert res.returncode == 0, res.stderr
+    log = runlog.load_training_log(store, "dev", "outage-2")
+    assert log.status == "killed" and log.error.startswith("EndpointConnectionError: S3 unreachable for 200 s; then killed by user")
