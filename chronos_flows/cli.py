@@ -1,4 +1,4 @@
-"""The ``chronos-flows`` command: run, forecast, status, kill, cleanup, verify-cleanup, runs, infra.
+"""The ``chronos-flows`` command: run, forecast, serve, status, kill, cleanup, verify-cleanup, runs, infra.
 
 Exit codes: 0 success, 1 run failed (including a store that vanished mid-run), 2 bad input or
 configuration (refused before the run started), 3 another run holds the lock, 4 the run was killed
@@ -421,17 +421,40 @@ def cmd_infra(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``serve``: the champion behind the SageMaker hosting contract until SIGTERM."""
+    from blocks.store import open_store
+    from chronos_flows.config import resolve_store_url
+    from chronos_flows.server import api_keys_from_environment, serve
+
+    if args.poll_seconds <= 0:
+        raise BadInputError(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    keys = api_keys_from_environment(args.api_keys_file)
+    store = open_store(resolve_store_url(args.store), check=False)
+    return serve(store=store, env=args.env or "dev", host=args.host, port=args.port, poll_seconds=args.poll_seconds,
+                 api_keys=keys, device=args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chronos-flows", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", help="YAML config file (same fields as the flow's parameters)")
+        sp.add_argument("--config", help="YAML config file with the training flow's parameters (README 'Configuration'); "
+                        "the same file a run used gives its store, env, lock and compute settings")
         sp.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
         sp.add_argument("--env", help="environment prefix (default dev)")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. evaluation.horizon=8")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable), e.g. "
+                        "evaluation.horizon=8 or store=s3://bucket/prefix")
 
-    r = sub.add_parser("run", help="run the chronos-training flow (embedded default with no arguments)")
+    r = sub.add_parser(
+        "run",
+        help="run the chronos-training flow (embedded default with no arguments)",
+        description="Run the chronos-training flow in this process: ingest and clean the data, train Chronos, "
+        "backtest it against the baselines and the champion, maybe promote it. With no arguments it trains on the "
+        "shipped EIA gasoline data into ./.chronos-flows (env dev). Takes the environment's training lock. "
+        "Exit codes: 0 succeeded, 1 failed, 2 bad input or configuration, 3 another run holds the lock, 4 killed.",
+    )
     common(r)
     r.add_argument("--resume", metavar="RUN_ID", help="continue a failed or killed run from its newest checkpoint with its recorded "
                    "parameters (only lock.*, compute.*, chronos.device/num_threads, *.n_jobs may be --set) as a new attempt RUN_ID-resume-N")
@@ -455,20 +478,38 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print forecast.json instead of the summary")
     f.set_defaults(func=cmd_forecast)
 
-    s = sub.add_parser("status", help="the active run's state, phases and heartbeat age, or idle")
+    s = sub.add_parser(
+        "status",
+        help="the active run's state, phases and heartbeat age, or idle",
+        description="Show the run holding the environment's training lock: its status, generation, start time, "
+        "phase timings and heartbeat age (STALE when the lease has expired), or 'idle'.",
+    )
     common(s)
     s.add_argument("--watch", action="store_true", help="keep polling")
     s.add_argument("--interval", type=float, default=5.0, help="seconds between polls with --watch")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the status report as one JSON object per poll")
     s.set_defaults(func=cmd_status)
 
-    k = sub.add_parser("kill", help="mark the active run killed, cancel its flow run, make sure cleanup runs")
+    k = sub.add_parser(
+        "kill",
+        help="mark the active run killed, cancel its flow run, make sure cleanup runs",
+        description="Stop the run holding the environment's training lock: training.json becomes 'killed', its Prefect "
+        "flow run is cancelled (when PREFECT_API_URL is set), the run gets --wait seconds to clean up itself, then "
+        "its cleanup runs here and the lock is released. With compute.backend=ec2 (from --config/--set) its "
+        "instances are terminated too.",
+    )
     common(k)
     k.add_argument("--run-id", help="only kill this run (refuse if another run is active)")
     k.add_argument("--wait", type=float, default=60.0, help="seconds to let the run clean up itself before cleaning up for it")
     k.set_defaults(func=cmd_kill)
 
-    v = sub.add_parser("verify-cleanup", help="exit 0 only if nothing is left behind")
+    v = sub.add_parser(
+        "verify-cleanup",
+        help="exit 0 only if nothing is left behind",
+        description="Check that no run is active or stale in the environment's state file and that no local work "
+        "directory of a dead run (and, with --instances or compute.backend=ec2, no tagged EC2 instance) is left. "
+        "Exit 0 when clean, 1 with one line per finding.",
+    )
     common(v)
     v.add_argument("--instances", action="store_true", help="also check EC2 instances (always on with compute.backend=ec2)")
     v.set_defaults(func=cmd_verify_cleanup)
@@ -487,19 +528,48 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. compute.backend=ec2")
     c.set_defaults(func=cmd_cleanup)
 
-    rs = sub.add_parser("runs", help="list past runs, newest first; `runs show ID` prints one run")
+    rs = sub.add_parser(
+        "runs",
+        help="list past runs, newest first; `runs show ID` prints one run",
+        description="`runs` (or `runs list`) lists the environment's runs, newest first, with status, duration, gate "
+        "scores and whether they were promoted; `runs show RUN_ID` prints one run's summary.",
+    )
     common(rs)
-    rs.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    rs.add_argument("run_id", nargs="?")
-    rs.add_argument("--json", action="store_true")
+    rs.add_argument("action", nargs="?", choices=["list", "show"], default="list", help="list (default) or show one run")
+    rs.add_argument("run_id", nargs="?", help="the run to show (with `show`)")
+    rs.add_argument("--json", action="store_true", help="print the runs (or the one run) as JSON")
     rs.set_defaults(func=cmd_runs)
 
-    i = sub.add_parser("infra", help="validate, deploy or destroy the persistent AWS resources (infra/template.yaml)")
-    i.add_argument("action", choices=["validate", "deploy", "destroy"])
+    i = sub.add_parser(
+        "infra",
+        help="validate, deploy or destroy the persistent AWS resources (infra/template.yaml)",
+        description="validate: lint the CloudFormation template with cfn-lint (installed by the `test` extra: "
+        "pip install -e '.[test]') plus this project's own checks (exit 2 on findings); deploy: create or update the stack and print its "
+        "outputs; destroy: delete the stack.",
+    )
+    i.add_argument("action", choices=["validate", "deploy", "destroy"], help="what to do with the stack")
     i.add_argument("--template", default=None, help="CloudFormation template (default infra/template.yaml)")
-    i.add_argument("--stack-name", default="chronos-flows")
+    i.add_argument("--stack-name", default="chronos-flows", help="CloudFormation stack name (default chronos-flows)")
     i.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="stack parameter")
     i.set_defaults(func=cmd_infra)
+
+    sv = sub.add_parser(
+        "serve",
+        help="serve the champion over HTTP (SageMaker hosting contract: GET /ping, POST /invocations)",
+        description="Serve the environment's champion (any family) over HTTP with the request/response format of "
+        "the Chronos endpoints on SageMaker JumpStart: GET /ping (200 once a champion is loaded, 503 before), "
+        "POST /invocations. champion.json is polled by ETag and a newly promoted champion is loaded in the "
+        "background and swapped in without failing a request. API keys: $CHRONOS_FLOWS_API_KEYS (comma-separated) "
+        "or --api-keys-file; when set, every route but /ping needs the x-api-key header.",
+    )
+    sv.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080, SageMaker's)")
+    sv.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    sv.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
+    sv.add_argument("--env", help="environment prefix whose champion to serve (default dev)")
+    sv.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check champion.json's ETag (default 10)")
+    sv.add_argument("--api-keys-file", help="file with one API key per line (added to $CHRONOS_FLOWS_API_KEYS)")
+    sv.add_argument("--device", default="auto", help="device for a Chronos champion: auto (default), cpu, cuda, mps")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -16,19 +16,49 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from chronos_flows.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO_ROOT / "data" / "us_gasoline.csv"
+#: the shipped example data (EIA weekly US gasoline product supplied), relative to a checkout
+DEFAULT_DATA_RELATIVE = Path("data") / "us_gasoline.csv"
+DEFAULT_DATA = REPO_ROOT / DEFAULT_DATA_RELATIVE
 DEFAULT_STORE_DIR = ".chronos-flows"
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+#: words the automatic field titles spell differently from the field name
+_TITLE_WORDS = {"id": "id", "iqr": "IQR", "ami": "AMI", "ec2": "EC2", "gb": "GB", "autoets": "AutoETS"}
+
+
+def _field_title(name: str, _info: Any) -> str:
+    """``outlier_iqr_k`` → "Outlier IQR k" (fields whose name reads badly set ``title=`` instead)."""
+    text = " ".join(_TITLE_WORDS.get(w, w) for w in name.split("_"))
+    return text[:1].upper() + text[1:]
+
+
+def resolve_data_path(path: str | None) -> str:
+    """``data.path`` as read at run time. Empty means the shipped EIA gasoline file:
+    ``data/us_gasoline.csv`` of the working directory (a deployment's pull step makes that the
+    checkout), else the one next to this package. Resolved when the data is read, never when a
+    deployment is made, so the form's default is not a path frozen on the deploying machine."""
+    if path:
+        return str(path)
+    here = Path.cwd() / DEFAULT_DATA_RELATIVE
+    return str(here if here.is_file() else DEFAULT_DATA)
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", field_title_generator=_field_title)
 
 
 class DataConfig(_Frozen):
-    path: str = Field(
-        str(DEFAULT_DATA),
-        description="Input file: local path, file:// URL or s3:// URI (CSV, Parquet or Excel).",
+    """The input file and how to read it."""
+
+    model_config = ConfigDict(title="Data")
+
+    path: Optional[str] = Field(
+        None,
+        title="Data file",
+        description="Input file: local path (relative to the working directory), file:// URL or s3:// URI "
+        "(CSV, Parquet or Excel). Empty: the shipped EIA weekly US gasoline series, data/us_gasoline.csv "
+        "of the working directory (the deployment's checkout), resolved when the run reads it.",
     )
     format: Literal["auto", "csv", "parquet", "excel"] = Field(
         "auto", description="File format; 'auto' decides from the file extension."
@@ -37,31 +67,37 @@ class DataConfig(_Frozen):
         "long", description="'long': one row per (series, timestamp); 'wide': one column per series."
     )
     id_column: Optional[str] = Field(
-        "unique_id", description="Series id column (long layout). If absent from a long file, the whole file is one series."
+        "unique_id", title="Series id column", description="Series id column (long layout). If absent from a long file, the whole file is one series."
     )
     timestamp_column: str = Field("ds", description="Timestamp column.")
     target_column: str = Field("y", description="Target column (long layout).")
-    sheet: Optional[str] = Field(None, description="Excel sheet name (first sheet when empty).")
+    sheet: Optional[str] = Field(None, title="Excel sheet", description="Excel sheet name (first sheet when empty).")
 
 
 class CleaningConfig(_Frozen):
-    freq: Optional[str] = Field(None, description="Pandas frequency alias (e.g. 'W-MON', 'MS'); inferred when empty.")
+    """How the data is repaired before training and evaluation: frequency, duplicates, gaps, outliers."""
+
+    model_config = ConfigDict(title="Cleaning")
+
+    freq: Optional[str] = Field(None, title="Frequency", description="Pandas frequency alias (e.g. 'W-MON', 'MS'); inferred when empty.")
     duplicates: Literal["mean", "first", "last", "sum"] = Field(
-        "mean", description="How rows with the same series and timestamp are combined."
+        "mean", title="Duplicate timestamps", description="How rows with the same series and timestamp are combined."
     )
     fill_method: Literal["interpolate", "ffill", "zero"] = Field(
-        "interpolate", description="How missing timestamps inside a series are filled (each fill is counted)."
+        "interpolate", title="Gap filling", description="How missing timestamps inside a series are filled (each fill is counted)."
     )
     outliers: Literal["flag", "replace", "off"] = Field(
         "flag",
+        title="Outlier handling",
         description="Robust-STL + IQR outliers: 'flag' marks them, 'replace' swaps them for the STL fit, 'off' skips detection.",
     )
-    outlier_iqr_k: float = Field(3.0, gt=0, description="Residuals beyond k × IQR from the quartiles are outliers.")
+    outlier_iqr_k: float = Field(3.0, gt=0, title="Outlier IQR multiplier", description="Residuals beyond k × IQR from the quartiles are outliers.")
     seasonal_period: Optional[int] = Field(
-        None, ge=2, description="Season length for STL and MASE; derived from the frequency when empty."
+        None, ge=2, title="Season length", description="Season length for STL and MASE; derived from the frequency when empty."
     )
     max_fill_fraction: float = Field(
         0.2,
+        title="Maximum filled fraction",
         ge=0,
         le=1,
         description="A series whose cleaned points would be more than this fraction filled (gaps) is dropped, with the reason.",
@@ -69,70 +105,89 @@ class CleaningConfig(_Frozen):
 
 
 class ChronosConfig(_Frozen):
+    """The Chronos model: family, pretrained weights or a small random model, fine-tuning schedule."""
+
+    model_config = ConfigDict(title="Chronos", protected_namespaces=())
+
     family: Literal["chronos-2", "chronos-bolt", "chronos-t5"] = Field(
-        "chronos-2", description="Chronos model family."
+        "chronos-2", title="Model family", description="Chronos model family."
     )
     model: Optional[str] = Field(
         None,
+        title="Pretrained model",
         description="Pretrained model: hub id (e.g. amazon/chronos-2), local directory or s3:// URI. "
         "Empty: a small randomly initialised model of `size`.",
     )
-    size: Literal["tiny", "mini", "small"] = Field("tiny", description="Random-initialised configuration when no `model` is given.")
-    mode: Literal["finetune", "zero-shot"] = Field("finetune", description="Fine-tune on the data, or forecast zero-shot.")
-    finetune_mode: Literal["full", "lora"] = Field("full", description="Chronos-2 fine-tuning: all weights or a LoRA adapter.")
+    size: Literal["tiny", "mini", "small"] = Field("tiny", title="Random model size", description="Random-initialised configuration when no `model` is given.")
+    mode: Literal["finetune", "zero-shot"] = Field("finetune", title="Training mode", description="Fine-tune on the data, or forecast zero-shot.")
+    finetune_mode: Literal["full", "lora"] = Field("full", title="Fine-tuning mode", description="Chronos-2 fine-tuning: all weights or a LoRA adapter.")
     context_length: int = Field(256, ge=8, description="Context window length used for training and forecasting.")
-    max_steps: int = Field(600, ge=1, description="Optimizer steps.")
+    max_steps: int = Field(600, ge=1, title="Training steps", description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Windows per batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, title="Gradient accumulation steps", description="Batches accumulated per optimizer step.")
     learning_rate: Optional[float] = Field(
         None,
         gt=0,
         description="Peak learning rate. Empty: 1e-3 for a random-initialised model, 1e-5 when fine-tuning pretrained weights.",
     )
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps used for warm-up.")
-    eval_every: int = Field(50, ge=1, description="Validate every N steps.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", title="Learning-rate schedule", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, title="Warm-up fraction", description="Fraction of steps used for warm-up.")
+    eval_every: int = Field(50, ge=1, title="Validate every (steps)", description="Validate every N steps.")
     early_stopping_patience: Optional[int] = Field(
-        None, ge=1, description="Stop after this many validations without improvement (off when empty)."
+        None, ge=1, title="Early-stopping patience", description="Stop after this many validations without improvement (off when empty)."
     )
-    checkpoint_every: int = Field(100, ge=1, description="Save a checkpoint every N steps.")
-    seed: int = Field(0, description="Random seed.")
+    checkpoint_every: int = Field(100, ge=1, title="Checkpoint every (steps)", description="Save a checkpoint every N steps.")
+    seed: int = Field(0, title="Random seed", description="Random seed.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when present, else CPU.")
-    num_threads: Optional[int] = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
+    num_threads: Optional[int] = Field(None, ge=1, title="CPU threads", description="CPU threads for torch (default: all cores).")
 
 
 class ProphetConfig(_Frozen):
-    n_jobs: int = Field(2, ge=1, description="Parallel processes for per-series Prophet fits.")
-    uncertainty_samples: int = Field(200, ge=10, description="Prophet posterior samples used for the quantiles.")
+    """The Prophet baseline."""
+
+    model_config = ConfigDict(title="Prophet")
+
+    n_jobs: int = Field(2, ge=1, title="Parallel processes", description="Parallel processes for per-series Prophet fits.")
+    uncertainty_samples: int = Field(200, ge=10, title="Posterior samples", description="Prophet posterior samples used for the quantiles.")
 
 
 class AutoETSConfig(_Frozen):
-    n_jobs: int = Field(2, ge=1, description="Parallel processes for per-series AutoETS fits.")
+    """The AutoETS (exponential smoothing) baseline."""
+
+    model_config = ConfigDict(title="AutoETS", protected_namespaces=())
+
+    n_jobs: int = Field(2, ge=1, title="Parallel processes", description="Parallel processes for per-series AutoETS fits.")
     model: str = Field(
         "ZZZ",
+        title="ETS components",
         pattern=r"^[ZAM][ZNA][ZNAM]$",
         description="ETS components (error, trend, season): Z = chosen by AICc, A additive, M multiplicative, N none.",
     )
-    damped: Optional[bool] = Field(None, description="Damped trend: true, false, or empty to let AICc choose.")
+    damped: Optional[bool] = Field(None, title="Damped trend", description="Damped trend: true, false, or empty to let AICc choose.")
 
 
 BASELINES = ("autoets", "prophet", "seasonal_naive")
 
 
 class EvaluationConfig(_Frozen):
-    horizon: int = Field(13, ge=1, description="Forecast horizon (steps) evaluated and trained for.")
-    n_windows: int = Field(4, ge=1, description="Rolling-origin backtest windows (1 = the final horizon only).")
-    step: Optional[int] = Field(None, ge=1, description="Steps between window origins (default: horizon).")
-    quantiles: tuple[float, ...] = Field(QUANTILES, description="Quantile levels forecast and scored by WQL.")
+    """The rolling-origin backtest every candidate is scored on, and the champion gate."""
+
+    model_config = ConfigDict(title="Evaluation")
+
+    horizon: int = Field(13, ge=1, title="Forecast horizon", description="Forecast horizon (steps) evaluated and trained for.")
+    n_windows: int = Field(4, ge=1, title="Backtest windows", description="Rolling-origin backtest windows (1 = the final horizon only).")
+    step: Optional[int] = Field(None, ge=1, title="Window step", description="Steps between window origins (default: horizon).")
+    quantiles: tuple[float, ...] = Field(QUANTILES, title="Quantile levels", description="Quantile levels forecast and scored by WQL.")
     gate_metric: Literal["wql", "mase", "mae", "rmse", "smape"] = Field(
-        "wql", description="Metric deciding the champion (lower is better)."
+        "wql", title="Champion metric", description="Metric deciding the champion (lower is better)."
     )
     promotion_margin: float = Field(
-        0.0, ge=0, lt=1, description="Relative improvement the best candidate needs over the current champion (0.05 = 5%)."
+        0.0, ge=0, lt=1, title="Promotion margin", description="Relative improvement the best candidate needs over the current champion (0.05 = 5%)."
     )
-    plot_series: int = Field(3, ge=0, description="Series plotted (best, median, worst).")
+    plot_series: int = Field(3, ge=0, title="Series plotted", description="Series plotted (best, median, worst).")
     baselines: tuple[Literal["autoets", "prophet", "seasonal_naive"], ...] = Field(
         BASELINES,
+        title="Baselines",
         description="Baseline families backtested beside Chronos; each may become champion. Seasonal Naive is "
         "always scored as the reference of the relative metrics, but is a candidate only when listed.",
     )
@@ -151,60 +206,78 @@ class EvaluationConfig(_Frozen):
 
 
 class Ec2Config(_Frozen):
-    region: Optional[str] = Field(None, description="AWS region (default: the AWS configuration's).")
+    """The ephemeral GPU instance of the 'ec2' backend."""
+
+    model_config = ConfigDict(title="EC2")
+
+    region: Optional[str] = Field(None, title="AWS region", description="AWS region (default: the AWS configuration's).")
     instance_type: str = Field("g4dn.2xlarge", description="GPU instance type.")
-    ami_id: Optional[str] = Field(None, description="AMI (a Deep Learning AMI with CUDA drivers).")
+    ami_id: Optional[str] = Field(None, title="AMI id", description="AMI (a Deep Learning AMI with CUDA drivers).")
     subnet_id: Optional[str] = Field(None, description="Public subnet from the infra stack.")
-    security_group_ids: tuple[str, ...] = Field((), description="Security groups (HTTPS egress only).")
+    security_group_ids: tuple[str, ...] = Field((), title="Security group ids", description="Security groups (HTTPS egress only).")
     instance_profile: Optional[str] = Field(None, description="IAM instance profile name or ARN.")
-    spot: bool = Field(False, description="Request a spot instance.")
-    volume_size_gb: int = Field(100, ge=8, description="Root EBS volume (gp3, encrypted, deleted on termination).")
-    max_runtime_minutes: int = Field(240, ge=5, description="Hard limit after which the instance shuts itself down.")
-    work_pool: str = Field("chronos-gpu", description="Prefect work pool the instance's one-run worker serves.")
+    spot: bool = Field(False, title="Spot instance", description="Request a spot instance.")
+    volume_size_gb: int = Field(100, ge=8, title="Root volume (GB)", description="Root EBS volume (gp3, encrypted, deleted on termination).")
+    max_runtime_minutes: int = Field(240, ge=5, title="Maximum runtime (minutes)", description="Hard limit after which the instance shuts itself down.")
+    work_pool: str = Field("chronos-gpu", title="Prefect work pool", description="Prefect work pool the instance's one-run worker serves.")
     bootstrap_package: str = Field(
         "chronos-flows", description="pip requirement the instance installs (a wheel URL or package spec)."
     )
     hourly_prices: dict[str, float] = Field(
         {"g4dn.xlarge": 0.526, "g4dn.2xlarge": 0.752, "g5.xlarge": 1.006, "g5.2xlarge": 1.212},
+        title="Hourly prices (USD)",
         description="On-demand USD per instance hour, used for the run's cost estimate.",
     )
 
 
 class ComputeConfig(_Frozen):
-    backend: Literal["local", "ec2"] = Field("local", description="Where the train step runs.")
-    ec2: Ec2Config = Field(default_factory=Ec2Config, description="EC2 settings (backend 'ec2').")
+    """Where Chronos trains: in the flow's process, or on an ephemeral GPU EC2 instance."""
+
+    model_config = ConfigDict(title="Compute")
+
+    backend: Literal["local", "ec2"] = Field("local", title="Backend", description="Where the train step runs.")
+    ec2: Ec2Config = Field(default_factory=Ec2Config, title="EC2", description="EC2 settings (backend 'ec2').")
 
 
 class LockConfig(_Frozen):
-    lease_seconds: float = Field(120.0, gt=0, description="A lock not renewed for this long may be taken over.")
-    heartbeat_seconds: float = Field(20.0, gt=0, description="How often the holder renews its lease.")
+    """The training lock: one training run per environment at a time."""
+
+    model_config = ConfigDict(title="Lock")
+
+    lease_seconds: float = Field(120.0, gt=0, title="Lease (seconds)", description="A lock not renewed for this long may be taken over.")
+    heartbeat_seconds: float = Field(20.0, gt=0, title="Heartbeat (seconds)", description="How often the holder renews its lease.")
 
 
 class TrainingParams(_Frozen):
-    """Parameters of one ``chronos-training`` run."""
+    """Parameters of one chronos-training run: the data, its cleaning, the Chronos model and the
+    baselines, how they are evaluated, where training runs. Every field has a default."""
 
-    env: str = Field("dev", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Environment prefix in the store (dev/stage/prod).")
+    model_config = ConfigDict(title="Training parameters")
+
+    env: str = Field("dev", pattern=r"^[a-z0-9][a-z0-9_-]*$", title="Environment", description="Environment prefix in the store (dev/stage/prod).")
     store: Optional[str] = Field(
         None,
+        title="Store",
         description="Store URL: local directory, file:// URL or s3://bucket/prefix. "
         "Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
     )
-    run_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run id (generated when empty).")
+    run_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Run id", description="Run id (generated when empty).")
     resume_from: Optional[str] = Field(
         None,
+        title="Resume from run",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Continue the training of this failed or killed run from its newest stored checkpoint "
         "(set by `chronos-flows run --resume RUN_ID`, which also restores that run's parameters).",
     )
-    cost_center: str = Field("train", description="CostCenter tag.")
-    data: DataConfig = Field(default_factory=DataConfig)
-    cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
-    chronos: ChronosConfig = Field(default_factory=ChronosConfig)
-    prophet: ProphetConfig = Field(default_factory=ProphetConfig)
-    autoets: AutoETSConfig = Field(default_factory=AutoETSConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    compute: ComputeConfig = Field(default_factory=ComputeConfig)
-    lock: LockConfig = Field(default_factory=LockConfig)
+    cost_center: str = Field("train", title="Cost center", description="CostCenter tag put on the run's AWS resources.")
+    data: DataConfig = Field(default_factory=DataConfig, title="Data", description=DataConfig.__doc__)
+    cleaning: CleaningConfig = Field(default_factory=CleaningConfig, title="Cleaning", description=CleaningConfig.__doc__)
+    chronos: ChronosConfig = Field(default_factory=ChronosConfig, title="Chronos", description=ChronosConfig.__doc__)
+    prophet: ProphetConfig = Field(default_factory=ProphetConfig, title="Prophet baseline", description=ProphetConfig.__doc__)
+    autoets: AutoETSConfig = Field(default_factory=AutoETSConfig, title="AutoETS baseline", description=AutoETSConfig.__doc__)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, title="Evaluation", description=EvaluationConfig.__doc__)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, title="Compute", description=ComputeConfig.__doc__)
+    lock: LockConfig = Field(default_factory=LockConfig, title="Lock", description=LockConfig.__doc__)
 
     @model_validator(mode="after")
     def _check_lengths(self) -> "TrainingParams":
@@ -295,33 +368,38 @@ def format_validation_error(exc: ValidationError, source: str | Path | None = No
 
 
 class ForecastParams(_Frozen):
-    """Parameters of one ``chronos-forecast`` run: batch forecasts from the environment's champion."""
+    """Parameters of one chronos-forecast run: batch forecasts of every series from the environment's
+    champion. Every field has a default (the champion's own settings where it recorded them)."""
 
-    env: str = Field("dev", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Environment whose champion forecasts.")
+    model_config = ConfigDict(title="Forecast parameters")
+
+    env: str = Field("dev", pattern=r"^[a-z0-9][a-z0-9_-]*$", title="Environment", description="Environment whose champion forecasts.")
     store: Optional[str] = Field(
         None,
+        title="Store",
         description="Store URL: local directory, file:// URL or s3://bucket/prefix. "
         "Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
     )
     forecast_id: Optional[str] = Field(
-        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Id of this batch (generated when empty)."
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Forecast id", description="Id of this batch (generated when empty)."
     )
     data: Optional[DataConfig] = Field(
         None,
+        title="Data",
         description="Data to forecast, read and cleaned exactly as in training. Empty: the dataset the "
         "champion was judged on (its copy in the store), with the champion's cleaning settings.",
     )
     cleaning: Optional[CleaningConfig] = Field(
-        None, description="Cleaning settings. Empty: the champion's own (recommended)."
+        None, title="Cleaning", description="Cleaning settings. Empty: the champion's own (recommended)."
     )
-    horizon: Optional[int] = Field(None, ge=1, description="Steps forecast past each series' last observation. Empty: the champion's horizon.")
+    horizon: Optional[int] = Field(None, ge=1, title="Forecast horizon", description="Steps forecast past each series' last observation. Empty: the champion's horizon.")
     quantiles: Optional[tuple[float, ...]] = Field(
-        None, description="Quantile levels written beside the mean. Empty: the levels the champion was judged on."
+        None, title="Quantile levels", description="Quantile levels written beside the mean. Empty: the levels the champion was judged on."
     )
-    chunk_size: int = Field(1000, ge=1, description="Series per model call; bounds peak memory on large panels.")
-    n_jobs: int = Field(2, ge=1, description="Parallel processes for local families (AutoETS, Prophet).")
+    chunk_size: int = Field(1000, ge=1, title="Series per chunk", description="Series per model call; bounds peak memory on large panels.")
+    n_jobs: int = Field(2, ge=1, title="Parallel processes", description="Parallel processes for local families (AutoETS, Prophet).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of a Chronos champion: 'auto' uses CUDA when present.")
-    plot_series: int = Field(3, ge=0, description="Series plotted (history, forecast and 80% interval) as Prefect artifacts.")
+    plot_series: int = Field(3, ge=0, title="Series plotted", description="Series plotted (history, forecast and 80% interval) as Prefect artifacts.")
 
     @field_validator("quantiles")
     @classmethod

@@ -27,7 +27,7 @@ from urllib.request import url2pathname
 import numpy as np
 import pandas as pd
 
-from chronos_flows.config import DataConfig
+from chronos_flows.config import DataConfig, resolve_data_path
 from chronos_flows.errors import BadInputError
 
 ID, TIME, TARGET = "unique_id", "ds", "y"
@@ -344,13 +344,14 @@ NOTES_ATTR = "chronos_flows_ingest_notes"
 
 
 # --------------------------------------------------------------------------------------- public
-def load_dataset(source: str, cfg: DataConfig, fetch: Fetch | None = None) -> pd.DataFrame:
-    """Read ``source`` (path, file:// URL or s3:// URI) into the canonical long frame.
+def load_dataset(source: str | None, cfg: DataConfig, fetch: Fetch | None = None) -> pd.DataFrame:
+    """Read ``source`` (path, file:// URL or s3:// URI; empty: the shipped example data, see
+    :func:`~chronos_flows.config.resolve_data_path`) into the canonical long frame.
 
     ``fetch(source) -> bytes`` reads s3:// URIs (the flow passes ``blocks.store.read_uri``); it
     may return None or raise FileNotFoundError for a missing object. Local files are read directly.
     """
-    source = str(source)
+    source = resolve_data_path(source)
     name, stem = _source_name(source)
     data = _read_bytes(source, fetch)
     fmt = _detect_format(source, name, cfg)

@@ -25,7 +25,12 @@ def new_forecast_id() -> str:
 
 @flow(name="chronos-forecast", persist_result=False, log_prints=True)
 def chronos_forecast(params: ForecastParams = ForecastParams()) -> dict[str, Any]:
-    """Forecast every series with the environment's champion; see README "Batch forecasts"."""
+    """Forecast every series with the environment's champion; see README "Batch forecasts".
+
+    Args:
+        params: Forecast parameters. Every field is optional: empty ones take the champion's own
+            data, cleaning, horizon and quantiles.
+    """
     started_at = datetime.now(timezone.utc).isoformat()
     forecast_id = params.forecast_id or new_forecast_id()
     store = open_run_store(params.store_url())

@@ -61,7 +61,11 @@ class Phases:
     on_crashed=[release_after_abort],
 )
 def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any]:
-    """Train, evaluate and (maybe) promote a Chronos model; see README for the parameters."""
+    """Train Chronos, backtest it against the champion and the baselines, and keep the best as champion.
+
+    Args:
+        params: Training parameters; every field has a default (README "Configuration").
+    """
     phases = Phases()
     t_start = time.monotonic()
     with phases("preflight"):

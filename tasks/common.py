@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from typing import Any
@@ -74,12 +75,31 @@ def table_artifact(key: str, rows: list[dict[str, Any]], description: str | None
     create_table_artifact(key=artifact_key(key), table=rows, description=description)
 
 
-def link_artifact(key: str, link: str, text: str, description: str | None = None) -> None:
-    if not in_flow_context():
-        return
-    from prefect.artifacts import create_link_artifact
+def png_data_uri(png: bytes) -> str:
+    """A PNG as a ``data:`` URI: the Prefect UI cannot open ``file://`` links or store paths, but it
+    renders an image whose source is a data URI."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
-    create_link_artifact(key=artifact_key(key), link=link, link_text=text, description=description)
+
+def image_markdown(title: str, png: bytes, *, level: int = 3, note: str | None = None) -> str:
+    """A markdown section with ``png`` embedded (visible on the artifact page in the Prefect UI)."""
+    alt = re.sub(r"[\[\]]", "", title)
+    parts = [f"{'#' * level} {title}", "", f"![{alt}]({png_data_uri(png)})", ""]
+    if note:
+        parts += [note, ""]
+    return "\n".join(parts)
+
+
+def embed_images(markdown: str, images: dict[str, bytes]) -> str:
+    """Replace the image targets ``](relative/path.png)`` of ``markdown`` with data URIs."""
+    for target, png in images.items():
+        markdown = markdown.replace(f"]({target})", f"]({png_data_uri(png)})")
+    return markdown
+
+
+def image_artifact(key: str, title: str, png: bytes, description: str | None = None, note: str | None = None) -> None:
+    """One picture as a markdown artifact with the PNG embedded."""
+    markdown_artifact(key, image_markdown(title, png, level=2, note=note), description)
 
 
 class Progress:

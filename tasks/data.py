@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 from blocks.store import read_uri
 from chronos_flows import layout
 from chronos_flows.cleaning import CleaningReport, clean
-from chronos_flows.config import TrainingParams
+from chronos_flows.config import TrainingParams, resolve_data_path
 from chronos_flows.ingest import fingerprint, load_dataset, to_parquet_bytes
 from chronos_flows.splits import min_series_length
 from tasks.common import RETRY_DELAYS, logger, markdown_artifact, retry_transient
@@ -21,10 +21,9 @@ from tasks.state import RunContext
 
 @task(name="ingest", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
 def ingest(params: TrainingParams) -> pd.DataFrame:
-    df = load_dataset(params.data.path, params.data, fetch=read_uri)
-    logger().info(
-        "ingested %d rows, %d series from %s", len(df), df["unique_id"].nunique(), params.data.path
-    )
+    source = resolve_data_path(params.data.path)
+    df = load_dataset(source, params.data, fetch=read_uri)
+    logger().info("ingested %d rows, %d series from %s", len(df), df["unique_id"].nunique(), source)
     return df
 
 
@@ -69,5 +68,5 @@ def sync_data(ctx: RunContext, raw: pd.DataFrame, cleaned: pd.DataFrame, report:
         "dataset_uri": ctx.store.uri(dataset_key),
         "raw_fingerprint": fp,
         "cleaned_fingerprint": cleaned_fp,
-        "source": ctx.params.data.path,
+        "source": resolve_data_path(ctx.params.data.path),
     }

@@ -17,7 +17,9 @@ from chronos_flows.models.base import Forecaster
 from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.seasonal_naive import SeasonalNaive
 from chronos_flows.registry import decide_champion, promote_outcome, read_champion
-from tasks.common import Progress, RETRY_DELAYS, link_artifact, logger, markdown_artifact, retry_transient, table_artifact
+from tasks.common import (
+    Progress, RETRY_DELAYS, embed_images, image_artifact, logger, markdown_artifact, retry_transient, table_artifact,
+)
 from tasks.state import RunContext
 
 
@@ -137,16 +139,17 @@ def evaluate(
 
     board = result.leaderboard.reset_index()
     table_artifact(f"leaderboard-{ctx.run_id}", _records(board), f"Backtest leaderboard of run {ctx.run_id}")
-    report = (out / "report.md").read_text()
-    plot_links = [
-        f"- [{name.removeprefix('plot_')}]({ctx.store.uri(prefix + '/' + str(path.relative_to(out)))})"
-        for name, path in paths.items()
-        if name.startswith("plot_")
-    ]
-    markdown_artifact(f"evaluation-report-{ctx.run_id}", report + "\n\n## Plots\n" + "\n".join(plot_links), "Evaluation report")
-    for name, path in paths.items():
-        if name.startswith("plot_"):
-            link_artifact(f"{name.replace('_', '-')}-{ctx.run_id}", ctx.store.uri(prefix + "/" + str(path.relative_to(out))), f"forecast plot ({name.removeprefix('plot_')})")
+    # The UI cannot open store paths: the report's plots (relative paths in the stored report.md)
+    # and each plot artifact carry the PNG itself as a data URI.
+    plots = {name: path for name, path in paths.items() if name.startswith("plot_")}
+    pngs = {name: path.read_bytes() for name, path in plots.items()}
+    report = embed_images((out / "report.md").read_text(), {path.relative_to(out).as_posix(): pngs[name] for name, path in plots.items()})
+    markdown_artifact(f"evaluation-report-{ctx.run_id}", report, "Evaluation report (plots embedded)")
+    for name, path in plots.items():
+        label = name.removeprefix("plot_")
+        uri = ctx.store.uri(prefix + "/" + path.relative_to(out).as_posix())
+        image_artifact(f"{name.replace('_', '-')}-{ctx.run_id}", f"Forecast plot: {label} series", pngs[name],
+                       f"Backtest forecast plot ({label} series)", note=f"Stored at `{uri}`")
     for model, row in result.leaderboard.iterrows():
         logger().info(
             "%s: wql %.4g, mase %.4g, mae %.4g, coverage_80 %.2f",

