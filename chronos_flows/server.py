@@ -8,6 +8,9 @@ FastAPI/uvicorn over the framework-free core in :mod:`chronos_flows.serving`.
 * Every response carries ``X-Champion-Run-Id`` / ``X-Champion-Family`` of the champion that
   answered (for /invocations: the one the request started on) and ``X-Request-Id``.
 * One JSON access-log line per request on the ``chronos_flows.access`` logger.
+* ``GET /metrics``: Prometheus text format (requests by route and status, latency histogram, model
+  calls and their sizes in requests and series, champion load time and swaps, the serving champion).
+* Concurrent requests are micro-batched into one model call (:class:`~chronos_flows.serving.MicroBatcher`).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from chronos_flows.errors import BadInputError
-from chronos_flows.serving import ChampionHolder, ModelError, RequestError, parse_request, predict
+from chronos_flows.serving import ChampionHolder, MicroBatcher, ModelError, RequestError, parse_request
 
 logger = logging.getLogger("chronos_flows.server")
 access_log = logging.getLogger("chronos_flows.access")
@@ -38,6 +42,8 @@ access_log = logging.getLogger("chronos_flows.access")
 #: a direct deployment may send up to 1,000 long series)
 MAX_BODY_BYTES = 20 * 1024 * 1024
 API_KEYS_ENV = "CHRONOS_FLOWS_API_KEYS"
+#: routes with their own metrics label (anything else is counted as "other")
+ROUTES = ("/ping", "/invocations", "/metrics")
 
 
 def load_api_keys(env_value: Optional[str] = None, keys_file: Optional[str] = None) -> list[str]:
@@ -64,10 +70,64 @@ def _key_ok(given: str, keys: Iterable[bytes]) -> bool:
     return ok
 
 
-def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES):
-    """The FastAPI app serving ``holder``'s champion."""
+class ServerMetrics:
+    """The server's Prometheus metrics, in their own registry (one per app)."""
+
+    def __init__(self, holder: ChampionHolder):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("chronos_serve_requests", "HTTP requests by route and status", ["path", "status"], registry=r)
+        self.latency = Histogram("chronos_serve_request_seconds", "request latency (seconds)", ["path"], registry=r,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.series = Counter("chronos_serve_series", "series forecast (all requests)", registry=r)
+        self.batch_requests = Histogram("chronos_serve_batch_requests", "requests answered by one model call", registry=r,
+                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.batch_series = Histogram("chronos_serve_batch_series", "series in one model call", registry=r,
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+        self.batch_seconds = Histogram("chronos_serve_batch_seconds", "time of one model call (seconds)", registry=r,
+                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.load_seconds = Gauge("chronos_serve_champion_load_seconds", "time the serving champion took to load", registry=r)
+        self.swaps = Gauge("chronos_serve_champion_swaps", "champions loaded since the server started", registry=r)
+        self.champion = Gauge("chronos_serve_champion", "the serving champion (value 1)", ["run_id", "family"], registry=r)
+        self._holder = holder
+        self._shown: Optional[tuple[str, str]] = None
+
+    def on_batch(self, n_requests: int, n_series: int, seconds: float) -> None:
+        self.batch_requests.observe(n_requests)
+        self.batch_series.observe(n_series)
+        self.batch_seconds.observe(seconds)
+        self.series.inc(n_series)
+
+    def render(self) -> bytes:
+        champ = self._holder.current
+        if champ is not None:
+            shown = (champ.run_id, champ.family)
+            if shown != self._shown:
+                if self._shown is not None:
+                    self.champion.remove(*self._shown)
+                self.champion.labels(*shown).set(1)
+                self._shown = shown
+            self.load_seconds.set(champ.load_seconds)
+        self.swaps.set(self._holder.swaps)
+        return generate_latest(self.registry)
+
+
+def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
+               batcher: Optional[MicroBatcher] = None):
+    """The FastAPI app serving ``holder``'s champion; concurrent requests share model calls through
+    ``batcher`` (default: a :class:`MicroBatcher` stopped with the app)."""
     keys = [k.encode("utf-8", "surrogateescape") for k in api_keys]
-    app = FastAPI(title="chronos-flows serve", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = ServerMetrics(holder)
+    own_batcher = batcher is None
+    batcher = batcher or MicroBatcher(on_batch=metrics.on_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        if own_batcher:
+            batcher.stop()
+
+    app = FastAPI(title="chronos-flows serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.metrics = metrics
 
     def error(status: int, message: str, **extra: Any) -> JSONResponse:
         return JSONResponse({"error": message, **extra}, status_code=status)
@@ -93,9 +153,13 @@ def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body
             for k, v in champ.headers().items():
                 response.headers.setdefault(k, v)
         response.headers["X-Request-Id"] = rid
+        latency = time.perf_counter() - t0
+        path = request.url.path if request.url.path in ROUTES else "other"
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(latency)
         access_log.info(json.dumps({
             "request_id": rid, "method": request.method, "path": request.url.path, "status": response.status_code,
-            "latency_ms": round((time.perf_counter() - t0) * 1000, 2), "series": request.state.n_series,
+            "latency_ms": round(latency * 1000, 2), "series": request.state.n_series,
             "champion_run_id": champ.run_id if champ else None, "champion_family": champ.family if champ else None,
         }))
         return response
@@ -107,6 +171,10 @@ def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body
             detail = "no champion loaded yet" + (f" (last error: {holder.last_error})" if holder.last_error else "")
             return error(503, detail)
         return JSONResponse({"status": "ok", "champion_run_id": champ.run_id, "family": champ.family})
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/invocations")
     async def invocations(request: Request):
@@ -131,7 +199,7 @@ def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body
         try:
             parsed = parse_request(raw)
             request.state.n_series = parsed.n_series
-            out = await run_in_threadpool(predict, champ, parsed)
+            out = await run_in_threadpool(batcher.submit, champ, parsed)
         except RequestError as exc:
             return error(exc.status, exc.message)
         except ModelError as exc:

@@ -14,9 +14,10 @@ forecast timestamp>"}, ...]}`` in input order; ``item_id`` / ``start`` only when
 
 * :func:`parse_request` validates a decoded JSON body and raises :class:`RequestError` (status and
   a message naming the series — ``inputs[3] (item_id 'A')`` — and the field).
-* :func:`predict` runs a loaded champion on a validated request and builds the response. Without
-  ``start``/``freq`` the series get a synthetic daily index for the model only, and the response
-  carries no ``start``.
+* :func:`predict` runs a loaded champion on a validated request and builds the response;
+  :func:`predict_batch` answers several compatible requests with one model call, and
+  :class:`MicroBatcher` gathers concurrent requests into such calls. Without ``start``/``freq``
+  the series get a synthetic daily index for the model only, and the response carries no ``start``.
 * :class:`ChampionHolder` loads ``{env}/registry/champion.json``'s model, polls the file's ETag in
   a background thread, loads a new champion in the background and swaps it in with one reference
   assignment. A request takes :attr:`ChampionHolder.current` once and uses that object throughout,
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import shutil
 import tempfile
 import threading
@@ -387,18 +389,6 @@ class ChampionHolder:
 # ------------------------------------------------------------------------------------------ predict
 
 
-def _long_frame(parsed: ParsedRequest, freq: str) -> tuple[pd.DataFrame, list[str]]:
-    uids = [f"s{i:04d}" for i in range(parsed.n_series)]  # sorts in input order
-    parts = []
-    for uid, y, start in zip(uids, parsed.targets, parsed.starts):
-        if start is not None:
-            ds = pd.date_range(start=start, periods=len(y), freq=freq)
-        else:
-            ds = pd.date_range(end=SYNTHETIC_END, periods=len(y), freq=freq)
-        parts.append(pd.DataFrame({ID: uid, TIME: ds, TARGET: y}))
-    return pd.concat(parts, ignore_index=True), uids
-
-
 def _predict_chronos2_covariates(champ: LoadedChampion, parsed: ParsedRequest, levels: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """Chronos-2 with past/future covariates: upstream ``predict_quantiles`` on dict inputs."""
     import torch
@@ -440,11 +430,8 @@ def covariates_supported(champ: LoadedChampion) -> bool:
         return False
 
 
-def predict(champ: LoadedChampion, parsed: ParsedRequest) -> dict[str, Any]:
-    """The response body for ``parsed`` from ``champ`` (the caller's reference: never re-read)."""
-    params = parsed.request.parameters
-    H = params.prediction_length
-    levels = sorted(parsed.quantiles)
+def _check(champ: LoadedChampion, parsed: ParsedRequest) -> None:
+    """Refuse what ``champ`` cannot answer (covariates for a family without them, too-short history)."""
     if parsed.has_covariates and not covariates_supported(champ):
         i = next(i for i, s in enumerate(parsed.request.inputs) if s.past_covariates or s.future_covariates)
         s = parsed.request.inputs[i]
@@ -458,39 +445,77 @@ def predict(champ: LoadedChampion, parsed: ParsedRequest) -> dict[str, Any]:
             s = parsed.request.inputs[i]
             raise RequestError(f"{series_label(i, s.item_id)}.target: {len(y)} observations; the {champ.family} "
                                f"champion needs at least {champ.min_history}")
+
+
+def batch_key(parsed: ParsedRequest) -> Optional[tuple]:
+    """Requests with equal keys can share one model call; None: the request goes alone (covariates)."""
+    if parsed.has_covariates:
+        return None
+    params = parsed.request.parameters
+    return (params.prediction_length, tuple(sorted(parsed.quantiles)), params.freq or SYNTHETIC_FREQ)
+
+
+def _uid(r: int, i: int) -> str:
+    return f"r{r:04d}s{i:04d}"  # fixed width: sorts in request, then input order
+
+
+def _forecast_many(champ: LoadedChampion, batch: list[ParsedRequest]) -> list[Any]:
+    """One model call for every series of ``batch`` (requests of one :func:`batch_key`); per request
+    ``(means, quantiles)`` or the exception that request gets. A call that fails for the merged batch
+    is retried request by request, so one bad request never fails the others."""
+    first = batch[0]
+    params = first.request.parameters
+    H = params.prediction_length
+    levels = sorted(first.quantiles)
     model_freq = params.freq or SYNTHETIC_FREQ
-    lock = champ.lock
-    if lock is not None:
-        lock.acquire()
+    parts = []
+    for r, parsed in enumerate(batch):
+        for i, (y, start) in enumerate(zip(parsed.targets, parsed.starts)):
+            if start is not None:
+                ds = pd.date_range(start=start, periods=len(y), freq=model_freq)
+            else:
+                ds = pd.date_range(end=SYNTHETIC_END, periods=len(y), freq=model_freq)
+            parts.append(pd.DataFrame({ID: _uid(r, i), TIME: ds, TARGET: y}))
+    frame = pd.concat(parts, ignore_index=True)
     try:
-        if parsed.has_covariates:
-            q, mean = _predict_chronos2_covariates(champ, parsed, levels)
-            means = [mean[i] for i in range(parsed.n_series)]
-            quants = [np.sort(q[i], axis=-1) for i in range(parsed.n_series)]
-        else:
-            frame, uids = _long_frame(parsed, model_freq)
-            try:
-                out = champ.model.predict(frame, H, model_freq, levels)
-            except BadInputError as exc:
-                raise RequestError(_relabel(str(exc), parsed)) from None
-            failures = dict(getattr(champ.model, "last_failures", None) or {})
-            qcols = [quantile_column(q) for q in levels]
-            groups = {str(u): g for u, g in out.groupby(ID, sort=False)}
-            means, quants = [], []
-            for i, uid in enumerate(uids):
-                g = groups.get(uid)
-                if g is None or len(g) != H:
-                    s = parsed.request.inputs[i]
-                    why = failures.get(uid, "the model returned no forecast")
-                    raise ModelError(f"{series_label(i, s.item_id)}: the {champ.family} champion could not forecast it: "
-                                     f"{_relabel(str(why), parsed)}")
-                g = g.sort_values(TIME, kind="stable")
-                means.append(g["mean"].to_numpy(dtype=float))
-                quants.append(np.sort(g[qcols].to_numpy(dtype=float), axis=1))
-    finally:
-        if lock is not None:
-            lock.release()
-    order = {q: j for j, q in enumerate(levels)}
+        out = champ.model.predict(frame, H, model_freq, levels)
+    except Exception as exc:  # noqa: BLE001 - attribute the failure to the request that caused it
+        if len(batch) > 1:
+            return [_forecast_alone(champ, p) for p in batch]
+        if isinstance(exc, BadInputError):
+            return [RequestError(_relabel(str(exc), first, 0))]
+        raise
+    failures = dict(getattr(champ.model, "last_failures", None) or {})
+    qcols = [quantile_column(q) for q in levels]
+    groups = {str(u): g for u, g in out.groupby(ID, sort=False)}
+    results: list[Any] = []
+    for r, parsed in enumerate(batch):
+        means, quants = [], []
+        for i in range(parsed.n_series):
+            g = groups.get(_uid(r, i))
+            if g is None or len(g) != H:
+                s = parsed.request.inputs[i]
+                why = failures.get(_uid(r, i), "the model returned no forecast")
+                means = ModelError(f"{series_label(i, s.item_id)}: the {champ.family} champion could not forecast it: "
+                                   f"{_relabel(str(why), parsed, r)}")
+                break
+            g = g.sort_values(TIME, kind="stable")
+            means.append(g["mean"].to_numpy(dtype=float))
+            quants.append(np.sort(g[qcols].to_numpy(dtype=float), axis=1))
+        results.append(means if isinstance(means, Exception) else (means, quants))
+    return results
+
+
+def _forecast_alone(champ: LoadedChampion, parsed: ParsedRequest) -> Any:
+    try:
+        return _forecast_many(champ, [parsed])[0]
+    except Exception as exc:  # noqa: BLE001 - this request's failure, not its neighbours'
+        return exc
+
+
+def _response(champ: LoadedChampion, parsed: ParsedRequest, means: list, quants: list) -> dict[str, Any]:
+    params = parsed.request.parameters
+    order = {q: j for j, q in enumerate(sorted(parsed.quantiles))}
     preds = []
     for i, s in enumerate(parsed.request.inputs):
         mean, qs = means[i], quants[i]
@@ -509,11 +534,148 @@ def predict(champ: LoadedChampion, parsed: ParsedRequest) -> dict[str, Any]:
     return {"predictions": preds}
 
 
-def _relabel(message: str, parsed: ParsedRequest) -> str:
-    """Model messages name internal ids (``s0003``): give the client's names instead."""
-    for i in range(parsed.n_series - 1, -1, -1):  # longest ids first: s0012 before s0001
-        uid = f"s{i:04d}"
+def predict_batch(champ: LoadedChampion, batch: list[ParsedRequest]) -> list[Any]:
+    """Response bodies for requests of one :func:`batch_key` (or one request alone) from ``champ``,
+    in one model call; each item is a response dict or the exception that request gets."""
+    results: list[Any] = [None] * len(batch)
+    todo: list[int] = []
+    for r, parsed in enumerate(batch):
+        try:
+            _check(champ, parsed)
+            todo.append(r)
+        except RequestError as exc:
+            results[r] = exc
+    if not todo:
+        return results
+    lock = champ.lock
+    if lock is not None:
+        lock.acquire()
+    try:
+        if batch[todo[0]].has_covariates:
+            (r,) = todo
+            levels = sorted(batch[r].quantiles)
+            q, mean = _predict_chronos2_covariates(champ, batch[r], levels)
+            forecasts = [([mean[i] for i in range(batch[r].n_series)], [np.sort(q[i], axis=-1) for i in range(batch[r].n_series)])]
+        else:
+            forecasts = _forecast_many(champ, [batch[r] for r in todo])
+    finally:
+        if lock is not None:
+            lock.release()
+    for r, got in zip(todo, forecasts):
+        if isinstance(got, Exception):
+            results[r] = got
+            continue
+        try:
+            results[r] = _response(champ, batch[r], *got)
+        except ModelError as exc:
+            results[r] = exc
+    return results
+
+
+def predict(champ: LoadedChampion, parsed: ParsedRequest) -> dict[str, Any]:
+    """The response body for ``parsed`` from ``champ`` (the caller's reference: never re-read)."""
+    (got,) = predict_batch(champ, [parsed])
+    if isinstance(got, Exception):
+        raise got
+    return got
+
+
+def _relabel(message: str, parsed: ParsedRequest, r: int) -> str:
+    """Model messages name internal ids (``r0000s0003``): give the client's names instead."""
+    for i in range(parsed.n_series):
+        uid = _uid(r, i)
         if uid in message:
-            message = message.replace(repr(uid), series_label(i, parsed.request.inputs[i].item_id))
-            message = message.replace(uid, series_label(i, parsed.request.inputs[i].item_id))
+            label = series_label(i, parsed.request.inputs[i].item_id)
+            message = message.replace(repr(uid), label).replace(uid, label)
     return message
+
+
+# ------------------------------------------------------------------------------------ micro-batching
+
+
+@dataclass(eq=False)
+class _Job:
+    champ: LoadedChampion
+    parsed: ParsedRequest
+    key: Optional[tuple]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+
+
+class MicroBatcher:
+    """Concurrent requests into one model call: a worker thread takes every queued request, waits at
+    most ``max_wait_seconds`` for more while the previous call was shared (under load), and never
+    gathers more than ``max_series`` series. Requests on the same champion object with the same
+    :func:`batch_key` share a call; a request keeps the champion it was submitted with, so a swap
+    never mixes models inside one answer. ``on_batch(n_requests, n_series, seconds)`` observes each
+    model call (metrics)."""
+
+    def __init__(self, *, max_wait_seconds: float = 0.003, max_series: int = 1024,
+                 on_batch: Optional[Callable[[int, int, float], None]] = None):
+        self.max_wait_seconds = max(0.0, float(max_wait_seconds))
+        self.max_series = max(1, int(max_series))
+        self.on_batch = on_batch
+        self._queue: "queue.Queue[Optional[_Job]]" = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
+        self._thread.start()
+        self._shared = False  # the previous call served more than one request
+
+    def submit(self, champ: LoadedChampion, parsed: ParsedRequest) -> dict[str, Any]:
+        """Block until ``parsed`` is answered; raise what the request gets (RequestError, ModelError, …)."""
+        job = _Job(champ, parsed, batch_key(parsed))
+        self._queue.put(job)
+        job.done.wait()
+        if isinstance(job.result, BaseException):
+            raise job.result
+        return job.result
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+        jobs, n, stop = [first], first.parsed.n_series, False
+        deadline = time.monotonic() + (self.max_wait_seconds if self._shared else 0.0)
+        while n < self.max_series:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    nxt = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if nxt is None:
+                stop = True
+                break
+            jobs.append(nxt)
+            n += nxt.parsed.n_series
+        return jobs, stop
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            jobs, stop = self._gather(first)
+            groups: dict[Any, list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault((id(job.champ), job.key if job.key is not None else id(job)), []).append(job)
+            self._shared = len(jobs) > 1
+            for group in groups.values():
+                t0 = time.perf_counter()
+                try:
+                    results = predict_batch(group[0].champ, [j.parsed for j in group])
+                except BaseException as exc:  # noqa: BLE001 - handed to each waiting request (logged there)
+                    results = [exc] * len(group)
+                if self.on_batch is not None:
+                    try:
+                        self.on_batch(len(group), sum(j.parsed.n_series for j in group), time.perf_counter() - t0)
+                    except Exception:  # noqa: BLE001 - metrics never fail a request
+                        logger.exception("batch observer failed")
+                for job, res in zip(group, results):
+                    job.result = res
+                    job.done.set()

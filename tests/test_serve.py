@@ -334,7 +334,7 @@ def test_when_hadolint_lints_the_serving_dockerfile_then_it_finds_nothing_and_it
 
 class _Holder:
     def __init__(self, champ):
-        self.current, self.last_error = champ, None
+        self.current, self.last_error, self.swaps = champ, None, 1
 
 
 def _champion_of(model) -> "LoadedChampion":
@@ -350,8 +350,9 @@ def test_when_the_model_cannot_forecast_one_series_then_the_error_names_that_ser
     class DropsOne(SeasonalNaive):
         def predict(self, context, horizon, freq, quantiles):
             out = super().predict(context, horizon, freq, quantiles)
-            self.last_failures = {"s0001": "series 's0001' would not converge"}
-            return out[out["unique_id"] != "s0001"]
+            uid = sorted(context["unique_id"].unique())[1]  # the server's internal id of the second input
+            self.last_failures = {uid: f"series {uid!r} would not converge"}
+            return out[out["unique_id"] != uid]
 
     parsed = parse_request({"inputs": [{"target": GOOD, "item_id": "a"}, {"target": GOOD, "item_id": "b"}]})
     with pytest.raises(ModelError, match=r"inputs\[1\] \(item_id 'b'\): .*would not converge"):
@@ -373,3 +374,133 @@ def test_when_the_model_raises_then_the_client_gets_500_with_a_request_id_and_no
     body = r.json()
     assert body["request_id"] == r.headers["X-Request-Id"] and body["request_id"] in body["error"]
     assert "deadbeef" not in r.text and "Traceback" not in r.text
+
+
+# ------------------------------------------------------------------------------------ micro-batching
+
+
+class _Gated(SeasonalNaive):
+    """Seasonal Naive that records each call's series count; a call waits while ``gate`` is clear."""
+
+    def __init__(self, season_length: int):
+        super().__init__(season_length)
+        self.calls: list[int] = []
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def predict(self, context, horizon, freq, quantiles):
+        self.entered.set()
+        self.gate.wait(10)
+        if (context["y"] < -1e6).any():  # a request the model refuses
+            from chronos_flows.errors import BadInputError
+
+            bad = context.loc[context["y"] < -1e6, "unique_id"].iloc[0]
+            raise BadInputError(f"series {bad!r}: value below the model's range")
+        self.calls.append(context["unique_id"].nunique())
+        return super().predict(context, horizon, freq, quantiles)
+
+
+def test_when_requests_arrive_while_the_model_is_busy_then_they_share_one_call_and_each_gets_its_own_answer():
+    from chronos_flows.serving import MicroBatcher, parse_request, predict
+
+    model = _Gated(7)
+    champ = _champion_of(model)
+    seen: list[tuple[int, int]] = []
+    batcher = MicroBatcher(max_wait_seconds=0.05, on_batch=lambda r, n, _s: seen.append((r, n)))
+    bodies = [{"inputs": [{"target": series(30 + i, seed=i), "item_id": f"i{i}"}], "parameters": {"prediction_length": 4}}
+              for i in range(9)]
+    bodies[4]["inputs"][0]["target"][-1] = -1e9  # one request the model refuses
+    bodies[7]["parameters"]["prediction_length"] = 6  # another horizon: its own call
+    answers: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            answers[i] = batcher.submit(champ, parse_request(bodies[i]))
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertions
+            answers[i] = exc
+
+    try:
+        first = threading.Thread(target=call, args=(0,))
+        first.start()
+        assert model.entered.wait(10)  # request 0 is inside the model: the others queue behind it
+        rest = [threading.Thread(target=call, args=(i,)) for i in range(1, 9)]
+        for t in rest:
+            t.start()
+        time.sleep(0.3)
+        model.gate.set()
+        for t in [first, *rest]:
+            t.join(30)
+    finally:
+        batcher.stop()
+    # request 0 alone; then the seven horizon-4 requests in one merged call that the bad one made the
+    # model refuse, so they were answered one by one; the horizon-6 request in its own call
+    assert seen[0] == (1, 1) and sorted(seen[1:]) == [(1, 1), (7, 7)], seen
+    assert "inputs[0] (item_id 'i4').target" not in str(answers[4])  # named by the client's id ...
+    assert "item_id 'i4'" in str(answers[4]) and type(answers[4]).__name__ == "RequestError"
+    model.gate.set()
+    for i in (0, 1, 2, 3, 5, 6, 7, 8):
+        assert answers[i] == predict(_champion_of(SeasonalNaive(7)), parse_request(bodies[i])), i
+
+
+def test_when_requests_share_a_call_then_the_answers_equal_one_call_per_request():
+    from chronos_flows.serving import parse_request, predict, predict_batch
+
+    champ = _champion_of(SeasonalNaive(7))
+    bodies = [{"inputs": [{"target": series(20 + 3 * i, seed=i), "item_id": "same"},
+                          {"target": series(12, seed=100 + i)}],
+               "parameters": {"prediction_length": 5, "quantile_levels": [0.9, 0.1]}} for i in range(5)]
+    together = predict_batch(champ, [parse_request(b) for b in bodies])
+    assert together == [predict(champ, parse_request(b)) for b in bodies]
+    assert list(together[0]["predictions"][0]) == ["mean", "0.9", "0.1", "item_id"]
+
+
+def test_when_metrics_are_scraped_then_requests_latency_batches_and_the_champion_are_in_prometheus_format(sn_server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for _ in range(3):
+        assert invoke(sn_server, {"inputs": [{"target": GOOD}, {"target": GOOD}]}).status_code == 200
+    assert invoke(sn_server, {"inputs": []}).status_code == 400
+    assert sn_server.client.get("/metrics").status_code == 401  # behind the API key like every route but /ping
+    r = sn_server.client.get("/metrics", headers={"x-api-key": KEY_ENV})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+    assert samples[("chronos_serve_requests_total", (("path", "/invocations"), ("status", "200")))] >= 3
+    assert samples[("chronos_serve_requests_total", (("path", "/invocations"), ("status", "400")))] >= 1
+    assert samples[("chronos_serve_request_seconds_count", (("path", "/invocations"),))] >= 4
+    assert samples[("chronos_serve_series_total", ())] >= 6
+    assert samples[("chronos_serve_batch_series_count", ())] >= 3
+    assert samples[("chronos_serve_champion", (("family", "seasonal_naive"), ("run_id", "sn-run")))] == 1
+    assert samples[("chronos_serve_champion_load_seconds", ())] >= 0
+    assert KEY_ENV not in r.text and KEY_FILE not in r.text and KEY_ENV not in sn_server.log()
+
+
+def test_when_sigterm_arrives_during_a_request_then_it_is_answered_and_the_server_exits_0(tmp_path):
+    panel = long_frame([series(60, seed=i, level=20.0 + i) for i in range(25)], "2024-01-01", "D")
+    seed_champion(tmp_path / "store", "prophet", {"uncertainty_samples": 50, "seasonality_mode": "additive", "seed": 0},
+                  freq="D", data=panel, run_id="slow-run")
+    server = Server(tmp_path / "store", tmp_path / "server.log")
+    server.wait_ready()
+    body = {"inputs": [{"target": series(60, seed=i)} for i in range(25)], "parameters": {"prediction_length": 3}}
+    got: dict[str, object] = {}
+
+    def call() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            t0 = time.monotonic()
+            r = c.post("/invocations", json=body)
+            got.update(status=r.status_code, n=len(r.json().get("predictions", [])), seconds=time.monotonic() - t0)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.8)  # the request is in the model (25 Prophet fits take seconds)
+    server.proc.send_signal(15)
+    t.join(120)
+    rc = server.proc.wait(timeout=60)
+    assert got.get("status") == 200 and got["n"] == 25, (got, server.log()[-2000:])
+    assert got["seconds"] > 0.8  # it was still in flight when the signal came
+    assert rc == 0
+    log = server.log()
+    assert "Shutting down" in log and "Traceback" not in log
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{server.url}/ping", timeout=2)  # no longer accepting
+    server.client.close()
