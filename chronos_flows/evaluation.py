@@ -375,6 +375,15 @@ def plot_forecast(
     return _atomic_write(path, buf.getvalue())
 
 
+def _final_cutoffs_line(cutoffs: pd.DataFrame, n_windows: int) -> str:
+    """The final window's cutoff: one date when every series shares it, else the range."""
+    final = cutoffs.loc[cutoffs["window"] == n_windows - 1, "cutoff"]
+    first, last = final.min(), final.max()
+    if first == last:
+        return f"- final-window cutoff: {first:%Y-%m-%d} (all series)"
+    return f"- final-window cutoffs: {first:%Y-%m-%d} … {last:%Y-%m-%d}"
+
+
 def render_report(result: BacktestResult, plots: Mapping[str, Path] | None = None) -> str:
     s = result.settings
     lb = result.leaderboard
@@ -384,8 +393,7 @@ def render_report(result: BacktestResult, plots: Mapping[str, Path] | None = Non
         f"- series: {s['n_series']}, horizon: {s['horizon']}, windows: {s['n_windows']} (step {s['step']}), "
         f"frequency: `{s['freq']}`, season length: {s['season_length']}",
         f"- quantiles: {', '.join(f'{q:g}' for q in s['quantiles'])}",
-        f"- final-window cutoffs: {result.cutoffs.loc[result.cutoffs['window'] == s['n_windows'] - 1, 'cutoff'].min():%Y-%m-%d}"
-        f" … {result.cutoffs.loc[result.cutoffs['window'] == s['n_windows'] - 1, 'cutoff'].max():%Y-%m-%d}",
+        _final_cutoffs_line(result.cutoffs, s["n_windows"]),
         f"- best model: **{result.best_model}**",
         "",
         "## Leaderboard",

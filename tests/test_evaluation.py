@@ -181,3 +181,25 @@ def test_when_backtests_of_different_models_are_merged_then_the_leaderboard_equa
     pd.testing.assert_frame_equal(merged.leaderboard.sort_index(), joint.leaderboard.sort_index())
     with pytest.raises(ChronosFlowsError, match="horizon"):
         merge_results(joint, run_backtest({"x": SeasonalNaive(12)}, panel, **{**kw, "horizon": 3}))
+
+
+def test_when_all_series_share_the_final_cutoff_then_the_report_prints_one_date_else_the_range(panel):
+    from chronos_flows.evaluation import render_report
+
+    aligned = run_backtest({"seasonal_naive": SeasonalNaive(12)}, panel, horizon=6, n_windows=2, step=6, freq="MS",
+                           season_length=12, quantiles=DEFAULT_QUANTILES)
+    final = aligned.cutoffs.loc[aligned.cutoffs["window"] == 1, "cutoff"]
+    assert final.nunique() == 1
+    lines = [ln for ln in render_report(aligned).splitlines() if "final-window cutoff" in ln]
+    assert lines == [f"- final-window cutoff: {final.iloc[0]:%Y-%m-%d} (all series)"]
+
+    # one series ends a month earlier: its cutoff differs, so the report gives the range
+    first = panel["unique_id"].iloc[0]
+    last_ds = panel.loc[panel["unique_id"] == first, "ds"].max()
+    staggered = panel[~((panel["unique_id"] == first) & (panel["ds"] == last_ds))]
+    result = run_backtest({"seasonal_naive": SeasonalNaive(12)}, staggered, horizon=6, n_windows=2, step=6, freq="MS",
+                          season_length=12, quantiles=DEFAULT_QUANTILES)
+    final = result.cutoffs.loc[result.cutoffs["window"] == 1, "cutoff"]
+    lines = [ln for ln in render_report(result).splitlines() if "final-window cutoff" in ln]
+    assert lines == [f"- final-window cutoffs: {final.min():%Y-%m-%d} … {final.max():%Y-%m-%d}"]
+    assert final.min() < final.max()
