@@ -4,9 +4,10 @@
 * :class:`LocalStore` — ``put`` writes a temporary file, fsyncs it and ``os.replace``-s it over the
   key (readers see the old or the new file, never a partial one); ``put_if_absent`` hard-links the
   finished temporary file into place (``link`` fails if the key exists); compare-and-swap holds an
-  ``fcntl.flock`` on a per-key lock file while it compares the MD5 ETag and replaces the file, so it
-  is safe across processes on one machine. Temporary and lock files live under ``.chronos-store/``
-  and are never listed as keys.
+  ``fcntl.flock`` on the key's lock file while it compares the MD5 ETag and replaces the file, so it
+  is safe across processes on one machine. Keys share a fixed set of :data:`LOCK_STRIPES` lock files
+  (chosen by a hash of the key), so the lock files never pile up. Temporary and lock files live
+  under ``.chronos-store/`` and are never listed as keys.
 * :class:`S3Store` — ``PutObject(IfNoneMatch="*")``, ``PutObject(IfMatch=etag)``,
   ``DeleteObject(IfMatch=etag)``. 412/409/404 on a condition → :class:`PreconditionFailed`, except
   when botocore retried the call and the object now holds exactly what we wrote (the first attempt
@@ -79,6 +80,10 @@ def _join(prefix: str, key: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Lock files of a local store (``.chronos-store/locks/stripe-NN.lock``): a key locks one of them.
+LOCK_STRIPES = 16
+
+
 class LocalStore:
     """A directory standing in for the bucket (same keys, same atomic/conditional protocol)."""
 
@@ -106,7 +111,11 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
-        name = hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock"
+        # A lock file per key would be left behind for every key ever written (removing it is not
+        # safe: a waiter could lock the unlinked file while a newcomer locks a new one). A fixed
+        # set of stripes bounds them; keys that share a stripe only wait for each other's rename.
+        stripe = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % LOCK_STRIPES
+        name = f"stripe-{stripe:02d}.lock"
         fd = os.open(self._lock_dir / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

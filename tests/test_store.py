@@ -122,6 +122,26 @@ def test_when_local_key_overwritten_repeatedly_then_readers_never_see_partial_fi
     assert list((tmp_path / "s" / ".chronos-store" / "tmp").iterdir()) == []
 
 
+def test_when_many_keys_are_written_then_the_local_lock_files_stay_bounded(tmp_path):
+    from blocks.store import LOCK_STRIPES
+
+    st = LocalStore(tmp_path / "s")
+    src = tmp_path / "dir"
+    (src / "sub").mkdir(parents=True)
+    for i in range(20):
+        (src / "sub" / f"f{i}.bin").write_bytes(b"x" * i)
+    for i in range(200):
+        st.put(f"run/{i}/a.json", b"1")
+        etag = st.put_if_absent(f"run/{i}/state.json", b"2")
+        st.put_if_match(f"run/{i}/state.json", b"3", etag)
+        st.delete(f"run/{i}/a.json")
+    st.upload_dir(src, "up")
+    locks = list((tmp_path / "s" / ".chronos-store" / "locks").iterdir())
+    assert 0 < len(locks) <= LOCK_STRIPES <= 16, sorted(p.name for p in locks)
+    assert st.get("run/199/state.json")[0] == b"3" and len(st.list("up/")) == 20
+    assert list((tmp_path / "s" / ".chronos-store" / "tmp").iterdir()) == []
+
+
 def test_when_store_url_is_file_url_or_path_then_local_store_is_created(tmp_path):
     a = open_store((tmp_path / "a").as_uri())
     b = open_store(str(tmp_path / "b"))
