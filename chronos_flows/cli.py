@@ -195,6 +195,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
 
     params = _forecast_params(args)
     store = open_store(params.store_url())
+    _flush_pending(store)
     champion, _ = read_champion(store, params.env)
     if champion is None:
         raise BadInputError(no_champion_message(params.env))
@@ -431,6 +432,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise BadInputError(f"--poll-seconds must be positive, got {args.poll_seconds}")
     keys = api_keys_from_environment(args.api_keys_file)
     store = open_store(resolve_store_url(args.store), check=False)
+    try:
+        _flush_pending(store)
+    except ChronosFlowsError as exc:  # serving starts even while the store is away (it polls)
+        print(f"chronos-flows: kept failure records not written yet, the store cannot be reached: {exc}", file=sys.stderr)
     return serve(store=store, env=args.env or "dev", host=args.host, port=args.port, poll_seconds=args.poll_seconds,
                  api_keys=keys, device=args.device)
 

@@ -368,3 +368,18 @@ def test_when_a_stale_run_with_a_recorded_cause_is_killed_then_the_cause_is_kept
     assert res.returncode == 0, res.stderr
     log = runlog.load_training_log(store, "dev", "outage-2")
     assert log.status == "killed" and log.error.startswith("EndpointConnectionError: S3 unreachable for 200 s; then killed by user")
+
+
+def test_when_a_failure_record_is_kept_locally_then_forecast_writes_it_to_the_store(store_dir, tmp_path, monkeypatch):
+    from chronos_flows import pending
+
+    workroot = tmp_path / "work"
+    monkeypatch.setenv("CHRONOS_FLOWS_WORKDIR", str(workroot))
+    store = open_store(str(store_dir))
+    kept = pending.keep(store.url, "dev", "outage-fc", "StoreError: NoSuchBucket while saving the model")
+    res = cli("forecast", "--store", str(store_dir))
+    assert res.returncode == 2 and "no champion" in res.stderr, res.stderr  # refused, but the store was reached
+    assert "recorded the failure of run outage-fc" in res.stderr
+    log = runlog.load_training_log(store, "dev", "outage-fc")
+    assert log.status == "failed" and "NoSuchBucket while saving the model" in log.error
+    assert not kept.exists()
