@@ -430,6 +430,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.poll_seconds <= 0:
         raise BadInputError(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    if args.max_batch_wait_ms < 0 or args.max_batch_series < 1:
+        raise BadInputError("--max-batch-wait-ms must be >= 0 and --max-batch-series >= 1")
     keys = api_keys_from_environment(args.api_keys_file)
     store = open_store(resolve_store_url(args.store), check=False)
     try:
@@ -437,7 +439,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ChronosFlowsError as exc:  # serving starts even while the store is away (it polls)
         print(f"chronos-flows: kept failure records not written yet, the store cannot be reached: {exc}", file=sys.stderr)
     return serve(store=store, env=args.env or "dev", host=args.host, port=args.port, poll_seconds=args.poll_seconds,
-                 api_keys=keys, device=args.device)
+                 api_keys=keys, device=args.device, max_batch_wait_seconds=args.max_batch_wait_ms / 1000.0,
+                 max_batch_series=args.max_batch_series)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -574,6 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check champion.json's ETag (default 10)")
     sv.add_argument("--api-keys-file", help="file with one API key per line (added to $CHRONOS_FLOWS_API_KEYS)")
     sv.add_argument("--device", default="auto", help="device for a Chronos champion: auto (default), cpu, cuda, mps")
+    sv.add_argument("--max-batch-wait-ms", type=float, default=3.0,
+                    help="under load, how long a model call waits for more requests to join it (default 3 ms)")
+    sv.add_argument("--max-batch-series", type=int, default=1024,
+                    help="most series one model call gathers from concurrent requests (default 1024)")
     sv.set_defaults(func=cmd_serve)
     return p
 

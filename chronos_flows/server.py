@@ -112,19 +112,17 @@ class ServerMetrics:
 
 
 def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-               batcher: Optional[MicroBatcher] = None):
-    """The FastAPI app serving ``holder``'s champion; concurrent requests share model calls through
-    ``batcher`` (default: a :class:`MicroBatcher` stopped with the app)."""
+               batch_wait_seconds: float = 0.003, batch_series: int = 1024):
+    """The FastAPI app serving ``holder``'s champion; concurrent requests share model calls through a
+    :class:`MicroBatcher` (``batch_wait_seconds``, ``batch_series``) stopped with the app."""
     keys = [k.encode("utf-8", "surrogateescape") for k in api_keys]
     metrics = ServerMetrics(holder)
-    own_batcher = batcher is None
-    batcher = batcher or MicroBatcher(on_batch=metrics.on_batch)
+    batcher = MicroBatcher(max_wait_seconds=batch_wait_seconds, max_series=batch_series, on_batch=metrics.on_batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        if own_batcher:
-            batcher.stop()
+        batcher.stop()
 
     app = FastAPI(title="chronos-flows serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.metrics = metrics
@@ -214,7 +212,8 @@ def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body
 
 
 def serve(*, store: Any, env: str, host: str = "0.0.0.0", port: int = 8080, poll_seconds: float = 10.0,
-          api_keys: Iterable[str] = (), device: str = "auto") -> int:
+          api_keys: Iterable[str] = (), device: str = "auto", max_batch_wait_seconds: float = 0.003,
+          max_batch_series: int = 1024) -> int:
     """Run the server until SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, exits 0."""
     import uvicorn
 
@@ -223,7 +222,8 @@ def serve(*, store: Any, env: str, host: str = "0.0.0.0", port: int = 8080, poll
     holder = ChampionHolder(store, env, poll_seconds=poll_seconds, device=device).start()
     logger.info("serving env %s of %s on %s:%d; %s", env, getattr(store, "url", store), host, port,
                 f"{len(keys)} API key(s) required" if keys else "no API key required")
-    config = uvicorn.Config(create_app(holder, api_keys=keys), host=host, port=port, log_level="info",
+    app = create_app(holder, api_keys=keys, batch_wait_seconds=max_batch_wait_seconds, batch_series=max_batch_series)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info",
                             access_log=False, timeout_graceful_shutdown=30)
     try:
         _DrainingServer(config).run()
