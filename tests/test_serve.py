@@ -211,9 +211,15 @@ def test_when_no_champion_is_promoted_then_ping_is_503_until_one_is_and_then_it_
         assert server.stop() == 0
 
 
-def test_when_a_new_champion_is_promoted_under_load_then_no_request_fails_and_responses_switch_to_it(tmp_path):
+def test_when_a_new_champion_is_promoted_during_a_20_s_load_then_no_request_fails_and_responses_switch_to_it(tmp_path):
+    """Four clients call without pause for 20 s; 5 s in, a Chronos-2 champion replaces the Seasonal
+    Naive one (its model is downloaded and loaded in the background while the old one serves)."""
+    from chronos_flows import layout
+    from chronos_flows.models.chronos_configs import build_random_pipeline
+
     store = seed_champion(tmp_path / "store", "seasonal_naive", {"season_length": 7}, run_id="run-a")
-    server = Server(tmp_path / "store", tmp_path / "server.log")
+    build_random_pipeline("chronos-2", "tiny", 64, 6, seed=4).save_pretrained(tmp_path / "model")
+    server = Server(tmp_path / "store", tmp_path / "server.log", "--device", "cpu")
     server.wait_ready()
     y = series(40, seed=5)
     body = {"inputs": [{"target": y, "item_id": "x"}], "parameters": {"prediction_length": 6}}
@@ -231,34 +237,39 @@ def test_when_a_new_champion_is_promoted_under_load_then_no_request_fails_and_re
                     slot.append((-1, None, repr(exc)))
 
     threads = [threading.Thread(target=client, args=(slot,)) for slot in results]
+    t0 = time.monotonic()
     try:
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        time.sleep(5.0)
         champ, etag = read_champion(store, "dev")
-        entry = {"run_id": "run-b", "family": "seasonal_naive", "config": {"season_length": 3}, "judged_on": champ["judged_on"]}
-        assert promote(store, "dev", entry, decide_champion({"seasonal_naive": {"wql": 0.01}}, champ), etag)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not all(s and s[-1][1] == "run-b" for s in results):
+        prefix = layout.registry_model_prefix("dev", "run-b", "chronos")
+        store.upload_dir(tmp_path / "model", prefix)
+        entry = {"run_id": "run-b", "family": "chronos", "model_uri": store.uri(prefix),
+                 "config": {"chronos_family": "chronos-2", "context_length": 64, "batch_size": 2},
+                 "judged_on": champ["judged_on"]}
+        assert promote(store, "dev", entry, decide_champion({"chronos": {"wql": 0.01}}, champ), etag)
+        while time.monotonic() - t0 < 20.0:
             time.sleep(0.1)
-        time.sleep(0.5)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=30)
         rc = server.stop()
     flat = [r for s in results for r in s]
-    assert len(flat) > 20
+    assert len(flat) > 100
     assert all(status == 200 for status, _, _ in flat), [r for r in flat if r[0] != 200][:3]
-    frame = long_frame([y], "2020-01-01", "D")
-    means = {run: SeasonalNaive(m).predict(frame, 6, "D", [0.5])["mean"].tolist() for run, m in (("run-a", 7), ("run-b", 3))}
+    sn_mean = SeasonalNaive(7).predict(long_frame([y], "2020-01-01", "D"), 6, "D", [0.5])["mean"].tolist()
+    chronos_means = {tuple(mean) for s in results for _, run, mean in s if run == "run-b"}
+    assert len(chronos_means) == 1 and list(chronos_means.pop()) != pytest.approx(sn_mean)  # one model, deterministic
     for slot in results:
         runs = [run for _, run, _ in slot]
         assert runs[0] == "run-a" and runs[-1] == "run-b"
         switch = runs.index("run-b")
         assert set(runs[:switch]) == {"run-a"} and set(runs[switch:]) == {"run-b"}  # one switch, never back
-        for _, run, mean in slot:
-            assert mean == pytest.approx(means[run])  # each answer is wholly from the champion it names
+        for _, run, mean in slot[:switch]:
+            assert mean == pytest.approx(sn_mean)  # each answer is wholly from the champion it names
+    assert "replacing run-a" in server.log()
     assert rc == 0
 
 
