@@ -156,6 +156,8 @@ BAD_PAYLOADS = [
     ("unknown-key", {"inputs": [{"target": GOOD, "colour": "red"}]}, 400, "inputs[0].colour: unknown key"),
     ("future-covariate-length", {"inputs": [{"target": GOOD, "past_covariates": {"p": GOOD}, "future_covariates": {"p": [1, 2]}}],
                                  "parameters": {"prediction_length": 3}}, 400, "inputs[0].future_covariates.p: 2 values"),
+    ("past-covariate-length", {"inputs": [{"target": GOOD, "item_id": "pc", "past_covariates": {"p": [1.0, 2.0]}}]}, 400,
+     "inputs[0] (item_id 'pc').past_covariates.p: 2 values; must be as long as the target"),
     ("bad-start", {"inputs": [{"target": GOOD, "item_id": "w", "start": "2024-01-02"}], "parameters": {"freq": "W-MON"}}, 400,
      "inputs[0] (item_id 'w').start: 2024-01-02 is not on frequency W-MON"),
     ("bad-freq", {"inputs": [{"target": GOOD, "start": "2024-01-01"}], "parameters": {"freq": "fortnightly"}}, 400, "parameters.freq"),
@@ -515,3 +517,17 @@ def test_when_sigterm_arrives_during_a_request_then_it_is_answered_and_the_serve
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{server.url}/ping", timeout=2)  # no longer accepting
     server.client.close()
+
+
+def test_when_the_body_is_over_the_size_limit_then_413_and_the_server_keeps_serving():
+    from fastapi.testclient import TestClient
+
+    from chronos_flows.server import create_app
+
+    champ = _champion_of(SeasonalNaive(7))
+    with TestClient(create_app(_Holder(champ), max_body_bytes=2_000)) as client:
+        big = {"inputs": [{"target": series(400)}]}
+        r = client.post("/invocations", json=big)
+        assert r.status_code == 413 and "2000-byte limit" in r.json()["error"]
+        ok = client.post("/invocations", json={"inputs": [{"target": GOOD}]})
+        assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
