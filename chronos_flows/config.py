@@ -166,7 +166,27 @@ class AutoETSConfig(_Frozen):
     damped: Optional[bool] = Field(None, title="Damped trend", description="Damped trend: true, false, or empty to let AICc choose.")
 
 
-BASELINES = ("autoets", "prophet", "seasonal_naive")
+class ThetaConfig(_Frozen):
+    """The Theta baseline (statsforecast's AutoTheta)."""
+
+    model_config = ConfigDict(title="Theta", protected_namespaces=())
+
+    n_jobs: int = Field(2, ge=1, title="Parallel processes", description="Parallel processes for per-series Theta fits.")
+    decomposition_type: Literal["multiplicative", "additive"] = Field(
+        "multiplicative",
+        title="Seasonal decomposition",
+        description="Seasonal adjustment of a series the seasonality test finds seasonal (multiplicative falls back "
+        "to additive for series with values <= 0).",
+    )
+    model: Optional[Literal["STM", "OTM", "DSTM", "DOTM"]] = Field(
+        None,
+        title="Theta model",
+        description="Standard, Optimised, Dynamic Standard or Dynamic Optimised Theta; empty: the one with the "
+        "smallest in-sample MSE per series.",
+    )
+
+
+BASELINES = ("autoets", "theta", "prophet", "seasonal_naive")
 
 
 class EvaluationConfig(_Frozen):
@@ -185,7 +205,7 @@ class EvaluationConfig(_Frozen):
         0.0, ge=0, lt=1, title="Promotion margin", description="Relative improvement the best candidate needs over the current champion (0.05 = 5%)."
     )
     plot_series: int = Field(3, ge=0, title="Series plotted", description="Series plotted (best, median, worst).")
-    baselines: tuple[Literal["autoets", "prophet", "seasonal_naive"], ...] = Field(
+    baselines: tuple[Literal["autoets", "theta", "prophet", "seasonal_naive"], ...] = Field(
         BASELINES,
         title="Baselines",
         description="Baseline families backtested beside Chronos; each may become champion. Seasonal Naive is "
@@ -275,6 +295,7 @@ class TrainingParams(_Frozen):
     chronos: ChronosConfig = Field(default_factory=ChronosConfig, title="Chronos", description=ChronosConfig.__doc__)
     prophet: ProphetConfig = Field(default_factory=ProphetConfig, title="Prophet baseline", description=ProphetConfig.__doc__)
     autoets: AutoETSConfig = Field(default_factory=AutoETSConfig, title="AutoETS baseline", description=AutoETSConfig.__doc__)
+    theta: ThetaConfig = Field(default_factory=ThetaConfig, title="Theta baseline", description=ThetaConfig.__doc__)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, title="Evaluation", description=EvaluationConfig.__doc__)
     compute: ComputeConfig = Field(default_factory=ComputeConfig, title="Compute", description=ComputeConfig.__doc__)
     lock: LockConfig = Field(default_factory=LockConfig, title="Lock", description=LockConfig.__doc__)
@@ -437,7 +458,7 @@ def build_forecast_params(config_file: str | Path | None = None, overrides: list
 
 
 #: What ``run --resume`` may change: where and how the work runs, not what is trained or judged.
-RESUME_OVERRIDABLE = ("lock.", "compute.", "chronos.device", "chronos.num_threads", "prophet.n_jobs", "autoets.n_jobs")
+RESUME_OVERRIDABLE = ("lock.", "compute.", "chronos.device", "chronos.num_threads", "prophet.n_jobs", "autoets.n_jobs", "theta.n_jobs")
 
 
 def build_resume_params(recorded: dict[str, Any], overrides: list[str], *, run_id: str, resume_from: str) -> TrainingParams:

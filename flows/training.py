@@ -108,7 +108,7 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
                 train_df, freq = split_for_training(cleaned, report.freq, params.evaluation)
                 chronos, results["chronos"] = train_chronos(ctx, train_df, freq)
             baselines = {}
-            for family in ("autoets", "prophet"):
+            for family in ("autoets", "theta", "prophet"):
                 if family in params.evaluation.baselines:
                     with phases(family):
                         baselines[family], results[family] = backtest_baseline(ctx, family, cleaned, freq, report.season_length)

@@ -245,7 +245,7 @@ def finalize_results(
         data_fingerprint=results["data"]["cleaned_fingerprint"],
         models={
             "chronos": results["chronos"],
-            **{b: {k: v for k, v in (results.get(b) or {}).items()} for b in ("autoets", "prophet") if b in results},
+            **{b: {k: v for k, v in (results.get(b) or {}).items()} for b in ("autoets", "theta", "prophet") if b in results},
             "seasonal_naive": {"config": {"season_length": report.season_length}},
         },
         leaderboard=board,

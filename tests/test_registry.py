@@ -15,7 +15,7 @@ from chronos_flows.errors import BadInputError, ConfigError, PreconditionFailed
 from chronos_flows.registry import decide_champion, promote, promote_outcome, read_champion
 
 ENV = "dev"
-FAMILIES = ("chronos", "autoets", "prophet", "seasonal_naive")
+FAMILIES = ("chronos", "autoets", "prophet", "seasonal_naive", "theta")
 
 
 def entry(run_id: str, family: str = "chronos", **extra) -> dict:

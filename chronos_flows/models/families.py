@@ -2,7 +2,7 @@
 
 ``chronos`` is a global model: its weights live in the store and are loaded (see
 :mod:`chronos_flows.models.chronos`). The local families — ``autoets``, ``prophet``,
-``seasonal_naive`` — keep no weights: each is fitted per series on whatever history it is given,
+``seasonal_naive``, ``theta`` — keep no weights: each is fitted per series on whatever history it is given,
 so ``config`` (what :func:`forecaster_config` returns) is all that is needed to re-create it
 (:func:`local_forecaster`). Two forecasters of a local family with equal configs give equal
 forecasts on equal history, which is how a run recognises that its own candidate *is* the champion.
@@ -16,14 +16,14 @@ from chronos_flows.errors import BadInputError
 from chronos_flows.models.base import Forecaster
 
 CHRONOS = "chronos"
-LOCAL_FAMILIES: tuple[str, ...] = ("autoets", "prophet", "seasonal_naive")
+LOCAL_FAMILIES: tuple[str, ...] = ("autoets", "prophet", "seasonal_naive", "theta")
 FAMILIES: tuple[str, ...] = (CHRONOS, *LOCAL_FAMILIES)
 
 #: Fewest observations a series needs for each family to forecast it. Chronos: the JumpStart
 #: endpoint contract's minimum (5); statsforecast's AutoETS refuses n <= 6 ("tiny datasets"); Prophet
 #: refuses fewer than 2 rows; Seasonal Naive repeats the
-#: last value of a series shorter than a season.
-MIN_HISTORY: dict[str, int] = {CHRONOS: 5, "autoets": 7, "prophet": 2, "seasonal_naive": 1}
+#: last value of a series shorter than a season; statsforecast's AutoTheta refuses n <= 3.
+MIN_HISTORY: dict[str, int] = {CHRONOS: 5, "autoets": 7, "prophet": 2, "seasonal_naive": 1, "theta": 4}
 
 Progress = Callable[[int, int], None]
 
@@ -42,6 +42,9 @@ def baseline_config(params: Any, family: str, season_length: int) -> dict[str, A
         return {"season_length": int(season_length)}
     if family == "autoets":
         return {"season_length": int(season_length), "model": params.autoets.model, "damped": params.autoets.damped}
+    if family == "theta":
+        return {"season_length": int(season_length), "decomposition_type": params.theta.decomposition_type,
+                "model": params.theta.model}
     if family == "prophet":
         return {
             "uncertainty_samples": params.prophet.uncertainty_samples,
@@ -53,7 +56,7 @@ def baseline_config(params: Any, family: str, season_length: int) -> dict[str, A
 
 def baseline_jobs(params: Any, family: str) -> int:
     """Parallel processes configured for local ``family``."""
-    return {"autoets": params.autoets.n_jobs, "prophet": params.prophet.n_jobs}.get(family, 1)
+    return {"autoets": params.autoets.n_jobs, "prophet": params.prophet.n_jobs, "theta": params.theta.n_jobs}.get(family, 1)
 
 
 def local_forecaster(
@@ -71,6 +74,10 @@ def local_forecaster(
             from chronos_flows.models.ets import AutoETSForecaster
 
             return AutoETSForecaster.from_settings(cfg, n_jobs=n_jobs, progress=progress)
+        if family == "theta":
+            from chronos_flows.models.theta import AutoThetaForecaster
+
+            return AutoThetaForecaster.from_settings(cfg, n_jobs=n_jobs, progress=progress)
         if family == "prophet":
             from chronos_flows.models.prophet import ProphetForecaster
 
