@@ -121,6 +121,7 @@ class ChronosConfig(_Frozen):
     size: Literal["tiny", "mini", "small"] = Field("tiny", title="Random model size", description="Random-initialised configuration when no `model` is given.")
     mode: Literal["finetune", "zero-shot"] = Field("finetune", title="Training mode", description="Fine-tune on the data, or forecast zero-shot.")
     finetune_mode: Literal["full", "lora"] = Field("full", title="Fine-tuning mode", description="Chronos-2 fine-tuning: all weights or a LoRA adapter.")
+    lora_rank: int = Field(8, ge=1, le=256, title="LoRA rank", description="Rank of the LoRA adapter (finetune_mode lora; alpha is twice the rank).")
     context_length: int = Field(256, ge=8, description="Context window length used for training and forecasting.")
     max_steps: int = Field(600, ge=1, title="Training steps", description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Windows per batch.")
@@ -137,6 +138,12 @@ class ChronosConfig(_Frozen):
         None, ge=1, title="Early-stopping patience", description="Stop after this many validations without improvement (off when empty)."
     )
     checkpoint_every: int = Field(100, ge=1, title="Checkpoint every (steps)", description="Save a checkpoint every N steps.")
+    keep_checkpoints: Literal["best-and-last", "last", "all"] = Field(
+        "best-and-last",
+        title="Checkpoints kept",
+        description="Checkpoints kept in the store after training succeeds: the best and the last (to audit and "
+        "resume), only the last, or all of them.",
+    )
     seed: int = Field(0, title="Random seed", description="Random seed.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when present, else CPU.")
     num_threads: Optional[int] = Field(None, ge=1, title="CPU threads", description="CPU threads for torch (default: all cores).")

@@ -27,6 +27,7 @@ from chronos_flows import workdirs
 from chronos_flows.config import TrainingParams
 from chronos_flows.errors import RunKilledError
 from tasks.cleanup import cleanup_run, release_after_abort
+from tasks.common import logger, quiet_routine_task_logs
 from tasks.data import clean_data, ingest, sync_data
 from tasks.evaluate import backtest_baseline, evaluate, finalize_results, load_champion
 from tasks.state import RunContext, acquire_lock, check_lock, open_run_store, set_status
@@ -39,7 +40,7 @@ def new_run_id() -> str:
 
 
 class Phases:
-    """Wall time of each phase, for training.json and the benchmark."""
+    """Wall time of each phase, for training.json and the benchmark; a log line as each one ends."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -50,7 +51,13 @@ class Phases:
         try:
             yield
         finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - t0, 3)
+            took = time.monotonic() - t0
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + took, 3)
+            logger().info("phase %s: %.1f s", name, took)
+
+    def summary(self) -> str:
+        """One line: every phase with its seconds, in the order they ran."""
+        return "phases: " + ", ".join(f"{name} {secs:.1f} s" for name, secs in self.seconds.items())
 
 
 @flow(
@@ -66,6 +73,7 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
     Args:
         params: Training parameters; every field has a default (README "Configuration").
     """
+    quiet_routine_task_logs()
     phases = Phases()
     t_start = time.monotonic()
     with phases("preflight"):
@@ -132,6 +140,7 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
         raise
     finally:
         phases.seconds["total"] = round(time.monotonic() - t_start, 3)
+        logger().info(phases.summary())
         summary = cleanup_run(ctx, outcome, results, phases.seconds)
     if summary["status"] == "killed":
         # a kill ends the flow run Cancelled (not Failed), with the summary as its result

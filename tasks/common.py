@@ -48,6 +48,22 @@ def logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("chronos_flows")
 
 
+class DropRoutineTaskFinish(logging.Filter):
+    """Drops exactly Prefect's "Finished in state Completed()" line of a task run (18 of 40 lines of
+    a run); a failed, crashed or retried task (and every flow-run line) still logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.getMessage() == "Finished in state Completed()")
+
+
+def quiet_routine_task_logs() -> None:
+    """Install :class:`DropRoutineTaskFinish` on Prefect's task-run logger (once per process).
+    A logger's filter runs before every handler, so the line reaches neither the console nor the API."""
+    task_log = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, DropRoutineTaskFinish) for f in task_log.filters):
+        task_log.addFilter(DropRoutineTaskFinish())
+
+
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys: lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")

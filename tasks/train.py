@@ -69,6 +69,25 @@ class CheckpointSync:
             logger().info("checkpoint %s synced to %s", ckpt.name, self.store.uri(f"{self.prefix}/{ckpt.name}"))
 
 
+    def prune(self, policy: str, best_step: int | None) -> list[str]:
+        """After training succeeded: delete this run's stored checkpoints that ``policy``
+        (``chronos.keep_checkpoints``) does not keep; returns the checkpoint names deleted."""
+        from chronos_flows.models.chronos_train import checkpoints_to_keep
+
+        keys = self.store.list(self.prefix + "/")
+        names = sorted({k[len(self.prefix) + 1:].split("/", 1)[0] for k in keys})
+        keep = checkpoints_to_keep(names, best_step, policy)
+        dropped = [n for n in names if n not in keep]
+        if dropped:
+            self.guard(True)  # a holder that lost the lock must not delete either
+        for key in keys:
+            if key[len(self.prefix) + 1:].split("/", 1)[0] in dropped:
+                self.store.delete(key)
+        if dropped:
+            logger().info("checkpoints kept (%s): %s; removed %d older", policy, ", ".join(sorted(keep)), len(dropped))
+        return dropped
+
+
 class TrainProgress:
     """Progress callback: kill/lock check every step, and every ``every_s`` a log line with
     step/loss/throughput/ETA, a checkpoint sync and ``report(event)`` (Prefect artifact, progress.json)."""
@@ -134,6 +153,7 @@ def fit_and_store(
     fitted = forecaster.fit(train, freq, params.evaluation.horizon)
     fit_s = time.monotonic() - t0
     sync()
+    sync.prune(params.chronos.keep_checkpoints, fitted.info.get("best_step"))
 
     model_dir = workdir / "models" / "chronos"
     if model_dir.exists():

@@ -230,7 +230,8 @@ def _round_trip(variants, tmp_path, sine):
         fitted = ChronosForecaster(cfg, workdir=tmp_path / f"w-{family}-{finetune_mode}").fit(sine, "MS", HORIZON)
         out = tmp_path / f"{family}-{finetune_mode}" / "models" / "chronos"
         meta = fitted.save(out)
-        assert meta["family"] == family and meta["steps_done"] == steps and meta["data_fingerprint"]
+        assert meta["family"] == family and meta["steps_done"] == steps and meta["training_data_fingerprint"]
+        assert "data_fingerprint" not in meta  # the run's data_fingerprint is the cleaned dataset's hash
         on_disk = json.loads((out / METADATA_FILE).read_text())
         assert on_disk["training_config"]["family"] == family and on_disk["params"] > 0
         assert not (out / "adapter_config.json").exists()  # a LoRA adapter is merged before saving
@@ -376,3 +377,17 @@ def test_when_no_learning_rate_is_set_then_it_follows_the_starting_point(tmp_pat
     assert random_init.cfg.learning_rate == RANDOM_INIT_LR
     assert pretrained.cfg.learning_rate == PRETRAINED_LR < RANDOM_INIT_LR
     assert explicit.cfg.learning_rate == 3e-4
+
+
+def test_when_training_succeeded_then_keep_checkpoints_selects_best_and_last_or_what_it_says():
+    from chronos_flows.models.chronos_train import checkpoints_to_keep
+
+    names = [f"checkpoint-{s:08d}" for s in (5, 10, 15, 20)] + ["README"]
+    assert checkpoints_to_keep(names, 10) == {"checkpoint-00000010", "checkpoint-00000020", "README"}
+    # the best step between checkpoints: the next checkpoint carries the best weights (best_model)
+    assert checkpoints_to_keep(names, 7) == {"checkpoint-00000010", "checkpoint-00000020", "README"}
+    assert checkpoints_to_keep(names, 20) == {"checkpoint-00000020", "README"}
+    assert checkpoints_to_keep(names, None) == {"checkpoint-00000020", "README"}  # no validation: the last
+    assert checkpoints_to_keep(names, 10, "last") == {"checkpoint-00000020", "README"}
+    assert checkpoints_to_keep(names, 10, "all") == set(names)
+    assert checkpoints_to_keep([], 10) == set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -225,3 +226,89 @@ def test_when_another_run_holds_the_lock_then_the_flow_run_ends_cancelled_locked
     assert "locked by run the-holder since" in state.message and "chronos-flows kill" in state.message
     assert state.result(raise_on_failure=False)["status"] == "refused"
     assert open_store(params.store_url()).get(layout.training_log_key("dev", "refused-1")) is None
+
+
+def _fingerprints(doc, path=""):
+    """Every (path, value) of a key named data_fingerprint anywhere in a JSON document."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k == "data_fingerprint":
+                yield f"{path}.{k}", v
+            yield from _fingerprints(v, f"{path}.{k}")
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _fingerprints(v, f"{path}[{i}]")
+
+
+def _flow_run_logs(flow_run_id: str) -> list:
+    """What `prefect flow-run logs` shows: the flow run's and its task runs' logs, from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # the run's last lines are still queued for the API
+    logs: list = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=len(logs))
+            logs += page
+            if len(page) < 200:
+                return logs
+
+
+def test_when_a_run_succeeds_then_its_logs_records_checkpoints_and_lock_files_are_what_a_reviewer_needs(prefect_api, tmp_path, monkeypatch):
+    """Issue 11: phase timings and metric lines in the run's Prefect logs without the task-finish
+    noise, one data fingerprint in model_metadata.json, best+last checkpoints, no lock-file litter."""
+    import tasks.train
+    from blocks.store import LOCK_STRIPES
+    from chronos_flows.models.chronos_train import checkpoint_step
+    from flows.training import chronos_training
+
+    class SyncEveryStep(tasks.train.TrainProgress):  # every checkpoint reaches the store, whatever the timing
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.every_s = 0.0
+
+    monkeypatch.setattr(tasks.train, "TrainProgress", SyncEveryStep)
+
+    params = build_params(overrides=SMALL + ["chronos.checkpoint_every=5", "chronos.eval_every=5"],
+                          store=str(tmp_path / "store"), run_id="reviewed-1")
+    summary = chronos_training(params=params)
+    assert summary["status"] == "succeeded", summary
+    store = open_store(params.store_url())
+    env, run = params.env, params.run_id
+
+    # one data fingerprint: the cleaned dataset's; the Chronos training frame's hash has its own name
+    md = json.loads(store.get(layout.metadata_key(env, run))[0])
+    found = dict(_fingerprints(md))
+    assert set(found.values()) == {md["data_fingerprint"]}, found
+    chronos = md["models"]["chronos"]
+    assert chronos["training_data_fingerprint"] and chronos["training_data_fingerprint"] != md["data_fingerprint"]
+
+    # checkpoints 5, 10, 15, 20 were written; only the best and the last are kept
+    prefix = layout.checkpoints_prefix(env, run)
+    kept = sorted({k[len(prefix) + 1:].split("/")[0] for k in store.list(prefix + "/")})
+    best = chronos["best_step"]
+    first_with_best = min(s for s in (5, 10, 15, 20) if s >= best)
+    assert [checkpoint_step(n) for n in kept] == sorted({first_with_best, 20}), kept
+    assert len(store.list(f"{prefix}/{kept[-1]}/")) >= 2  # a whole checkpoint, not a stub
+
+    # a bounded set of lock files for every key the run wrote
+    locks = list((tmp_path / "store" / ".chronos-store" / "locks").iterdir())
+    assert 0 < len(locks) <= LOCK_STRIPES
+
+    # the logs a reviewer reads: a line per phase with its time, a summary, metrics per model, one champion line
+    log = json.loads(store.get(layout.training_log_key(env, run))[0])
+    lines = _flow_run_logs(log["flow_run_id"])
+    messages = [ln.message for ln in lines]
+    for phase in ("preflight", "data_sync", "training", "autoets", "prophet", "evaluate", "results_sync"):
+        assert any(re.fullmatch(rf"phase {phase}: \d+\.\d s", m) for m in messages), (phase, messages)
+    (summary_line,) = [m for m in messages if m.startswith("phases: ")]
+    assert "training " in summary_line and re.search(r"total \d+\.\d s$", summary_line), summary_line
+    for model in ("chronos", "autoets", "prophet", "seasonal_naive"):
+        assert any(m.startswith(f"{model}: wql ") and "mase" in m for m in messages), model
+    assert len([m for m in messages if m.startswith("champion: ")]) == 1, messages
+    task_finished = [ln for ln in lines if ln.task_run_id is not None and ln.message.startswith("Finished in state")]
+    assert not task_finished, [ln.message for ln in task_finished]
+    assert any(ln.task_run_id is not None for ln in lines)  # the task runs' own lines still arrive
+    assert any(ln.task_run_id is None and ln.message.startswith("Finished in state") for ln in lines)  # the flow's one line

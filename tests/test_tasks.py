@@ -47,3 +47,26 @@ def test_when_a_step_fails_then_prefect_retries_it_only_if_transient(prefect_api
         with pytest.raises(BadInputError):
             wrapper()
     assert len(calls) == expected_calls
+
+
+def test_when_a_task_run_finishes_then_only_the_completed_line_is_dropped_and_failures_and_retries_still_log():
+    import logging
+
+    from tasks.common import DropRoutineTaskFinish, quiet_routine_task_logs
+
+    def record(level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord("prefect.task_runs", level, __file__, 1, msg, None, None)
+
+    drop = DropRoutineTaskFinish()
+    assert not drop.filter(record(logging.INFO, "Finished in state Completed()"))
+    for level, msg in [
+        (logging.ERROR, "Finished in state Failed('Task run encountered an exception ValueError: x')"),
+        (logging.INFO, "Finished in state AwaitingRetry(message='Retry 1/3', type=SCHEDULED)"),
+        (logging.ERROR, "Finished in state Crashed('Execution was interrupted')"),
+        (logging.INFO, "Finished in state Completed(message='cached')"),
+        (logging.INFO, "checkpoint checkpoint-00000005 synced"),
+    ]:
+        assert drop.filter(record(level, msg)), msg
+    quiet_routine_task_logs()
+    quiet_routine_task_logs()  # installed once, however often a flow starts in this process
+    assert sum(isinstance(f, DropRoutineTaskFinish) for f in logging.getLogger("prefect.task_runs").filters) == 1

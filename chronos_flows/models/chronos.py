@@ -199,7 +199,7 @@ class ChronosForecaster(Forecaster):
         ids, arrays = ct.series_arrays(train)
         fingerprint = ct.data_fingerprint(train, horizon)
         info = {
-            "family": cfg.family, "mode": cfg.mode, "horizon": horizon, "freq": freq, "data_fingerprint": fingerprint,
+            "family": cfg.family, "mode": cfg.mode, "horizon": horizon, "freq": freq, "training_data_fingerprint": fingerprint,
             "n_series": len(ids), "device": device.label,
         }
         if cfg.mode == "zero-shot":
@@ -214,7 +214,7 @@ class ChronosForecaster(Forecaster):
             "finetune_mode": cfg.finetune_mode if cfg.family == "chronos-2" else "full",
             "context_length": cfg.context_length, "horizon": horizon, "batch_size": cfg.batch_size,
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "seed": cfg.seed,
-            "data_fingerprint": fingerprint,
+            "training_data_fingerprint": fingerprint,
         }
         resume = ct.load_latest_checkpoint(self.checkpoint_dir)
         if resume is not None:
@@ -346,7 +346,7 @@ class ChronosForecaster(Forecaster):
             "training_config": self.cfg.model_dump(mode="json") if hasattr(self.cfg, "model_dump") else dict(self.cfg),
             "horizon": self.info.get("horizon"),
             "freq": self.info.get("freq"),
-            "data_fingerprint": self.info.get("data_fingerprint"),
+            "training_data_fingerprint": self.info.get("training_data_fingerprint"),
             "steps_done": self.info.get("steps_done", 0),
             "resumed_from_step": self.info.get("resumed_from_step"),
             "stopped_early": self.info.get("stopped_early", False),
@@ -425,7 +425,9 @@ class ChronosForecaster(Forecaster):
                 raise ConfigError(f"{meta_file} is not valid JSON ({exc}); re-save the model") from None
             info = {
                 "base_model": meta.get("base_model"), "steps_done": meta.get("steps_done"), "horizon": meta.get("horizon"),
-                "freq": meta.get("freq"), "data_fingerprint": meta.get("data_fingerprint"),
+                "freq": meta.get("freq"),
+                # models saved before the rename called it data_fingerprint
+                "training_data_fingerprint": meta.get("training_data_fingerprint", meta.get("data_fingerprint")),
                 "best_val_loss": meta.get("best_val_loss"), "device": device.label,
             }
         fam = family_of_pipeline(pipe)

@@ -68,7 +68,10 @@ def series_arrays(frame: pd.DataFrame) -> tuple[list[str], list[np.ndarray]]:
 
 
 def data_fingerprint(frame: pd.DataFrame, horizon: int) -> str:
-    """A content hash of the training frame (ids, timestamps, values) and the horizon."""
+    """A content hash of the training frame (ids, timestamps, values) and the horizon: the
+    ``training_data_fingerprint`` of a Chronos model and its checkpoints. Not the run's
+    ``data_fingerprint`` (the hash of the whole cleaned dataset, ``chronos_flows.ingest.fingerprint``):
+    the training frame leaves out the backtest windows."""
     cols = [c for c in (ID, TIME, TARGET) if c in frame.columns]
     h = hashlib.sha256()
     h.update(pd.util.hash_pandas_object(frame[cols].sort_values(cols[:2]), index=False).to_numpy().tobytes())
@@ -272,6 +275,36 @@ def load_latest_checkpoint(checkpoint_dir: Optional[Path]) -> Optional[Checkpoin
             "from an older checkpoint or the checkpoint directory to start over"
         ) from None
     return Checkpoint(path=path, meta=meta, state=state)
+
+
+def checkpoint_step(name: str) -> Optional[int]:
+    """The step of a ``checkpoint-<step>`` directory name (None for anything else)."""
+    if not name.startswith(CHECKPOINT_PREFIX):
+        return None
+    try:
+        return int(name[len(CHECKPOINT_PREFIX):])
+    except ValueError:
+        return None
+
+
+def checkpoints_to_keep(names: list[str], best_step: Optional[int], policy: str = "best-and-last") -> set[str]:
+    """The checkpoint directory names ``policy`` keeps once training has succeeded.
+
+    ``last``: the newest. ``best-and-last``: also the first checkpoint at or after ``best_step`` (the
+    checkpoint of the best validation step, or the first one after it, which carries the best weights
+    as ``best_model``). ``all``: every one. Names that are not checkpoints are always kept.
+    """
+    steps = {n: checkpoint_step(n) for n in names}
+    ckpts = sorted((s, n) for n, s in steps.items() if s is not None)
+    keep = {n for n, s in steps.items() if s is None}
+    if policy == "all" or not ckpts:
+        return keep | {n for _, n in ckpts}
+    if policy not in ("best-and-last", "last"):
+        raise ConfigError(f"chronos.keep_checkpoints must be best-and-last, last or all, not {policy!r}")
+    keep.add(ckpts[-1][1])
+    if policy == "best-and-last" and best_step is not None:
+        keep.add(next((n for s, n in ckpts if s >= best_step), ckpts[-1][1]))
+    return keep
 
 
 def check_checkpoint_compatible(ckpt: Checkpoint, expected: dict) -> None:
@@ -687,6 +720,12 @@ def train_chronos2(
         extra.update(eval_strategy="steps", eval_steps=cfg.eval_every)
     if device_info.device == "cuda":
         extra.update(bf16=device_info.amp_dtype == torch.bfloat16, fp16=device_info.amp_dtype == torch.float16)
+    if cfg.finetune_mode == "lora":
+        rank = int(getattr(cfg, "lora_rank", 8))
+        # upstream's default adapter (rank 8, alpha 16, these modules) at the configured rank
+        extra["lora_config"] = {"r": rank, "lora_alpha": 2 * rank, "target_modules": [
+            "self_attention.q", "self_attention.v", "self_attention.k", "self_attention.o",
+            "output_patch_embedding.output_layer"]}
     output_dir.mkdir(parents=True, exist_ok=True)
     fitted = pipeline.fit(
         inputs=[torch.from_numpy(a) for a in data.train],
