@@ -148,6 +148,16 @@ def instance_cleanup_steps(params: TrainingParams) -> Callable[[str], list[tuple
     return steps
 
 
+def abort_reason(flow_run_id: Any, state: Any) -> str:
+    """The recorded cause of a run whose flow run Prefect ended: a cancellation reads the same as
+    the flow's own handling of it ("cancelled from Prefect"), a crash names the state."""
+    name = getattr(state, "name", None) or str(state)
+    kind = str(getattr(getattr(state, "type", None), "value", "") or "").upper()
+    if kind in ("CANCELLED", "CANCELLING") or name in ("Cancelled", "Cancelling"):
+        return f"cancelled from Prefect (flow run {flow_run_id})"
+    return f"flow run {flow_run_id} ended {name}"
+
+
 def release_after_abort(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect ``on_cancellation`` / ``on_crashed`` hook: the flow's own cleanup did not run (the
     process was cancelled or died), so mark the run killed, run its cleanup and release the lock —
@@ -170,6 +180,6 @@ def release_after_abort(flow: Any, flow_run: Any, state: Any) -> None:
         snap.run_id,
         wait_seconds=0,
         extra_cleanup=instance_cleanup_steps(params),
-        reason=f"flow run {flow_run.id} ended {getattr(state, 'name', state)}",
+        reason=abort_reason(flow_run.id, state),
     )
     log.warning("released the lock of run %s after its flow run ended %s: %s", snap.run_id, getattr(state, "name", state), result["message"])

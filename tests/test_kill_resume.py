@@ -37,7 +37,7 @@ def test_when_the_flow_run_is_cancelled_then_the_abort_hook_releases_its_lock(tm
     release_after_abort(None, SimpleNamespace(id="fr-1", parameters={"params": params}), SimpleNamespace(name="Cancelled"))
     assert read_state(store, "dev") is None
     log = runlog.load_training_log(store, "dev", "cancelled-run")
-    assert log.status == "killed" and "Cancelled" in log.error
+    assert log.status == "killed" and log.error.startswith("cancelled from Prefect (flow run fr-1)"), log.error
     assert [t.status for t in log.transitions][-2:] == ["killed", "cleanup"]
     assert runlog.load_cleanup_status(store, "dev", "cancelled-run").complete
 
