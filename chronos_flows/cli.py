@@ -86,13 +86,10 @@ def _flush_pending(store) -> None:
 
 
 def preflight(params, store) -> None:
-    """Everything that can be checked before Prefect starts: lock, data, cleaning (writes nothing)."""
-    from blocks.store import read_uri
+    """What can be refused before the lock is taken: a live holder, a run id that already succeeded
+    (reads only)."""
     from chronos_flows import runlog
-    from chronos_flows.cleaning import clean
-    from chronos_flows.ingest import load_dataset
     from chronos_flows.ops import status_report
-    from chronos_flows.splits import min_series_length
 
     report = status_report(store, params.env, lease_seconds=params.lock.lease_seconds)
     if report.get("state") != "idle" and not report.get("stale"):
@@ -104,8 +101,48 @@ def preflight(params, store) -> None:
                 f"run {params.run_id} already succeeded; use another run_id (or none) for a new run, "
                 "or `--resume RUN_ID` to continue a failed or killed one"
             )
+
+
+def preflight_data(params) -> None:
+    """The data and its cleaning, checked before Prefect starts (writes nothing)."""
+    from blocks.store import read_uri
+    from chronos_flows.cleaning import clean
+    from chronos_flows.ingest import load_dataset
+    from chronos_flows.splits import min_series_length
+
     df = load_dataset(params.data.path, params.data, fetch=read_uri)
     clean(df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon, detect_outliers=False)
+
+
+def _finish_taken_over(handle, params, store) -> None:
+    """This launch took the lock over from a dead run: finish that run's record and cleanup now
+    (its cleanup_status.json, its local work directory, its instances), whatever this run does next."""
+    from chronos_flows.runs import cleanup_dead_run
+    from tasks.cleanup import instance_cleanup_steps
+
+    dead = handle.previous.run_id
+    try:
+        result = cleanup_dead_run(store, params.env, dead, extra_cleanup=instance_cleanup_steps(params),
+                                  reason=f"lock taken over by run {params.run_id} after its lease expired")
+    except ChronosFlowsError as exc:  # never blocks the new run
+        print(f"chronos-flows: could not clean up after dead run {dead}: {exc}; finish it with "
+              f"`chronos-flows cleanup --run-id {dead}`", file=sys.stderr)
+        return
+    print(f"chronos-flows: took over the lock of dead run {dead}: recorded {result['status']}, cleanup "
+          + ("complete" if result["cleanup_complete"] else f"INCOMPLETE (see its cleanup_status.json; "
+             f"`chronos-flows cleanup --run-id {dead}` retries)"), file=sys.stderr)
+
+
+def _give_back(handle, reason: str) -> None:
+    """Release a lock taken by a launch refused before its run started (bad data): the state file
+    goes away and no training.json is written; only the lock's generation counter has moved."""
+    try:
+        handle.fail(reason)
+        handle.transition("cleanup")
+        handle.release()
+    except ChronosFlowsError as exc:
+        print(f"chronos-flows: could not release the lock of run {handle.run_id}: {exc}; "
+              f"`chronos-flows kill --run-id {handle.run_id}` releases it", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -115,15 +152,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     import socket
 
     from chronos_flows.lock import RunLock, abandon, hand_off
-    from flows.training import chronos_training, new_run_id
+    from chronos_flows.runs import new_run_id
 
     if not params.run_id:
         params = params.model_copy(update={"run_id": new_run_id()})
-    # Take the lock before Prefect starts: a launch that loses (even at the same instant) exits 3
-    # in about a second with one line. The flow of this process adopts the handle.
+    # Take the lock first, before the data is read and Prefect is imported or started: a launch that
+    # loses (even at the same instant) exits 3 at once with one line. The flow of this process
+    # adopts the handle.
     handle = RunLock(store, params.env, lease_seconds=params.lock.lease_seconds).acquire(
         params.run_id, info={"host": socket.gethostname(), "pid": os.getpid(), "launcher": "cli"}
     )
+    if handle.previous is not None:
+        _finish_taken_over(handle, params, store)
+    try:
+        preflight_data(params)
+    except BaseException as exc:
+        _give_back(handle, f"refused before the run started: {exc}")
+        raise
+    from flows.training import chronos_training
+
     hand_off(handle)
     try:
         with handle.heartbeat_thread(params.lock.heartbeat_seconds):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+import uuid
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from chronos_flows import runlog
@@ -12,6 +13,10 @@ from chronos_flows.lock import RunLock, iso, kill, utc_now
 from chronos_flows.ops import run_cleanup
 
 CleanupSteps = Callable[[str], list[tuple[str, Callable[[], str]]]]
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def _duration(start: str | None, end: str | None) -> float | None:

@@ -11,9 +11,7 @@ import os
 import shutil
 import socket
 import time
-import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,10 +31,7 @@ from tasks.evaluate import backtest_baseline, evaluate, finalize_results, load_c
 from tasks.state import RunContext, acquire_lock, check_lock, open_run_store, set_status
 from tasks.train import train_chronos
 from chronos_flows.splits import split_for_training
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+from chronos_flows.runs import new_run_id
 
 
 class Phases:

@@ -72,7 +72,7 @@ def acquire_lock(ctx: RunContext) -> LockHandle | str:
 
 def _acquire(ctx: RunContext) -> LockHandle:
     handle = take_handed_off(ctx.store.url, ctx.env, ctx.run_id)
-    if handle is not None:  # `chronos-flows run` took it before Prefect started: adopt it
+    if handle is not None:  # `chronos-flows run` took it before Prefect started (and finished any run it took over): adopt it
         handle.update_info(flow_run_id=ctx.flow_run_id, **ctx.info)
         if ctx.flow_run_id:
             handle._write(lambda s: s.__setitem__("flow_run_id", ctx.flow_run_id))
