@@ -321,7 +321,27 @@ def test_when_the_adhoc_run_has_completed_then_the_cli_shows_its_history_logs_an
 
     logs = deployed.cli("flow-run", "logs", flow_run_id)
     assert "set_working_directory" in logs
-    assert "Finished in state Completed" in logs
+    # what a reviewer reads: a line per phase with its time, a phase summary, each model's metrics,
+    # one champion line, and not the task runs' "Finished in state Completed()" (only the flow's own)
+    for phase in ("preflight", "data_sync", "training", "autoets", "prophet", "evaluate", "results_sync"):
+        assert re.search(rf"- phase {phase}: \d+\.\d s$", logs, re.M), phase
+    assert len(re.findall(r"- phases: preflight .* total \d+\.\d s$", logs, re.M)) == 1
+    for model in ("chronos", "autoets", "prophet", "seasonal_naive"):
+        assert re.search(rf"- {model}: wql [0-9.e-]+, mase ", logs), model
+    assert len(re.findall(r"- champion: ", logs)) == 1
+    assert logs.count("Finished in state Completed()") == 1
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    records: list = []
+    with deployed.client() as client:
+        while True:
+            page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=len(records))
+            records += page
+            if len(page) < 200:
+                break
+    assert any(r.task_run_id for r in records)  # the task runs' own lines still arrive
+    finished = [r for r in records if r.message.startswith("Finished in state")]
+    assert [r.task_run_id for r in finished] == [None], [(r.task_run_id, r.message) for r in finished]  # the flow run's only
 
     artifact = deployed.cli("artifact", "inspect", f"leaderboard-{RUN_ID}")
     assert flow_run_id in artifact and "seasonal_naive" in artifact
@@ -524,3 +544,63 @@ def test_when_the_report_artifact_page_opens_in_a_browser_then_its_plot_image_ha
     assert loaded, f"no loaded PNG image on {url}: images {[dict(i, src=i['src'][:40]) for i in images]}\npage text: {text!r}\nscreenshot: {shot}"
     assert all(i["src"] in report.data for i in loaded)  # the report's own plots
     assert loaded[0]["width"] >= 400  # the 10 x 4.2 in forecast plot at 100 dpi, not a placeholder icon
+
+
+# ----------------------------------------------------------------------------------- cancel
+
+CANCEL_RUN_ID = "server-cancel-run-1"
+
+
+def test_when_a_running_training_run_is_cancelled_from_prefect_then_it_ends_cancelled_and_the_store_says_killed(deployed, tmp_path):
+    """`prefect flow-run cancel` is a kill, as `chronos-flows kill` is: Cancelled in Prefect, `killed`
+    with the cause "cancelled from Prefect" in training.json, and the lock released."""
+    store_dir = tmp_path / "store"
+    overrides = [o for o in SMALL if not o.startswith("chronos.max_steps")] + ["chronos.max_steps=100000"]
+    params = build_params(overrides=overrides, store=str(store_dir), run_id=CANCEL_RUN_ID)
+    payload = dict(parse_overrides(overrides), store=str(store_dir), run_id=CANCEL_RUN_ID)
+    out = deployed.cli("deployment", "run", "chronos-training/adhoc", "--param", f"params={json.dumps(payload)}")
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
+    assert match, out
+    flow_run_id = match.group(1)
+    store = open_store(params.store_url())
+    log_path = tmp_path / "cancel-worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", POOL, "--run-once", "--limit", "1"],
+            cwd=tmp_path, env=deployed.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        with deployed.client() as client:
+            # Running in Prefect, and training under the lock in the store
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while True:
+                state = client.read_flow_run(flow_run_id).state
+                held = store.get(layout.state_key(params.env))
+                status = json.loads(held[0]).get("status") if held else None
+                if state is not None and state.is_running() and status == "training":
+                    break
+                assert not (state is not None and state.is_final()), f"ended {state} before it was cancelled\n{_tail(log_path)}"
+                assert time.monotonic() < deadline, f"not training after {RUN_TIMEOUT} s: {state}, {status}\n{_tail(log_path)}"
+                time.sleep(1)
+
+            deployed.cli("flow-run", "cancel", flow_run_id)
+
+            deadline = time.monotonic() + 180
+            while not (state is not None and state.is_final()):
+                assert time.monotonic() < deadline, f"still {state} 180 s after the cancel\n{_tail(log_path)}"
+                time.sleep(1)
+                state = client.read_flow_run(flow_run_id).state
+        worker.wait(timeout=60)
+    finally:
+        _stop(worker)
+    assert state.is_cancelled(), f"{state}\n{_tail(log_path)}"
+    record = json.loads(store.get(layout.training_log_key(params.env, CANCEL_RUN_ID))[0])
+    assert record["status"] == "killed", record
+    assert record["error"].startswith("cancelled from Prefect"), record["error"]
+    assert record["flow_run_id"] == flow_run_id
+    # the lock is released (also after the on_cancellation hook, which finds nothing left to release)
+    time.sleep(10)
+    assert store.get(layout.state_key(params.env)) is None
+    cleanup = json.loads(store.get(layout.cleanup_status_key(params.env, CANCEL_RUN_ID))[0])
+    assert cleanup["complete"] is True
