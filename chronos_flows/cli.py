@@ -267,6 +267,63 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``tune``: an Optuna study over Chronos fine-tuning and cleaning settings (the chronos-tuning flow).
+    The settings and the search space are checked before Prefect starts (exit 2 naming the parameter)."""
+    _embedded_prefect_defaults()
+    from blocks.store import open_store
+    from chronos_flows.tuning import build_tuning_params
+
+    params = build_tuning_params(args.config, args.set, store=args.store, env=args.env)
+    updates: dict[str, Any] = {}
+    if args.study:
+        updates["study"] = args.study
+    if args.final_run:
+        updates["final_run"] = True
+    if updates:
+        params = params.model_copy(update=updates)
+    store = open_store(params.training.store_url())
+    _flush_pending(store)
+    preflight_data(params.training)
+    from flows.tuning import chronos_tuning
+
+    state = chronos_tuning(params=params, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if not isinstance(outcome, dict):
+        print(f"chronos-flows: tuning failed: {type(outcome).__name__}: {outcome}" if isinstance(outcome, BaseException)
+              else f"chronos-flows: tuning failed: {state.message}", file=sys.stderr)
+        return EXIT_FAILED
+    if outcome.get("status") == "refused":
+        print(f"chronos-flows: {outcome.get('error')}", file=sys.stderr)
+        return EXIT_LOCKED
+    study = outcome.get("tuning") or {}
+    if args.json:
+        print(json.dumps(outcome, indent=2, default=str))
+    else:
+        print(f"tuning run {outcome['run_id']}: {outcome['status']}" + (f" ({outcome['error']})" if outcome.get("error") else ""))
+        if study:
+            print(f"  study {study['study']}: {study['trials']} trials {study['by_state']}; ended: {study['stop_reason']}")
+            if "best_trial" in study:
+                print(f"  best: trial {study['best_trial']}, validation WQL {study['best_value']:.5g}: "
+                      + ", ".join(f"{k}={v}" for k, v in study["best_params"].items()))
+                print(f"  best settings: {study['best_config_uri']}  (chronos-flows run --config FILE)")
+            print(f"  study record: {study['study_uri']} (resume with --study {study['study']})")
+    if args.output and study.get("best_config_uri"):
+        from chronos_flows import layout
+
+        got = store.get(f"{layout.tuning_prefix(params.training.env, study['study'])}/best_config.yaml")
+        if got is not None:
+            out = Path(args.output)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_bytes(got[0])
+            os.replace(tmp, out)
+            if not args.json:
+                print(f"  written to {out}")
+    if outcome.get("status") == "killed":
+        return EXIT_KILLED
+    return EXIT_OK if outcome.get("status") == "succeeded" else EXIT_FAILED
+
+
 def _summary_from_store(store, env: str, run_id: str) -> dict | None:
     from chronos_flows.runs import list_runs
 
@@ -532,6 +589,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. data.layout=wide or chunk_size=500")
     f.add_argument("--json", action="store_true", help="print forecast.json instead of the summary")
     f.set_defaults(func=cmd_forecast)
+
+    tu = sub.add_parser(
+        "tune",
+        help="search Chronos fine-tuning and cleaning settings with an Optuna study (the chronos-tuning flow)",
+        description="Run an Optuna study (TPE sampler, median pruner on the validation loss) over the search space "
+        "of the config file's tuning: section. Trials train in parallel processes on the training span and are "
+        "scored on its rolling validation windows, never on the backtest windows that judge the champion. "
+        "Holds the training lock; the study is kept in the store and resumes with --study NAME; the best settings "
+        "are written as a config file for chronos-flows run --config.",
+    )
+    tu.add_argument("--config", help="YAML file: the training sections (data:, chronos:, …) and a tuning: section")
+    tu.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a field, e.g. tuning.budget.max_trials=10 or chronos.max_steps=300")
+    tu.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
+    tu.add_argument("--env", help="environment prefix in the store (default dev)")
+    tu.add_argument("--study", help="study name: an existing study in the store resumes (default: a new one)")
+    tu.add_argument("--output", help="also write the best settings (a config file) to this path")
+    tu.add_argument("--final-run", action="store_true", help="after the study, run chronos-training with the best settings")
+    tu.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    tu.set_defaults(func=cmd_tune)
 
     s = sub.add_parser(
         "status",

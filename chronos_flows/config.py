@@ -219,6 +219,14 @@ class EvaluationConfig(_Frozen):
         "always scored as the reference of the relative metrics, but is a candidate only when listed.",
     )
 
+    ensemble: bool = Field(
+        True,
+        title="Weighted ensemble",
+        description="Also build a weighted ensemble of Chronos and the baselines (greedy forward selection, Caruana "
+        "2004) as a champion candidate. Its weights are fitted on one extra backtest window before the judging "
+        "windows, and every model is then ranked on the judging windows only.",
+    )
+
     @field_validator("baselines")
     @classmethod
     def _unique_baselines(cls, v: tuple[str, ...]) -> tuple[str, ...]:

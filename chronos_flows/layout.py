@@ -83,3 +83,8 @@ def instance_progress_key(env: str, run_id: str) -> str:
 def forecasts_prefix(env: str, forecast_id: str) -> str:
     """A batch of forecasts: ``forecasts.parquet`` and ``forecast.json`` (written last)."""
     return f"{env}/forecasts/{forecast_id}"
+
+
+def tuning_prefix(env: str, study: str) -> str:
+    """A tuning study: ``journal.log`` (Optuna journal), ``trials.csv``, ``best_config.yaml``, ``study.json``."""
+    return f"{env}/tuning/{study}"

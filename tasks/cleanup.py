@@ -97,7 +97,9 @@ def cleanup_run(ctx: RunContext, outcome: dict[str, Any], results: dict[str, Any
 def build_summary(ctx: RunContext, outcome: dict[str, Any], results: dict[str, Any], phases: dict[str, float]) -> dict[str, Any]:
     from chronos_flows import layout
 
+    tuning = {k: v for k, v in (results.get("tuning") or {}).items() if k != "best_config"}
     return {
+        **({"tuning": tuning} if tuning else {}),
         "run_id": ctx.run_id,
         "env": ctx.env,
         "status": outcome["status"],
