@@ -309,6 +309,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 print(f"  best settings: {study['best_config_uri']}  (chronos-flows run --config FILE)")
             print(f"  study record: {study['study_uri']} (resume with --study {study['study']})")
     if args.output and study.get("best_config_uri"):
+        from pathlib import Path
+
         from chronos_flows import layout
 
         got = store.get(f"{layout.tuning_prefix(params.training.env, study['study'])}/best_config.yaml")

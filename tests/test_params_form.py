@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from chronos_flows.config import DEFAULT_DATA, DataConfig, ForecastParams, TrainingParams, build_params, resolve_data_path
+from chronos_flows.tuning import TuningParams
 
 AUTO_TITLE = re.compile(r"\b(Iqr|Ami|Id|Ec2|Gb|Lr|N)\b")
 
@@ -38,7 +39,7 @@ def _sections(schema: dict) -> list[tuple[str, dict]]:
     return out
 
 
-@pytest.mark.parametrize("model", [TrainingParams, ForecastParams])
+@pytest.mark.parametrize("model", [TrainingParams, ForecastParams, TuningParams])
 def test_when_the_parameter_schema_is_built_then_every_section_and_field_has_a_title_and_description(model):
     schema = model.model_json_schema()
     assert schema.get("title") and schema.get("description"), schema.get("title")
@@ -64,14 +65,16 @@ def test_when_titles_are_read_then_they_are_the_words_a_user_knows():
 def test_when_the_deployment_schema_is_built_then_the_flow_parameter_is_described_and_no_data_path_is_frozen():
     from flows.forecast import chronos_forecast
     from flows.training import chronos_training
+    from flows.tuning import chronos_tuning
 
-    for flow in (chronos_training, chronos_forecast):
+    for flow in (chronos_training, chronos_forecast, chronos_tuning):
         schema = flow.parameters.model_dump()
         default = schema["properties"]["params"].get("default") or {}
+        default = default.get("training", default)  # the tuning flow's base training settings
         # the form's default: empty, resolved by the run (never this machine's absolute path)
         assert (default.get("data") or {}).get("path") is None, default.get("data")
         assert str(DEFAULT_DATA) not in str(schema)
-    for flow in (chronos_training, chronos_forecast):
+    for flow in (chronos_training, chronos_forecast, chronos_tuning):
         assert flow.parameters.model_dump()["properties"]["params"].get("description"), flow.name
 
 
