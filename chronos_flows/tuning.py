@@ -174,6 +174,9 @@ def apply_overrides(base: TrainingParams, overrides: dict[str, Any]) -> Training
 def validate_space(params: TuningParams) -> None:
     """Refuse a search space that cannot be searched, naming the parameter (BadInputError: exit 2)."""
     base = params.training
+    if base.compute.backend != "local":
+        raise BadInputError(f"compute.backend {base.compute.backend}: tuning trials run as local processes (one EC2 "
+                            "instance per trial is not built yet); set compute.backend=local")
     for name, spec in params.search_space.items():
         kind = TUNABLE.get(name)
         if kind is None:
