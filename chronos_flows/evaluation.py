@@ -384,6 +384,12 @@ def _final_cutoffs_line(cutoffs: pd.DataFrame, n_windows: int) -> str:
     return f"- final-window cutoffs: {first:%Y-%m-%d} … {last:%Y-%m-%d}"
 
 
+def _ensemble_report_lines(settings: Mapping[str, Any]) -> list[str]:
+    from chronos_flows.models.ensemble import report_lines
+
+    return report_lines(settings)
+
+
 def render_report(result: BacktestResult, plots: Mapping[str, Path] | None = None) -> str:
     s = result.settings
     lb = result.leaderboard
@@ -405,6 +411,7 @@ def render_report(result: BacktestResult, plots: Mapping[str, Path] | None = Non
         "(< 1 beats the reference). `wql_pooled` is the WQL of all pairs pooled. Lower is better, "
         "except `coverage_80` (target 0.80).",
         "",
+        *_ensemble_report_lines(s),
         "## Failures",
         "",
     ]

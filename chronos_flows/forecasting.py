@@ -217,6 +217,11 @@ def champion_forecaster(store: Any, env: str, champion: dict[str, Any], workdir:
     family = champion["family"]
     if family in LOCAL_FAMILIES:
         return local_forecaster(family, champion.get("config") or {}, n_jobs=n_jobs, progress=progress)
+    if family == "ensemble":  # each member re-created as a champion of its own family, then combined
+        from chronos_flows.models.ensemble import ensemble_forecaster
+
+        return ensemble_forecaster(champion, lambda member: champion_forecaster(
+            store, env, member, workdir, device=device, n_jobs=n_jobs))
     from chronos_flows.models.chronos import ChronosForecaster
 
     prefix = layout.registry_model_prefix(env, champion["run_id"], "chronos")

@@ -7,9 +7,19 @@ import pandas as pd
 from chronos_flows.config import EvaluationConfig, TrainingParams
 
 
+def ensemble_fit_windows(ev: EvaluationConfig) -> list[int]:
+    """Backtest windows the ensemble's weights are fitted on (the first, extra one), never judged on."""
+    return [0] if getattr(ev, "ensemble", False) else []
+
+
+def backtest_windows(ev: EvaluationConfig) -> int:
+    """Windows the backtest runs: the ``n_windows`` judging windows plus the ensemble's fitting window."""
+    return ev.n_windows + len(ensemble_fit_windows(ev))
+
+
 def test_span(ev: EvaluationConfig) -> int:
     """Points at the end of every series covered by the backtest windows."""
-    return ev.horizon + (ev.n_windows - 1) * (ev.step or ev.horizon)
+    return ev.horizon + (backtest_windows(ev) - 1) * (ev.step or ev.horizon)
 
 
 def min_series_length(params: TrainingParams) -> int:

