@@ -232,3 +232,29 @@ def test_when_the_champion_is_an_ensemble_then_batch_forecasts_equal_the_weighte
     np.testing.assert_allclose(out[cols].to_numpy(), expected, rtol=1e-12)
     assert (np.diff(out[["0.1", "0.5", "0.9"]].to_numpy(), axis=1) >= 0).all()
     assert json.loads(json.dumps(champ["config"])) == config
+
+
+def test_when_the_endpoint_serves_an_ensemble_champion_then_it_answers_the_weighted_member_forecasts(tmp_path):
+    from chronos_flows import serving
+    from tests.test_forecast import seed_champion
+
+    rng = np.random.default_rng(3)
+    ys = [list(30 + 5 * np.sin(np.arange(40) * np.pi / 2) + rng.normal(0, 1, 40)) for _ in range(2)]
+    members = [{"family": "theta", "weight": 0.7, "config": {"season_length": 4, "decomposition_type": "additive", "model": None}},
+               {"family": "seasonal_naive", "weight": 0.3, "config": {"season_length": 4}}]
+    config = {"members": members, "gate_metric": "wql", "iterations": 10, "fit_windows": [0], "fit_score": 0.1}
+    store = seed_champion(tmp_path / "store", "ensemble", config, freq="QS", data=panel())
+    doc, etag = read_champion(store, "dev")
+    champ = serving.load_champion(store, "dev", doc, etag, tmp_path / "serve")
+    assert champ.family == "ensemble" and champ.min_history == max(MIN_HISTORY["ensemble"], serving.MIN_OBSERVATIONS)
+    parsed = serving.parse_request({"inputs": [{"target": y, "item_id": f"s{i}", "start": "2000-01-01"} for i, y in enumerate(ys)],
+                                    "parameters": {"prediction_length": 4, "freq": "QS", "quantile_levels": [0.1, 0.5, 0.9]}})
+    out = serving.predict(champ, parsed)["predictions"]
+    frame = pd.concat([pd.DataFrame({ID: f"s{i}", TIME: pd.date_range("2000-01-01", periods=40, freq="QS"), TARGET: y})
+                       for i, y in enumerate(ys)], ignore_index=True)
+    expected = sum(m["weight"] * local_forecaster(m["family"], m["config"]).predict(frame, 4, "QS", (0.1, 0.5, 0.9))
+                   .sort_values([ID, TIME])[["mean", "0.1", "0.5", "0.9"]].to_numpy() for m in members)
+    expected[:, 1:] = np.sort(expected[:, 1:], axis=1)
+    got = np.concatenate([np.column_stack([p["mean"], p["0.1"], p["0.5"], p["0.9"]]) for p in out])
+    assert [p["item_id"] for p in out] == ["s0", "s1"]
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
