@@ -4,6 +4,7 @@
 
     cached-datasets/YYYY/MM/{fingerprint}.parquet     ingested canonical datasets
     {env}/system-state.json                           the lock and live status
+    {env}/lock-generation.json                        the lock's generation counter (fencing token)
     {env}/logs/{run_id}/training.json                 the run's execution log
     {env}/logs/{run_id}/cleanup_status.json           the cleanup record
     {env}/{run_id}/models/{model}/                    saved models
@@ -11,9 +12,11 @@
     {env}/{run_id}/model_metadata.json                config, data fingerprint, metrics, promotion
     {env}/{run_id}/evaluation/                        leaderboard, per-series metrics, report, plots
     {env}/{run_id}/data/                              the run's cleaned data and cleaning report
+    {env}/{run_id}/instance/                          EC2 backend: progress.json, result.json
     {env}/registry/champion.json                      the model that serves
     {env}/registry/{run_id}/{model}/                  promoted models (outside the 60-day expiry)
     {env}/forecasts/{forecast_id}/                    batch forecasts: forecasts.parquet, forecast.json
+    {env}/tuning/{study}/                             a tuning study: journal.log, trials.csv, study.json, best_config.yaml
 """
 
 from __future__ import annotations
