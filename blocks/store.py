@@ -283,6 +283,23 @@ class LocalStore:
             written.append(key)
         return written
 
+    def put_file(self, key: str, src: Path) -> str:
+        """Atomically write the local file ``src`` to ``key``, streamed (never whole in memory): a
+        copy into a temporary file, then a rename over the key. Returns the content MD5 ETag."""
+        path = self._path(key)
+        tmp: Path | None = None
+        try:
+            tmp = self._write_tmp(src=Path(src))
+            etag = _md5_file(tmp)
+            with self._key_lock(key):
+                self._replace(tmp, path)
+        except OSError as e:
+            raise self._wrap_os(key, e) from e
+        finally:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        return etag
+
     def download_dir(self, prefix: str, local_dir: Path) -> list[Path]:
         local_dir = Path(local_dir)
         base = prefix.strip("/")
@@ -555,6 +572,21 @@ class S3Store:
                 raise StoreError(f"upload of {src} to s3://{self.bucket}/{self._k(key)} failed: {e}") from e
             written.append(key)
         return written
+
+    def put_file(self, key: str, src: Path) -> str:
+        """Write the local file ``src`` to ``key``, streamed by boto3's ``upload_file`` (multipart
+        for large files; the object appears only when complete). Returns the new ETag."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        from boto3.exceptions import S3UploadFailedError
+
+        try:
+            self.client.upload_file(str(src), self.bucket, self._k(key), ExtraArgs=_tagging(key) or None)
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, "PutObject", key) from e
+        except S3UploadFailedError as e:
+            raise StoreError(f"upload of {src} to s3://{self.bucket}/{self._k(key)} failed: {e}") from e
+        r = self._call("HeadObject", key, self.client.head_object, Bucket=self.bucket, Key=self._k(key))
+        return r["ETag"]
 
     def download_dir(self, prefix: str, local_dir: Path) -> list[Path]:
         from botocore.exceptions import BotoCoreError, ClientError

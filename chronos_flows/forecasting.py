@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from chronos_flows.errors import BadInputError
-from chronos_flows.models.base import ID, TARGET, TIME, Forecaster, quantile_column
+from chronos_flows.models.base import ID, TARGET, TIME, Forecaster, future_index, quantile_column
 
 Sink = Callable[[pd.DataFrame], None]
 Progress = Callable[[int, int], None]
@@ -71,7 +71,11 @@ def forecast_panel(
     sink: Sink,
     progress: Progress | None = None,
 ) -> ForecastRun:
-    """Forecast every series of ``history`` with ``model``; each chunk's rows go to ``sink``."""
+    """Forecast every series of ``history`` with ``model``; each chunk's rows go to ``sink``.
+
+    Series go out in ``unique_id`` order. The panel itself is not copied when each series' rows
+    are contiguous and time-sorted (what ingest and cleaning produce): the model reads views of one
+    float32 copy of ``y``; only an unsorted panel is sorted (into arrays, not a frame)."""
     if horizon < 1:
         raise BadInputError(f"forecast horizon must be at least 1, got {horizon}")
     if chunk_size < 1:
@@ -81,57 +85,214 @@ def forecast_panel(
         raise BadInputError(f"quantiles must be levels strictly between 0 and 1, got {list(quantiles)}")
     t_start = time.perf_counter()
     qcols = [quantile_column(q) for q in quantiles]
-    # one sort for the whole panel; chunks are then selected by integer series codes
-    codes, uniques = pd.factorize(history[ID].astype(str), sort=True)
-    order = np.lexsort((pd.to_datetime(history[TIME]).to_numpy(), codes))
-    frame = history[[ID, TIME, TARGET]].iloc[order].reset_index(drop=True)
-    frame[TIME] = pd.to_datetime(frame[TIME])
-    codes = codes[order]
-    y = frame[TARGET].to_numpy(dtype="float32", na_value=np.nan)
-    times = frame[TIME].to_numpy()
-    starts = np.searchsorted(codes, np.arange(len(uniques)), side="left")
-    ends = np.searchsorted(codes, np.arange(len(uniques)), side="right")
-    counts = np.bincount(codes, weights=np.isfinite(y), minlength=len(uniques)).astype(int)
+    series = _split_series(history)
+    uniques, starts, ends = series.uniques, series.starts, series.ends
     run = ForecastRun()
-    for code in np.flatnonzero(counts < min_history):
-        run.skipped[str(uniques[code])] = f"{counts[code]} observations; a {family} forecast needs at least {min_history}"
+    counts = series.counts
+    for k in np.flatnonzero(counts < min_history):
+        run.skipped[str(uniques[k])] = f"{counts[k]} observations; a {family} forecast needs at least {min_history}"
     eligible = np.flatnonzero(counts >= min_history)
     if not len(eligible):
         raise BadInputError(
             f"no series can be forecast: every series has fewer than {min_history} observations "
             f"(the minimum for {family}); give the series more history"
         )
+    futures: dict[int, np.ndarray] = {}  # future timestamps (int ns) per distinct last observation
     done = 0
     for start in range(0, len(eligible), chunk_size):
-        chunk_codes = eligible[start : start + chunk_size]
-        chunk_ids = [str(uniques[c]) for c in chunk_codes]
+        chunk = eligible[start : start + chunk_size]
+        chunk_ids = uniques[chunk]
         t0 = time.perf_counter()
-        if hasattr(model, "predict_series"):  # global models take the already split series
-            fc = model.predict_series(chunk_ids, [y[starts[c] : ends[c]] for c in chunk_codes],
-                                      [times[ends[c] - 1] for c in chunk_codes], horizon, freq, quantiles)
+        if hasattr(model, "predict_arrays"):  # global models: one batched call on views of the split series
+            y = series.y
+            mean, q = model.predict_arrays([y[a:b] for a, b in zip(starts[chunk].tolist(), ends[chunk].tolist())],
+                                           horizon, quantiles)
+            run.predict_seconds += time.perf_counter() - t0
+            n = len(chunk)
+            q = np.asarray(q).reshape(n * horizon, len(qcols))
+            if not (q[:, 1:] >= q[:, :-1]).all():  # sorting costs more than checking
+                q = np.sort(q, axis=1)
+            fc = pd.DataFrame({
+                ID: np.repeat(chunk_ids, horizon),
+                TIME: series.future_times(ends[chunk] - 1, horizon, freq, futures),
+                "mean": np.asarray(mean, dtype="float64").reshape(-1),
+                **dict(zip(qcols, q.astype("float64").T)),
+                "family": np.repeat(np.array([family], dtype=object), n * horizon),
+                "champion_run_id": np.repeat(np.array([champion_run_id], dtype=object), n * horizon),
+            })
+            got_n = n
         else:
-            fc = model.predict(frame[np.isin(codes, chunk_codes)], horizon, freq, quantiles)
-        run.predict_seconds += time.perf_counter() - t0
-        failures = dict(getattr(model, "last_failures", None) or {})
-        got = set(fc[ID].astype(str).unique())
-        for uid in chunk_ids:
-            if uid not in got:
-                run.skipped[uid] = failures.get(uid, "the model returned no forecast")
+            if hasattr(model, "predict_series"):  # global models take the already split series
+                fc = model.predict_series(list(chunk_ids), [series.y[starts[k] : ends[k]] for k in chunk],
+                                          list(series.stamps(ends[chunk] - 1)), horizon, freq, quantiles)
+            else:
+                fc = model.predict(series.frame(history, chunk), horizon, freq, quantiles)
+            run.predict_seconds += time.perf_counter() - t0
+            failures = dict(getattr(model, "last_failures", None) or {})
+            got = set(fc[ID].astype(str).unique())
+            for uid in chunk_ids:
+                if uid not in got:
+                    run.skipped[uid] = failures.get(uid, "the model returned no forecast")
+            got_n = len(got)
+            if len(fc):
+                fc = fc[[ID, TIME, "mean", *qcols]].copy()
+                fc[ID] = fc[ID].astype(str)
+                fc[qcols] = np.sort(fc[qcols].to_numpy(dtype="float64"), axis=1)
+                fc["family"] = family
+                fc["champion_run_id"] = champion_run_id
+                fc = fc.reset_index(drop=True)
         if len(fc):
-            fc = fc[[ID, TIME, "mean", *qcols]].copy()
-            fc[ID] = fc[ID].astype(str)
-            fc[qcols] = np.sort(fc[qcols].to_numpy(dtype="float64"), axis=1)
-            fc["family"] = family
-            fc["champion_run_id"] = champion_run_id
-            run.n_series += len(got)
+            run.n_series += got_n
             run.n_rows += len(fc)
-            sink(fc.reset_index(drop=True))
+            sink(fc)
+        del fc
         run.chunks += 1
-        done += len(chunk_ids)
+        done += len(chunk)
         if progress is not None:
             progress(done, len(eligible))
     run.total_seconds = time.perf_counter() - t_start
     return run
+
+
+@dataclass
+class _Series:
+    """The panel split into series: series ``k`` (``uniques`` sorted) is rows ``starts[k]:ends[k]``
+    of the time-sorted arrays ``y`` (float32) and ``t`` (int64 ns; UTC for tz-aware data);
+    ``perm`` maps those rows to the rows of the input frame (``None``: the same rows)."""
+
+    uniques: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    counts: np.ndarray
+    y: np.ndarray
+    t: np.ndarray
+    perm: np.ndarray | None
+    tz: Any
+    times: pd.DatetimeIndex
+
+    def stamps(self, rows: np.ndarray) -> pd.DatetimeIndex:
+        return self._index(self.t[rows])
+
+    def _index(self, ns: np.ndarray) -> pd.DatetimeIndex:
+        idx = pd.DatetimeIndex(np.asarray(ns, dtype="int64").view("datetime64[ns]"))
+        return idx.tz_localize("UTC").tz_convert(self.tz) if self.tz is not None else idx
+
+    def future_times(self, rows: np.ndarray, horizon: int, freq: str, cache: dict[int, np.ndarray]) -> Any:
+        """The ``horizon`` timestamps after each of rows ``rows``, flattened series by series;
+        ``future_index`` runs once per distinct last observation (usually once per panel)."""
+        lasts = self.t[rows]
+        distinct, inverse = np.unique(lasts, return_inverse=True)
+        for v in distinct:
+            v = int(v)
+            if v not in cache:
+                cache[v] = future_index(self._index(np.array([v]))[0], horizon, freq).as_unit("ns").asi8
+        ns = np.stack([cache[int(v)] for v in distinct])[inverse.reshape(-1)].reshape(-1)
+        return self._index(ns) if self.tz is not None else ns.view("datetime64[ns]")
+
+    def frame(self, history: pd.DataFrame, chunk: np.ndarray) -> pd.DataFrame:
+        """The long frame of the series ``chunk`` (for models that take a frame)."""
+        lens = self.ends[chunk] - self.starts[chunk]
+        rows = np.arange(lens.sum()) + np.repeat(self.starts[chunk] - (np.cumsum(lens) - lens), lens)
+        src = rows if self.perm is None else self.perm[rows]
+        return pd.DataFrame({ID: np.repeat(self.uniques[chunk], lens), TIME: self.times[src],
+                             TARGET: history[TARGET].to_numpy()[src]})
+
+
+def _split_series(history: pd.DataFrame) -> _Series:
+    """Split ``history`` into series without copying the frame (see :class:`_Series`)."""
+    times = pd.DatetimeIndex(history[TIME])
+    if times.unit != "ns":
+        times = times.as_unit("ns")
+    t = times.asi8
+    y_raw = history[TARGET].to_numpy()
+    ids = history[ID].to_numpy()
+    n = len(ids)
+    # the usual case: each series one contiguous, time-sorted run of rows
+    bounds = np.flatnonzero(ids[1:] != ids[:-1]) + 1 if n > 1 else np.array([], dtype=np.int64)
+    run_starts = np.concatenate(([0], bounds)).astype(np.int64) if n else np.array([], dtype=np.int64)
+    run_ids = ids[run_starts].astype(str).astype(object)
+    grouped = len(pd.unique(run_ids)) == len(run_ids)
+    if grouped and n > 1:
+        dt = np.diff(t)
+        dt[bounds - 1] = 0
+        grouped = bool((dt >= 0).all())
+    if grouped:
+        run_ends = np.append(run_starts[1:], n) if n else run_starts
+        y = y_raw.astype("float32")
+        finite = np.isfinite(y)
+        if finite.all():
+            run_counts = run_ends - run_starts
+        else:
+            run_counts = np.add.reduceat(finite.astype(np.int64), run_starts) if n else run_starts
+        order = np.argsort(run_ids, kind="stable")
+        return _Series(run_ids[order], run_starts[order], run_ends[order], np.asarray(run_counts[order], dtype=int),
+                       y, t, None, times.tz, times)
+    codes, uniques = pd.factorize(history[ID].astype(str), sort=True)
+    perm = np.lexsort((t, codes))
+    codes = codes[perm]
+    y = np.asarray(y_raw[perm], dtype="float32")
+    keys = np.arange(len(uniques))
+    starts = np.searchsorted(codes, keys, side="left")
+    ends = np.searchsorted(codes, keys, side="right")
+    counts = np.bincount(codes, weights=np.isfinite(y), minlength=len(uniques)).astype(int)
+    return _Series(np.asarray(uniques, dtype=object), starts, ends, counts, y, t[perm], perm, times.tz, times)
+
+
+class ParquetSink:
+    """A :data:`Sink` that appends each chunk to one local Parquet file (``pyarrow.parquet.ParquetWriter``,
+    one row group per chunk) and keeps only a bounded preview for artifacts: the first ``head_rows``
+    rows and every row of the first ``preview_series`` series. Nothing else of the output stays in
+    memory. The file is complete once :meth:`close` returns; call it in a ``finally``."""
+
+    def __init__(self, path: Any, columns: Sequence[str], *, head_rows: int = 20, preview_series: int = 3) -> None:
+        self.path = path
+        self.columns = list(columns)
+        self.head_rows = head_rows
+        self.preview_series = preview_series
+        self.rows = 0
+        self.largest_chunk = 0
+        self._writer: Any = None
+        self._schema: Any = None
+        self._head: list[pd.DataFrame] = []
+        self._head_n = 0
+        self._series: list[pd.DataFrame] = []
+        self._series_ids: set[str] = set()
+
+    def __call__(self, chunk: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(chunk[self.columns], schema=self._schema, preserve_index=False)
+        if self._writer is None:
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        self._writer.write_table(table)
+        self.rows += len(chunk)
+        self.largest_chunk = max(self.largest_chunk, len(chunk))
+        if self._head_n < self.head_rows:
+            part = chunk.iloc[: self.head_rows - self._head_n][self.columns].copy()
+            self._head.append(part)
+            self._head_n += len(part)
+        need = self.preview_series - len(self._series_ids)
+        if need > 0:
+            ids = sorted(set(chunk[ID].unique()) - self._series_ids)[:need]
+            if ids:
+                self._series.append(chunk.loc[chunk[ID].isin(ids), self.columns].copy())
+                self._series_ids.update(ids)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    @property
+    def head(self) -> pd.DataFrame:
+        """The first ``head_rows`` rows of the file."""
+        return pd.concat(self._head, ignore_index=True) if self._head else pd.DataFrame(columns=self.columns)
+
+    @property
+    def preview(self) -> pd.DataFrame:
+        """Every row of the first ``preview_series`` series written (in ``unique_id`` order)."""
+        return pd.concat(self._series, ignore_index=True) if self._series else pd.DataFrame(columns=self.columns)
 
 
 # ---------------------------------------------------------------------------- inputs and the champion

@@ -38,8 +38,8 @@ def chronos_forecast(params: ForecastParams = ForecastParams()) -> dict[str, Any
     inputs, cleaned, report = prepare_data(params, champion)
     workdir = new_workdir(forecast_id)
     try:
-        path, run = forecast(store, params, champion, inputs, cleaned, report.freq, forecast_id, workdir)
-        return publish(store, params, champion, inputs, report, cleaned, path, run, forecast_id, started_at)
+        path, run, preview = forecast(store, params, champion, inputs, cleaned, report.freq, forecast_id, workdir)
+        return publish(store, params, champion, inputs, report, cleaned, path, run, forecast_id, started_at, preview)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

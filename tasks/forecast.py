@@ -21,6 +21,7 @@ from chronos_flows.errors import BadInputError
 from chronos_flows.forecasting import (
     ForecastInputs,
     ForecastRun,
+    ParquetSink,
     champion_forecaster,
     check_frequency,
     forecast_columns,
@@ -71,22 +72,13 @@ def prepare_data(params: ForecastParams, champion: dict[str, Any]) -> tuple[Fore
 def forecast(
     store: ObjectStore, params: ForecastParams, champion: dict[str, Any], inputs: ForecastInputs,
     cleaned: pd.DataFrame, freq: str, forecast_id: str, workdir: Path,
-) -> tuple[Path, ForecastRun]:
-    """Forecast every series in chunks, appending each chunk to a local Parquet file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+) -> tuple[Path, ForecastRun, dict[str, pd.DataFrame]]:
+    """Forecast every series in chunks, appending each chunk to a local Parquet file; only the
+    first rows and the plotted series stay in memory (returned for the artifacts)."""
     bar = Progress(f"forecast-progress-{forecast_id}", f"Series forecast by the {inputs.family} champion")
     model = champion_forecaster(store, params.env, champion, workdir, device=params.device, n_jobs=params.n_jobs)
     path = workdir / "forecasts.parquet"
-    cols = forecast_columns(inputs.quantiles)
-    writer: list[pq.ParquetWriter] = []
-
-    def sink(chunk: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(chunk[cols], preserve_index=False)
-        if not writer:
-            writer.append(pq.ParquetWriter(path, table.schema))
-        writer[0].write_table(table)
+    sink = ParquetSink(path, forecast_columns(inputs.quantiles), preview_series=params.plot_series)
 
     def progress(done: int, total: int) -> None:
         bar.update(done, total)
@@ -99,27 +91,32 @@ def forecast(
             sink=sink, progress=progress,
         )
     finally:
-        if writer:
-            writer[0].close()
-    if not writer:
+        sink.close()
+    if not sink.rows:
         raise BadInputError(
             f"the {inputs.family} champion could not forecast any series of {inputs.data.path}: "
             + "; ".join(f"{k}: {v}" for k, v in list(run.skipped.items())[:5])
         )
     for uid, why in run.skipped.items():
         logger().warning("series %s skipped: %s", uid, why)
-    return path, run
+    return path, run, {"head": sink.head, "preview": sink.preview}
 
 
 @task(name="publish-forecasts", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
 def publish(
     store: ObjectStore, params: ForecastParams, champion: dict[str, Any], inputs: ForecastInputs, report: CleaningReport,
     cleaned: pd.DataFrame, path: Path, run: ForecastRun, forecast_id: str, started_at: str,
+    preview: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
-    """Write forecasts.parquet, then forecast.json (its presence marks a complete batch); publish
-    the summary, the head of the table and plots as Prefect artifacts."""
+    """Write forecasts.parquet (streamed from the local file), then forecast.json (its presence
+    marks a complete batch); publish the summary, the head of the table and plots as Prefect
+    artifacts, from ``preview`` (the first rows and plotted series), never a read-back of the file."""
     prefix = layout.forecasts_prefix(params.env, forecast_id)
-    store.put(f"{prefix}/forecasts.parquet", path.read_bytes())
+    put_file = getattr(store, "put_file", None)
+    if put_file is not None:
+        put_file(f"{prefix}/forecasts.parquet", path)
+    else:  # a store without streaming uploads
+        store.put(f"{prefix}/forecasts.parquet", path.read_bytes())
     skipped = {**{k: f"dropped by cleaning: {v}" for k, v in report.dropped.items()}, **run.skipped}
     doc = {
         "schema_version": 1,
@@ -140,8 +137,8 @@ def publish(
     store.put(f"{prefix}/forecast.json", json.dumps(doc, indent=2, default=str).encode())
     logger().info("wrote %d forecasts (%d series) to %s", run.n_rows, run.n_series, store.uri(prefix))
 
-    frame = pd.read_parquet(path)
-    head = frame.head(20).copy()
+    preview = preview or {}
+    head = preview.get("head", pd.DataFrame(columns=["ds"])).head(20).copy()
     head["ds"] = head["ds"].astype(str)
     summary = [
         {"field": "champion", "value": f"{champion['family']} from run {champion['run_id']}"},
@@ -153,6 +150,7 @@ def publish(
     ]
     table_artifact(f"forecast-summary-{forecast_id}", summary, f"Batch forecast {forecast_id}")
     table_artifact(f"forecast-head-{forecast_id}", [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in head.to_dict(orient="records")], "First rows of forecasts.parquet")
+    frame = preview.get("preview", pd.DataFrame(columns=["unique_id"]))
     ids = sorted(frame["unique_id"].unique())[: params.plot_series]
     if ids:
         parts = [f"## Forecasts of the {champion['family']} champion (run {champion['run_id']})\n"]

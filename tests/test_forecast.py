@@ -105,6 +105,113 @@ def test_when_a_forecaster_crosses_its_quantiles_then_the_batch_sorts_them():
     assert (np.diff(q, axis=1) >= 0).all()
 
 
+def _tiny_chronos(tmp_path, context: int = 64, horizon: int = 8):
+    from chronos_flows.config import ChronosConfig
+    from chronos_flows.models.chronos import ChronosForecaster
+    from chronos_flows.models.chronos_configs import build_random_pipeline
+
+    build_random_pipeline("chronos-2", "tiny", context, horizon, seed=3).save_pretrained(tmp_path / "model")
+    cfg = ChronosConfig(family="chronos-2", context_length=context, batch_size=2, device="cpu")
+    return ChronosForecaster.load(tmp_path / "model", cfg, workdir=tmp_path)
+
+
+@pytest.mark.parametrize("family", ["seasonal_naive", "chronos"])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_when_a_panel_is_forecast_in_many_chunks_then_the_file_equals_the_single_chunk_one(tmp_path, family, shuffled):
+    from chronos_flows.forecasting import ParquetSink, forecast_columns
+
+    model = SeasonalNaive(4) if family == "seasonal_naive" else _tiny_chronos(tmp_path)
+    df = panel(23, n=40)
+    df.loc[df["unique_id"] == "s5", "y"] = np.nan  # a series with no finite value: skipped either way
+    if shuffled:  # rows in any order: sorted into arrays, the same output
+        df = df.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    files, runs = [], []
+    for chunk_size in (3, 10_000):
+        sink = ParquetSink(tmp_path / f"chunks-{chunk_size}.parquet", forecast_columns(Q), preview_series=2)
+        try:
+            runs.append(forecast_panel(model, df, horizon=8, freq="W-MON", quantiles=Q, family=family,
+                                       champion_run_id="r", min_history=2, chunk_size=chunk_size, sink=sink))
+        finally:
+            sink.close()
+        files.append(pd.read_parquet(sink.path))
+        assert sink.largest_chunk <= min(chunk_size, 22) * 8
+        # the preview is the file's first rows and its first two series, nothing more
+        pd.testing.assert_frame_equal(sink.head, files[-1].head(20))
+        pd.testing.assert_frame_equal(sink.preview, files[-1][files[-1]["unique_id"].isin(["s0", "s1"])])
+    many, one = files
+    assert runs[0].chunks == 8 and runs[1].chunks == 1
+    assert runs[0].skipped == runs[1].skipped and list(runs[0].skipped) == ["s5"]
+    assert len(many) == 22 * 8 and list(many["unique_id"].unique()) == sorted(set(df["unique_id"]) - {"s5"})
+    pd.testing.assert_frame_equal(many, one, rtol=1e-5, atol=1e-5)
+
+
+def test_when_a_large_panel_is_forecast_in_chunks_then_peak_memory_is_a_chunk_of_output_not_the_panel(tmp_path):
+    """3,000 series whose output (156,000 rows) is ~20x the input: with chunks of 100 series the
+    forecast holds a small fraction of what forecasting the whole panel at once holds."""
+    import tracemalloc
+
+    from chronos_flows.forecasting import ParquetSink, forecast_columns
+
+    class LastValue(SeasonalNaive):
+        """A global model as cheap as possible (the batched path Chronos takes), so memory is ours."""
+
+        def predict_arrays(self, arrays, horizon, quantiles):
+            last = np.array([a[-1] for a in arrays], dtype="float32")
+            mean = np.repeat(last[:, None], horizon, axis=1)
+            return mean, mean[:, :, None] + np.asarray(quantiles, dtype="float32") - 0.5
+
+    n_series, n, horizon = 3000, 8, 52
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"unique_id": np.repeat([f"s{i:04d}" for i in range(n_series)], n),
+                       "ds": np.tile(pd.date_range("2020-01-06", periods=n, freq="W-MON"), n_series),
+                       "y": rng.normal(10, 1, n_series * n)})
+
+    def peak(chunk_size: int) -> tuple[int, ParquetSink]:
+        sink = ParquetSink(tmp_path / f"f-{chunk_size}.parquet", forecast_columns(Q))
+        tracemalloc.start()
+        try:
+            forecast_panel(LastValue(1), df, horizon=horizon, freq="W-MON", quantiles=Q, family="last_value",
+                           champion_run_id="r", chunk_size=chunk_size, sink=sink)
+            sink.close()
+            return tracemalloc.get_traced_memory()[1], sink
+        finally:
+            tracemalloc.stop()
+
+    chunked, sink = peak(100)
+    whole, _ = peak(n_series)
+    assert sink.rows == n_series * horizon and sink.largest_chunk == 100 * horizon
+    assert chunked < 0.25 * whole, (chunked, whole)
+
+
+def test_when_forecasts_are_published_then_the_file_is_streamed_to_the_store_and_never_read_back(tmp_path, monkeypatch):
+    import tasks.forecast as tf
+
+    seed_champion(tmp_path / "store", "seasonal_naive", {"season_length": 4})
+    data = tmp_path / "panel.csv"
+    panel(7, n=40).to_csv(data, index=False)
+
+    class NoWholeUpload(LocalStore):
+        def put(self, key, data):
+            assert not key.endswith("forecasts.parquet"), "the forecasts were uploaded from memory"
+            return super().put(key, data)
+
+    store = NoWholeUpload(tmp_path / "store")
+    params = ForecastParams(store=str(tmp_path / "store"), forecast_id="fc-stream", horizon=5, chunk_size=2,
+                            data={"path": str(data)}, plot_series=2)
+    champ, _ = read_champion(store, "dev")
+    inputs, cleaned, report = tf.load_forecast_data(params, champ)
+    monkeypatch.setattr(tf.pd, "read_parquet", lambda *a, **k: pytest.fail("the output file was read back whole"))
+    (tmp_path / "work").mkdir()
+    path, run, preview = tf.forecast.fn(store, params, champ, inputs, cleaned, report.freq, "fc-stream", tmp_path / "work")
+    assert run.chunks == 4 and len(preview["preview"]) == 2 * 5 and len(preview["head"]) == 20
+    doc = tf.publish.fn(store, params, champ, inputs, report, cleaned, path, run, "fc-stream", "now", preview)
+    monkeypatch.undo()
+    prefix = layout.forecasts_prefix("dev", "fc-stream")
+    stored = pd.read_parquet(store.uri(f"{prefix}/forecasts.parquet").removeprefix("file://"))
+    pd.testing.assert_frame_equal(stored, pd.read_parquet(path))
+    assert len(stored) == 7 * 5 and doc["counts"]["rows"] == 35 and store.exists(f"{prefix}/forecast.json")
+
+
 # ------------------------------------------------------------------------------- a Chronos champion
 
 

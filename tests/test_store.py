@@ -89,6 +89,26 @@ def test_when_dir_uploaded_then_download_gives_the_same_tree(store, tmp_path):
     assert (tmp_path / "dst" / "sub" / "weights.bin").read_bytes() == (src / "sub" / "weights.bin").read_bytes()
 
 
+def test_when_a_file_is_put_then_get_returns_its_bytes_and_etag_and_no_temporary_file_stays(store, tmp_path):
+    import os
+
+    src = tmp_path / "forecasts.parquet"
+    data = os.urandom(3 << 20)
+    src.write_bytes(data)
+    etag = store.put_file("dev/forecasts/fc-1/forecasts.parquet", src)
+    assert store.get("dev/forecasts/fc-1/forecasts.parquet") == (data, etag)
+    assert hashlib.md5(data).hexdigest() in etag
+    src.write_bytes(b"second")
+    etag2 = store.put_file("dev/forecasts/fc-1/forecasts.parquet", src)
+    assert store.get("dev/forecasts/fc-1/forecasts.parquet") == (b"second", etag2)
+    assert store.list("dev/forecasts/") == ["dev/forecasts/fc-1/forecasts.parquet"]
+    if isinstance(store, LocalStore):
+        assert not list((store.root / ".chronos-store" / "tmp").iterdir())
+    with pytest.raises((StoreError, OSError)):
+        store.put_file("dev/forecasts/fc-2/forecasts.parquet", tmp_path / "missing.parquet")
+    assert not store.exists("dev/forecasts/fc-2/forecasts.parquet")
+
+
 def test_when_key_is_unsafe_then_store_error(store):
     for bad in ["../x", "/abs", "a//b", "", ".chronos-store/tmp/x"]:
         with pytest.raises(StoreError):

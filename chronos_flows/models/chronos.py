@@ -294,6 +294,30 @@ class ChronosForecaster(Forecaster):
     ) -> pd.DataFrame:
         """:meth:`predict` on series already split into time-sorted arrays (``lasts``: each series'
         last timestamp), so a batch caller that split the panel once does not pay for it per chunk."""
+        levels = [float(q) for q in quantiles]
+        mean, q = self.predict_arrays(arrays, horizon, levels)
+        # one vectorised frame (a per-series DataFrame costs more than the model on large panels);
+        # future timestamps computed once per distinct last observation
+        last_of = [pd.Timestamp(t) for t in lasts]
+        futures = {t: future_index(t, horizon, freq).to_numpy() for t in set(last_of)}
+        out = pd.DataFrame({
+            ID: np.repeat(np.asarray([str(u) for u in ids], dtype=object), horizon),
+            TIME: np.concatenate([futures[t] for t in last_of]),
+            "mean": mean.reshape(-1).astype(float),
+        })
+        for j, lv in enumerate(levels):
+            out[quantile_column(lv)] = q[:, :, j].reshape(-1).astype(float)
+        return out
+
+    def predict_arrays(
+        self,
+        arrays: Sequence[np.ndarray],
+        horizon: int,
+        quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The model call alone, on series already split into time-sorted arrays: ``(mean, q)`` of
+        shapes ``(series, horizon)`` and ``(series, horizon, len(quantiles))`` (levels in the given
+        order), so a batch caller builds its output once instead of a frame per call."""
         import torch
 
         if horizon < 1:
@@ -309,23 +333,13 @@ class ChronosForecaster(Forecaster):
                 q_list, m_list = pipe.predict_quantiles(
                     inputs, prediction_length=horizon, quantile_levels=levels, batch_size=max(1, self.cfg.batch_size * 8)
                 )
-                q = torch.stack([x[0] for x in q_list]).numpy()
-                mean = torch.stack([x[0] for x in m_list]).numpy()
+                # each (1, horizon[, Q]): one cat, not a Python index per series
+                q = torch.cat(q_list).numpy()
+                mean = torch.cat(m_list).numpy()
             else:
                 q_t, m_t = pipe.predict_quantiles(inputs, prediction_length=horizon, quantile_levels=levels)
                 q, mean = q_t.numpy(), m_t.numpy()
-        # one vectorised frame (a per-series DataFrame costs more than the model on large panels);
-        # future timestamps computed once per distinct last observation
-        last_of = [pd.Timestamp(t) for t in lasts]
-        futures = {t: future_index(t, horizon, freq).to_numpy() for t in set(last_of)}
-        out = pd.DataFrame({
-            ID: np.repeat(np.asarray([str(u) for u in ids], dtype=object), horizon),
-            TIME: np.concatenate([futures[t] for t in last_of]),
-            "mean": mean.reshape(-1).astype(float),
-        })
-        for j, lv in enumerate(levels):
-            out[quantile_column(lv)] = q[:, :, j].reshape(-1).astype(float)
-        return out
+        return mean, q
 
     # ------------------------------------------------------------------ persistence
 
