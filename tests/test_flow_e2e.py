@@ -226,6 +226,11 @@ def test_when_another_run_holds_the_lock_then_the_flow_run_ends_cancelled_locked
     assert "locked by run the-holder since" in state.message and "chronos-flows kill" in state.message
     assert state.result(raise_on_failure=False)["status"] == "refused"
     assert open_store(params.store_url()).get(layout.training_log_key("dev", "refused-1")) is None
+    # the run's log: one warning naming the holder, no error, no traceback
+    logs = _flow_run_logs(str(state.state_details.flow_run_id))
+    loud = [r.message for r in logs if r.level >= 30]
+    assert len(loud) == 1 and "refused: locked by run the-holder" in loud[0], loud
+    assert not any("Traceback" in r.message for r in logs)
 
 
 def _fingerprints(doc, path=""):
@@ -312,3 +317,19 @@ def test_when_a_run_succeeds_then_its_logs_records_checkpoints_and_lock_files_ar
     assert not task_finished, [ln.message for ln in task_finished]
     assert any(ln.task_run_id is not None for ln in lines)  # the task runs' own lines still arrive
     assert any(ln.task_run_id is None and ln.message.startswith("Finished in state") for ln in lines)  # the flow's one line
+
+
+def test_when_a_run_fails_then_its_first_error_line_names_the_cause_and_the_traceback_comes_below(prefect_api, tmp_path):
+    """Issue 11: a failure reads as one clear line first (the cause), the traceback only below it."""
+    from flows.training import chronos_training
+
+    params = build_params(overrides=[*SMALL, f"chronos.model={tmp_path / 'no-such-model'}"],
+                          store=str(tmp_path / "store"), run_id="fails-1")
+    state = chronos_training(params=params, return_state=True)
+    assert state.is_failed()
+    errors = [r.message for r in _flow_run_logs(str(state.state_details.flow_run_id)) if r.level >= 40]
+    assert errors, "a failed run logged no error"
+    first_line = errors[0].splitlines()[0]
+    assert "no-such-model" in first_line and "Traceback" not in first_line, errors[0][:500]
+    log = json.loads(open_store(params.store_url()).get(layout.training_log_key("dev", "fails-1"))[0])
+    assert log["status"] == "failed" and "no-such-model" in log["error"]
