@@ -21,6 +21,15 @@ Definitions (per series, over the ``h`` evaluated steps; NaN actuals are ignored
   ``pinball_q(y, f) = max(q (y - f), (q - 1)(y - f))`` (the Chronos papers' WQL); NaN if sum |y| = 0
 * ``coverage_80`` share of actuals inside [quantile 0.1, quantile 0.9]
 
+MAE, RMSE, MAPE, WQL and coverage are computed by utilsforecast's losses (``mae``, ``rmse``,
+``mape``, ``scaled_crps`` — which is exactly this WQL —, ``coverage``); the conventions kept on
+top of them: a series with a missing forecast step scores NaN (utilsforecast's mean would skip the
+step), WQL is NaN when ``sum |y| = 0`` (utilsforecast adds machine epsilon instead), sMAPE is
+utilsforecast's times 2 (the M4 convention, range 0..2, not 0..1) and MASE keeps its own
+in-sample scale because of the period-1 fallback for series not longer than a season, which
+utilsforecast's ``mase`` does not have. ``tests/test_metrics.py`` checks every metric against a
+plain loop.
+
 :func:`relative_geomean` turns per-series scores of several models into the geometric mean of
 their ratios to a reference model (Seasonal Naive), the aggregate the Chronos papers report.
 """
@@ -31,6 +40,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+import utilsforecast.losses as ufl
 
 from chronos_flows.errors import BadInputError
 from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, quantile_column
@@ -69,37 +80,41 @@ def _per_series(values: pd.Series, ids: pd.Series, invalid: pd.Series | None = N
     return out.rename_axis(ID)
 
 
+def _by_series(out: pd.DataFrame, column: str, invalid: pd.Series, ids: pd.Series, name: str) -> pd.Series:
+    """A utilsforecast result (one row per series) as a Series by ``unique_id``; NaN for a series
+    with any ``invalid`` row (a missing forecast), never a partial mean."""
+    res = out.set_index(ID)[column].astype(float).sort_index()
+    bad = invalid.groupby(ids, sort=True).any()
+    return res.where(~bad.reindex(res.index, fill_value=False)).rename(name).rename_axis(ID)
+
+
+def _point(fn: Callable[..., pd.DataFrame], df: pd.DataFrame, name: str) -> pd.Series:
+    f = _point_frame(df)
+    return _by_series(fn(f, models=["mean"], id_col=ID, target_col=TARGET), "mean", f["mean"].isna(), f[ID], name)
+
+
 def mae(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
         quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Mean absolute error of the ``mean`` forecast, per series."""
-    f = _point_frame(df)
-    return _per_series((f[TARGET] - f["mean"]).abs(), f[ID], f["mean"].isna()).rename("mae")
+    return _point(ufl.mae, df, "mae")
 
 
 def rmse(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
          quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Root mean squared error of the ``mean`` forecast, per series."""
-    f = _point_frame(df)
-    return np.sqrt(_per_series((f[TARGET] - f["mean"]) ** 2, f[ID], f["mean"].isna())).rename("rmse")
+    return _point(ufl.rmse, df, "rmse")
 
 
 def mape(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
          quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Mean absolute percentage error as a fraction; steps with a zero actual are skipped."""
-    f = _point_frame(df)
-    denom = f[TARGET].abs()
-    ape = ((f[TARGET] - f["mean"]).abs() / denom).where(denom > 0)
-    return _per_series(ape, f[ID], f["mean"].isna()).rename("mape")
+    return _point(ufl.mape, df, "mape")
 
 
 def smape(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
           quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Symmetric MAPE, ``2|y-f| / (|y|+|f|)`` averaged (0..2); 0/0 counts as 0."""
-    f = _point_frame(df)
-    denom = f[TARGET].abs() + f["mean"].abs()
-    num = 2.0 * (f[TARGET] - f["mean"]).abs()
-    ratio = (num / denom.where(denom > 0)).fillna(0.0)
-    return _per_series(ratio, f[ID], f["mean"].isna()).rename("smape")
+    return 2.0 * _point(ufl.smape, df, "smape")
 
 
 def seasonal_scale(insample: pd.DataFrame, season_length: int) -> pd.Series:
@@ -138,22 +153,14 @@ def _quantile_frame(df: pd.DataFrame, quantiles: Sequence[float]) -> tuple[pd.Da
 
 def wql(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
         quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
-    """Weighted quantile loss averaged over ``quantiles`` (Chronos papers' WQL), per series."""
+    """Weighted quantile loss averaged over ``quantiles`` (Chronos papers' WQL), per series:
+    utilsforecast's ``scaled_crps`` (Rangapuram et al., 2021), NaN when ``sum |y| = 0``."""
     f, cols = _quantile_frame(df, quantiles)
-    y = f[TARGET].to_numpy()
-    q = np.asarray([float(x) for x in quantiles])
-    pred = f[cols].to_numpy(dtype=float)
-    diff = y[:, None] - pred
-    loss = np.maximum(q * diff, (q - 1.0) * diff)  # (rows, Q)
-    per_row = pd.DataFrame(loss, index=f.index)
-    per_row[ID] = f[ID].to_numpy()
-    per_row["abs_y"] = np.abs(y)
-    sums = per_row.groupby(ID, sort=True).sum(min_count=1)
-    denom = sums.pop("abs_y")
-    scaled = 2.0 * sums.div(denom.where(denom > 0), axis=0)
-    out = scaled.mean(axis=1, skipna=False)
-    bad = pd.Series(np.isnan(pred).any(axis=1), index=f.index).groupby(f[ID], sort=True).any()
-    return out.where(~bad.reindex(out.index, fill_value=False)).rename("wql").rename_axis(ID)
+    out = ufl.scaled_crps(f, models={"wql": cols}, quantiles=np.asarray([float(q) for q in quantiles]),
+                          id_col=ID, target_col=TARGET)
+    zero = f[TARGET].abs().groupby(f[ID], sort=True).sum() <= 0
+    res = _by_series(out, "wql", f[cols].isna().any(axis=1), f[ID], "wql")
+    return res.where(~zero.reindex(res.index, fill_value=False))
 
 
 def wql_pooled(df: pd.DataFrame, *, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> float:
@@ -173,8 +180,10 @@ def coverage_80(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFr
     lo, hi = quantile_column(0.1), quantile_column(0.9)
     _require(df, [ID, TARGET, lo, hi], "coverage_80 input (needs the 0.1 and 0.9 quantiles)")
     f = df[df[TARGET].notna()]
-    inside = ((f[TARGET] >= f[lo]) & (f[TARGET] <= f[hi])).astype(float)
-    return _per_series(inside, f[ID], f[lo].isna() | f[hi].isna()).rename("coverage_80")
+    f = pd.DataFrame({ID: f[ID], TARGET: f[TARGET].astype(float), "m-lo-80": f[lo].astype(float), "m-hi-80": f[hi].astype(float)})
+    out = ufl.coverage(f, models=["m"], level=80, id_col=ID, target_col=TARGET)
+    return _by_series(out, "m",
+                      f["m-lo-80"].isna() | f["m-hi-80"].isna(), f[ID], "coverage_80")
 
 
 METRICS: dict[str, Metric] = {
