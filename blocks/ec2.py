@@ -7,8 +7,10 @@ whose first command schedules a hard stop (``shutdown -h +N``): a shutdown termi
 instance, so it cannot outlive ``max_runtime_minutes`` even if nobody cleans up. The script ends
 with ``shutdown -h now`` whatever happens (``trap … EXIT``).
 
-The boto3 client comes from the standard AWS configuration (``AWS_ENDPOINT_URL`` is honoured by
-boto3 itself); the region is ``cfg.region`` or the configuration's.
+The boto3 client is given (``client=``, ``session=``: the ``Ec2Compute`` Prefect block in
+blocks/prefect_blocks.py passes one built from prefect-aws ``AwsCredentials``) or comes from the
+standard AWS configuration (``AWS_ENDPOINT_URL`` is honoured by boto3 itself); the region is
+``cfg.region`` or the configuration's.
 """
 
 from __future__ import annotations
@@ -49,14 +51,19 @@ class Ec2Compute:
     install_dir = "/opt/chronos-flows"
     log_file = "/var/log/chronos-flows-bootstrap.log"
 
-    def __init__(self, cfg: Ec2Config, *, env: str, cost_center: str, client: Any | None = None) -> None:
+    def __init__(self, cfg: Ec2Config, *, env: str, cost_center: str, client: Any | None = None,
+                 session: Any | None = None) -> None:
+        """``client``: a boto3 EC2 client; else one from ``session`` (a ``boto3.Session``, e.g. from
+        prefect-aws ``AwsCredentials``), else from the default AWS configuration."""
         self.cfg = cfg
         self.env = env
         self.cost_center = cost_center
         if client is None:
-            import boto3
+            if session is None:
+                import boto3
 
-            client = boto3.client("ec2", region_name=cfg.region) if cfg.region else boto3.client("ec2")
+                session = boto3.Session()
+            client = session.client("ec2", region_name=cfg.region) if cfg.region else session.client("ec2")
         self.client = client
 
     # ------------------------------------------------------------------ tags

@@ -14,7 +14,10 @@
   landed). Throttling/5xx/connection errors are retried by botocore (standard mode) and then raise
   :class:`TransientStoreError`; permanent errors raise :class:`StoreError` naming bucket, key and fix.
 
-``open_store(url)`` opens ``s3://bucket/prefix``, ``file:///abs/path`` or a plain path.
+``open_store(url)`` opens ``s3://bucket/prefix``, ``file:///abs/path``, a plain path, or
+``block:chronos-store/NAME`` (a saved :class:`blocks.prefect_blocks.ChronosStore` Prefect block,
+loaded only then: this module never imports Prefect). The adapters take a boto3 session / client
+(``session=``, ``client=``), so the Prefect blocks hand them prefect-aws ``AwsCredentials``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ __all__ = [
     "check_store",
     "read_uri",
     "download_prefix",
-    "ChronosStore",
 ]
 
 
@@ -342,21 +344,35 @@ def _client_config(max_attempts: int = 5, connect_timeout: float = 5.0, read_tim
 
 
 def make_s3_client(endpoint_url: str | None = None, region: str | None = None, profile: str | None = None,
-                   max_attempts: int = 5):
+                   max_attempts: int = 5, *, session=None, client_kwargs: dict[str, Any] | None = None):
     """A boto3 S3 client. boto3 itself honours AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL and
-    AWS_ENDPOINT_URL_S3 when the arguments are None."""
+    AWS_ENDPOINT_URL_S3 when the arguments are None.
+
+    ``session`` (a ``boto3.Session``, e.g. from prefect-aws ``AwsCredentials.get_boto3_session()``)
+    replaces the profile/region lookup; ``client_kwargs`` are extra ``session.client`` arguments
+    (e.g. ``AwsClientParameters.get_params_override()``): their ``config`` is merged over the
+    store's retry/timeout config."""
     import boto3
     from botocore.exceptions import ProfileNotFound
 
-    try:
-        session = boto3.Session(profile_name=profile, region_name=region)
-    except ProfileNotFound as e:
-        raise StoreError(f"AWS profile not found: {e}; fix AWS_PROFILE / --profile or ~/.aws/config") from e
-    kwargs: dict[str, Any] = {"config": _client_config(max_attempts)}
+    if session is None:
+        try:
+            session = boto3.Session(profile_name=profile, region_name=region)
+        except ProfileNotFound as e:
+            raise StoreError(f"AWS profile not found: {e}; fix AWS_PROFILE / --profile or ~/.aws/config") from e
+    extra = dict(client_kwargs or {})
+    config = _client_config(max_attempts)
+    if extra.get("config") is not None:
+        config = config.merge(extra["config"])
+    extra.pop("config", None)
+    kwargs: dict[str, Any] = {"config": config}
     if endpoint_url:
         kwargs["endpoint_url"] = endpoint_url
-    if session.region_name is None:
+    if region:
+        kwargs["region_name"] = region
+    elif session.region_name is None:
         kwargs["region_name"] = "us-east-1"
+    kwargs.update({k: v for k, v in extra.items() if v is not None})
     return session.client("s3", **kwargs)
 
 
@@ -372,14 +388,18 @@ class S3Store:
     """``s3://bucket/prefix`` with conditional writes (S3 ``IfNoneMatch`` / ``IfMatch``)."""
 
     def __init__(self, bucket: str, prefix: str = "", client=None, endpoint_url: str | None = None,
-                 region: str | None = None, profile: str | None = None, max_attempts: int = 5) -> None:
+                 region: str | None = None, profile: str | None = None, max_attempts: int = 5, *,
+                 session=None, client_kwargs: dict[str, Any] | None = None) -> None:
         if not bucket:
             raise StoreError("S3 store needs a bucket name: use s3://BUCKET/PREFIX")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self._client_args = (endpoint_url, region, profile)
+        self._client_args: dict[str, Any] = {
+            "endpoint_url": endpoint_url, "region": region, "profile": profile,
+            "session": session, "client_kwargs": client_kwargs,
+        }
         self._own_client = client is None
-        self.client = client or make_s3_client(endpoint_url, region, profile, max_attempts)
+        self.client = client or make_s3_client(max_attempts=max_attempts, **self._client_args)
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
 
     def __repr__(self) -> str:
@@ -635,19 +655,45 @@ def _local_path(url: str) -> Path:
     return Path(url).expanduser()
 
 
+#: Store URLs naming a saved ChronosStore Prefect block: ``block:chronos-store/NAME`` (or ``block:NAME``).
+BLOCK_SCHEME = "block:"
+
+
+def store_block_name(url: str) -> str | None:
+    """The block document name of ``block:chronos-store/NAME`` / ``block:NAME``, else None."""
+    if not url.startswith(BLOCK_SCHEME):
+        return None
+    ref = url[len(BLOCK_SCHEME):].strip()
+    slug, sep, name = ref.rpartition("/")
+    if sep and slug != "chronos-store":
+        raise StoreError(f"store {url!r} names a {slug!r} block; use block:chronos-store/NAME")
+    if not name:
+        raise StoreError(f"store {url!r} names no block: use block:chronos-store/NAME")
+    return name
+
+
 def open_store(url: str | os.PathLike, *, endpoint_url: str | None = None, region: str | None = None,
-               profile: str | None = None, check: bool = True):
-    """Open ``s3://bucket/prefix`` (S3Store), ``file:///abs/path`` or a plain path (LocalStore).
+               profile: str | None = None, check: bool = True, session=None,
+               client_kwargs: dict[str, Any] | None = None):
+    """Open ``s3://bucket/prefix`` (S3Store), ``file:///abs/path`` or a plain path (LocalStore), or
+    ``block:chronos-store/NAME``: the saved ChronosStore block of that name, loaded from the Prefect
+    API (Prefect and prefect-aws are imported only in that case).
 
     With ``check`` (default) the store is verified reachable (bucket exists / directory writable)
     and a :class:`StoreError` naming it and the fix is raised otherwise."""
     url = os.fspath(url)
     if not url:
         raise StoreError("no store given: pass --store s3://BUCKET/PREFIX or a local directory path")
+    block_name = store_block_name(url)
+    if block_name is not None:
+        from blocks.prefect_blocks import load_store_block
+
+        return load_store_block(block_name).open(check=check)
     scheme = urlparse(url).scheme
     if scheme == "s3":
         bucket, prefix = _parse_s3(url)
-        store: Any = S3Store(bucket, prefix, endpoint_url=endpoint_url, region=region, profile=profile)
+        store: Any = S3Store(bucket, prefix, endpoint_url=endpoint_url, region=region, profile=profile,
+                             session=session, client_kwargs=client_kwargs)
     elif scheme == "file" or scheme == "" or (len(scheme) == 1 and os.name == "nt"):
         store = LocalStore(_local_path(url))
     else:
@@ -664,7 +710,7 @@ def check_store(store) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         # A quick probe: few attempts, so an unreachable endpoint is reported in seconds.
-        client = make_s3_client(*store._client_args, max_attempts=2) if store._own_client else store.client
+        client = make_s3_client(max_attempts=2, **store._client_args) if store._own_client else store.client
         try:
             client.head_bucket(Bucket=store.bucket)
         except (ClientError, BotoCoreError) as e:
@@ -728,52 +774,3 @@ def download_prefix(uri: str | os.PathLike, local_dir: Path) -> Path:
         raise BadInputError(f"{uri} is not a directory: check the path")
     shutil.copytree(src, local_dir, dirs_exist_ok=True)
     return local_dir
-
-
-# --------------------------------------------------------------------------------------------------
-# Prefect block (built lazily so importing this module does not import prefect)
-# --------------------------------------------------------------------------------------------------
-
-_BLOCK_CLASS = None
-
-
-def _make_block_class():
-    global _BLOCK_CLASS
-    if _BLOCK_CLASS is not None:
-        return _BLOCK_CLASS
-    from typing import Optional
-
-    from prefect.blocks.core import Block
-    from pydantic import Field
-
-    class ChronosStore(Block):
-        """Where chronos-flows keeps datasets, the run-state lock, logs and models:
-        an S3 bucket/prefix or a local directory (same layout)."""
-
-        _block_type_name = "Chronos Store"
-        _block_type_slug = "chronos-store"
-        _description = (
-            "The chronos-flows object store: s3://bucket/prefix (with conditional writes for the lock) "
-            "or a local directory."
-        )
-
-        url: str = Field(..., description="s3://BUCKET/PREFIX, file:///abs/path or a local directory path.")
-        endpoint_url: Optional[str] = Field(
-            None, description="S3 API endpoint (e.g. a local S3-compatible server). Default: AWS / AWS_ENDPOINT_URL."
-        )
-        region: Optional[str] = Field(None, description="AWS region. Default: AWS_DEFAULT_REGION / profile.")
-        profile: Optional[str] = Field(None, description="AWS profile name. Default: AWS_PROFILE / default chain.")
-
-        def open(self, check: bool = True):
-            return open_store(self.url, endpoint_url=self.endpoint_url, region=self.region,
-                              profile=self.profile, check=check)
-
-    ChronosStore.__module__ = __name__
-    _BLOCK_CLASS = ChronosStore
-    return ChronosStore
-
-
-def __getattr__(name: str):
-    if name == "ChronosStore":
-        return _make_block_class()
-    raise AttributeError(name)

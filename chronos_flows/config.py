@@ -266,12 +266,46 @@ class Ec2Config(_Frozen):
 
 
 class ComputeConfig(_Frozen):
-    """Where Chronos trains: in the flow's process, or on an ephemeral GPU EC2 instance."""
+    """Where Chronos trains (the flow's process or an ephemeral GPU EC2 instance) and where the
+    baselines' backtests run (local processes or a Dask cluster)."""
 
     model_config = ConfigDict(title="Compute")
 
     backend: Literal["local", "ec2"] = Field("local", title="Backend", description="Where the train step runs.")
     ec2: Ec2Config = Field(default_factory=Ec2Config, title="EC2", description="EC2 settings (backend 'ec2').")
+    task_runner: Literal["local", "dask"] = Field(
+        "local",
+        title="Baseline task runner",
+        description="Where the baselines' backtest chunks run: 'local' (one chunk after another in the flow's "
+        "process, each fitting its series in the family's parallel processes) or 'dask' (chunks spread over a "
+        "Dask cluster through prefect-dask's DaskTaskRunner).",
+    )
+    chunk_series: int = Field(
+        100, ge=1, title="Series per chunk", description="Series per baseline backtest task (the unit of fan-out and of caching)."
+    )
+    dask_address: Optional[str] = Field(
+        None,
+        title="Dask scheduler address",
+        description="Address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786), task runner 'dask'. "
+        "Empty: a cluster of the class below is started for the run.",
+    )
+    dask_cluster_class: Optional[str] = Field(
+        None,
+        title="Dask cluster class",
+        description="Import path of a Dask cluster class started for the run when no address is given "
+        "(e.g. distributed.LocalCluster, dask_cloudprovider.aws.FargateCluster). Empty: a distributed.LocalCluster.",
+    )
+    dask_cluster_kwargs: dict[str, Any] = Field(
+        {},
+        title="Dask cluster arguments",
+        description="Keyword arguments of the cluster class (e.g. {\"n_workers\": 2, \"processes\": true}).",
+    )
+
+    @model_validator(mode="after")
+    def _check_dask(self) -> "ComputeConfig":
+        if self.dask_address and (self.dask_cluster_class or self.dask_cluster_kwargs):
+            raise ValueError("compute.dask_address and compute.dask_cluster_class/kwargs exclude each other: give one")
+        return self
 
 
 class LockConfig(_Frozen):

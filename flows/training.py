@@ -27,7 +27,7 @@ from chronos_flows.errors import RunKilledError
 from tasks.cleanup import cleanup_run, release_after_abort
 from tasks.common import logger, quiet_routine_task_logs
 from tasks.data import clean_data, ingest, sync_data
-from tasks.evaluate import backtest_baseline, evaluate, finalize_results, load_champion
+from tasks.evaluate import backtest_baseline, baseline_runner, evaluate, finalize_results, load_champion
 from tasks.state import RunContext, acquire_lock, check_lock, open_run_store, set_status
 from tasks.train import train_chronos
 from chronos_flows.splits import split_for_training
@@ -111,10 +111,12 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
                 train_df, freq = split_for_training(cleaned, report.freq, params.evaluation)
                 chronos, results["chronos"] = train_chronos(ctx, train_df, freq)
             baselines = {}
-            for family in ("autoets", "theta", "prophet"):
-                if family in params.evaluation.baselines:
-                    with phases(family):
-                        baselines[family], results[family] = backtest_baseline(ctx, family, cleaned, freq, report.season_length)
+            families = [f for f in ("autoets", "theta", "prophet") if f in params.evaluation.baselines]
+            if families:
+                with baseline_runner(params.compute) as runner:  # chunks of series as tasks: local or Dask
+                    for family in families:
+                        with phases(family):
+                            baselines[family], results[family] = backtest_baseline(ctx, family, cleaned, freq, report.season_length, runner)
             with phases("evaluate"):
                 champion = load_champion(ctx, report.season_length)
                 results["champion_run_id"] = champion.doc.get("run_id") if champion.doc else None

@@ -9,10 +9,13 @@ from typing import Any
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from chronos_flows import layout, runlog
 from chronos_flows.cleaning import CleaningReport
+from chronos_flows.config import ComputeConfig
 from chronos_flows.evaluation import BacktestResult, merge_results, run_backtest, write_outputs
+from chronos_flows.fanout import backtest_chunk, join_chunks, series_chunks
 from chronos_flows.models.base import Forecaster
 from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.seasonal_naive import SeasonalNaive
@@ -39,32 +42,60 @@ def _backtest(ctx: RunContext, forecasters: dict[str, Forecaster], history: pd.D
     )
 
 
-@task(name="backtest-baseline", task_run_name="backtest-{family}", cache_policy=NONE)
-def backtest_baseline(ctx: RunContext, family: str, history: pd.DataFrame, freq: str, season: int) -> tuple[BacktestResult, dict]:
-    """Fit a local baseline (AutoETS, Prophet) per series and window, in parallel processes, on
-    exactly the backtest windows; series it cannot fit are reported, never fatal."""
-    bar = Progress(f"{family.replace('_', '-')}-progress-{ctx.run_id}", f"{family} fits (series × windows)")
-    n_series = history["unique_id"].nunique()
-    total = n_series * backtest_windows(ctx.params.evaluation)
-    fits = {"done": 0}
+@task(name="backtest-chunk", task_run_name="backtest-{family}-chunk-{index}", cache_policy=NONE)
+def backtest_chunk_task(family: str, config: dict, chunk: pd.DataFrame, windows: dict, n_jobs: int = 1, index: int = 0) -> BacktestResult:
+    """Backtest local ``family`` on one chunk of series (in the flow's process or on a Dask worker)."""
+    return backtest_chunk(family, config, chunk, windows, n_jobs=n_jobs)
 
-    def progress(done: int, of: int) -> None:
-        fits["done"] += 1
-        bar.update(fits["done"], total)
 
+def baseline_runner(compute: ComputeConfig) -> TaskRunner:
+    """The task runner of the baselines' chunks: ``local`` runs them one after another (each fits
+    its series in the family's process pool), ``dask`` on a Dask cluster via prefect-dask."""
+    if compute.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if compute.dask_address:
+            return DaskTaskRunner(address=compute.dask_address)
+        return DaskTaskRunner(cluster_class=compute.dask_cluster_class or "distributed.LocalCluster",
+                              cluster_kwargs=dict(compute.dask_cluster_kwargs))
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def backtest_baseline(
+    ctx: RunContext, family: str, history: pd.DataFrame, freq: str, season: int, runner: TaskRunner
+) -> tuple[BacktestResult, dict]:
+    """Backtest a local baseline (AutoETS, Theta, Prophet) on exactly the backtest windows, as one
+    ``backtest-chunk`` task per ``compute.chunk_series`` series on ``runner`` (entered by the flow);
+    series it cannot fit are reported, never fatal."""
+    ev = ctx.params.evaluation
+    windows = {"horizon": ev.horizon, "n_windows": backtest_windows(ev), "step": ev.step, "freq": freq,
+               "season_length": season, "quantiles": list(ev.quantiles)}
     config = baseline_config(ctx.params, family, season)
-    model = local_forecaster(family, config, n_jobs=baseline_jobs(ctx.params, family), progress=progress)
+    # on Dask the chunks are the parallelism (a worker fits its chunk's series one after another)
+    n_jobs = 1 if ctx.params.compute.task_runner == "dask" else baseline_jobs(ctx.params, family)
+    chunks = series_chunks(history, ctx.params.compute.chunk_series)
+    bar = Progress(f"{family.replace('_', '-')}-progress-{ctx.run_id}", f"{family} backtest chunks ({ctx.params.compute.chunk_series} series each)")
     t0 = time.monotonic()
-    result = _backtest(ctx, {family: model}, history, freq, season)
+    futures = [
+        runner.submit(backtest_chunk_task, {"family": family, "config": config, "chunk": chunk, "windows": windows, "n_jobs": n_jobs, "index": i})
+        for i, chunk in enumerate(chunks)
+    ]
+    parts, cached = [], 0
+    for i, fut in enumerate(futures):
+        parts.append(fut.result())
+        cached += bool(fut.state.is_completed() and fut.state.name == "Cached")
+        bar.update(i + 1, len(futures))
+    result = join_chunks(parts)
     seconds = time.monotonic() - t0
     failures = result.failures.get(family, {})
     for uid, msg in failures.items():
         logger().warning("%s failed on series %s: %s", family, uid, msg)
     logger().info(
-        "%s: %d series × %d windows in %.1f s, %d series failed",
-        family, n_series, ctx.params.evaluation.n_windows, seconds, len(failures),
+        "%s: %d series × %d windows in %.1f s (%d chunks on the %s runner, %d cached), %d series failed",
+        family, result.settings["n_series"], ev.n_windows, seconds, len(chunks), ctx.params.compute.task_runner, cached, len(failures),
     )
-    return result, {"fit_seconds": round(seconds, 3), "failures": failures, "config": config}
+    return result, {"fit_seconds": round(seconds, 3), "failures": failures, "config": config,
+                    "chunks": len(chunks), "cached_chunks": cached}
 
 
 @dataclass

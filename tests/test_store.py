@@ -320,11 +320,3 @@ def test_when_store_is_checked_then_reachable_stores_pass(s3_store_url, tmp_path
     check_store(open_store(s3_store_url, check=False))
     check_store(open_store(str(tmp_path / "x"), check=False))
 
-
-def test_when_prefect_block_is_used_then_it_opens_the_store(tmp_path):
-    from blocks.store import ChronosStore
-
-    blk = ChronosStore(url=str(tmp_path / "blk"))
-    st = blk.open()
-    assert isinstance(st, LocalStore) and st.root == (tmp_path / "blk")
-    assert "url" in ChronosStore.model_fields and "endpoint_url" in ChronosStore.model_fields

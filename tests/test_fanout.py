@@ -1,0 +1,63 @@
+"""Baseline backtests fanned out over chunks of series: the same numbers whatever the chunking and
+wherever the chunks run (one after another here, or on a Dask LocalCluster of 2 worker processes)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chronos_flows.config import QUANTILES, build_params
+from chronos_flows.evaluation import run_backtest
+from chronos_flows.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
+from chronos_flows.models.families import local_forecaster
+
+WINDOWS = {"horizon": 6, "n_windows": 2, "step": None, "freq": "MS", "season_length": 12, "quantiles": list(QUANTILES)}
+
+
+def panel(n: int = 7, length: int = 60, broken: str | None = "s03") -> pd.DataFrame:
+    """``n`` monthly series (trend + season + noise); ``broken`` has a NaN in every window's context
+    (AutoETS cannot fit it: a per-series failure)."""
+    rng = np.random.default_rng(7)
+    ds = pd.date_range("2015-01-01", periods=length, freq="MS")
+    frames = []
+    for i in range(n):
+        t = np.arange(length)
+        y = 50 + i * 5 + 0.3 * t + (3 + i) * np.sin(2 * np.pi * t / 12) + rng.normal(0, 1 + 0.2 * i, length)
+        uid = f"s{i:02d}"
+        if uid == broken:
+            y[5] = np.nan
+        frames.append(pd.DataFrame({"unique_id": uid, "ds": ds, "y": y}))
+    return pd.concat(frames, ignore_index=True).sample(frac=1.0, random_state=1)  # row order must not matter
+
+
+def test_when_a_panel_is_cut_into_chunks_then_the_joined_backtest_equals_the_whole_panel_one():
+    df = panel()
+    whole = run_backtest({"autoets": local_forecaster("autoets", {"season_length": 12, "model": "ZZZ", "damped": None})}, df, **WINDOWS)
+    chunks = series_chunks(df, 3)
+    assert [sorted(c["unique_id"].unique()) for c in chunks] == [["s00", "s01", "s02"], ["s03", "s04", "s05"], ["s06"]]
+    config = {"season_length": 12, "model": "ZZZ", "damped": None}
+    joined = join_chunks([backtest_chunk("autoets", config, c, WINDOWS) for c in chunks])
+
+    pd.testing.assert_frame_equal(joined.leaderboard, whole.leaderboard, check_exact=True)
+    pd.testing.assert_frame_equal(joined.metrics, whole.metrics, check_exact=True)
+    pd.testing.assert_frame_equal(joined.forecasts, whole.forecasts, check_exact=True)
+    pd.testing.assert_frame_equal(joined.cutoffs, whole.cutoffs, check_exact=True)
+    assert joined.failures == whole.failures and set(joined.failures["autoets"]) == {"s03"}
+    assert joined.settings == whole.settings and joined.settings["n_series"] == 7
+
+
+def test_when_a_chunk_or_its_inputs_change_then_its_cache_key_changes_and_only_then():
+    df = panel(broken=None)
+    config = {"season_length": 12, "model": "ZZZ", "damped": None}
+    chunk = series_chunks(df, 3)[0]
+    key = chunk_key("autoets", config, chunk, WINDOWS)
+    assert chunk_key("autoets", config, chunk.sample(frac=1.0, random_state=3), WINDOWS) == key  # row order is not content
+    changed = chunk.copy()
+    changed.loc[changed.index[0], "y"] += 1e-9
+    assert chunk_key("autoets", config, changed, WINDOWS) != key
+    assert chunk_key("autoets", {**config, "damped": True}, chunk, WINDOWS) != key
+    assert chunk_key("autoets", config, chunk, {**WINDOWS, "n_windows": 3}) != key
+    assert chunk_key("theta", {"season_length": 12, "decomposition_type": "multiplicative", "model": None}, chunk, WINDOWS) != key
