@@ -61,3 +61,46 @@ def test_when_a_chunk_or_its_inputs_change_then_its_cache_key_changes_and_only_t
     assert chunk_key("autoets", {**config, "damped": True}, chunk, WINDOWS) != key
     assert chunk_key("autoets", config, chunk, {**WINDOWS, "n_windows": 3}) != key
     assert chunk_key("theta", {"season_length": 12, "decomposition_type": "multiplicative", "model": None}, chunk, WINDOWS) != key
+
+
+def _run_baselines(params, df):
+    """The flow's baseline step (tasks.evaluate.backtest_baseline on the configured runner) inside a flow."""
+    from prefect import flow
+
+    from tasks.evaluate import backtest_baseline, baseline_runner
+    from tasks.state import RunContext
+
+    @flow(name="fanout-test", persist_result=False)
+    def baselines():
+        ctx = RunContext(params=params, store=None, run_id=f"fanout-{params.compute.task_runner}", workdir=None)
+        out = {}
+        with baseline_runner(params.compute) as runner:
+            for family in ("autoets", "theta"):
+                out[family] = backtest_baseline(ctx, family, df, "MS", 12, runner)
+        return out
+
+    return baselines()
+
+
+def test_when_baselines_run_on_a_dask_local_cluster_then_the_numbers_equal_the_local_runner(prefect_api):
+    df = panel(n=6)
+    base = ["evaluation.horizon=6", "evaluation.n_windows=2", "compute.chunk_series=2", "autoets.n_jobs=2", "theta.n_jobs=2"]
+    local = _run_baselines(build_params(overrides=base), df)
+    dask_params = build_params(overrides=base + [
+        "compute.task_runner=dask",
+        "compute.dask_cluster_class=distributed.LocalCluster",
+        'compute.dask_cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": true, "host": "127.0.0.1", "dashboard_address": null}',
+    ])
+    t0 = time.monotonic()
+    dask = _run_baselines(dask_params, df)
+    took = time.monotonic() - t0
+
+    for family in ("autoets", "theta"):
+        (lres, linfo), (dres, dinfo) = local[family], dask[family]
+        assert linfo["chunks"] == dinfo["chunks"] == 3
+        pd.testing.assert_frame_equal(dres.leaderboard, lres.leaderboard, check_exact=True)
+        pd.testing.assert_frame_equal(dres.metrics, lres.metrics, check_exact=True)
+        assert dres.failures == lres.failures
+    assert set(local["autoets"][1]["failures"]) == {"s03"}  # a per-series failure is reported on both runners
+    assert set(dask["autoets"][1]["failures"]) == {"s03"}
+    assert took < 60, took
