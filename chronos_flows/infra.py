@@ -142,54 +142,6 @@ def _project_checks(path: Path) -> list[str]:
 # --------------------------------------------------------------------------- intrinsic resolution
 
 
-def _resolve(node: Any, refs: dict[str, Any], conditions: dict[str, bool]) -> Any:
-    """Resolve the intrinsic functions used on literal-ish properties: Ref, Sub, If, Join."""
-    if isinstance(node, list):
-        return [_resolve(n, refs, conditions) for n in node]
-    if not isinstance(node, dict):
-        return node
-    if len(node) == 1:
-        (fn, arg), = node.items()
-        if fn == "Ref":
-            if arg not in refs:
-                raise InfraError(f"cannot resolve Ref {arg!r} outside CloudFormation")
-            return refs[arg]
-        if fn == "Fn::Sub":
-            text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
-            scope = {**refs, **{k: _resolve(v, refs, conditions) for k, v in extra.items()}}
-
-            def sub(m: re.Match[str]) -> str:
-                name = m.group(1)
-                if name not in scope:
-                    raise InfraError(f"cannot resolve ${{{name}}} in Fn::Sub outside CloudFormation")
-                return str(scope[name])
-
-            return re.sub(r"\$\{([^}!]+)\}", sub, text)
-        if fn == "Fn::If":
-            cond, yes, no = arg
-            return _resolve(yes if conditions[cond] else no, refs, conditions)
-        if fn == "Fn::Join":
-            sep, items = arg
-            return sep.join(str(x) for x in _resolve(items, refs, conditions))
-    return {k: _resolve(v, refs, conditions) for k, v in node.items()}
-
-
-def _condition(expr: Any, refs: dict[str, Any], conds: dict[str, Any]) -> bool:
-    (fn, arg), = expr.items()
-    if fn == "Fn::Equals":
-        a, b = (_resolve(x, refs, {}) for x in arg)
-        return str(a) == str(b)
-    if fn == "Fn::Not":
-        return not _condition(arg[0], refs, conds)
-    if fn == "Fn::And":
-        return all(_condition(x, refs, conds) for x in arg)
-    if fn == "Fn::Or":
-        return any(_condition(x, refs, conds) for x in arg)
-    if fn == "Condition":
-        return _condition(conds[arg], refs, conds)
-    raise InfraError(f"cannot evaluate condition function {fn}")
-
-
 def _template_params(tpl: dict[str, Any], params: dict[str, Any]) -> dict[str, str]:
     declared = tpl.get("Parameters", {}) or {}
     unknown = sorted(set(params) - set(declared))
@@ -203,137 +155,6 @@ def _template_params(tpl: dict[str, Any], params: dict[str, Any]) -> dict[str, s
     if missing:
         raise ConfigError(f"template parameter(s) {', '.join(missing)} have no default; pass them with --param KEY=VALUE")
     return out
-
-
-def desired_bucket_settings(
-    tpl: dict[str, Any], params: dict[str, str], *, region: str = "us-east-1", account: str = "000000000000"
-) -> dict[str, Any]:
-    """The bucket's encryption, public access block and lifecycle rules in S3 API shapes."""
-    refs: dict[str, Any] = {**params, "AWS::Region": region, "AWS::AccountId": account, "AWS::Partition": "aws"}
-    raw_conds = tpl.get("Conditions", {}) or {}
-    conditions = {name: _condition(expr, refs, raw_conds) for name, expr in raw_conds.items()}
-    buckets = [r for r in tpl["Resources"].values() if r.get("Type") == "AWS::S3::Bucket"]
-    if len(buckets) != 1:
-        raise InfraError(f"expected exactly one AWS::S3::Bucket in the template, found {len(buckets)}")
-    props = _resolve(buckets[0].get("Properties", {}), refs, conditions)
-    return {
-        "encryption": props.get("BucketEncryption"),
-        "public_access_block": props.get("PublicAccessBlockConfiguration"),
-        "lifecycle": [_api_rule(r) for r in (props.get("LifecycleConfiguration") or {}).get("Rules", [])],
-    }
-
-
-def _api_rule(rule: dict[str, Any]) -> dict[str, Any]:
-    """A CloudFormation lifecycle rule → the S3 API's PutBucketLifecycleConfiguration shape."""
-    out: dict[str, Any] = {"ID": rule["Id"], "Status": rule.get("Status", "Enabled")}
-    tags = [{"Key": t["Key"], "Value": t["Value"]} for t in rule.get("TagFilters", []) or []]
-    prefix = rule.get("Prefix")
-    if tags and (prefix or len(tags) > 1):
-        out["Filter"] = {"And": {**({"Prefix": prefix} if prefix else {}), "Tags": tags}}
-    elif tags:
-        out["Filter"] = {"Tag": tags[0]}
-    else:
-        out["Filter"] = {"Prefix": prefix or ""}
-    if "ExpirationInDays" in rule:
-        out["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
-    if rule.get("Transitions"):
-        out["Transitions"] = [
-            {"Days": int(t["TransitionInDays"]), "StorageClass": t["StorageClass"]} for t in rule["Transitions"]
-        ]
-    if "AbortIncompleteMultipartUpload" in rule:
-        out["AbortIncompleteMultipartUpload"] = {
-            "DaysAfterInitiation": int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
-        }
-    return out
-
-
-def _norm_rule(rule: dict[str, Any]) -> tuple:
-    f = rule.get("Filter") or {}
-    if "And" in f:
-        prefix, tags = f["And"].get("Prefix", ""), f["And"].get("Tags", [])
-    elif "Tag" in f:
-        prefix, tags = "", [f["Tag"]]
-    else:
-        prefix, tags = f.get("Prefix", rule.get("Prefix", "")), []
-    return (
-        rule.get("ID"),
-        rule.get("Status"),
-        prefix or "",
-        tuple(sorted((t["Key"], t["Value"]) for t in tags)),
-        (rule.get("Expiration") or {}).get("Days"),
-        tuple(sorted((int(t["Days"]), t["StorageClass"]) for t in rule.get("Transitions", []) or [])),
-        (rule.get("AbortIncompleteMultipartUpload") or {}).get("DaysAfterInitiation"),
-    )
-
-
-# --------------------------------------------------------------------------- live bucket checks
-
-
-def _client_error_code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
-
-def bucket_findings(bucket: str, desired: dict[str, Any], s3: Any) -> dict[str, str]:
-    """Compare the live bucket with ``desired``; return ``{setting: what differs}`` (empty = matches)."""
-    from botocore.exceptions import ClientError
-
-    out: dict[str, str] = {}
-    try:
-        enc = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
-        algos = {r["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] for r in enc}
-        want = {
-            r["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
-            for r in (desired.get("encryption") or {}).get("ServerSideEncryptionConfiguration", [])
-        }
-        if want and algos != want:
-            out["encryption"] = f"default encryption is {sorted(algos)}, expected {sorted(want)}"
-    except ClientError as exc:
-        out["encryption"] = f"no default encryption ({_client_error_code(exc)})"
-    try:
-        pab = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
-        want_pab = desired.get("public_access_block") or {}
-        wrong = sorted(k for k, v in want_pab.items() if bool(pab.get(k)) != bool(v))
-        if wrong:
-            out["public_access_block"] = f"public access block differs on {', '.join(wrong)}"
-    except ClientError as exc:
-        out["public_access_block"] = f"no public access block ({_client_error_code(exc)})"
-    try:
-        live = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
-    except ClientError as exc:
-        live = []
-        if _client_error_code(exc) != "NoSuchLifecycleConfiguration":
-            raise
-    want_rules = sorted(_norm_rule(r) for r in desired.get("lifecycle", []))
-    if sorted(_norm_rule(r) for r in live) != want_rules:
-        out["lifecycle"] = f"{len(live)} lifecycle rule(s) differ from the template's {len(want_rules)}"
-    return out
-
-
-def ensure_bucket_settings(bucket: str, desired: dict[str, Any], s3: Any) -> list[str]:
-    """Apply the template's bucket settings that the live bucket lacks. Return the settings applied.
-
-    CloudFormation applies them itself; this re-applies the same values when they are missing
-    (some CloudFormation implementations, e.g. moto's, ignore PublicAccessBlockConfiguration and
-    LifecycleConfiguration) and is a no-op when the bucket already matches.
-    """
-    applied = []
-    for setting in bucket_findings(bucket, desired, s3):
-        if setting == "encryption" and desired.get("encryption"):
-            rules = [
-                {"ApplyServerSideEncryptionByDefault": r["ServerSideEncryptionByDefault"],
-                 **({"BucketKeyEnabled": bool(r["BucketKeyEnabled"])} if "BucketKeyEnabled" in r else {})}
-                for r in desired["encryption"]["ServerSideEncryptionConfiguration"]
-            ]
-            s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": rules})
-        elif setting == "public_access_block" and desired.get("public_access_block"):
-            cfg = {k: bool(v) for k, v in desired["public_access_block"].items()}
-            s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=cfg)
-        elif setting == "lifecycle" and desired.get("lifecycle"):
-            s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": desired["lifecycle"]})
-        else:
-            continue
-        applied.append(setting)
-    return applied
 
 
 # --------------------------------------------------------------------------- stack operations
@@ -395,16 +216,14 @@ def deploy(
     params: dict[str, Any] | None = None,
     client: Any | None = None,
     *,
-    s3_client: Any | None = None,
     region: str | None = None,
     timeout: float = 1800,
     poll_seconds: float = 10,
-    reconcile_bucket: bool = True,
 ) -> dict[str, Any]:
-    """Create or update the stack and wait for it.
+    """Create or update the stack and wait for it (boto3's CloudFormation waiters).
 
-    Returns ``{"stack", "action" ("created"|"updated"|"unchanged"), "status", "outputs": {...},
-    "bucket_settings_applied": [...]}``. Raises InfraError with CloudFormation's reasons on failure.
+    Returns ``{"stack", "action" ("created"|"updated"|"unchanged"), "status", "outputs": {...}}``.
+    Raises InfraError with CloudFormation's reasons on failure.
     """
     from botocore.exceptions import ClientError
 
@@ -453,22 +272,11 @@ def deploy(
             action = "unchanged"
     stack = _describe(cfn, stack_name) or {}
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-    applied: list[str] = []
-    if reconcile_bucket and outputs.get("BucketName"):
-        s3 = s3_client
-        if s3 is None:
-            import boto3
-
-            s3 = boto3.client("s3", region_name=region or cfn.meta.region_name)
-        account = stack.get("StackId", "::::0").split(":")[4] if stack.get("StackId") else "000000000000"
-        desired = desired_bucket_settings(tpl, values, region=cfn.meta.region_name, account=account)
-        applied = ensure_bucket_settings(outputs["BucketName"], desired, s3)
     return {
         "stack": stack_name,
         "action": action,
         "status": stack.get("StackStatus"),
         "outputs": outputs,
-        "bucket_settings_applied": applied,
     }
 
 
