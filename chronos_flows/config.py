@@ -327,8 +327,8 @@ class TrainingParams(_Frozen):
     store: Optional[str] = Field(
         None,
         title="Store",
-        description="Store URL: local directory, file:// URL or s3://bucket/prefix. "
-        "Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
+        description="Store URL: local directory, file:// URL, s3://bucket/prefix, or block:chronos-store/NAME "
+        "(a saved ChronosStore block). Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
     )
     run_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Run id", description="Run id (generated when empty).")
     resume_from: Optional[str] = Field(
@@ -363,9 +363,12 @@ class TrainingParams(_Frozen):
 
 
 def resolve_store_url(store: str | None) -> str:
-    """The store URL: explicit, else ``$CHRONOS_FLOWS_STORE``, else ``./.chronos-flows`` (absolute file:// URL)."""
+    """The store URL: explicit, else ``$CHRONOS_FLOWS_STORE``, else ``./.chronos-flows`` (absolute file:// URL).
+
+    ``block:chronos-store/NAME`` (a saved ChronosStore Prefect block) is kept as it is: ``open_store``
+    loads the block when the store is opened (so plain URLs never import Prefect or prefect-aws)."""
     value = store or os.environ.get("CHRONOS_FLOWS_STORE") or DEFAULT_STORE_DIR
-    if value.startswith("s3://") or value.startswith("file://"):
+    if value.startswith("s3://") or value.startswith("file://") or value.startswith("block:"):
         return value
     return Path(value).expanduser().resolve().as_uri()
 
@@ -447,8 +450,8 @@ class ForecastParams(_Frozen):
     store: Optional[str] = Field(
         None,
         title="Store",
-        description="Store URL: local directory, file:// URL or s3://bucket/prefix. "
-        "Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
+        description="Store URL: local directory, file:// URL, s3://bucket/prefix, or block:chronos-store/NAME "
+        "(a saved ChronosStore block). Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
     )
     forecast_id: Optional[str] = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", title="Forecast id", description="Id of this batch (generated when empty)."
