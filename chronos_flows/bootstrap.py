@@ -24,16 +24,17 @@ import traceback
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from chronos_flows import layout
 from chronos_flows.errors import BadInputError, ChronosFlowsError, StoreError
 
 EXIT_OK, EXIT_ERROR, EXIT_ENV, EXIT_REFUSED = 0, 1, 2, 3
 #: ``module:function`` called as ``fn(run_id=..., store_url=..., env=...) -> dict`` when --train is not given.
-DEFAULT_TRAIN_ENTRYPOINT = "tasks.train:instance_train"
+DEFAULT_TRAIN_ENTRYPOINT = "chronos_flows.bootstrap:instance_train"
 REQUIRED_STATUS = "training"
 
 
 def result_key(env: str, run_id: str) -> str:
-    return f"{env}/{run_id}/instance/result.json"
+    return layout.instance_result_key(env, run_id)
 
 
 def _now() -> str:
@@ -147,6 +148,15 @@ def run_instance_step(
          "duration_seconds": round(time.monotonic() - started, 3)},
     )
     return EXIT_OK
+
+
+def instance_train(run_id: str, store_url: str, env: str) -> dict:
+    """The default training entry point: open the store, train this run there
+    (:func:`chronos_flows.training.train_on_instance`), return the training info. No Prefect."""
+    from blocks.store import download_prefix, open_store
+    from chronos_flows.training import train_on_instance
+
+    return train_on_instance(open_store(store_url), env, run_id, fetch_dir=lambda uri, dest: download_prefix(uri, dest))
 
 
 def load_entrypoint(spec: str) -> Callable[..., dict]:

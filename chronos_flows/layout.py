@@ -83,6 +83,11 @@ def instance_progress_key(env: str, run_id: str) -> str:
     return f"{run_prefix(env, run_id)}/instance/progress.json"
 
 
+def instance_result_key(env: str, run_id: str) -> str:
+    """The outcome an EC2 instance writes (``running``, then ``ok``/``error``/``refused``)."""
+    return f"{run_prefix(env, run_id)}/instance/result.json"
+
+
 def forecasts_prefix(env: str, forecast_id: str) -> str:
     """A batch of forecasts: ``forecasts.parquet`` and ``forecast.json`` (written last)."""
     return f"{env}/forecasts/{forecast_id}"

@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -358,3 +359,62 @@ def test_when_the_ec2_api_is_unreachable_then_listing_and_describing_raise_ec2_e
         ec2.list_active()
     with pytest.raises(Ec2Error, match="credentials/region"):
         ec2.describe("i-0123456789abcdef0")
+
+
+#: run as ``python -c`` on the "instance": Prefect cannot be imported, then the bootstrap's main
+NO_PREFECT_BOOTSTRAP = """
+import sys
+
+class NoPrefect:
+    def find_spec(self, name, path=None, target=None):
+        if name == "prefect" or name.startswith("prefect."):
+            raise ImportError(f"{name}: Prefect is not installed on this instance")
+        return None
+
+sys.meta_path.insert(0, NoPrefect())
+try:
+    import prefect  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit(99)
+from chronos_flows.bootstrap import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_when_prefect_cannot_be_imported_then_the_instance_training_step_stores_the_model_and_result(tmp_path):
+    from blocks.store import open_store, read_uri
+    from chronos_flows import layout, runlog
+    from chronos_flows.cleaning import clean
+    from chronos_flows.config import build_params, resolve_data_path
+    from chronos_flows.ingest import load_dataset, to_parquet_bytes
+    from chronos_flows.splits import min_series_length
+    from tests.test_flow_e2e import SMALL
+
+    store_url = (tmp_path / "store").as_uri()
+    params = build_params(overrides=SMALL + ["chronos.max_steps=4", "chronos.eval_every=2", "chronos.checkpoint_every=2"],
+                          store=store_url, run_id="run-np")
+    store = open_store(store_url)
+    # what the parent flow writes before it launches the instance: the state file, training.json, the cleaned data
+    handle = _hold_training(store, "dev", "run-np")
+    runlog.save_training_log(store, runlog.TrainingLog(run_id="run-np", env="dev", generation=handle.generation,
+                                                       params=params.model_dump(mode="json")))
+    raw = load_dataset(resolve_data_path(params.data.path), params.data, fetch=read_uri)
+    cleaned, report = clean(raw, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon)
+    prefix = layout.run_data_prefix("dev", "run-np")
+    store.put(f"{prefix}/cleaned.parquet", to_parquet_bytes(cleaned))
+    store.put(f"{prefix}/cleaning_report.json", json.dumps(report.to_dict(), default=str).encode())
+
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_PREFECT_BOOTSTRAP, "--run-id", "run-np", "--store", store_url, "--env", "dev", "--allow-cpu"],
+        capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
+    res = _result(store, "dev", "run-np")
+    assert res["outcome"] == "ok" and res["generation"] == handle.generation, res
+    model_prefix = layout.models_prefix("dev", "run-np", "chronos")
+    assert res["result"]["uri"] == store.uri(model_prefix)
+    assert store.list(model_prefix + "/"), "no model files in the store"
+    assert store.get(layout.instance_progress_key("dev", "run-np")) is not None

@@ -264,17 +264,17 @@ def _flow_run_logs(flow_run_id: str) -> list:
 def test_when_a_run_succeeds_then_its_logs_records_checkpoints_and_lock_files_are_what_a_reviewer_needs(prefect_api, tmp_path, monkeypatch):
     """Issue 11: phase timings and metric lines in the run's Prefect logs without the task-finish
     noise, one data fingerprint in model_metadata.json, best+last checkpoints, no lock-file litter."""
-    import tasks.train
+    import chronos_flows.training
     from blocks.store import LOCK_STRIPES
     from chronos_flows.models.chronos_train import checkpoint_step
     from flows.training import chronos_training
 
-    class SyncEveryStep(tasks.train.TrainProgress):  # every checkpoint reaches the store, whatever the timing
+    class SyncEveryStep(chronos_flows.training.TrainProgress):  # every checkpoint reaches the store, whatever the timing
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.every_s = 0.0
 
-    monkeypatch.setattr(tasks.train, "TrainProgress", SyncEveryStep)
+    monkeypatch.setattr(chronos_flows.training, "TrainProgress", SyncEveryStep)
 
     params = build_params(overrides=SMALL + ["chronos.checkpoint_every=5", "chronos.eval_every=5"],
                           store=str(tmp_path / "store"), run_id="reviewed-1")
