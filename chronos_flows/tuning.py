@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 import yaml
