@@ -300,6 +300,12 @@ class ComputeConfig(_Frozen):
         title="Dask cluster arguments",
         description="Keyword arguments of the cluster class (e.g. {\"n_workers\": 2, \"processes\": true}).",
     )
+    cache: bool = Field(
+        True,
+        title="Reuse cached results",
+        description="Reuse the persisted results of ingest, clean and the baselines' backtest chunks when their inputs "
+        "(data fingerprint, configuration, windows) are unchanged; false recomputes them and refreshes the cache.",
+    )
 
     @model_validator(mode="after")
     def _check_dask(self) -> "ComputeConfig":

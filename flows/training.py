@@ -25,7 +25,7 @@ from chronos_flows import workdirs
 from chronos_flows.config import TrainingParams
 from chronos_flows.errors import RunKilledError
 from tasks.cleanup import cleanup_run, release_after_abort
-from tasks.common import logger, quiet_routine_task_logs
+from tasks.common import cache_mode, logger, quiet_routine_task_logs
 from tasks.data import clean_data, ingest, sync_data
 from tasks.evaluate import backtest_baseline, baseline_runner, evaluate, finalize_results, load_champion
 from tasks.state import RunContext, acquire_lock, check_lock, open_run_store, set_status
@@ -76,8 +76,8 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
         refused = check_lock(store, params.env, params.lock.lease_seconds, params.run_id)
         if refused:
             return _refused(refused)
-        raw = ingest(params)
-        cleaned, report = clean_data(raw, params)
+        raw = cache_mode(ingest, params.compute.cache)(params)  # cached on the data's fingerprint
+        cleaned, report = cache_mode(clean_data, params.compute.cache)(raw, params)
 
     run_id = params.run_id or new_run_id()
     workdir = workdirs.new(run_id)

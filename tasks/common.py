@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 from prefect import get_run_logger
@@ -14,6 +15,16 @@ from chronos_flows.errors import TransientStoreError
 
 #: Delays between retries of a whole step (Prefect retries; botocore retries single requests first).
 RETRY_DELAYS = [2, 10, 30]
+
+#: How long a cached step's persisted result (Prefect's result storage: $PREFECT_HOME/storage unless
+#: PREFECT_DEFAULT_RESULT_STORAGE_BLOCK names a shared one) may be reused: longer than the weekly
+#: schedule, short enough that an old entry is not trusted for ever.
+CACHE_EXPIRATION = timedelta(days=35)
+
+
+def cache_mode(task: Any, cache: bool) -> Any:
+    """``task`` as configured (``compute.cache`` true), else a copy that recomputes and overwrites its cache entry."""
+    return task if cache else task.with_options(refresh_cache=True)
 
 _TRANSIENT_NAMES = {
     "EndpointConnectionError",

@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 
 from blocks.store import read_uri
+from chronos_flows import cleaning as clean_module
 from chronos_flows import layout
 from chronos_flows.cleaning import CleaningReport, clean
 from chronos_flows.config import TrainingParams, resolve_data_path
 from chronos_flows.ingest import fingerprint, load_dataset, to_parquet_bytes
 from chronos_flows.splits import min_series_length
-from tasks.common import RETRY_DELAYS, logger, markdown_artifact, retry_transient
+from tasks.common import CACHE_EXPIRATION, RETRY_DELAYS, logger, markdown_artifact, retry_transient
 from tasks.state import RunContext
 
 
-@task(name="ingest", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
+    """sha256 of the input file's bytes + how it is read (``data`` config)."""
+    params: TrainingParams = parameters["params"]
+    h = hashlib.sha256(b"chronos-flows/ingest/v1\n")
+    h.update(read_uri(resolve_data_path(params.data.path)))
+    h.update(json.dumps(params.data.model_dump(mode="json"), sort_keys=True).encode())
+    return "ingest-" + h.hexdigest()
+
+
+def _clean_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Fingerprint of the ingested data + cleaning config + the lengths the backtest needs + cleaning code."""
+    params: TrainingParams = parameters["params"]
+    doc = {
+        "data": fingerprint(parameters["df"]),
+        "cleaning": params.cleaning.model_dump(mode="json"),
+        "min_length": min_series_length(params),
+        "horizon": params.evaluation.horizon,
+        "code": hashlib.sha256(Path(clean_module.__file__).read_bytes()).hexdigest(),
+    }
+    return "clean-" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@task(name="ingest", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient,
+      cache_key_fn=_ingest_key, cache_expiration=CACHE_EXPIRATION, persist_result=True)
 def ingest(params: TrainingParams) -> pd.DataFrame:
     source = resolve_data_path(params.data.path)
     df = load_dataset(source, params.data, fetch=read_uri)
@@ -27,7 +54,7 @@ def ingest(params: TrainingParams) -> pd.DataFrame:
     return df
 
 
-@task(name="clean", cache_policy=NONE)
+@task(name="clean", cache_key_fn=_clean_key, cache_expiration=CACHE_EXPIRATION, persist_result=True)
 def clean_data(df: pd.DataFrame, params: TrainingParams) -> tuple[pd.DataFrame, CleaningReport]:
     cleaned, report = clean(
         df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon

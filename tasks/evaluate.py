@@ -15,14 +15,14 @@ from chronos_flows import layout, runlog
 from chronos_flows.cleaning import CleaningReport
 from chronos_flows.config import ComputeConfig
 from chronos_flows.evaluation import BacktestResult, merge_results, run_backtest, write_outputs
-from chronos_flows.fanout import backtest_chunk, join_chunks, series_chunks
+from chronos_flows.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
 from chronos_flows.models.base import Forecaster
 from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.seasonal_naive import SeasonalNaive
 from chronos_flows.registry import decide_champion, promote_outcome, read_champion
 from chronos_flows.splits import backtest_windows, ensemble_fit_windows
 from tasks.common import (
-    Progress, RETRY_DELAYS, embed_images, image_artifact, logger, markdown_artifact, retry_transient, table_artifact,
+    CACHE_EXPIRATION, Progress, RETRY_DELAYS, cache_mode, embed_images, image_artifact, logger, markdown_artifact, retry_transient, table_artifact,
 )
 from tasks.state import RunContext
 
@@ -42,9 +42,22 @@ def _backtest(ctx: RunContext, forecasters: dict[str, Forecaster], history: pd.D
     )
 
 
-@task(name="backtest-chunk", task_run_name="backtest-{family}-chunk-{index}", cache_policy=NONE)
+def _chunk_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """Data fingerprint of the chunk + model config + windows + backtest code (not n_jobs or the
+    index: they change where and how fast the work runs, never its numbers)."""
+    return chunk_key(parameters["family"], parameters["config"], parameters["chunk"], parameters["windows"])
+
+
+@task(
+    name="backtest-chunk",
+    task_run_name="backtest-{family}-chunk-{index}",
+    cache_key_fn=_chunk_cache_key,
+    cache_expiration=CACHE_EXPIRATION,
+    persist_result=True,
+)
 def backtest_chunk_task(family: str, config: dict, chunk: pd.DataFrame, windows: dict, n_jobs: int = 1, index: int = 0) -> BacktestResult:
-    """Backtest local ``family`` on one chunk of series (in the flow's process or on a Dask worker)."""
+    """Backtest local ``family`` on one chunk of series (in the flow's process or on a Dask worker);
+    cached, so a run on unchanged data does not refit it."""
     return backtest_chunk(family, config, chunk, windows, n_jobs=n_jobs)
 
 
@@ -77,7 +90,7 @@ def backtest_baseline(
     bar = Progress(f"{family.replace('_', '-')}-progress-{ctx.run_id}", f"{family} backtest chunks ({ctx.params.compute.chunk_series} series each)")
     t0 = time.monotonic()
     futures = [
-        runner.submit(backtest_chunk_task, {"family": family, "config": config, "chunk": chunk, "windows": windows, "n_jobs": n_jobs, "index": i})
+        runner.submit(cache_mode(backtest_chunk_task, ctx.params.compute.cache), {"family": family, "config": config, "chunk": chunk, "windows": windows, "n_jobs": n_jobs, "index": i})
         for i, chunk in enumerate(chunks)
     ]
     parts, cached = [], 0

@@ -84,7 +84,9 @@ def _run_baselines(params, df):
 
 def test_when_baselines_run_on_a_dask_local_cluster_then_the_numbers_equal_the_local_runner(prefect_api):
     df = panel(n=6)
-    base = ["evaluation.horizon=6", "evaluation.n_windows=2", "compute.chunk_series=2", "autoets.n_jobs=2", "theta.n_jobs=2"]
+    # compute.cache=false: both runners really fit (the second would otherwise reuse the first's results)
+    base = ["evaluation.horizon=6", "evaluation.n_windows=2", "compute.chunk_series=2", "autoets.n_jobs=2", "theta.n_jobs=2",
+            "compute.cache=false"]
     local = _run_baselines(build_params(overrides=base), df)
     dask_params = build_params(overrides=base + [
         "compute.task_runner=dask",
@@ -97,7 +99,7 @@ def test_when_baselines_run_on_a_dask_local_cluster_then_the_numbers_equal_the_l
 
     for family in ("autoets", "theta"):
         (lres, linfo), (dres, dinfo) = local[family], dask[family]
-        assert linfo["chunks"] == dinfo["chunks"] == 3
+        assert linfo["chunks"] == dinfo["chunks"] == 3 and linfo["cached_chunks"] == dinfo["cached_chunks"] == 0
         pd.testing.assert_frame_equal(dres.leaderboard, lres.leaderboard, check_exact=True)
         pd.testing.assert_frame_equal(dres.metrics, lres.metrics, check_exact=True)
         assert dres.failures == lres.failures
