@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
-from . import layout
+from . import layout, runlog
 from .errors import (
     BadInputError,
     ChronosFlowsError,
@@ -303,8 +303,6 @@ class RunLock:
 
     def _takeover(self, snap: StateSnapshot, run_id: str, flow_run_id: str | None, info: dict | None,
                   unchanged_for: float) -> "LockHandle":
-        from . import runlog
-
         counter, counter_etag = self._read_counter()
         generation = max(counter, snap.generation) + 1
         prev = snap.state
@@ -455,6 +453,23 @@ class LockHandle:
 
             self._write(mutate)
 
+    def record_transition(self, status: str, *, killed_ok: bool = False, **details: Any) -> None:
+        """The one writer of a run's transition: move the state file to ``status`` (CAS), then
+        append it to ``training.json`` (:meth:`record_status`) — in that order, so the record never
+        names a status the state file did not reach. ``killed_ok``: a kill from outside meanwhile is
+        no error; the ``killed`` state the handle adopted is recorded instead."""
+        try:
+            self.transition(status, **details)
+        except RunKilledError:
+            if not killed_ok:
+                raise
+        self.record_status(details)
+
+    def record_status(self, details: dict[str, Any] | None = None) -> None:
+        """Append the handle's current status, at the state file's ``updated_at``, to the run's
+        ``training.json`` (created if missing); e.g. ``initialization`` right after acquiring."""
+        runlog.record_transition(self.store, self.env, self.run_id, self.status, self.state["updated_at"], dict(details or {}))
+
     def fail(self, reason: str, **details: Any) -> None:
         """Move to ``failed`` unless already failed/killed/cleanup (then do nothing)."""
         with self._mutex:
@@ -543,7 +558,8 @@ class LockHandle:
 def kill(store: ObjectStore, env: str, run_id: str | None = None, reason: str = "killed by user",
          wall: Callable[[], datetime] = utc_now) -> StateSnapshot | None:
     """Mark the current run ``killed`` (CAS, retried on concurrent updates). Idempotent: a run already
-    killed or in cleanup is left as is. Returns the resulting snapshot, or ``None`` if no run holds
+    killed or in cleanup is left as is; a kill that moved the state file is also recorded in the run's
+    training.json. Returns the resulting snapshot, or ``None`` if no run holds
     the lock. ``run_id`` given and different from the holder → :class:`BadInputError`."""
     target = run_id
     for _ in range(50):
@@ -567,9 +583,11 @@ def kill(store: ObjectStore, env: str, run_id: str | None = None, reason: str = 
         new.setdefault("history", []).append({"status": "killed", "at": at, "details": {"reason": reason}})
         try:
             etag = store.put_if_match(layout.state_key(env), _dump(new), snap.etag)
-            return StateSnapshot(new, etag)
         except PreconditionFailed:
             continue
+        # the state file first, then the same transition in training.json (created if missing)
+        runlog.record_transition(store, env, target, "killed", at, {"reason": reason})
+        return StateSnapshot(new, etag)
     raise TransientStoreError(f"could not kill run {target}: the state file of env {env!r} keeps changing; retry")
 
 
@@ -595,8 +613,6 @@ def take_handed_off(store_url: str, env: str, run_id: str) -> LockHandle | None:
 def abandon(handle: LockHandle, reason: str) -> None:
     """Give back a lock a launcher took when its flow never adopted it (e.g. Prefect did not start):
     ``failed`` with the reason, then ``cleanup`` and release, and the reason in training.json."""
-    from . import runlog
-
     with _HANDOFF_MUTEX:
         _HANDOFF.pop((handle.store.url, handle.env, handle.run_id), None)
     if handle.released:

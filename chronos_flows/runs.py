@@ -86,9 +86,7 @@ def kill_run(
     if run_id and state["run_id"] != run_id:
         raise BadInputError(f"the active run is {state['run_id']}, not {run_id}; check `chronos-flows status`")
     run_id = state["run_id"]
-    after = kill(store, env, run_id, reason=reason)
-    if after is not None and after.status == "killed" and state.get("status") != "killed":
-        runlog.record_transition(store, env, run_id, "killed", after.state.get("updated_at"), {"reason": reason})
+    kill(store, env, run_id, reason=reason)  # the state file and training.json, when it moves the run
     notes = [f"run {run_id} marked killed"]
     if cancel_flow_run and state.get("flow_run_id"):
         try:

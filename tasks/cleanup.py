@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 
 from chronos_flows import runlog
 from chronos_flows.config import TrainingParams
-from chronos_flows.errors import ChronosFlowsError, LostLockError, RunKilledError
+from chronos_flows.errors import ChronosFlowsError, LostLockError
 from chronos_flows.ops import run_cleanup
 from tasks.common import RETRY_DELAYS, logger, retry_transient
 from tasks.state import RunContext
@@ -26,15 +26,11 @@ def _to_terminal_then_cleanup(ctx: RunContext, outcome: dict[str, Any]) -> None:
         return
     if status not in ("failed", "killed"):
         target = "killed" if outcome["status"] == "killed" else "failed"
-        try:
-            handle.transition(target, error=outcome.get("error"))
-        except RunKilledError:
-            pass  # killed from outside meanwhile: the handle now holds the killed state
-        runlog.record_transition(ctx.store, ctx.env, ctx.run_id, handle.state["status"], handle.state["updated_at"], {"error": outcome.get("error")})
+        # killed from outside meanwhile: the handle now holds the killed state, and that is recorded
+        handle.record_transition(target, killed_ok=True, error=outcome.get("error"))
     if handle.state.get("status") == "killed":
         outcome["status"] = "killed"
-    handle.transition("cleanup")
-    runlog.record_transition(ctx.store, ctx.env, ctx.run_id, "cleanup", handle.state["updated_at"], {})
+    handle.record_transition("cleanup")
 
 
 def cleanup_steps(ctx: RunContext) -> list[tuple[str, Callable[[], str]]]:

@@ -96,7 +96,7 @@ def _acquire(ctx: RunContext) -> LockHandle:
     else:  # the same run id again (a deployment re-run): keep its history, this attempt appends
         log = log.model_copy(update={"generation": handle.generation, "flow_run_id": ctx.flow_run_id, "error": None, "ended_at": None})
     runlog.save_training_log(ctx.store, log)
-    runlog.record_transition(ctx.store, ctx.env, ctx.run_id, "initialization", handle.state["updated_at"], {"generation": handle.generation})
+    handle.record_status({"generation": handle.generation})  # the initialization the state file holds
     logger().info("run %s holds the lock (generation %d)", ctx.run_id, handle.generation)
     return handle
 
@@ -106,8 +106,7 @@ def set_status(ctx: RunContext, status: str, **details: Any) -> None:
     """Move the state file (compare-and-swap) and record the transition in ``training.json``."""
     if ctx.handle is None:
         raise RuntimeError("set_status called before the lock was acquired")
-    ctx.handle.transition(status, **details)
-    runlog.record_transition(ctx.store, ctx.env, ctx.run_id, status, ctx.handle.state["updated_at"], details)
+    ctx.handle.record_transition(status, **details)
     logger().info("run %s → %s", ctx.run_id, status)
 
 

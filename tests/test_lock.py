@@ -385,3 +385,28 @@ def test_when_holder_is_alive_but_the_contender_clock_runs_ahead_then_no_takeove
             with pytest.raises(LockedError, match="alive-run"):
                 contender.acquire("thief-run", takeover_wait=1.0)
     assert read_state(store, ENV).run_id == "alive-run"
+
+
+def test_when_transitions_are_recorded_then_the_state_file_and_training_json_agree(store):
+    h = RunLock(store, ENV).acquire("run-rec")
+    h.record_status({"generation": h.generation})
+    h.record_transition("data_sync")
+    h.record_transition("training", note="gpu")
+    assert runlog.load_training_log(store, ENV, "run-rec").transitions[-1].at == read_state(store, ENV).state["updated_at"]
+    kill(store, ENV, "run-rec", reason="operator")  # from outside: recorded by the kill
+    h.record_transition("failed", killed_ok=True, error="boom")  # the adopted kill is recorded
+    h.record_transition("cleanup")
+    state = read_state(store, ENV).state
+    log = runlog.load_training_log(store, ENV, "run-rec")
+    assert [x["status"] for x in state["history"]] == ["initialization", "data_sync", "training", "killed", "cleanup"]
+    assert [t.status for t in log.transitions] == ["initialization", "data_sync", "training", "killed", "killed", "cleanup"]
+    assert [t.details for t in log.transitions[:5]] == [
+        {"generation": h.generation}, {}, {"note": "gpu"}, {"reason": "operator"}, {"error": "boom"}]
+    assert log.status == state["status"] == "cleanup" and log.transitions[-1].at == state["updated_at"]
+
+    h.release()  # without killed_ok a kill is an error, and nothing is recorded for it
+    h = RunLock(store, ENV).acquire("run-rec2")
+    kill(store, ENV, "run-rec2")
+    with pytest.raises(RunKilledError):
+        h.record_transition("data_sync")
+    assert [t.status for t in runlog.load_training_log(store, ENV, "run-rec2").transitions] == ["killed"]
