@@ -60,11 +60,14 @@ def logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 class DropRoutineTaskFinish(logging.Filter):
-    """Drops exactly Prefect's "Finished in state Completed()" line of a task run (18 of 40 lines of
-    a run); a failed, crashed or retried task (and every flow-run line) still logs."""
+    """Drops exactly Prefect's routine finish lines of a task run — "Finished in state Completed()"
+    (18 of 40 lines of a run) and "Finished in state Cached(type=COMPLETED)" (a cache hit, which the
+    step's own log line counts); a failed, crashed or retried task (and every flow-run line) still logs."""
+
+    ROUTINE = ("Finished in state Completed()", "Finished in state Cached(type=COMPLETED)")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.INFO and record.getMessage() == "Finished in state Completed()")
+        return not (record.levelno == logging.INFO and record.getMessage() in self.ROUTINE)
 
 
 def quiet_routine_task_logs() -> None:

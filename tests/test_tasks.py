@@ -59,6 +59,7 @@ def test_when_a_task_run_finishes_then_only_the_completed_line_is_dropped_and_fa
 
     drop = DropRoutineTaskFinish()
     assert not drop.filter(record(logging.INFO, "Finished in state Completed()"))
+    assert not drop.filter(record(logging.INFO, "Finished in state Cached(type=COMPLETED)"))
     for level, msg in [
         (logging.ERROR, "Finished in state Failed('Task run encountered an exception ValueError: x')"),
         (logging.INFO, "Finished in state AwaitingRetry(message='Retry 1/3', type=SCHEDULED)"),
