@@ -115,11 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.evaluate import backtest_baseline, baseline_runner
     from tasks.state import RunContext
 
-    job: dict = {}  # the panel is handed over outside the flow's parameters (the API caps their size)
+    # the panel is handed over as a file, outside the flow's parameters (the API caps their size) and
+    # outside this closure (prefect-dask ships the flow with every task: a panel in the closure would
+    # travel with each chunk)
+    job: dict = {}
 
     @flow(name="scale-benchmark", persist_result=False)
     def run(n: int):
-        params, df = job["params"], job["df"]
+        params, df = job["params"], pd.read_parquet(job["path"])
         ctx = RunContext(params=params, store=None, run_id=f"scale-{n}", workdir=None)
         with baseline_runner(params.compute) as runner:
             t0 = time.perf_counter()
@@ -141,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'series':>7} {'engine':>8} {'wall s':>8} {'ms/series':>10} {'peak MB':>8} {'KB/series':>10} {'failed':>6}")
     try:
         for n in args.sizes:
-            df = panel(n)
+            path = Path(_TMP_HOME or tempfile.gettempdir()) / f"scale-panel-{n}.parquet"
+            panel(n).to_parquet(path, index=False)
             for engine in args.engines:
                 over = [f"{args.family}.n_jobs={2 if engine == 'local-2' else 1}"]
                 if engine == "dask-2":
                     over += ["compute.task_runner=dask", f"compute.dask_address={cluster.scheduler_address}"]
-                job.update(params=build_params(overrides=base + over), df=df)
+                job.update(params=build_params(overrides=base + over), path=str(path))
                 with PeakRss() as mem:
                     seconds, info = run(n)
                 row = {"series": n, "engine": engine, "wall_s": round(seconds, 3), "ms_per_series": round(1000 * seconds / n, 2),
