@@ -29,7 +29,7 @@ KEY_ENV, KEY_FILE = "env-key-0123456789", "file-key-9876543210"
 
 
 class Server:
-    """``python -m chronos_flows.cli serve`` on a free port; its log goes to ``log_path``."""
+    """``python -m app.cli serve`` on a free port; its log goes to ``log_path``."""
 
     def __init__(self, store_dir: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None):
         self.port = free_port()
@@ -39,7 +39,7 @@ class Server:
         full_env = {k: v for k, v in os.environ.items() if k != "CHRONOS_FLOWS_API_KEYS"}
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chronos_flows.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--store", str(store_dir), "--poll-seconds", "0.2", *extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
         )
@@ -375,7 +375,7 @@ def test_when_the_model_cannot_forecast_one_series_then_the_error_names_that_ser
 def test_when_the_model_raises_then_the_client_gets_500_with_a_request_id_and_no_traceback():
     from fastapi.testclient import TestClient
 
-    from chronos_flows.server import create_app
+    from app.server import create_app
 
     class Explodes(SeasonalNaive):
         def predict(self, context, horizon, freq, quantiles):
@@ -522,7 +522,7 @@ def test_when_sigterm_arrives_during_a_request_then_it_is_answered_and_the_serve
 def test_when_the_body_is_over_the_size_limit_then_413_and_the_server_keeps_serving():
     from fastapi.testclient import TestClient
 
-    from chronos_flows.server import create_app
+    from app.server import create_app
 
     champ = _champion_of(SeasonalNaive(7))
     with TestClient(create_app(_Holder(champ), max_body_bytes=2_000)) as client:
@@ -531,3 +531,27 @@ def test_when_the_body_is_over_the_size_limit_then_413_and_the_server_keeps_serv
         assert r.status_code == 413 and "2000-byte limit" in r.json()["error"]
         ok = client.post("/invocations", json={"inputs": [{"target": GOOD}]})
         assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1
+
+
+def test_when_a_chronos_champion_answers_requests_together_then_each_equals_its_own_call(tmp_path):
+    """The Chronos fast path (arrays straight to the model, no frames): a shared call gives each
+    request what it gets alone."""
+    from chronos_flows.config import ChronosConfig
+    from chronos_flows.models.chronos import ChronosForecaster
+    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.serving import LoadedChampion, parse_request, predict, predict_batch
+
+    build_random_pipeline("chronos-2", "tiny", 64, 8, seed=5).save_pretrained(tmp_path / "model")
+    model = ChronosForecaster.load(tmp_path / "model", ChronosConfig(family="chronos-2", context_length=64, device="cpu"),
+                                   workdir=tmp_path / "work")
+    champ = LoadedChampion(run_id="c2", family="chronos", doc={}, etag="e", model=model, min_history=5, load_seconds=0.0)
+    bodies = [{"inputs": [{"target": series(30 + 7 * i, seed=i, level=10.0 * (i + 1))} for i in range(k)],
+               "parameters": {"prediction_length": 8, "quantile_levels": [0.9, 0.1, 0.5]}} for k in (1, 3, 2)]
+    together = predict_batch(champ, [parse_request(b) for b in bodies])
+    for body, got in zip(bodies, together):
+        alone = predict(champ, parse_request(body))
+        assert len(got["predictions"]) == len(body["inputs"])
+        for a, b in zip(got["predictions"], alone["predictions"]):
+            for key in ("mean", "0.1", "0.5", "0.9"):
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5)
+            assert all(x <= y <= z for x, y, z in zip(a["0.1"], a["0.5"], a["0.9"]))  # never crossing
