@@ -36,40 +36,18 @@ context raises :class:`BadInputError`. statsforecast is imported lazily.
 
 from __future__ import annotations
 
-import time
-import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from chronos_flows.errors import BadInputError
-from chronos_flows.models._parallel import Progress, map_series
-from chronos_flows.models.base import (
-    DEFAULT_QUANTILES,
-    ID,
-    TARGET,
-    TIME,
-    Forecaster,
-    future_index,
-    quantile_column,
-    require_long_frame,
-)
+from chronos_flows.models._local import StatsForecastForecaster, check_season_and_jobs, interval_key, statsforecast_one
+from chronos_flows.models._parallel import Progress
+
+__all__ = ["AutoETSForecaster", "SETTING_KEYS", "fit_predict_one", "interval_key"]
 
 #: Keys of :meth:`AutoETSForecaster.settings` (what :meth:`AutoETSForecaster.from_settings` accepts).
 SETTING_KEYS = ("season_length", "model", "damped")
-
-
-def interval_key(q: float) -> tuple[str, float | int] | None:
-    """Which statsforecast interval bound is quantile level ``q``: ``("lo", 80)`` for 0.1,
-    ``("hi", 80)`` for 0.9, ``None`` for 0.5 (the point forecast)."""
-    q = float(q)
-    if q == 0.5:
-        return None
-    level: float | int = round(100.0 * abs(1.0 - 2.0 * q), 6)
-    if float(level).is_integer():
-        level = int(level)
-    return ("lo" if q < 0.5 else "hi"), level
 
 
 def fit_predict_one(
@@ -83,32 +61,13 @@ def fit_predict_one(
     """Fit AutoETS on one series; return ``(uid, array[h, 1+Q] = mean + quantiles, None)`` or
     ``(uid, None, error message)``. Never raises (runs inside worker processes); ``ds`` is unused
     (ETS needs only the order of the values)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # statsforecast's divide-by-zero RuntimeWarnings on tiny fits
-            from statsforecast.models import AutoETS
 
-            keys = [interval_key(q) for q in quantiles]
-            levels = sorted({k[1] for k in keys if k is not None})
-            model = AutoETS(
-                season_length=int(settings["season_length"]),
-                model=str(settings["model"]),
-                damped=settings["damped"],
-            )
-            out = model.forecast(y=np.asarray(y, dtype=float), h=int(horizon), level=levels or None)
-        mean = np.asarray(out["mean"], dtype=float)
-        qs = np.column_stack(
-            [mean if k is None else np.asarray(out[f"{k[0]}-{k[1]}"], dtype=float) for k in keys]
-        ) if keys else np.empty((len(mean), 0))
-        if mean.shape != (horizon,) or not np.all(np.isfinite(mean)) or not np.all(np.isfinite(qs)):
-            return uid, None, "AutoETS produced non-finite forecasts"
-        order = np.argsort(np.asarray([float(q) for q in quantiles]), kind="stable")
-        ordered = np.empty_like(qs)
-        ordered[:, order] = np.sort(qs, axis=1)  # never crossing, whatever order quantiles come in
-        return uid, np.column_stack([mean, ordered]), None
-    except Exception as exc:  # noqa: BLE001 - a failing series is reported, never fatal
-        msg = f"{type(exc).__name__}: {exc}".strip()
-        return uid, None, msg[:500]
+    def make():
+        from statsforecast.models import AutoETS
+
+        return AutoETS(season_length=int(settings["season_length"]), model=str(settings["model"]), damped=settings["damped"])
+
+    return statsforecast_one(uid, y, horizon, quantiles, "AutoETS", make)
 
 
 def _check_model(model: str, damped: bool | None) -> None:
@@ -124,8 +83,10 @@ def _check_model(model: str, damped: bool | None) -> None:
         raise BadInputError(f"AutoETS damped=True needs a trend, but model {model!r} has none (trend 'N')")
 
 
-class AutoETSForecaster(Forecaster):
+class AutoETSForecaster(StatsForecastForecaster):
     name = "autoets"
+    label = "AutoETS"
+    fit_one = staticmethod(fit_predict_one)
 
     def __init__(
         self,
@@ -136,23 +97,12 @@ class AutoETSForecaster(Forecaster):
         model: str = "ZZZ",
         damped: bool | None = None,
     ):
-        try:
-            season_length = int(season_length)
-        except (TypeError, ValueError):
-            raise BadInputError(f"AutoETS season_length must be an integer, got {season_length!r}") from None
-        if season_length < 1:
-            raise BadInputError(f"AutoETS season_length must be at least 1, got {season_length}")
-        if int(n_jobs) < 1:
-            raise BadInputError(f"AutoETS n_jobs must be at least 1, got {n_jobs}")
+        season_length = check_season_and_jobs("AutoETS", season_length, n_jobs)
         _check_model(model, damped)
+        super().__init__(n_jobs, progress)
         self.season_length = season_length
         self.model = str(model).upper()
         self.damped = None if damped is None else bool(damped)
-        self.n_jobs = int(n_jobs)
-        self.progress = progress
-        self.last_failures: dict[str, str] = {}
-        #: Wall-clock seconds of the last predict call (fit + forecast of every series).
-        self.last_seconds: float = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -180,55 +130,3 @@ class AutoETSForecaster(Forecaster):
             damped=settings.get("damped"),
             **runtime,
         )
-
-    def predict(
-        self,
-        context: pd.DataFrame,
-        horizon: int,
-        freq: str,
-        quantiles: Sequence[float] = DEFAULT_QUANTILES,
-    ) -> pd.DataFrame:
-        require_long_frame(context)
-        if len(context) == 0:
-            raise BadInputError("AutoETS got an empty context frame (no rows): pass at least one series with history")
-        if int(horizon) < 1:
-            raise BadInputError(f"AutoETS horizon must be at least 1, got {horizon}")
-        try:
-            pd.tseries.frequencies.to_offset(freq)
-        except ValueError:
-            raise BadInputError(f"unknown frequency {freq!r}; pass a pandas alias such as 'W-MON', 'MS', 'QS'") from None
-        bad = [q for q in quantiles if not 0.0 < float(q) < 1.0]
-        if bad:
-            raise BadInputError(f"AutoETS quantile levels must lie strictly between 0 and 1, got {bad}")
-        t0 = time.perf_counter()
-        horizon = int(horizon)
-        qcols = [quantile_column(q) for q in quantiles]
-        settings = self.settings()
-        jobs = [
-            (uid, g[TIME].to_numpy(), g[TARGET].to_numpy(dtype=float))
-            for uid, g in context.sort_values([ID, TIME], kind="stable").groupby(ID, sort=True)
-        ]
-        last = {uid: pd.Timestamp(ds[-1]) for uid, ds, _ in jobs}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import statsforecast.models  # noqa: F401 - once here, so forked workers inherit it
-
-        results, failures = map_series(
-            fit_predict_one,
-            [(uid, ds, y, horizon, tuple(float(q) for q in quantiles), settings) for uid, ds, y in jobs],
-            n_jobs=self.n_jobs,
-            progress=self.progress,
-        )
-        self.last_failures = failures
-        parts = []
-        for uid in sorted(results):
-            arr = results[uid]
-            frame = pd.DataFrame(arr[:, 1:], columns=qcols)
-            frame.insert(0, "mean", arr[:, 0])
-            frame.insert(0, TIME, future_index(last[uid], horizon, freq))
-            frame.insert(0, ID, uid)
-            parts.append(frame)
-        self.last_seconds = time.perf_counter() - t0
-        if not parts:
-            return pd.DataFrame(columns=[ID, TIME, "mean", *qcols])
-        return pd.concat(parts, ignore_index=True)

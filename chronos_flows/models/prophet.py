@@ -27,17 +27,9 @@ import numpy as np
 import pandas as pd
 
 from chronos_flows.errors import BadInputError
+from chronos_flows.models._local import assemble, series_jobs
 from chronos_flows.models._parallel import Progress, map_series
-from chronos_flows.models.base import (
-    require_long_frame,
-    DEFAULT_QUANTILES,
-    ID,
-    TARGET,
-    TIME,
-    Forecaster,
-    future_index,
-    quantile_column,
-)
+from chronos_flows.models.base import DEFAULT_QUANTILES, Forecaster, future_index, quantile_column, require_long_frame
 
 
 def seasonality_for_freq(freq: str) -> dict[str, bool]:
@@ -191,11 +183,7 @@ class ProphetForecaster(Forecaster):
         t0 = time.perf_counter()
         settings = self.settings(freq)
         qcols = [quantile_column(q) for q in quantiles]
-        jobs = [
-            (uid, g[TIME].to_numpy(), g[TARGET].to_numpy(dtype=float))
-            for uid, g in context.sort_values([ID, TIME], kind="stable").groupby(ID, sort=True)
-        ]
-        last: dict[str, pd.Timestamp] = {uid: pd.Timestamp(ds[-1]) for uid, ds, _ in jobs}
+        jobs, last = series_jobs(context)
         results, failures = map_series(
             fit_predict_one,
             [(uid, ds, y, horizon, freq, tuple(quantiles), settings) for uid, ds, y in jobs],
@@ -205,15 +193,6 @@ class ProphetForecaster(Forecaster):
         )
 
         self.last_failures = failures
-        parts = []
-        for uid in sorted(results):
-            arr = results[uid]
-            frame = pd.DataFrame(arr[:, 1:], columns=qcols)
-            frame.insert(0, "mean", arr[:, 0])
-            frame.insert(0, TIME, future_index(last[uid], horizon, freq))
-            frame.insert(0, ID, uid)
-            parts.append(frame)
+        out = assemble(results, last, horizon, freq, qcols)
         self.last_seconds = time.perf_counter() - t0
-        if not parts:
-            return pd.DataFrame(columns=[ID, TIME, "mean", *qcols])
-        return pd.concat(parts, ignore_index=True)
+        return out
