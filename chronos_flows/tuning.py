@@ -360,6 +360,9 @@ def plot_history_png(frame: pd.DataFrame) -> bytes:
     pruned = frame[frame["state"] == "PRUNED"]
     for n in pruned["trial"]:
         ax.axvline(n, color="0.8", lw=0.8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
     ax.set_xlabel("trial (grey: pruned)")
     ax.set_ylabel("validation WQL")
     ax.set_title("Optimization history", fontsize=10)
