@@ -1,43 +1,51 @@
 """Clean the canonical long frame into regular, gap-free series ready for training.
 
-Steps (:func:`clean`): sort → one regular frequency for the frame (``cleaning.freq`` or inferred
-per series) → combine duplicate timestamps (``cleaning.duplicates``) → regularise to the frequency
-(missing timestamps inserted) → trim leading/trailing missing values and fill interior gaps
-(``cleaning.fill_method``) → length checks (shorter than ``horizon + 1``: error; shorter than
-``min_length``: dropped and reported) → robust-STL outlier detection (residuals beyond
-``outlier_iqr_k`` × IQR from the quartiles, flagged in ``is_outlier``; ``replace`` swaps them for
-trend + seasonal). Everything done is counted per series in a :class:`CleaningReport`.
+Steps (:func:`clean`, one helper each): canonical dtypes, sorted → series holding non-finite, absurd
+or no values dropped → one regular frequency for the frame (``cleaning.freq`` or inferred per series;
+the helpers live in :mod:`chronos_flows.frequency`) → combine duplicate timestamps
+(``cleaning.duplicates``) → regularise to the frequency (missing timestamps inserted; an inferred
+frequency must not be ambiguous) → trim leading/trailing missing values and fill interior gaps
+(``cleaning.fill_method``) → length checks (shorter than ``max(min_length, horizon + 1)`` or filled
+beyond ``cleaning.max_fill_fraction``: dropped and reported; none left: error) → robust-STL outlier
+detection (residuals beyond ``outlier_iqr_k`` × IQR from the quartiles, flagged in ``is_outlier``;
+``replace`` swaps them for trend + seasonal). Everything done is counted per series in a
+:class:`CleaningReport`.
 
 Pure pandas / statsmodels; no I/O.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pandas.tseries import offsets as _off
-from pandas.tseries.frequencies import to_offset
 from pydantic import BaseModel, ConfigDict
 
 from chronos_flows.config import CleaningConfig
 from chronos_flows.errors import BadInputError
+from chronos_flows.frequency import (  # the frequency helpers lived here: re-exported (__all__)
+    AMBIGUOUS_SHARE,
+    _frame_freq,
+    _grids,
+    _listing,
+    _spacing_check,
+    normalize_freq,
+    parse_freq,
+    season_length,
+)
+from chronos_flows.ingest import ingest_notes
+
+__all__ = [
+    "AMBIGUOUS_SHARE", "HEAVY_FILL_SHARE", "ID", "MAX_ABS_VALUE", "MIN_STL_SEASONS", "OUTLIER", "TARGET", "TIME",
+    "CleaningReport", "clean", "infer_frequency", "normalize_freq", "parse_freq", "season_length", "stl_outliers",
+]  # fmt: skip
 
 ID, TIME, TARGET, OUTLIER = "unique_id", "ds", "y", "is_outlier"
-_MAX_LISTED = 10
 #: Robust STL needs this many full seasons: with fewer its seasonal and trend smoothers (nearly)
 #: interpolate the data, the residual IQR collapses towards 0 and noise gets flagged (measured on
 #: Gaussian noise with period 52: IQR 2e-15 at 2 seasons, 7e-5 at 3, 0.23 at 4 vs 0.6-0.8 at 5+).
 MIN_STL_SEASONS = 5
-
-# Aliases pandas 3 no longer parses → their current spelling (pandas >= 2.2 reads both).
-_OLD_ALIASES = {
-    "M": "ME", "Q": "QE", "A": "YE", "Y": "YE", "H": "h", "T": "min", "S": "s", "L": "ms",
-    "U": "us", "N": "ns", "BM": "BME", "BQ": "BQE", "BA": "BYE", "BY": "BYE", "AS": "YS",
-    "BAS": "BYS", "SM": "SME", "CBM": "CBME", "BH": "bh", "CBH": "cbh",
-}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------- report
@@ -108,181 +116,6 @@ class CleaningReport(BaseModel):
 
 def _md(text: str) -> str:
     return str(text).replace("|", "\\|")
-
-
-# --------------------------------------------------------------------------------------- frequency
-def parse_freq(freq: str) -> _off.BaseOffset:
-    """A pandas offset from an alias, accepting pre-pandas-3 spellings (M, Q, A, H, T, …)."""
-    try:
-        return to_offset(freq)
-    except (ValueError, TypeError):
-        pass
-    m = re.fullmatch(r"\s*([+-]?\d*)\s*([A-Za-z]+)((?:-[A-Za-z]+)?)\s*", str(freq))
-    if m and m.group(2).upper() in _OLD_ALIASES:
-        prefix = _OLD_ALIASES[m.group(2).upper()]
-        try:
-            return to_offset(f"{m.group(1)}{prefix}{m.group(3)}")
-        except (ValueError, TypeError):
-            pass
-    raise BadInputError(
-        f"cleaning.freq '{freq}' is not a pandas frequency; use an alias such as 'D', 'W-MON', 'MS', "
-        "'ME', 'QS', 'YS', 'h' or '30min' (`--set cleaning.freq=W-MON`), or leave it empty to infer it"
-    )
-
-
-def normalize_freq(freq: str) -> str:
-    """The canonical spelling of ``freq`` (``'W'`` → ``'W-SUN'``, ``'M'`` → ``'ME'``, ``'QS-APR'`` → ``'QS-JAN'``)."""
-    return _canonical_offset(parse_freq(freq)).freqstr
-
-
-def _canonical_offset(off: _off.BaseOffset) -> _off.BaseOffset:
-    # Quarterly anchors that name the same grid (QS-JAN ≡ QS-APR ≡ QS-JUL ≡ QS-OCT) collapse to one.
-    if isinstance(off, (_off.QuarterBegin, _off.BQuarterBegin)):
-        return type(off)(n=off.n, startingMonth=(off.startingMonth - 1) % 3 + 1)
-    if isinstance(off, (_off.QuarterEnd, _off.BQuarterEnd)):
-        return type(off)(n=off.n, startingMonth=(off.startingMonth - 1) % 3 + 10)
-    return off
-
-
-_SEASONS: tuple[tuple[tuple[type, ...], float], ...] = (
-    ((_off.Week,), 52),
-    ((_off.BusinessDay, _off.CustomBusinessDay), 5),
-    ((_off.Day,), 7),
-    ((_off.BusinessHour, _off.CustomBusinessHour), 8),
-    ((_off.Hour,), 24),
-    ((_off.Minute,), 24 * 60),
-    ((_off.Second,), 60 * 60),
-    ((_off.SemiMonthBegin, _off.SemiMonthEnd), 24),
-    ((_off.MonthBegin, _off.MonthEnd, _off.BusinessMonthBegin, _off.BusinessMonthEnd,
-      _off.CustomBusinessMonthBegin, _off.CustomBusinessMonthEnd, _off.WeekOfMonth, _off.LastWeekOfMonth), 12),
-    ((_off.QuarterBegin, _off.QuarterEnd, _off.BQuarterBegin, _off.BQuarterEnd, _off.FY5253Quarter), 4),
-)  # fmt: skip
-
-
-def season_length(freq: str) -> int:
-    """Observations per natural season: W→52, D→7, B→5, h→24, 30min→48, ME/MS→12, QE/QS→4, YE/YS→1.
-
-    Multiples divide (2W→26, 3ME→4); a season shorter than 2 steps is 1 (no seasonality).
-    """
-    off = parse_freq(freq)
-    base = next((s for types, s in _SEASONS if isinstance(off, types)), 1)
-    steps = base / max(abs(off.n), 1)
-    return int(round(steps)) if steps >= 2 else 1
-
-
-def _infer_index(idx: pd.DatetimeIndex) -> str | None:
-    if len(idx) < 3:
-        return None
-    try:
-        off = pd.DatetimeIndex(idx, freq="infer").freq
-    except (ValueError, TypeError):
-        return None
-    return None if off is None else _canonical_offset(off).freqstr
-
-
-def _fixed_step(off: _off.BaseOffset) -> int | None:
-    """Nanoseconds between grid points for fixed-width offsets (D, h, min, W-…), else None."""
-    if isinstance(off, _off.Week):
-        return 7 * 86_400 * 10**9 * off.n
-    if isinstance(off, (_off.Tick, _off.Day)):
-        return int(pd.Timedelta(off).value)
-    return None
-
-
-def _grids(lo: np.ndarray, hi: np.ndarray, freq: str) -> tuple[np.ndarray, np.ndarray]:
-    """The ``freq`` grid from each ``lo`` to ``hi`` (datetime64[ns] arrays, like ``pd.date_range``).
-
-    Returns ``(owner, stamps)``: for each grid point the position of its series in ``lo`` and its
-    timestamp. A start off the grid rolls forward (as ``pd.date_range`` does). Vectorised for
-    fixed-width offsets and for anchored ones with multiple 1 (MS, QS, YE, B …).
-    """
-    off = parse_freq(freq)
-    lo_i, hi_i = lo.astype("datetime64[ns]").view("i8"), hi.astype("datetime64[ns]").view("i8")
-    step = _fixed_step(off)
-    if step is not None:
-        if isinstance(off, _off.Week) and off.weekday is not None:
-            day = 86_400 * 10**9
-            weekday = ((lo_i // day) + 3) % 7  # 1970-01-01 was a Thursday (weekday 3)
-            lo_i = lo_i + ((off.weekday - weekday) % 7) * day
-        counts = np.maximum((hi_i - lo_i) // step + 1, 0)
-        owner = np.repeat(np.arange(len(lo_i)), counts)
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        stamps = np.repeat(lo_i, counts) + (np.arange(counts.sum()) - first) * step
-        return owner, stamps.astype("datetime64[ns]")
-    if abs(off.n) == 1:
-        grid = pd.date_range(pd.Timestamp(lo_i.min()), pd.Timestamp(hi_i.max()), freq=off).asi8
-        start = np.searchsorted(grid, lo_i, side="left")
-        stop = np.searchsorted(grid, hi_i, side="right")
-        counts = np.maximum(stop - start, 0)
-        owner = np.repeat(np.arange(len(lo_i)), counts)
-        pos = np.repeat(start - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
-        return owner, grid[pos].astype("datetime64[ns]")
-    parts = [pd.date_range(pd.Timestamp(a), pd.Timestamp(b), freq=off).asi8 for a, b in zip(lo_i, hi_i)]
-    owner = np.repeat(np.arange(len(parts)), [len(g) for g in parts])
-    stamps = np.concatenate(parts) if parts else np.array([], dtype="i8")
-    return owner, stamps.astype("datetime64[ns]")
-
-
-def _on_grid(idx: pd.DatetimeIndex, freq: str) -> bool:
-    _, grid = _grids(idx[:1].to_numpy(), idx[-1:].to_numpy(), freq)
-    return len(grid) > 0 and grid[0] == idx[0] and bool(idx.isin(grid).all())
-
-
-def _series_freq(ds: np.ndarray) -> str | None:
-    """Infer one series' frequency; tolerate gaps by inferring on the gap-free stretches."""
-    idx = pd.DatetimeIndex(np.unique(ds))
-    found = _infer_index(idx)
-    if found is not None or len(idx) < 3:
-        return found
-    diffs = np.diff(idx.asi8)
-    breaks = np.flatnonzero(diffs > 1.5 * np.median(diffs)) + 1
-    segments = sorted(np.split(np.arange(len(idx)), breaks), key=len, reverse=True)
-    tried: set[str] = set()
-    for seg in segments[:5]:  # longest gap-free stretches first
-        f = _infer_index(idx[seg])
-        if f is not None and f not in tried:
-            tried.add(f)
-            if _on_grid(idx, f):
-                return f
-    return None
-
-
-def _listing(items: Iterable[str], limit: int = _MAX_LISTED) -> str:
-    items = list(items)
-    shown = ", ".join(repr(i) for i in items[:limit])
-    return shown + (f" … and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def _frame_freq(df: pd.DataFrame) -> str:
-    per_series: dict[str, str | None] = {}
-    too_few: list[str] = []
-    for sid, ds in df.groupby(ID, sort=True)[TIME]:
-        values = ds.to_numpy()
-        if len(np.unique(values)) < 3:
-            too_few.append(str(sid))
-            continue
-        per_series[str(sid)] = _series_freq(values)
-    unknown = [s for s, f in per_series.items() if f is None]
-    if unknown:
-        raise BadInputError(
-            f"cannot infer a regular frequency for series {_listing(unknown)} (irregular timestamps); "
-            "set it explicitly, e.g. `--set cleaning.freq=W-MON` (or D, MS, QS, h …)"
-        )
-    if not per_series:
-        raise BadInputError(
-            f"cannot infer the frequency: every series has fewer than 3 distinct timestamps ({_listing(too_few)}); "
-            "supply longer series or set `--set cleaning.freq=<alias>`"
-        )
-    groups: dict[str, list[str]] = {}
-    for sid, f in per_series.items():
-        groups.setdefault(f, []).append(sid)  # type: ignore[arg-type]
-    if len(groups) > 1:
-        detail = "; ".join(f"{f}: {_listing(ids, 3)}" for f, ids in sorted(groups.items(), key=lambda kv: -len(kv[1])))
-        raise BadInputError(
-            f"series have different frequencies ({detail}); one run needs one frequency: split the file, "
-            "or resample the series and set `--set cleaning.freq=<alias>`"
-        )
-    return next(iter(groups))
 
 
 def infer_frequency(df: pd.DataFrame) -> str:
@@ -384,46 +217,13 @@ def stl_outliers(y: np.ndarray, period: int, k: float) -> tuple[np.ndarray, np.n
 #: |y| at or above this is not a measurement: float32 (Chronos) overflows at 3.4e38 and scaling
 #: squares values, so such a series is dropped as non-finite.
 MAX_ABS_VALUE = 1e30
-#: A spacing other than one step of the inferred frequency that covers this share of a frame's
-#: steps makes the frequency ambiguous (e.g. weekly rows mixed into daily ones).
-AMBIGUOUS_SHARE = 0.2
 #: Filled points above this share of all cleaned points is a heavy repair (a warning).
 HEAVY_FILL_SHARE = 0.05
 
 
-def _spacing_check(present_pos: np.ndarray, owner: np.ndarray, freq: str) -> None:
-    """Refuse an inferred frequency when the observed spacing is ambiguous: two or more spacings
-    (in steps of ``freq``) each cover at least ``AMBIGUOUS_SHARE`` of the steps. ``present_pos``: grid positions of the
-    observed rows, ``owner``: their series (both sorted by series, then time)."""
-    same = owner[1:] == owner[:-1]
-    steps = np.diff(present_pos)[same]
-    if len(steps) == 0:
-        return
-    values, counts = np.unique(steps, return_counts=True)
-    share = counts / counts.sum()
-    common = [(int(v), float(sh)) for v, sh in zip(values, share) if sh >= AMBIGUOUS_SHARE]
-    one = float(share[values == 1].sum()) if (values == 1).any() else 0.0
-    if len(common) >= 2 or (common and common[0][0] != 1 and one > 0):
-        found = ", ".join(f"{v}×{freq} ({sh:.0%} of steps)" for v, sh in sorted(common, key=lambda x: -x[1]))
-        if one > 0 and all(v != 1 for v, _ in common):
-            found += f", 1×{freq} ({one:.0%})"
-        raise BadInputError(
-            f"ambiguous frequency: the spacings between observations are {found}; treating the data as {freq} "
-            f"would fill most of its points. Set the real frequency with `--set cleaning.freq=<alias>` "
-            f"(e.g. W-MON for weekly data) or split the file by frequency"
-        )
-
-
-def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: int,
-          detect_outliers: bool = True) -> tuple[pd.DataFrame, CleaningReport]:
-    """Clean the canonical long frame; return ``(unique_id, ds, y, is_outlier)`` and the report.
-
-    A problem of one series (blank, non-finite or absurd values, too short, too many gaps) drops that
-    series with the reason; only when no series is left is the data refused. ``detect_outliers=False``
-    (a preflight that only validates) skips the STL fits, which can flag but never refuse data."""
+def _canonical_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The three columns in canonical dtypes, sorted by (series, time); ingest's notes plus a note when sorting moved rows."""
     _check_frame(df)
-    from chronos_flows.ingest import ingest_notes
-
     notes = ingest_notes(df)
     frame = pd.DataFrame(
         {ID: df[ID].astype(str), TIME: pd.to_datetime(df[TIME]).astype("datetime64[ns]"), TARGET: df[TARGET].astype("float64")}
@@ -431,10 +231,13 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
     ids, times = frame[ID].to_numpy(), frame[TIME].to_numpy()
     if len(frame) > 1 and not bool(np.all((ids[1:] > ids[:-1]) | ((ids[1:] == ids[:-1]) & (times[1:] >= times[:-1])))):
         notes.append("rows were not in (series, time) order: sorted")
-    frame = frame.sort_values([ID, TIME], kind="mergesort", ignore_index=True)
-    rows_in = frame.groupby(ID, sort=True).size()
-    series_ids = [str(s) for s in rows_in.index]
+    return frame.sort_values([ID, TIME], kind="mergesort", ignore_index=True), notes
 
+
+def _drop_bad_values(frame: pd.DataFrame, notes: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Drop the series holding non-finite or absurd values (noted) and the blank ones; ``(frame, dropped)``.
+
+    Raises BadInputError when no series is left."""
     dropped: dict[str, str] = {}
     y_in = frame[TARGET].to_numpy()
     bad_value = ~np.isfinite(y_in) & ~np.isnan(y_in) | (np.abs(np.nan_to_num(y_in, nan=0.0, posinf=0.0, neginf=0.0)) >= MAX_ABS_VALUE)
@@ -450,10 +253,13 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
         frame = frame[~frame[ID].isin(list(dropped))].reset_index(drop=True)
     if frame.empty:
         raise BadInputError(f"no usable series: {_listing([f'{k} ({v})' for k, v in dropped.items()])}; fix the data")
+    return frame, dropped
 
-    freq = normalize_freq(cfg.freq) if cfg.freq else _frame_freq(frame)
-    season = cfg.seasonal_period or season_length(freq)
 
+def _regular_frame(frame: pd.DataFrame, cfg: CleaningConfig, freq: str,
+                   notes: list[str]) -> tuple[pd.DataFrame, pd.Series, pd.Series, pd.Series]:
+    """Combine duplicates (noted), regularise to ``freq`` (an inferred one must not be ambiguous),
+    trim and fill; ``(frame, duplicates, gaps_filled, trimmed)``, the counts per series."""
     frame, dups = _combine_duplicates(frame, cfg.duplicates)
     if int(dups.sum()):
         notes.append(f"{int(dups.sum())} duplicate (series, timestamp) rows combined by {cfg.duplicates}")
@@ -463,7 +269,15 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
         pos = np.flatnonzero(present)
         _spacing_check(pos, codes[pos], freq)
     frame, gaps, trimmed = _fill(frame, cfg.fill_method)
+    return frame, dups, gaps, trimmed
 
+
+def _drop_short_or_sparse(frame: pd.DataFrame, gaps: pd.Series, cfg: CleaningConfig, dropped: dict[str, str], *,
+                          min_length: int, horizon: int) -> pd.DataFrame:
+    """Drop (into ``dropped``) the series shorter than ``max(min_length, horizon + 1)`` or filled more
+    than ``cleaning.max_fill_fraction``, and every series already in ``dropped``.
+
+    Raises BadInputError when no series is left."""
     lengths = frame.groupby(ID, sort=True).size()
     need = max(min_length, horizon + 1)
     for sid, n in lengths[lengths < need].items():
@@ -485,10 +299,16 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
         )
     if dropped:
         frame = frame[~frame[ID].isin(list(dropped))].reset_index(drop=True)
+    return frame
 
+
+def _mark_outliers(frame: pd.DataFrame, cfg: CleaningConfig, freq: str, season: int,
+                   detect: bool) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Add ``is_outlier`` (robust STL on each series long enough; ``replace`` swaps the values for the
+    fit) and sort; ``(frame, skipped)``. With ``cleaning.outliers`` 'off' or ``detect`` false, no fits."""
     outliers = np.zeros(len(frame), dtype=bool)
     skipped: dict[str, str] = {}
-    if cfg.outliers != "off" and detect_outliers:  # a preflight validates without the STL fits
+    if cfg.outliers != "off" and detect:  # a preflight validates without the STL fits
         y = frame[TARGET].to_numpy(copy=True)
         for sid, pos in frame.groupby(ID, sort=False).indices.items():
             if season < 2:
@@ -502,37 +322,67 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
                     y[pos[flags]] = fit[flags]
         frame[TARGET] = y
     frame[OUTLIER] = outliers
-    frame = frame[[ID, TIME, TARGET, OUTLIER]].sort_values([ID, TIME], kind="mergesort", ignore_index=True)
+    return frame[[ID, TIME, TARGET, OUTLIER]].sort_values([ID, TIME], kind="mergesort", ignore_index=True), skipped
 
+
+def _per_series(frame: pd.DataFrame, series_ids: list[str], counts: dict[str, pd.Series]) -> dict[str, dict[str, int]]:
+    """The report's counts for every input series (``counts``: rows_in, duplicates, gaps_filled, trimmed)."""
     n_out = frame.groupby(ID, sort=True)[OUTLIER].agg(["size", "sum"])
-    per_series = {
+    return {
         sid: {
-            "rows_in": int(rows_in.get(sid, 0)),
+            "rows_in": int(counts["rows_in"].get(sid, 0)),
             "rows_out": int(n_out["size"].get(sid, 0)),
-            "duplicates": int(dups.get(sid, 0)),
-            "gaps_filled": int(gaps.get(sid, 0)),
-            "trimmed": int(trimmed.get(sid, 0)),
+            "duplicates": int(counts["duplicates"].get(sid, 0)),
+            "gaps_filled": int(counts["gaps_filled"].get(sid, 0)),
+            "trimmed": int(counts["trimmed"].get(sid, 0)),
             "outliers": int(n_out["sum"].get(sid, 0)),
         }
         for sid in series_ids
     }
-    method = (
-        "off"
-        if cfg.outliers == "off"
-        else f"robust STL (period {season}) residuals beyond {cfg.outlier_iqr_k:g}×IQR from the quartiles: {cfg.outliers}"
-    )
+
+
+def _warnings(frame: pd.DataFrame, cfg: CleaningConfig, gaps: pd.Series, dropped: dict[str, str],
+              n_series: int) -> list[str]:
+    """Heavy repairs: many points filled or replaced as outliers, series dropped."""
     warnings: list[str] = []
     kept_gaps = int(sum(int(gaps.get(s, 0)) for s in frame[ID].unique()))
     if len(frame) and kept_gaps / len(frame) > HEAVY_FILL_SHARE:
         warnings.append(f"heavy repair: {kept_gaps} of {len(frame)} points ({kept_gaps / len(frame):.0%}) were filled ({cfg.fill_method})")
     if dropped:
-        warnings.append(f"{len(dropped)} of {len(series_ids)} series dropped: {_listing([f'{k} ({v})' for k, v in dropped.items()], 3)}")
-    n_flagged = int(outliers.sum())
+        warnings.append(f"{len(dropped)} of {n_series} series dropped: {_listing([f'{k} ({v})' for k, v in dropped.items()], 3)}")
+    n_flagged = int(frame[OUTLIER].sum())
     if cfg.outliers == "replace" and len(frame) and n_flagged / len(frame) > HEAVY_FILL_SHARE:
         warnings.append(f"heavy repair: {n_flagged} of {len(frame)} points ({n_flagged / len(frame):.0%}) replaced as outliers")
+    return warnings
+
+
+def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: int,
+          detect_outliers: bool = True) -> tuple[pd.DataFrame, CleaningReport]:
+    """Clean the canonical long frame; return ``(unique_id, ds, y, is_outlier)`` and the report.
+
+    A problem of one series (blank, non-finite or absurd values, too short, too many gaps) drops that
+    series with the reason; only when no series is left is the data refused. ``detect_outliers=False``
+    (a preflight that only validates) skips the STL fits, which can flag but never refuse data."""
+    frame, notes = _canonical_frame(df)
+    rows_in = frame.groupby(ID, sort=True).size()
+    series_ids = [str(s) for s in rows_in.index]
+    frame, dropped = _drop_bad_values(frame, notes)
+
+    freq = normalize_freq(cfg.freq) if cfg.freq else _frame_freq(frame)
+    season = cfg.seasonal_period or season_length(freq)
+    frame, dups, gaps, trimmed = _regular_frame(frame, cfg, freq, notes)
+    frame = _drop_short_or_sparse(frame, gaps, cfg, dropped, min_length=min_length, horizon=horizon)
+    frame, skipped = _mark_outliers(frame, cfg, freq, season, detect_outliers)
+
+    counts = {"rows_in": rows_in, "duplicates": dups, "gaps_filled": gaps, "trimmed": trimmed}
+    method = (
+        "off"
+        if cfg.outliers == "off"
+        else f"robust STL (period {season}) residuals beyond {cfg.outlier_iqr_k:g}×IQR from the quartiles: {cfg.outliers}"
+    )
     report = CleaningReport(
         notes=notes,
-        warnings=warnings,
+        warnings=_warnings(frame, cfg, gaps, dropped, len(series_ids)),
         freq=freq,
         season_length=int(season),
         rows_in=int(len(df)),
@@ -541,7 +391,7 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
         series_out=int(frame[ID].nunique()),
         duplicates_resolved_rule=cfg.duplicates,
         fill_method=cfg.fill_method,
-        per_series=per_series,
+        per_series=_per_series(frame, series_ids, counts),
         dropped=dropped,
         outlier_method=method,
         outlier_skipped=skipped,
