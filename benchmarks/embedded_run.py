@@ -33,7 +33,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
-    cmd = [sys.executable, "-m", "chronos_flows.cli", "run", "--json", "--store", str(work / "store")]
+    cmd = [sys.executable, "-m", "app.cli", "run", "--json", "--store", str(work / "store")]
     for s in args.set:
         cmd += ["--set", s]
 

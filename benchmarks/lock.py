@@ -107,7 +107,7 @@ def simultaneous_launch(n: int, rounds: int) -> None:
     codes: list[int] = []
     for r in range(rounds):
         with tempfile.TemporaryDirectory() as d:
-            args = [sys.executable, "-m", "chronos_flows.cli", "run", "--store", f"{d}/store",
+            args = [sys.executable, "-m", "app.cli", "run", "--store", f"{d}/store",
                     "--set", "evaluation.baselines=[seasonal_naive]", "--set", "chronos.max_steps=5"]
             t0 = time.monotonic()
             procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

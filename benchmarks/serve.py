@@ -174,7 +174,7 @@ def main() -> None:
         env.pop("CHRONOS_FLOWS_API_KEYS", None)
         log = open(tmp / "server.log", "w")
         server = subprocess.Popen(
-            [sys.executable, "-m", "chronos_flows.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
              "--store", str(tmp / "store"), "--device", "cpu"],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:

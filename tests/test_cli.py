@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "chronos_flows.cli", *args],
+        [sys.executable, "-m", "app.cli", *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -210,7 +210,7 @@ def test_when_runs_launch_at_the_same_instant_then_the_losers_exit_3_within_3_s_
     reads the data or imports Prefect, so the losers are refused at once instead of after their own
     server start. Eight launches on two cores: losers exit in 0.7-1.6 s (benchmarks/lock.py)."""
     n = 8
-    args = [sys.executable, "-m", "chronos_flows.cli", "run", "--store", str(store_dir),
+    args = [sys.executable, "-m", "app.cli", "run", "--store", str(store_dir),
             "--set", "chronos.max_steps=5", "--set", "evaluation.baselines=[seasonal_naive]"]
     homes = [store_dir.parent / f"prefect-home-{i}" for i in range(n)]
     t0 = time.monotonic()
@@ -380,7 +380,7 @@ def test_when_the_store_is_gone_at_the_end_of_a_run_then_the_failure_is_kept_loc
     """A bucket that vanished mid-run: the summary still says why (exit 1, not 2), and the record
     reaches training.json once the store answers again."""
     from blocks.store import S3Store
-    from chronos_flows.cli import _failed_summary
+    from app.cli import _failed_summary
     from chronos_flows.config import build_params
 
     workroot = tmp_path / "work"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chronos_flows.cli import build_parser
+from app.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def test_when_a_subcommand_is_built_then_it_has_a_description_and_every_option_h
     ids=lambda argv: " ".join(argv),
 )
 def test_when_help_is_asked_at_any_level_then_it_exits_0_and_prints_that_commands_description(argv):
-    res = subprocess.run([sys.executable, "-m", "chronos_flows.cli", *argv], capture_output=True, text=True, cwd=REPO, timeout=60)
+    res = subprocess.run([sys.executable, "-m", "app.cli", *argv], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("usage: chronos-flows"), res.stdout[:200]
     if argv[0] != "--help":

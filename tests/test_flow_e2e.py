@@ -113,7 +113,7 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     assert "champion" not in {row["model"] for row in s3["leaderboard"]}
     assert s3["promotion"]["champion_score"] == pytest.approx(champion["score"])
 
-    from chronos_flows.cli import main
+    from app.cli import main
 
     assert main(["runs", "--store", str(store_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -256,7 +256,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value() or ""}
-    return subprocess.run([sys.executable, "-m", "chronos_flows.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True,
                           text=True, timeout=300, cwd=REPO_ROOT)
 
 
@@ -306,7 +306,7 @@ def test_when_the_data_has_a_short_series_then_it_is_listed_as_skipped_and_the_o
 
 
 def test_when_there_is_no_champion_then_forecast_exits_2_and_writes_nothing(tmp_path, capsys):
-    from chronos_flows.cli import main
+    from app.cli import main
 
     store = LocalStore(tmp_path / "store")
     assert main(["forecast", "--store", str(tmp_path / "store")]) == 2
@@ -315,7 +315,7 @@ def test_when_there_is_no_champion_then_forecast_exits_2_and_writes_nothing(tmp_
 
 
 def test_when_the_data_frequency_differs_from_the_champions_then_forecast_exits_2_naming_both(tmp_path, capsys):
-    from chronos_flows.cli import main
+    from app.cli import main
 
     store = seed_champion(tmp_path / "store", "seasonal_naive", {"season_length": 52})
     before = sorted(store.list(""))

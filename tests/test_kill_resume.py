@@ -64,7 +64,7 @@ def test_when_a_live_run_is_killed_then_it_cleans_up_and_resume_reaches_the_same
         "--set", "lock.heartbeat_seconds=1", "--set", "lock.lease_seconds=30",
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chronos_flows.cli", "run", "--set", "run_id=kr-1", *args],
+        [sys.executable, "-m", "app.cli", "run", "--set", "run_id=kr-1", *args],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     store = open_store(str(store_dir))
@@ -95,7 +95,7 @@ def test_when_a_live_run_is_killed_then_it_cleans_up_and_resume_reaches_the_same
     refused = cli("run", "--resume", "kr-1", "--store", str(store_dir), "--set", "chronos.max_steps=5", env=env)
     assert refused.returncode == 2 and "cannot change chronos.max_steps when resuming run kr-1" in refused.stderr
     res = subprocess.run(
-        [sys.executable, "-m", "chronos_flows.cli", "run", "--resume", "kr-1", "--json", "--store", str(store_dir),
+        [sys.executable, "-m", "app.cli", "run", "--resume", "kr-1", "--json", "--store", str(store_dir),
          "--set", "lock.heartbeat_seconds=1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )

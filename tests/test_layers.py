@@ -1,5 +1,6 @@
 """The layering rules of ARCHITECTURE.md that a machine can check: the domain package imports
-neither Prefect nor boto3 at module level, and the instance entry point imports without Prefect."""
+neither Prefect nor boto3 at module level, nor the layers above it (app/, flows/, tasks/), and the
+instance entry point imports without Prefect."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = ("prefect", "prefect_aws", "boto3", "botocore")
+#: the layers above the domain package (ARCHITECTURE.md: arrows point down)
+UPPER_LAYERS = ("app", "flows", "tasks")
 #: modules that still import them at top level, and why (issue 13: move them to an app layer)
 EXCEPTIONS: dict[str, str] = {}
 
@@ -43,6 +46,17 @@ def test_when_domain_modules_are_parsed_then_none_imports_prefect_or_boto3_at_to
         if bad and name not in EXCEPTIONS:
             offenders[name] = bad
     assert not offenders, offenders
+
+
+def test_when_domain_modules_are_parsed_then_none_imports_the_app_flows_or_tasks_layers_at_top_level():
+    offenders = {}
+    for path in sorted((ROOT / "chronos_flows").rglob("*.py")):
+        name = path.relative_to(ROOT).as_posix()
+        bad = sorted(_top_level_imports(ast.parse(path.read_text(), name)) & set(UPPER_LAYERS))
+        if bad:
+            offenders[name] = bad
+    assert not offenders, offenders
+    assert not (ROOT / "chronos_flows" / "cli.py").exists() and (ROOT / "app" / "cli.py").exists()
 
 
 def test_when_the_instance_entry_point_is_imported_then_prefect_is_not():

@@ -186,7 +186,7 @@ def test_when_block_register_runs_against_a_prefect_server_then_both_block_types
 def test_when_a_plain_url_is_opened_by_the_cli_then_prefect_aws_is_never_imported(tmp_path):
     code = (
         "import sys\n"
-        "import chronos_flows.cli, flows.training\n"
+        "import app.cli, flows.training\n"
         "from blocks.store import open_store\n"
         "from chronos_flows.config import resolve_store_url\n"
         f"open_store(resolve_store_url({str(tmp_path / 'st')!r}))\n"

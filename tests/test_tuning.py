@@ -57,7 +57,7 @@ def test_when_the_compute_backend_is_ec2_then_tuning_is_refused_naming_the_setti
 def test_when_tune_gets_an_invalid_space_then_it_exits_2_with_one_line_and_writes_nothing(tmp_path):
     cfg = tuning_file(tmp_path, {"search_space": {"chronos.learning_rate": {"low": 1e-2, "high": 1e-4}}})
     store = tmp_path / "store"
-    proc = subprocess.run([sys.executable, "-m", "chronos_flows.cli", "tune", "--config", str(cfg), "--store", str(store)],
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "tune", "--config", str(cfg), "--store", str(store)],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "search_space.chronos.learning_rate" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout

@@ -532,7 +532,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``serve``: the champion behind the SageMaker hosting contract until SIGTERM."""
     from blocks.store import open_store
     from chronos_flows.config import resolve_store_url
-    from chronos_flows.server import api_keys_from_environment, serve
+    from app.server import api_keys_from_environment, serve
 
     if args.poll_seconds <= 0:
         raise BadInputError(f"--poll-seconds must be positive, got {args.poll_seconds}")
@@ -549,18 +549,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  max_batch_series=args.max_batch_series)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chronos-flows", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command")
+def _add_common(sp: argparse.ArgumentParser) -> None:
+    """--config, --store, --env and --set, shared by run, status, kill, verify-cleanup and runs."""
+    sp.add_argument("--config", help="YAML config file with the training flow's parameters (README 'Configuration'); "
+                    "the same file a run used gives its store, env, lock and compute settings")
+    sp.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
+    sp.add_argument("--env", help="environment prefix (default dev)")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable), e.g. "
+                    "evaluation.horizon=8 or store=s3://bucket/prefix")
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", help="YAML config file with the training flow's parameters (README 'Configuration'); "
-                        "the same file a run used gives its store, env, lock and compute settings")
-        sp.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
-        sp.add_argument("--env", help="environment prefix (default dev)")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable), e.g. "
-                        "evaluation.horizon=8 or store=s3://bucket/prefix")
 
+def _add_run(sub) -> None:
     r = sub.add_parser(
         "run",
         help="run the chronos-training flow (embedded default with no arguments)",
@@ -569,12 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
         "shipped EIA gasoline data into ./.chronos-flows (env dev). Takes the environment's training lock. "
         "Exit codes: 0 succeeded, 1 failed, 2 bad input or configuration, 3 another run holds the lock, 4 killed.",
     )
-    common(r)
+    _add_common(r)
     r.add_argument("--resume", metavar="RUN_ID", help="continue a failed or killed run from its newest checkpoint with its recorded "
                    "parameters (only lock.*, compute.*, chronos.device/num_threads, *.n_jobs may be --set) as a new attempt RUN_ID-resume-N")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_run)
 
+
+def _add_forecast(sub) -> None:
     f = sub.add_parser(
         "forecast",
         help="batch forecasts of every series from the environment's champion (the chronos-forecast flow)",
@@ -592,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print forecast.json instead of the summary")
     f.set_defaults(func=cmd_forecast)
 
+
+def _add_tune(sub) -> None:
     tu = sub.add_parser(
         "tune",
         help="search Chronos fine-tuning and cleaning settings with an Optuna study (the chronos-tuning flow)",
@@ -612,18 +615,22 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--json", action="store_true", help="print the run summary as JSON")
     tu.set_defaults(func=cmd_tune)
 
+
+def _add_status(sub) -> None:
     s = sub.add_parser(
         "status",
         help="the active run's state, phases and heartbeat age, or idle",
         description="Show the run holding the environment's training lock: its status, generation, start time, "
         "phase timings and heartbeat age (STALE when the lease has expired), or 'idle'.",
     )
-    common(s)
+    _add_common(s)
     s.add_argument("--watch", action="store_true", help="keep polling")
     s.add_argument("--interval", type=float, default=5.0, help="seconds between polls with --watch")
     s.add_argument("--json", action="store_true", help="print the status report as one JSON object per poll")
     s.set_defaults(func=cmd_status)
 
+
+def _add_kill(sub) -> None:
     k = sub.add_parser(
         "kill",
         help="mark the active run killed, cancel its flow run, make sure cleanup runs",
@@ -632,11 +639,13 @@ def build_parser() -> argparse.ArgumentParser:
         "its cleanup runs here and the lock is released. With compute.backend=ec2 (from --config/--set) its "
         "instances are terminated too.",
     )
-    common(k)
+    _add_common(k)
     k.add_argument("--run-id", help="only kill this run (refuse if another run is active)")
     k.add_argument("--wait", type=float, default=60.0, help="seconds to let the run clean up itself before cleaning up for it")
     k.set_defaults(func=cmd_kill)
 
+
+def _add_verify_cleanup(sub) -> None:
     v = sub.add_parser(
         "verify-cleanup",
         help="exit 0 only if nothing is left behind",
@@ -644,10 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         "directory of a dead run (and, with --instances or compute.backend=ec2, no tagged EC2 instance) is left. "
         "Exit 0 when clean, 1 with one line per finding.",
     )
-    common(v)
+    _add_common(v)
     v.add_argument("--instances", action="store_true", help="also check EC2 instances (always on with compute.backend=ec2)")
     v.set_defaults(func=cmd_verify_cleanup)
 
+
+def _add_cleanup(sub) -> None:
     c = sub.add_parser(
         "cleanup",
         help="finish a dead run: record its end, remove its local work directory, terminate its instances",
@@ -662,18 +673,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. compute.backend=ec2")
     c.set_defaults(func=cmd_cleanup)
 
+
+def _add_runs(sub) -> None:
     rs = sub.add_parser(
         "runs",
         help="list past runs, newest first; `runs show ID` prints one run",
         description="`runs` (or `runs list`) lists the environment's runs, newest first, with status, duration, gate "
         "scores and whether they were promoted; `runs show RUN_ID` prints one run's summary.",
     )
-    common(rs)
+    _add_common(rs)
     rs.add_argument("action", nargs="?", choices=["list", "show"], default="list", help="list (default) or show one run")
     rs.add_argument("run_id", nargs="?", help="the run to show (with `show`)")
     rs.add_argument("--json", action="store_true", help="print the runs (or the one run) as JSON")
     rs.set_defaults(func=cmd_runs)
 
+
+def _add_infra(sub) -> None:
     i = sub.add_parser(
         "infra",
         help="validate, deploy or destroy the persistent AWS resources (infra/template.yaml)",
@@ -687,6 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--parameter", action="append", default=[], metavar="KEY=VALUE", help="stack parameter")
     i.set_defaults(func=cmd_infra)
 
+
+def _add_serve(sub) -> None:
     sv = sub.add_parser(
         "serve",
         help="serve the champion over HTTP (SageMaker hosting contract: GET /ping, POST /invocations)",
@@ -708,6 +725,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-batch-series", type=int, default=1024,
                     help="most series one model call gathers from concurrent requests (default 1024)")
     sv.set_defaults(func=cmd_serve)
+
+
+#: the subcommands in the order ``--help`` lists them
+SUBCOMMANDS = (_add_run, _add_forecast, _add_tune, _add_status, _add_kill, _add_verify_cleanup, _add_cleanup, _add_runs,
+               _add_infra, _add_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chronos-flows", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command")
+    for add in SUBCOMMANDS:
+        add(sub)
     return p
 
 

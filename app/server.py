@@ -126,9 +126,30 @@ def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body
 
     app = FastAPI(title="chronos-flows serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.metrics = metrics
+    _add_envelope(app, holder, keys, metrics)
+    _add_status_routes(app, holder, metrics)
+    _add_invocations(app, holder, batcher, max_body_bytes)
+    return app
 
-    def error(status: int, message: str, **extra: Any) -> JSONResponse:
-        return JSONResponse({"error": message, **extra}, status_code=status)
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _refusal(request: Request, keys: list[bytes]) -> Optional[JSONResponse]:
+    """401/403 for a request without the right API key (when keys are configured; /ping is open)."""
+    if not keys or request.url.path == "/ping":
+        return None
+    given = request.headers.get("x-api-key")
+    if given is None:
+        return _error(401, "missing x-api-key header")
+    if not _key_ok(given, keys):
+        return _error(403, "invalid API key")
+    return None
+
+
+def _add_envelope(app: FastAPI, holder: ChampionHolder, keys: list[bytes], metrics: ServerMetrics) -> None:
+    """The middleware around every request: API keys, champion and request-id headers, metrics, access log."""
 
     @app.middleware("http")
     async def envelope(request: Request, call_next):
@@ -136,15 +157,8 @@ def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body
         rid = request.headers.get("x-amzn-requestid") or uuid.uuid4().hex
         request.state.request_id = rid
         request.state.n_series = None
-        if keys and request.url.path != "/ping":
-            given = request.headers.get("x-api-key")
-            if given is None:
-                response = error(401, "missing x-api-key header")
-            elif not _key_ok(given, keys):
-                response = error(403, "invalid API key")
-            else:
-                response = await call_next(request)
-        else:
+        response = _refusal(request, keys)
+        if response is None:
             response = await call_next(request)
         champ = getattr(request.state, "champion", None) or holder.current
         if champ is not None:
@@ -162,53 +176,66 @@ def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body
         }))
         return response
 
+
+def _add_status_routes(app: FastAPI, holder: ChampionHolder, metrics: ServerMetrics) -> None:
+    """``GET /ping`` and ``GET /metrics``."""
+
     @app.get("/ping")
     async def ping():
         champ = holder.current
         if champ is None:
             detail = "no champion loaded yet" + (f" (last error: {holder.last_error})" if holder.last_error else "")
-            return error(503, detail)
+            return _error(503, detail)
         return JSONResponse({"status": "ok", "champion_run_id": champ.run_id, "family": champ.family})
 
     @app.get("/metrics")
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+
+async def _read_json(request: Request, max_body_bytes: int) -> tuple[Any, Optional[JSONResponse]]:
+    """The request's JSON body, or the 415/413/400 response refusing it."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in ("application/json", "*/*", ""):
+        return None, _error(415, f"content type {ctype!r} is not supported; send application/json")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_body_bytes:
+        return None, _error(413, f"body of {int(length)} bytes is over the {max_body_bytes}-byte limit; split the request")
+    body = await request.body()
+    if len(body) > max_body_bytes:
+        return None, _error(413, f"body of {len(body)} bytes is over the {max_body_bytes}-byte limit; split the request")
+    try:
+        return json.loads(body), None
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, _error(400, f"body is not valid JSON: {exc}")
+
+
+def _add_invocations(app: FastAPI, holder: ChampionHolder, batcher: MicroBatcher, max_body_bytes: int) -> None:
+    """``POST /invocations``: parse, forecast with the champion current when the request arrived (micro-batched)."""
+
     @app.post("/invocations")
     async def invocations(request: Request):
         rid = request.state.request_id
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if ctype not in ("application/json", "*/*", ""):
-            return error(415, f"content type {ctype!r} is not supported; send application/json")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return error(413, f"body of {int(length)} bytes is over the {max_body_bytes}-byte limit; split the request")
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            return error(413, f"body of {len(body)} bytes is over the {max_body_bytes}-byte limit; split the request")
-        try:
-            raw = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error(400, f"body is not valid JSON: {exc}")
+        raw, refused = await _read_json(request, max_body_bytes)
+        if refused is not None:
+            return refused
         champ = holder.current  # this request's champion, whatever swaps happen meanwhile
         if champ is None:
-            return error(503, "no champion loaded yet; retry when GET /ping answers 200")
+            return _error(503, "no champion loaded yet; retry when GET /ping answers 200")
         request.state.champion = champ
         try:
             parsed = parse_request(raw)
             request.state.n_series = parsed.n_series
             out = await run_in_threadpool(batcher.submit, champ, parsed)
         except RequestError as exc:
-            return error(exc.status, exc.message)
+            return _error(exc.status, exc.message)
         except ModelError as exc:
             logger.error("request %s: %s", rid, exc.message)
-            return error(500, exc.message, request_id=rid)
+            return _error(500, exc.message, request_id=rid)
         except Exception:  # noqa: BLE001 - the traceback goes to the log, never to the client
             logger.exception("request %s: the model failed", rid)
-            return error(500, f"the model failed on this request; request id {rid}", request_id=rid)
+            return _error(500, f"the model failed on this request; request id {rid}", request_id=rid)
         return JSONResponse(out)
-
-    return app
 
 
 def serve(*, store: Any, env: str, host: str = "0.0.0.0", port: int = 8080, poll_seconds: float = 10.0,
