@@ -14,6 +14,8 @@ from prefect.cache_policies import NONE
 
 from blocks.store import read_uri
 from chronos_flows import cleaning as clean_module
+from chronos_flows import frequency as frequency_module
+from chronos_flows import ingest as ingest_module
 from chronos_flows import layout
 from chronos_flows.cleaning import CleaningReport, clean
 from chronos_flows.config import TrainingParams, resolve_data_path
@@ -33,14 +35,15 @@ def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
 
 
 def _clean_key(context: Any, parameters: dict[str, Any]) -> str:
-    """Fingerprint of the ingested data + cleaning config + the lengths the backtest needs + cleaning code."""
+    """Fingerprint of the ingested data + cleaning config + the lengths the backtest needs + the code
+of cleaning (chronos_flows.cleaning, .frequency and .ingest, whose notes go into the report)."""
     params: TrainingParams = parameters["params"]
     doc = {
         "data": fingerprint(parameters["df"]),
         "cleaning": params.cleaning.model_dump(mode="json"),
         "min_length": min_series_length(params),
         "horizon": params.evaluation.horizon,
-        "code": hashlib.sha256(Path(clean_module.__file__).read_bytes()).hexdigest(),
+        "code": hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (clean_module, frequency_module, ingest_module))).hexdigest(),
     }
     return "clean-" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
