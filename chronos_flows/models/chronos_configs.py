@@ -13,9 +13,12 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from chronos_flows.errors import ConfigError
+
+if TYPE_CHECKING:
+    from chronos_flows.config import ChronosConfig
 
 logger = logging.getLogger("chronos_flows.train")
 
@@ -46,7 +49,7 @@ RANDOM_INIT_LR = 1e-3
 PRETRAINED_LR = 1e-5
 
 
-def with_default_learning_rate(cfg: Any) -> Any:
+def with_default_learning_rate(cfg: ChronosConfig) -> ChronosConfig:
     """``cfg`` with ``learning_rate`` filled in from the starting point when it was left empty."""
     if getattr(cfg, "learning_rate", None) is not None:
         return cfg
@@ -90,93 +93,111 @@ def build_random_pipeline(family: str, size: str, context_length: int, predictio
         )
     import torch
 
-    dims = SIZES[size]
-    patch = _patch_size(context_length)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if family == "chronos-bolt":
-            from chronos import ChronosBoltPipeline
-            from chronos.chronos_bolt import ChronosBoltConfig, ChronosBoltModelForForecasting
-            from transformers import T5Config
+        return RANDOM_BUILDERS[family](size, context_length, prediction_length)
 
-            chronos_config = ChronosBoltConfig(
-                context_length=context_length,
-                prediction_length=prediction_length,
-                input_patch_size=patch,
-                input_patch_stride=patch,
-                quantiles=list(BOLT_QUANTILES),
-                use_reg_token=True,
-            )
-            config = T5Config(
-                d_model=dims["d_model"], d_kv=dims["d_kv"], d_ff=dims["d_ff"],
-                num_layers=dims["num_layers"], num_decoder_layers=dims["num_layers"], num_heads=dims["num_heads"],
-                dropout_rate=0.1, feed_forward_proj="relu", initializer_factor=0.05, vocab_size=2, pad_token_id=0, decoder_start_token_id=0,
-                eos_token_id=1, is_encoder_decoder=True,
-            )
-            config.chronos_config = chronos_config.__dict__
-            config.chronos_pipeline_class = "ChronosBoltPipeline"
-            config.architectures = ["ChronosBoltModelForForecasting"]
-            model = ChronosBoltModelForForecasting(config)
-            model.eval()
-            return ChronosBoltPipeline(model=model)
-        if family == "chronos-2":
-            from chronos import Chronos2Pipeline
-            from chronos.chronos2 import Chronos2Model
-            from chronos.chronos2.config import Chronos2CoreConfig, Chronos2ForecastingConfig
 
-            chronos_config = Chronos2ForecastingConfig(
-                context_length=context_length,
-                output_patch_size=patch,
-                input_patch_size=patch,
-                input_patch_stride=patch,
-                quantiles=list(CHRONOS2_QUANTILES),
-                use_reg_token=True,
-                use_arcsinh=True,
-                max_output_patches=max(1, -(-prediction_length // patch)),
-                time_encoding_scale=context_length,
-            )
-            config = Chronos2CoreConfig(**dims, dropout_rate=0.1)
-            config.chronos_config = chronos_config.__dict__
-            config.chronos_pipeline_class = "Chronos2Pipeline"
-            config.architectures = ["Chronos2Model"]
-            model = Chronos2Model(config)
-            model.eval()
-            return Chronos2Pipeline(model=model)
-        # chronos-t5
-        from chronos import ChronosPipeline
-        from chronos.chronos import ChronosConfig as T5ChronosConfig
-        from chronos.chronos import ChronosModel
-        from transformers import T5Config, T5ForConditionalGeneration
+def random_bolt_pipeline(size: str, context_length: int, prediction_length: int):
+    """A random Chronos-Bolt pipeline (T5 encoder-decoder on patches, quantile head); seed the RNG first."""
+    from chronos import ChronosBoltPipeline
+    from chronos.chronos_bolt import ChronosBoltConfig, ChronosBoltModelForForecasting
+    from transformers import T5Config
 
-        n_tokens = 1024 if size == "tiny" else 4096
-        chronos_config = dict(
-            tokenizer_class="MeanScaleUniformBins",
-            tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
-            context_length=context_length,
-            prediction_length=prediction_length,
-            n_tokens=n_tokens,
-            n_special_tokens=2,
-            pad_token_id=0,
-            eos_token_id=1,
-            use_eos_token=True,
-            model_type="seq2seq",
-            num_samples=20,
-            temperature=1.0,
-            top_k=50,
-            top_p=1.0,
-        )
-        config = T5Config(
-            vocab_size=n_tokens, d_model=dims["d_model"], d_kv=dims["d_kv"], d_ff=dims["d_ff"],
-            num_layers=dims["num_layers"], num_decoder_layers=dims["num_layers"], num_heads=dims["num_heads"],
-            dropout_rate=0.1, feed_forward_proj="relu", initializer_factor=0.05, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        )
-        config.chronos_config = chronos_config
-        config.chronos_pipeline_class = "ChronosPipeline"
-        config.architectures = ["T5ForConditionalGeneration"]
-        inner = T5ForConditionalGeneration(config)
-        inner.eval()
-        t5cfg = T5ChronosConfig(**chronos_config)
-        return ChronosPipeline(tokenizer=t5cfg.create_tokenizer(), model=ChronosModel(config=t5cfg, model=inner))
+    dims, patch = SIZES[size], _patch_size(context_length)
+    chronos_config = ChronosBoltConfig(
+        context_length=context_length,
+        prediction_length=prediction_length,
+        input_patch_size=patch,
+        input_patch_stride=patch,
+        quantiles=list(BOLT_QUANTILES),
+        use_reg_token=True,
+    )
+    config = T5Config(
+        d_model=dims["d_model"], d_kv=dims["d_kv"], d_ff=dims["d_ff"],
+        num_layers=dims["num_layers"], num_decoder_layers=dims["num_layers"], num_heads=dims["num_heads"],
+        dropout_rate=0.1, feed_forward_proj="relu", initializer_factor=0.05, vocab_size=2, pad_token_id=0, decoder_start_token_id=0,
+        eos_token_id=1, is_encoder_decoder=True,
+    )
+    config.chronos_config = chronos_config.__dict__
+    config.chronos_pipeline_class = "ChronosBoltPipeline"
+    config.architectures = ["ChronosBoltModelForForecasting"]
+    model = ChronosBoltModelForForecasting(config)
+    model.eval()
+    return ChronosBoltPipeline(model=model)
+
+
+def random_chronos2_pipeline(size: str, context_length: int, prediction_length: int):
+    """A random Chronos-2 pipeline (patch encoder, quantile head); seed the RNG first."""
+    from chronos import Chronos2Pipeline
+    from chronos.chronos2 import Chronos2Model
+    from chronos.chronos2.config import Chronos2CoreConfig, Chronos2ForecastingConfig
+
+    dims, patch = SIZES[size], _patch_size(context_length)
+    chronos_config = Chronos2ForecastingConfig(
+        context_length=context_length,
+        output_patch_size=patch,
+        input_patch_size=patch,
+        input_patch_stride=patch,
+        quantiles=list(CHRONOS2_QUANTILES),
+        use_reg_token=True,
+        use_arcsinh=True,
+        max_output_patches=max(1, -(-prediction_length // patch)),
+        time_encoding_scale=context_length,
+    )
+    config = Chronos2CoreConfig(**dims, dropout_rate=0.1)
+    config.chronos_config = chronos_config.__dict__
+    config.chronos_pipeline_class = "Chronos2Pipeline"
+    config.architectures = ["Chronos2Model"]
+    model = Chronos2Model(config)
+    model.eval()
+    return Chronos2Pipeline(model=model)
+
+
+def random_t5_pipeline(size: str, context_length: int, prediction_length: int):
+    """A random original Chronos (T5 on mean-scaled tokens, sampled forecasts); seed the RNG first."""
+    from chronos import ChronosPipeline
+    from chronos.chronos import ChronosConfig as T5ChronosConfig
+    from chronos.chronos import ChronosModel
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    dims = SIZES[size]
+    n_tokens = 1024 if size == "tiny" else 4096
+    chronos_config = dict(
+        tokenizer_class="MeanScaleUniformBins",
+        tokenizer_kwargs={"low_limit": -15.0, "high_limit": 15.0},
+        context_length=context_length,
+        prediction_length=prediction_length,
+        n_tokens=n_tokens,
+        n_special_tokens=2,
+        pad_token_id=0,
+        eos_token_id=1,
+        use_eos_token=True,
+        model_type="seq2seq",
+        num_samples=20,
+        temperature=1.0,
+        top_k=50,
+        top_p=1.0,
+    )
+    config = T5Config(
+        vocab_size=n_tokens, d_model=dims["d_model"], d_kv=dims["d_kv"], d_ff=dims["d_ff"],
+        num_layers=dims["num_layers"], num_decoder_layers=dims["num_layers"], num_heads=dims["num_heads"],
+        dropout_rate=0.1, feed_forward_proj="relu", initializer_factor=0.05, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )
+    config.chronos_config = chronos_config
+    config.chronos_pipeline_class = "ChronosPipeline"
+    config.architectures = ["T5ForConditionalGeneration"]
+    inner = T5ForConditionalGeneration(config)
+    inner.eval()
+    t5cfg = T5ChronosConfig(**chronos_config)
+    return ChronosPipeline(tokenizer=t5cfg.create_tokenizer(), model=ChronosModel(config=t5cfg, model=inner))
+
+
+RANDOM_BUILDERS: dict[str, Callable[[str, int, int], Any]] = {
+    "chronos-2": random_chronos2_pipeline,
+    "chronos-bolt": random_bolt_pipeline,
+    "chronos-t5": random_t5_pipeline,
+}
 
 
 def check_model_dir(path: Path) -> None:
@@ -289,7 +310,7 @@ class DeviceInfo:
         return f"cpu ({self.num_threads} threads, fp32)"
 
 
-def select_device(cfg: Any) -> DeviceInfo:
+def select_device(cfg: ChronosConfig) -> DeviceInfo:
     """CUDA when present and allowed (bf16 autocast where supported, else fp16); else CPU fp32 with threads set."""
     import torch
 
