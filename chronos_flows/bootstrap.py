@@ -103,15 +103,7 @@ def run_instance_step(
         "environment": environment or {},
     }
     snap = read_state(store, env)
-    reason = None
-    if snap is None:
-        reason = f"no {env}/system-state.json: no run holds the lock"
-    elif snap.run_id != run_id:
-        reason = f"the state file names run {snap.run_id}, not {run_id}"
-    elif snap.status != REQUIRED_STATUS:
-        reason = f"run {run_id} is in status {snap.status}, not {REQUIRED_STATUS}"
-    elif generation is not None and snap.generation != generation:
-        reason = f"lock generation is {snap.generation}, this instance was launched for {generation}"
+    reason = _refusal(snap, env, run_id, generation)
     if reason:
         _write_result(store, env, run_id, {**base, "outcome": "refused", "reason": reason, "finished_at": _now(),
                                            "duration_seconds": round(time.monotonic() - started, 3)})
@@ -120,6 +112,26 @@ def run_instance_step(
     if generation is None and snap is not None:
         base["generation"] = snap.generation
     _write_result(store, env, run_id, {**base, "outcome": "running"})
+    return _train_and_record(store, env, run_id, train, base, started)
+
+
+def _refusal(snap: Any, env: str, run_id: str, generation: int | None) -> str | None:
+    """Why the state file ``snap`` does not give ``run_id`` its training turn (None if it does)."""
+    if snap is None:
+        return f"no {env}/system-state.json: no run holds the lock"
+    if snap.run_id != run_id:
+        return f"the state file names run {snap.run_id}, not {run_id}"
+    if snap.status != REQUIRED_STATUS:
+        return f"run {run_id} is in status {snap.status}, not {REQUIRED_STATUS}"
+    if generation is not None and snap.generation != generation:
+        return f"lock generation is {snap.generation}, this instance was launched for {generation}"
+    return None
+
+
+def _train_and_record(store: Any, env: str, run_id: str, train: Callable[[], dict], base: dict[str, Any],
+                      started: float) -> int:
+    """Run ``train`` and write its outcome (``ok`` with the result, or ``error`` with the traceback)
+    to ``result.json``; return the exit code."""
     try:
         result = train()
     except Exception as exc:  # noqa: BLE001 - every failure is recorded for the parent, then the instance stops

@@ -130,47 +130,76 @@ def run_backtest(
             t0 = time.perf_counter()
             fc = model.predict(context.copy(), horizon, freq, quantiles)
             predict_seconds[name] += time.perf_counter() - t0
-            _check_forecast(fc, name, qcols)
-            reported = dict(getattr(model, "last_failures", None) or {})
-            got = set(fc[ID].unique())
-            for uid in window_cut[ID]:
-                if uid not in got:
-                    msg = reported.get(uid, "no forecast returned")
-                    failures[name].setdefault(str(uid), []).append(f"window {w}: {msg}")
-            fc = fc[[ID, TIME, "mean", *qcols]].copy()
-            fc[TIME] = pd.to_datetime(fc[TIME])
-            act = actuals[actuals[ID].isin(got)]
-            merged = act.merge(fc, on=[ID, TIME], how="left", validate="one_to_one", indicator=True)
-            unmatched = merged.loc[merged.pop("_merge") != "both", ID].unique()
-            if len(unmatched):
-                raise ChronosFlowsError(
-                    f"model {name!r} returned forecasts for series {list(unmatched[:5])} whose timestamps do "
-                    f"not match the test window (expected the {horizon} steps after the cutoff at freq {freq!r})"
-                )
-            if merged.empty:
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-                continue
-            scores = M.evaluate_all(
-                merged, season_length=season_length, insample=context[context[ID].isin(got)], quantiles=quantiles
-            ).reset_index()
-            for frame in (merged, scores):
-                frame.insert(1, "window", w)
-                frame.insert(2, "cutoff", frame[ID].map(cutoff_of).to_numpy())
-                frame.insert(3, "model", name)
-            fc_parts.append(merged)
-            metric_parts.append(scores)
+            scored = _score_forecast(
+                fc, model, name, w, window_cut, context, actuals, cutoff_of, failures[name],
+                horizon=horizon, freq=freq, season_length=season_length, quantiles=quantiles, qcols=qcols,
+            )
+            if scored is not None:
+                fc_parts.append(scored[0])
+                metric_parts.append(scored[1])
             done += 1
             if progress is not None:
                 progress(done, total)
 
+    return _backtest_result(
+        df, cutoffs, fc_parts, metric_parts, failures, predict_seconds, list(forecasters), t_start,
+        horizon=horizon, n_windows=n_windows, step=step, freq=freq, season_length=season_length,
+        quantiles=quantiles, qcols=qcols,
+    )
+
+
+def _score_forecast(
+    fc: pd.DataFrame, model: Forecaster, name: str, w: int, window_cut: pd.DataFrame, context: pd.DataFrame,
+    actuals: pd.DataFrame, cutoff_of: pd.Series, failures: dict[str, list[str]], *,
+    horizon: int, freq: str, season_length: int, quantiles: tuple[float, ...], qcols: list[str],
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Check model ``name``'s forecast ``fc`` of window ``w``, add the series it did not forecast
+    to ``failures`` ({unique_id: [messages]}), and score it against ``actuals``. Returns the
+    forecasts merged with the actuals and the per-series scores (both with window, cutoff and
+    model columns), or None when no series was forecast."""
+    _check_forecast(fc, name, qcols)
+    reported = dict(getattr(model, "last_failures", None) or {})
+    got = set(fc[ID].unique())
+    for uid in window_cut[ID]:
+        if uid not in got:
+            msg = reported.get(uid, "no forecast returned")
+            failures.setdefault(str(uid), []).append(f"window {w}: {msg}")
+    fc = fc[[ID, TIME, "mean", *qcols]].copy()
+    fc[TIME] = pd.to_datetime(fc[TIME])
+    act = actuals[actuals[ID].isin(got)]
+    merged = act.merge(fc, on=[ID, TIME], how="left", validate="one_to_one", indicator=True)
+    unmatched = merged.loc[merged.pop("_merge") != "both", ID].unique()
+    if len(unmatched):
+        raise ChronosFlowsError(
+            f"model {name!r} returned forecasts for series {list(unmatched[:5])} whose timestamps do "
+            f"not match the test window (expected the {horizon} steps after the cutoff at freq {freq!r})"
+        )
+    if merged.empty:
+        return None
+    scores = M.evaluate_all(
+        merged, season_length=season_length, insample=context[context[ID].isin(got)], quantiles=quantiles
+    ).reset_index()
+    for frame in (merged, scores):
+        frame.insert(1, "window", w)
+        frame.insert(2, "cutoff", frame[ID].map(cutoff_of).to_numpy())
+        frame.insert(3, "model", name)
+    return merged, scores
+
+
+def _backtest_result(
+    df: pd.DataFrame, cutoffs: pd.DataFrame, fc_parts: list[pd.DataFrame], metric_parts: list[pd.DataFrame],
+    failures: Mapping[str, Mapping[str, list[str]]], predict_seconds: Mapping[str, float], models: list[str],
+    t_start: float, *, horizon: int, n_windows: int, step: int, freq: str, season_length: int,
+    quantiles: tuple[float, ...], qcols: list[str],
+) -> BacktestResult:
+    """Assemble the :class:`BacktestResult`: concatenated forecasts and metrics, the leaderboard,
+    the failures joined per series, the settings, and the timings since ``t_start``."""
     fc_cols = [ID, "window", "cutoff", "model", TIME, TARGET, "mean", *qcols]
     forecasts = pd.concat(fc_parts, ignore_index=True)[fc_cols] if fc_parts else pd.DataFrame(columns=fc_cols)
     m_cols = [ID, "window", "cutoff", "model", *METRIC_NAMES]
     metrics_df = pd.concat(metric_parts, ignore_index=True)[m_cols] if metric_parts else pd.DataFrame(columns=m_cols)
     flat_failures = {name: {uid: "; ".join(msgs) for uid, msgs in f.items()} for name, f in failures.items()}
-    leaderboard = build_leaderboard(metrics_df, forecasts, list(forecasters), flat_failures, quantiles)
+    leaderboard = build_leaderboard(metrics_df, forecasts, models, flat_failures, quantiles)
     total_s = time.perf_counter() - t_start
     timings = {f"predict_{k}": round(v, 4) for k, v in predict_seconds.items()}
     timings["evaluation"] = round(total_s - sum(predict_seconds.values()), 4)

@@ -76,71 +76,22 @@ def forecast_panel(
     Series go out in ``unique_id`` order. The panel itself is not copied when each series' rows
     are contiguous and time-sorted (what ingest and cleaning produce): the model reads views of one
     float32 copy of ``y``; only an unsorted panel is sorted (into arrays, not a frame)."""
-    if horizon < 1:
-        raise BadInputError(f"forecast horizon must be at least 1, got {horizon}")
-    if chunk_size < 1:
-        raise BadInputError(f"chunk_size must be at least 1, got {chunk_size}")
-    quantiles = tuple(sorted(float(q) for q in quantiles))
-    if not quantiles or any(not 0 < q < 1 for q in quantiles):
-        raise BadInputError(f"quantiles must be levels strictly between 0 and 1, got {list(quantiles)}")
+    quantiles = _check_request(horizon, chunk_size, quantiles)
     t_start = time.perf_counter()
     qcols = [quantile_column(q) for q in quantiles]
     series = _split_series(history)
-    uniques, starts, ends = series.uniques, series.starts, series.ends
     run = ForecastRun()
-    counts = series.counts
-    for k in np.flatnonzero(counts < min_history):
-        run.skipped[str(uniques[k])] = f"{counts[k]} observations; a {family} forecast needs at least {min_history}"
-    eligible = np.flatnonzero(counts >= min_history)
-    if not len(eligible):
-        raise BadInputError(
-            f"no series can be forecast: every series has fewer than {min_history} observations "
-            f"(the minimum for {family}); give the series more history"
-        )
+    eligible = _eligible_series(series, run, min_history, family)
     futures: dict[int, np.ndarray] = {}  # future timestamps (int ns) per distinct last observation
     done = 0
     for start in range(0, len(eligible), chunk_size):
         chunk = eligible[start : start + chunk_size]
-        chunk_ids = uniques[chunk]
-        t0 = time.perf_counter()
         if hasattr(model, "predict_arrays"):  # global models: one batched call on views of the split series
-            y = series.y
-            mean, q = model.predict_arrays([y[a:b] for a, b in zip(starts[chunk].tolist(), ends[chunk].tolist())],
-                                           horizon, quantiles)
-            run.predict_seconds += time.perf_counter() - t0
-            n = len(chunk)
-            q = np.asarray(q).reshape(n * horizon, len(qcols))
-            if not (q[:, 1:] >= q[:, :-1]).all():  # sorting costs more than checking
-                q = np.sort(q, axis=1)
-            fc = pd.DataFrame({
-                ID: np.repeat(chunk_ids, horizon),
-                TIME: series.future_times(ends[chunk] - 1, horizon, freq, futures),
-                "mean": np.asarray(mean, dtype="float64").reshape(-1),
-                **dict(zip(qcols, q.astype("float64").T)),
-                "family": np.repeat(np.array([family], dtype=object), n * horizon),
-                "champion_run_id": np.repeat(np.array([champion_run_id], dtype=object), n * horizon),
-            })
-            got_n = n
+            fc, got_n = _predict_arrays_chunk(model, series, chunk, run, horizon, freq, quantiles, qcols, futures,
+                                              family=family, champion_run_id=champion_run_id)
         else:
-            if hasattr(model, "predict_series"):  # global models take the already split series
-                fc = model.predict_series(list(chunk_ids), [series.y[starts[k] : ends[k]] for k in chunk],
-                                          list(series.stamps(ends[chunk] - 1)), horizon, freq, quantiles)
-            else:
-                fc = model.predict(series.frame(history, chunk), horizon, freq, quantiles)
-            run.predict_seconds += time.perf_counter() - t0
-            failures = dict(getattr(model, "last_failures", None) or {})
-            got = set(fc[ID].astype(str).unique())
-            for uid in chunk_ids:
-                if uid not in got:
-                    run.skipped[uid] = failures.get(uid, "the model returned no forecast")
-            got_n = len(got)
-            if len(fc):
-                fc = fc[[ID, TIME, "mean", *qcols]].copy()
-                fc[ID] = fc[ID].astype(str)
-                fc[qcols] = np.sort(fc[qcols].to_numpy(dtype="float64"), axis=1)
-                fc["family"] = family
-                fc["champion_run_id"] = champion_run_id
-                fc = fc.reset_index(drop=True)
+            fc, got_n = _predict_frame_chunk(model, history, series, chunk, run, horizon, freq, quantiles, qcols,
+                                             family=family, champion_run_id=champion_run_id)
         if len(fc):
             run.n_series += got_n
             run.n_rows += len(fc)
@@ -152,6 +103,90 @@ def forecast_panel(
             progress(done, len(eligible))
     run.total_seconds = time.perf_counter() - t_start
     return run
+
+
+def _check_request(horizon: int, chunk_size: int, quantiles: Sequence[float]) -> tuple[float, ...]:
+    """BadInputError for a horizon or chunk size below 1 or a quantile level outside (0, 1);
+    returns the levels sorted."""
+    if horizon < 1:
+        raise BadInputError(f"forecast horizon must be at least 1, got {horizon}")
+    if chunk_size < 1:
+        raise BadInputError(f"chunk_size must be at least 1, got {chunk_size}")
+    quantiles = tuple(sorted(float(q) for q in quantiles))
+    if not quantiles or any(not 0 < q < 1 for q in quantiles):
+        raise BadInputError(f"quantiles must be levels strictly between 0 and 1, got {list(quantiles)}")
+    return quantiles
+
+
+def _eligible_series(series: _Series, run: ForecastRun, min_history: int, family: str) -> np.ndarray:
+    """The indices of the series with at least ``min_history`` observations; the others go to
+    ``run.skipped`` with the reason. BadInputError if no series is long enough."""
+    counts = series.counts
+    for k in np.flatnonzero(counts < min_history):
+        run.skipped[str(series.uniques[k])] = f"{counts[k]} observations; a {family} forecast needs at least {min_history}"
+    eligible = np.flatnonzero(counts >= min_history)
+    if not len(eligible):
+        raise BadInputError(
+            f"no series can be forecast: every series has fewer than {min_history} observations "
+            f"(the minimum for {family}); give the series more history"
+        )
+    return eligible
+
+
+def _predict_arrays_chunk(model: Any, series: _Series, chunk: np.ndarray, run: ForecastRun, horizon: int, freq: str,
+                          quantiles: tuple[float, ...], qcols: list[str], futures: dict[int, np.ndarray], *,
+                          family: str, champion_run_id: str) -> tuple[pd.DataFrame, int]:
+    """Forecast the series ``chunk`` with one ``predict_arrays`` call on views of ``series.y``;
+    returns the chunk's forecast rows and the number of series forecast (all of them)."""
+    starts, ends = series.starts, series.ends
+    t0 = time.perf_counter()
+    y = series.y
+    mean, q = model.predict_arrays([y[a:b] for a, b in zip(starts[chunk].tolist(), ends[chunk].tolist())],
+                                   horizon, quantiles)
+    run.predict_seconds += time.perf_counter() - t0
+    n = len(chunk)
+    q = np.asarray(q).reshape(n * horizon, len(qcols))
+    if not (q[:, 1:] >= q[:, :-1]).all():  # sorting costs more than checking
+        q = np.sort(q, axis=1)
+    fc = pd.DataFrame({
+        ID: np.repeat(series.uniques[chunk], horizon),
+        TIME: series.future_times(ends[chunk] - 1, horizon, freq, futures),
+        "mean": np.asarray(mean, dtype="float64").reshape(-1),
+        **dict(zip(qcols, q.astype("float64").T)),
+        "family": np.repeat(np.array([family], dtype=object), n * horizon),
+        "champion_run_id": np.repeat(np.array([champion_run_id], dtype=object), n * horizon),
+    })
+    return fc, n
+
+
+def _predict_frame_chunk(model: Forecaster, history: pd.DataFrame, series: _Series, chunk: np.ndarray,
+                         run: ForecastRun, horizon: int, freq: str, quantiles: tuple[float, ...], qcols: list[str],
+                         *, family: str, champion_run_id: str) -> tuple[pd.DataFrame, int]:
+    """Forecast the series ``chunk`` with ``predict_series`` (the split series) or ``predict`` (their
+    rows of ``history``); series without a forecast go to ``run.skipped``. Returns the chunk's rows
+    (quantiles sorted per step) and the number of series forecast."""
+    chunk_ids = series.uniques[chunk]
+    starts, ends = series.starts, series.ends
+    t0 = time.perf_counter()
+    if hasattr(model, "predict_series"):  # global models take the already split series
+        fc = model.predict_series(list(chunk_ids), [series.y[starts[k] : ends[k]] for k in chunk],
+                                  list(series.stamps(ends[chunk] - 1)), horizon, freq, quantiles)
+    else:
+        fc = model.predict(series.frame(history, chunk), horizon, freq, quantiles)
+    run.predict_seconds += time.perf_counter() - t0
+    failures = dict(getattr(model, "last_failures", None) or {})
+    got = set(fc[ID].astype(str).unique())
+    for uid in chunk_ids:
+        if uid not in got:
+            run.skipped[uid] = failures.get(uid, "the model returned no forecast")
+    if len(fc):
+        fc = fc[[ID, TIME, "mean", *qcols]].copy()
+        fc[ID] = fc[ID].astype(str)
+        fc[qcols] = np.sort(fc[qcols].to_numpy(dtype="float64"), axis=1)
+        fc["family"] = family
+        fc["champion_run_id"] = champion_run_id
+        fc = fc.reset_index(drop=True)
+    return fc, len(got)
 
 
 @dataclass

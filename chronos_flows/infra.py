@@ -225,8 +225,6 @@ def deploy(
     Returns ``{"stack", "action" ("created"|"updated"|"unchanged"), "status", "outputs": {...}}``.
     Raises InfraError with CloudFormation's reasons on failure.
     """
-    from botocore.exceptions import ClientError
-
     path = Path(template_path)
     tpl = load_template(path)
     values = _template_params(tpl, params or {})
@@ -239,14 +237,7 @@ def deploy(
         {"Key": "CostCenter", "Value": values.get("CostCenter", "train")},
     ]
     cfn_params = [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(values.items())]
-    existing = _describe(cfn, stack_name)
-    if existing and _BUSY.search(existing["StackStatus"]):
-        raise InfraError(f"stack {stack_name} is busy ({existing['StackStatus']}); wait for it to settle and retry")
-    if existing and existing["StackStatus"] in ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED"):
-        # A stack that never got created cannot be updated: remove the husk and create anew.
-        cfn.delete_stack(StackName=stack_name)
-        _wait(cfn, "stack_delete_complete", stack_name, timeout, poll_seconds)
-        existing = None
+    existing = _settled_stack(cfn, stack_name, timeout, poll_seconds)
     common = dict(
         StackName=stack_name,
         TemplateBody=body,
@@ -254,22 +245,7 @@ def deploy(
         Capabilities=["CAPABILITY_IAM"],
         Tags=tags,
     )
-    if existing is None:
-        try:
-            cfn.create_stack(**common)
-        except ClientError as exc:
-            raise InfraError(f"cannot create stack {stack_name}: {exc}") from None
-        _wait(cfn, "stack_create_complete", stack_name, timeout, poll_seconds)
-        action = "created"
-    else:
-        try:
-            cfn.update_stack(**common)
-            _wait(cfn, "stack_update_complete", stack_name, timeout, poll_seconds)
-            action = "updated"
-        except ClientError as exc:
-            if "No updates are to be performed" not in str(exc):
-                raise InfraError(f"cannot update stack {stack_name}: {exc}") from None
-            action = "unchanged"
+    action = _create_or_update(cfn, stack_name, common, existing is None, timeout, poll_seconds)
     stack = _describe(cfn, stack_name) or {}
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     return {
@@ -278,6 +254,43 @@ def deploy(
         "status": stack.get("StackStatus"),
         "outputs": outputs,
     }
+
+
+def _settled_stack(cfn: Any, stack_name: str, timeout: float, poll_seconds: float) -> dict[str, Any] | None:
+    """The existing stack to update, or None to create one: InfraError while it is busy; a stack
+    that never got created (it cannot be updated) is deleted first."""
+    existing = _describe(cfn, stack_name)
+    if existing and _BUSY.search(existing["StackStatus"]):
+        raise InfraError(f"stack {stack_name} is busy ({existing['StackStatus']}); wait for it to settle and retry")
+    if existing and existing["StackStatus"] in ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED"):
+        # A stack that never got created cannot be updated: remove the husk and create anew.
+        cfn.delete_stack(StackName=stack_name)
+        _wait(cfn, "stack_delete_complete", stack_name, timeout, poll_seconds)
+        existing = None
+    return existing
+
+
+def _create_or_update(cfn: Any, stack_name: str, common: dict[str, Any], create: bool, timeout: float,
+                      poll_seconds: float) -> str:
+    """Create (``create``) or update the stack with ``common`` and wait for it; returns the action
+    ``"created"``, ``"updated"`` or ``"unchanged"`` (nothing to update)."""
+    from botocore.exceptions import ClientError
+
+    if create:
+        try:
+            cfn.create_stack(**common)
+        except ClientError as exc:
+            raise InfraError(f"cannot create stack {stack_name}: {exc}") from None
+        _wait(cfn, "stack_create_complete", stack_name, timeout, poll_seconds)
+        return "created"
+    try:
+        cfn.update_stack(**common)
+        _wait(cfn, "stack_update_complete", stack_name, timeout, poll_seconds)
+        return "updated"
+    except ClientError as exc:
+        if "No updates are to be performed" not in str(exc):
+            raise InfraError(f"cannot update stack {stack_name}: {exc}") from None
+        return "unchanged"
 
 
 def stack_outputs(stack_name: str, client: Any | None = None, *, region: str | None = None) -> dict[str, str]:

@@ -16,6 +16,10 @@ Protocol (after litestream's S3 leaser):
   (and so the MD5 ETag) never repeats. A lost CAS is re-read: still ours but ``killed`` →
   :class:`RunKilledError` (the handle adopts the new ETag so it can still go killed → cleanup →
   release); another run/generation or gone → :class:`LostLockError`.
+
+The state file's codec, :class:`StateSnapshot`, :func:`read_state` and :func:`kill` live in
+:mod:`chronos_flows.statefile`, the launcher→flow hand-off in :mod:`chronos_flows.handoff`; both are
+re-exported here, so ``from chronos_flows.lock import ...`` names them all.
 """
 
 from __future__ import annotations
@@ -26,8 +30,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Iterator
 
 from . import layout, runlog
@@ -40,7 +43,15 @@ from .errors import (
     RunKilledError,
     TransientStoreError,
 )
+from .handoff import abandon, hand_off, is_handed_off, take_handed_off
+from .statefile import StateSnapshot, dump_state, generation_key, iso, kill, parse_iso, read_state, utc_now
 from .store import ObjectStore
+
+__all__ = [
+    "ACTIVE_STATES", "ALLOWED", "SCHEMA_VERSION", "STATES", "TERMINAL_STATES", "InvalidTransition",
+    "LockHandle", "RunLock", "StateSnapshot", "abandon", "generation_key", "hand_off", "is_handed_off",
+    "iso", "kill", "parse_iso", "read_state", "take_handed_off", "utc_now",
+]
 
 SCHEMA_VERSION = 1
 
@@ -72,70 +83,6 @@ class InvalidTransition(ChronosFlowsError):
             f"invalid run-state transition {current} -> {target}; allowed from {current}: {allowed}"
         )
 
-
-def generation_key(env: str) -> str:
-    return f"{env}/lock-generation.json"
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(s: str) -> datetime:
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
-
-
-def _dump(state: dict) -> bytes:
-    return json.dumps(state, indent=2, sort_keys=True, default=str).encode()
-
-
-def _load(data: bytes, where: str) -> dict:
-    try:
-        state = json.loads(data)
-    except ValueError as e:
-        raise BadInputError(f"the state file {where} is not valid JSON ({e}); inspect it and delete it by hand") from e
-    if not isinstance(state, dict) or "run_id" not in state or "status" not in state:
-        raise BadInputError(f"the state file {where} is not a chronos-flows state file; inspect it and delete it by hand")
-    return state
-
-
-@dataclass(frozen=True)
-class StateSnapshot:
-    """The state file as read: the parsed JSON and its ETag."""
-
-    state: dict
-    etag: str
-
-    @property
-    def run_id(self) -> str:
-        return self.state["run_id"]
-
-    @property
-    def status(self) -> str:
-        return self.state["status"]
-
-    @property
-    def generation(self) -> int:
-        return int(self.state.get("generation", 0))
-
-    @property
-    def heartbeat_at(self) -> datetime:
-        return parse_iso(self.state.get("heartbeat_at") or self.state["started_at"])
-
-    def heartbeat_age(self, now: datetime) -> float:
-        return (now - self.heartbeat_at).total_seconds()
-
-
-def read_state(store: ObjectStore, env: str) -> StateSnapshot | None:
-    key = layout.state_key(env)
-    got = store.get(key)
-    if got is None:
-        return None
-    return StateSnapshot(_load(got[0], store.uri(key)), got[1])
 
 
 class RunLock:
@@ -261,8 +208,7 @@ class RunLock:
                     return handle
                 continue  # lost the create race or it vanished again: look at what is there now
             if snap.run_id == run_id:
-                raise LockedError(snap.run_id, snap.state.get("started_at", "?"), snap.status,
-                                  heartbeat_age=round(snap.heartbeat_age(self.wall()), 3))
+                raise self._locked(snap)
             lease = self._lease_of(snap)
             if snap.heartbeat_age(self.wall()) < lease:
                 raise self._locked(snap)
@@ -289,7 +235,7 @@ class RunLock:
         counter, counter_etag = self._read_counter()
         state = self._new_state(run_id, counter + 1, flow_run_id, info)
         try:
-            etag = self.store.put_if_absent(self.key, _dump(state))
+            etag = self.store.put_if_absent(self.key, dump_state(state))
         except PreconditionFailed:
             snap = self.read()
             if snap is None:
@@ -315,7 +261,7 @@ class RunLock:
         state = self._new_state(run_id, generation, flow_run_id, info,
                                 details={"takeover_of": prev["run_id"], "previous_generation": snap.generation})
         try:
-            etag = self.store.put_if_match(self.key, _dump(state), snap.etag)
+            etag = self.store.put_if_match(self.key, dump_state(state), snap.etag)
         except PreconditionFailed:
             current = self.read()
             if current is None:
@@ -388,39 +334,36 @@ class LockHandle:
                 raise self._fatal
             if self.released:
                 raise LostLockError(f"run {self.run_id} already released the lock; it must stop writing")
-            new = json.loads(json.dumps(self.state))
-            mutate(new)
-            new["seq"] = int(new.get("seq", 0)) + 1
-            new["updated_at"] = iso(self.wall())
             try:
-                self.etag = self.store.put_if_match(self.key, _dump(new), self.etag)
-                self.state = new
+                self._put(mutate)
                 return
             except PreconditionFailed:
-                current = read_state(self.store, self.env)
-                if current is None or current.run_id != self.run_id or current.generation != self.generation:
-                    raise self._lost(current) from None
-                # Still ours but changed by someone else: adopt it.
-                self.state = dict(current.state)
-                self.etag = current.etag
-                if current.status == "killed":
-                    raise RunKilledError(self._killed_message()) from None
+                self._adopt_after_lost_cas()
                 # Changed but not killed (should not happen): retry once on the adopted version.
-                new = json.loads(json.dumps(self.state))
-                mutate(new)
-                new["seq"] = int(new.get("seq", 0)) + 1
-                new["updated_at"] = iso(self.wall())
                 try:
-                    self.etag = self.store.put_if_match(self.key, _dump(new), self.etag)
-                    self.state = new
+                    self._put(mutate)
                 except PreconditionFailed:
-                    current = read_state(self.store, self.env)
-                    if current is None or current.run_id != self.run_id or current.generation != self.generation:
-                        raise self._lost(current) from None
-                    self.state, self.etag = dict(current.state), current.etag
-                    if current.status == "killed":
-                        raise RunKilledError(self._killed_message()) from None
+                    self._adopt_after_lost_cas()
                     raise TransientStoreError(f"state file {self.store.uri(self.key)} keeps changing; retry") from None
+
+    def _put(self, mutate: Callable[[dict], None]) -> None:
+        """One CAS attempt on our ETag: a modified copy with ``seq`` bumped (PreconditionFailed if moved)."""
+        new = json.loads(json.dumps(self.state))
+        mutate(new)
+        new["seq"] = int(new.get("seq", 0)) + 1
+        new["updated_at"] = iso(self.wall())
+        self.etag = self.store.put_if_match(self.key, dump_state(new), self.etag)
+        self.state = new
+
+    def _adopt_after_lost_cas(self) -> None:
+        """Re-read after a lost CAS: another run/generation or gone → LostLockError; still ours but
+        changed by someone else → adopt it, and raise RunKilledError if it now says ``killed``."""
+        current = read_state(self.store, self.env)
+        if current is None or current.run_id != self.run_id or current.generation != self.generation:
+            raise self._lost(current) from None
+        self.state, self.etag = dict(current.state), current.etag
+        if current.status == "killed":
+            raise RunKilledError(self._killed_message()) from None
 
     def _killed_message(self) -> str:
         reason = ""
@@ -553,78 +496,3 @@ class LockHandle:
         finally:
             stop.set()
             t.join(timeout=max(5.0, interval * 2))
-
-
-def kill(store: ObjectStore, env: str, run_id: str | None = None, reason: str = "killed by user",
-         wall: Callable[[], datetime] = utc_now) -> StateSnapshot | None:
-    """Mark the current run ``killed`` (CAS, retried on concurrent updates). Idempotent: a run already
-    killed or in cleanup is left as is; a kill that moved the state file is also recorded in the run's
-    training.json. Returns the resulting snapshot, or ``None`` if no run holds
-    the lock. ``run_id`` given and different from the holder → :class:`BadInputError`."""
-    target = run_id
-    for _ in range(50):
-        snap = read_state(store, env)
-        if snap is None:
-            return None
-        if target is None:
-            target = snap.run_id
-        if snap.run_id != target:
-            raise BadInputError(
-                f"cannot kill run {target}: the lock of env {env!r} is held by run {snap.run_id} "
-                f"(status {snap.status}); pass --run-id {snap.run_id} to kill that one"
-            )
-        if snap.status in ("killed", "cleanup"):
-            return snap
-        at = iso(wall())
-        new = json.loads(json.dumps(snap.state))
-        new["status"] = "killed"
-        new["seq"] = int(new.get("seq", 0)) + 1
-        new["updated_at"] = at
-        new.setdefault("history", []).append({"status": "killed", "at": at, "details": {"reason": reason}})
-        try:
-            etag = store.put_if_match(layout.state_key(env), _dump(new), snap.etag)
-        except PreconditionFailed:
-            continue
-        # the state file first, then the same transition in training.json (created if missing)
-        runlog.record_transition(store, env, target, "killed", at, {"reason": reason})
-        return StateSnapshot(new, etag)
-    raise TransientStoreError(f"could not kill run {target}: the state file of env {env!r} keeps changing; retry")
-
-
-# -- hand-off from a launcher to the flow in the same process ----------------------------------------
-#: Handles taken by a launcher (``chronos-flows run`` acquires the lock before Prefect starts, so a
-#: losing launch exits at once) and waiting for the flow run of the same process to adopt them.
-_HANDOFF: dict[tuple[str, str, str], LockHandle] = {}
-_HANDOFF_MUTEX = threading.Lock()
-
-
-def hand_off(handle: LockHandle) -> None:
-    """Leave ``handle`` for the flow of this process that runs ``handle.run_id`` to adopt."""
-    with _HANDOFF_MUTEX:
-        _HANDOFF[(handle.store.url, handle.env, handle.run_id)] = handle
-
-
-def take_handed_off(store_url: str, env: str, run_id: str) -> LockHandle | None:
-    """The handle a launcher of this process left for ``run_id``, once (None if there is none)."""
-    with _HANDOFF_MUTEX:
-        return _HANDOFF.pop((store_url, env, run_id), None)
-
-
-def abandon(handle: LockHandle, reason: str) -> None:
-    """Give back a lock a launcher took when its flow never adopted it (e.g. Prefect did not start):
-    ``failed`` with the reason, then ``cleanup`` and release, and the reason in training.json."""
-    with _HANDOFF_MUTEX:
-        _HANDOFF.pop((handle.store.url, handle.env, handle.run_id), None)
-    if handle.released:
-        return
-    handle.fail(reason)
-    if handle.status in ("failed", "killed"):
-        handle.transition("cleanup")
-    handle.release()
-    runlog.mark_failed(handle.store, handle.env, handle.run_id, reason, generation=handle.generation)
-
-
-def is_handed_off(store_url: str, env: str, run_id: str | None) -> bool:
-    """Whether a launcher of this process holds the lock for ``run_id`` and waits for its flow."""
-    with _HANDOFF_MUTEX:
-        return run_id is not None and (store_url, env, run_id) in _HANDOFF

@@ -94,23 +94,41 @@ def kill_run(
         except Exception as exc:  # noqa: BLE001 - cancellation is best effort; the lock decides
             notes.append(f"could not cancel flow run {state['flow_run_id']}: {exc}")
 
+    outcome = _watch_heartbeat(lock, run_id, wait_seconds, poll_seconds)
+    if outcome == "released":
+        notes.append("the run cleaned up and released the lock")
+        return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
+    if outcome == "alive":
+        notes.append("its process is alive and will clean up at its next check (wait more, then `chronos-flows status`)")
+        return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
+    complete = _clean_up_for_dead_process(store, env, run_id, reason, wait_seconds, extra_cleanup)
+    notes.append(f"its process did not respond; cleanup done here ({'complete' if complete else 'INCOMPLETE'})")
+    return {"killed": True, "run_id": run_id, "cleanup_complete": complete, "message": "; ".join(notes)}
+
+
+def _watch_heartbeat(lock: RunLock, run_id: str, wait_seconds: float, poll_seconds: float) -> str:
+    """Poll the state file for ``wait_seconds``: ``"released"`` as soon as ``run_id`` no longer holds
+    the lock; otherwise ``"alive"`` if its heartbeat moved meanwhile, ``"silent"`` if it did not."""
     deadline = time.monotonic() + wait_seconds
     last_beat = None
     beat_moved = False
     while time.monotonic() < deadline:
         cur = lock.read()
         if cur is None or cur.state.get("run_id") != run_id:
-            notes.append("the run cleaned up and released the lock")
-            return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
+            return "released"
         beat = cur.state.get("heartbeat_at")
         if last_beat is not None and beat != last_beat:
             beat_moved = True
         last_beat = beat
         time.sleep(poll_seconds)
+    return "alive" if beat_moved else "silent"
 
-    if beat_moved:
-        notes.append("its process is alive and will clean up at its next check (wait more, then `chronos-flows status`)")
-        return {"killed": True, "run_id": run_id, "message": "; ".join(notes)}
+
+def _clean_up_for_dead_process(store, env: str, run_id: str, reason: str, wait_seconds: float,
+                               extra_cleanup: CleanupSteps | None) -> bool:
+    """The cleanup of a killed run whose process did not respond: ``killed`` with the reason (an
+    earlier cause kept) in training.json, then its cleanup steps — the local work directory and
+    ``extra_cleanup`` — run and recorded. Returns whether the cleanup completed."""
     from chronos_flows import workdirs
 
     steps = [(f"remove-local-workdir-{run_id}", lambda: workdirs.remove_for(run_id))]
@@ -126,8 +144,7 @@ def kill_run(
 
     runlog.update_training_log(store, env, run_id, mark_killed)
     status = run_cleanup(store, env, run_id, steps, None)
-    notes.append(f"its process did not respond; cleanup done here ({'complete' if status.complete else 'INCOMPLETE'})")
-    return {"killed": True, "run_id": run_id, "cleanup_complete": status.complete, "message": "; ".join(notes)}
+    return status.complete
 
 
 def cleanup_dead_run(
