@@ -128,10 +128,10 @@ def run_backtest(
         cutoff_of = window_cut.set_index(ID)["cutoff"]
         for name, model in forecasters.items():
             t0 = time.perf_counter()
-            fc = model.predict(context.copy(), horizon, freq, quantiles)
+            got = model.forecast(context.copy(), horizon, freq, quantiles)
             predict_seconds[name] += time.perf_counter() - t0
             scored = _score_forecast(
-                fc, model, name, w, window_cut, context, actuals, cutoff_of, failures[name],
+                got.frame, got.failures, name, w, window_cut, context, actuals, cutoff_of, failures[name],
                 horizon=horizon, freq=freq, season_length=season_length, quantiles=quantiles, qcols=qcols,
             )
             if scored is not None:
@@ -149,16 +149,15 @@ def run_backtest(
 
 
 def _score_forecast(
-    fc: pd.DataFrame, model: Forecaster, name: str, w: int, window_cut: pd.DataFrame, context: pd.DataFrame,
+    fc: pd.DataFrame, reported: Mapping[str, str], name: str, w: int, window_cut: pd.DataFrame, context: pd.DataFrame,
     actuals: pd.DataFrame, cutoff_of: pd.Series, failures: dict[str, list[str]], *,
     horizon: int, freq: str, season_length: int, quantiles: tuple[float, ...], qcols: list[str],
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """Check model ``name``'s forecast ``fc`` of window ``w``, add the series it did not forecast
-    to ``failures`` ({unique_id: [messages]}), and score it against ``actuals``. Returns the
+    to ``failures`` ({unique_id: [messages]}, with the model's ``reported`` reasons), and score it against ``actuals``. Returns the
     forecasts merged with the actuals and the per-series scores (both with window, cutoff and
     model columns), or None when no series was forecast."""
     _check_forecast(fc, name, qcols)
-    reported = dict(getattr(model, "last_failures", None) or {})
     got = set(fc[ID].unique())
     for uid in window_cut[ID]:
         if uid not in got:

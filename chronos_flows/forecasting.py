@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -171,10 +171,11 @@ def _predict_frame_chunk(model: Forecaster, history: pd.DataFrame, series: _Seri
     if hasattr(model, "predict_series"):  # global models take the already split series
         fc = model.predict_series(list(chunk_ids), [series.y[starts[k] : ends[k]] for k in chunk],
                                   list(series.stamps(ends[chunk] - 1)), horizon, freq, quantiles)
+        failures: Mapping[str, str] = {}  # a global model forecasts every series it is given
     else:
-        fc = model.predict(series.frame(history, chunk), horizon, freq, quantiles)
+        got_fc = model.forecast(series.frame(history, chunk), horizon, freq, quantiles)
+        fc, failures = got_fc.frame, got_fc.failures
     run.predict_seconds += time.perf_counter() - t0
-    failures = dict(getattr(model, "last_failures", None) or {})
     got = set(fc[ID].astype(str).unique())
     for uid in chunk_ids:
         if uid not in got:

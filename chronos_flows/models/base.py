@@ -8,6 +8,10 @@ Frames are long format:
   context timestamp), ``mean`` and one column per quantile level named by
   :func:`quantile_column` (``"0.1"`` … ``"0.9"``).
 
+Callers use :meth:`Forecaster.forecast`, which returns a :class:`Forecast`: the frame and the
+series the model could not forecast, with the reason (``{unique_id: message}``). A family reports
+those by setting ``last_failures`` in ``predict``; nothing outside the family reads that attribute.
+
 ``fit`` is the global training step (Chronos fine-tuning); it never mutates ``self`` or its inputs
 and returns a new fitted forecaster. Local models (Prophet, Seasonal Naive) fit per series inside
 ``predict`` from the context they are given, so one backtest loop serves every family.
@@ -16,7 +20,8 @@ and returns a new fitted forecaster. Local models (Prophet, Seasonal Naive) fit 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -43,9 +48,31 @@ def future_index(last: pd.Timestamp, horizon: int, freq: str) -> pd.DatetimeInde
     return pd.date_range(start=last, periods=horizon + 1, freq=freq)[1:]
 
 
+@dataclass(frozen=True)
+class Forecast:
+    """What a forecaster returns: the forecast frame and the series it could not forecast."""
+
+    frame: pd.DataFrame
+    #: {unique_id: why it could not be forecast}; such a series has no rows in ``frame``
+    failures: Mapping[str, str] = field(default_factory=dict)
+
+
 class Forecaster(ABC):
     #: Short model name used in leaderboards and store paths (``chronos``, ``prophet``, ``seasonal_naive``).
     name: str = "forecaster"
+    #: Set by ``predict``: the series the last call could not forecast (read only through :meth:`forecast`).
+    last_failures: Mapping[str, str] = {}
+
+    def forecast(
+        self,
+        context: pd.DataFrame,
+        horizon: int,
+        freq: str,
+        quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    ) -> Forecast:
+        """:meth:`predict` with the series it could not forecast (the interface callers use)."""
+        frame = self.predict(context, horizon, freq, quantiles)
+        return Forecast(frame, dict(self.last_failures))
 
     def fit(self, train: pd.DataFrame, freq: str, horizon: int) -> "Forecaster":
         """Return a forecaster trained on ``train``; local models return ``self`` unchanged."""

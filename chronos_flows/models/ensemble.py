@@ -126,8 +126,9 @@ class EnsembleForecaster(Forecaster):
             if w <= 0:
                 frames.append(None)
                 continue
-            frames.append(model.predict(context, horizon, freq, quantiles))
-            self.member_failures[name] = dict(getattr(model, "last_failures", None) or {})
+            got = model.forecast(context, horizon, freq, quantiles)
+            frames.append(got.frame)
+            self.member_failures[name] = dict(got.failures)
         out = combine_forecasts(frames, self.weights, qcols)
         got = set(out[ID])
         self.last_failures = {}

@@ -106,14 +106,14 @@ def _forecast_many(champ: LoadedChampion, batch: list[ParsedRequest]) -> list[An
             parts.append(pd.DataFrame({ID: _uid(r, i), TIME: ds, TARGET: y}))
     frame = pd.concat(parts, ignore_index=True)
     try:
-        out = champ.model.predict(frame, H, model_freq, levels)
+        got = champ.model.forecast(frame, H, model_freq, levels)
     except Exception as exc:  # noqa: BLE001 - attribute the failure to the request that caused it
         if len(batch) > 1:
             return [_forecast_alone(champ, p) for p in batch]
         if isinstance(exc, BadInputError):
             return [RequestError(_relabel(str(exc), first, 0))]
         raise
-    failures = dict(getattr(champ.model, "last_failures", None) or {})
+    out, failures = got.frame, got.failures
     qcols = [quantile_column(q) for q in levels]
     groups = {str(u): g for u, g in out.groupby(ID, sort=False)}
     results: list[Any] = []
