@@ -18,9 +18,8 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
-import time
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 from chronos_flows.config import Ec2Config
 from chronos_flows.errors import ChronosFlowsError, ConfigError
@@ -207,26 +206,6 @@ class Ec2Compute:
         inst = self._instance(instance_id)
         return inst["State"]["Name"] if inst else None
 
-    def wait_until(
-        self, instance_id: str, states: Iterable[str], timeout: float, poll_seconds: float = 5.0
-    ) -> str | None:
-        """Poll until the instance is in one of ``states``; return it. Ec2Error on timeout.
-
-        An instance EC2 no longer knows counts as ``terminated`` (terminated instances vanish after ~1 h).
-        """
-        wanted = set(states)
-        deadline = time.monotonic() + timeout
-        while True:
-            state = self.describe(instance_id)
-            if state in wanted or (state is None and "terminated" in wanted):
-                return state
-            if time.monotonic() >= deadline:
-                raise Ec2Error(
-                    f"instance {instance_id} is {state or 'unknown'} after {timeout:.0f}s, "
-                    f"expected one of {sorted(wanted)}"
-                )
-            time.sleep(poll_seconds)
-
     def terminate(self, instance_id: str) -> str:
         """Terminate (idempotent). Return ``terminated``, ``already_terminated`` or ``not_found``."""
         from botocore.exceptions import ClientError
@@ -286,32 +265,19 @@ class Ec2Compute:
         run_id: str,
         store_url: str,
         env: str | None = None,
-        flow_run_id: str | None = None,
-        work_pool: str | None = None,
         max_runtime_minutes: int | None = None,
         extra_env: dict[str, str] | None = None,
-        mode: str | None = None,
         generation: int | None = None,
     ) -> str:
-        """The instance's bash bootstrap for this run only.
-
-        ``mode``: ``flow-run`` (default when ``flow_run_id`` is given) executes exactly that Prefect
-        flow run (``prefect flow-run execute``: submitted by the parent with ``run_deployment``);
-        ``worker`` starts a one-shot worker on ``work_pool`` (``--run-once --limit 1``);
-        ``bootstrap`` (default otherwise) runs ``python -m chronos_flows.bootstrap``.
-        """
+        """The instance's bash bootstrap for this run only: arm the hard stop, install, check the
+        GPU, run ``python -m chronos_flows.bootstrap`` (which trains only if the state file names
+        this run and lock ``generation``), shut down."""
         env = env or self.env
         minutes = int(max_runtime_minutes or self.cfg.max_runtime_minutes)
-        pool = work_pool or self.cfg.work_pool
-        mode = mode or ("flow-run" if flow_run_id else "bootstrap")
         if not _RUN_ID.match(run_id):
             raise ConfigError(f"run id {run_id!r} is not a valid id (letters, digits, '_', '.', '-')")
         if minutes < 1:
             raise ConfigError(f"max_runtime_minutes must be at least 1, got {minutes}")
-        if mode == "flow-run" and not flow_run_id:
-            raise ConfigError("mode 'flow-run' needs the flow_run_id that run_deployment returned")
-        if mode not in ("flow-run", "worker", "bootstrap"):
-            raise ConfigError(f"unknown user-data mode {mode!r}; use flow-run, worker or bootstrap")
         q = shlex.quote
         exports = {
             "CHRONOS_FLOWS_RUN_ID": run_id,
@@ -324,17 +290,12 @@ class Ec2Compute:
             if not _ENV_NAME.match(k):
                 raise ConfigError(f"extra_env name {k!r} is not a valid environment variable name")
             exports[k] = str(v)
-        if mode == "flow-run":
-            step = f"prefect flow-run execute {q(flow_run_id or '')}"
-        elif mode == "worker":
-            step = f"prefect worker start --pool {q(pool)} --type process --run-once --limit 1"
-        else:
-            step = f"python -m chronos_flows.bootstrap --run-id {q(run_id)} --store {q(store_url)} --env {q(env)}"
-            if generation is not None:
-                step += f" --generation {int(generation)}"
+        step = f"python -m chronos_flows.bootstrap --run-id {q(run_id)} --store {q(store_url)} --env {q(env)}"
+        if generation is not None:
+            step += f" --generation {int(generation)}"
         lines = [
             "#!/bin/bash",
-            f"# {PROJECT} training instance: run {run_id} ({env}), mode {mode}",
+            f"# {PROJECT} training instance: run {run_id} ({env})",
             "# Hard stop first: shutdown terminates this instance (InstanceInitiatedShutdownBehavior=terminate).",
             f'shutdown -h +{minutes} "{PROJECT}: max runtime {minutes} min reached" || true',
             # Backstop if the graceful shutdown hangs: power off 10 minutes after the limit.

@@ -234,7 +234,6 @@ class Ec2Config(_Frozen):
     spot: bool = Field(False, title="Spot instance", description="Request a spot instance.")
     volume_size_gb: int = Field(100, ge=8, title="Root volume (GB)", description="Root EBS volume (gp3, encrypted, deleted on termination).")
     max_runtime_minutes: int = Field(240, ge=5, title="Maximum runtime (minutes)", description="Hard limit after which the instance shuts itself down.")
-    work_pool: str = Field("chronos-gpu", title="Prefect work pool", description="Prefect work pool the instance's one-run worker serves.")
     bootstrap_package: str = Field(
         "chronos-flows", description="pip requirement the instance installs (a wheel URL or package spec)."
     )

@@ -76,7 +76,7 @@ def train_on_ec2(ctx: RunContext, poll_seconds: float = 5.0) -> tuple[Any, dict]
     generation = handle.generation if handle else None
     ec2 = Ec2Compute(cfg, env=ctx.env, cost_center=ctx.params.cost_center)
     ctx.store.delete(layout.instance_result_key(ctx.env, ctx.run_id))  # a retried step must not read an old result
-    user_data = ec2.render_user_data(ctx.run_id, ctx.store.url, ctx.env, mode="bootstrap", generation=generation)
+    user_data = ec2.render_user_data(ctx.run_id, ctx.store.url, ctx.env, generation=generation)
     t_launch = time.monotonic()
     instance_id = ec2.launch(ctx.run_id, user_data, attempt=generation or 0)
     ctx.info["instance_id"] = instance_id

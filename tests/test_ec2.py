@@ -99,14 +99,10 @@ def test_when_launched_then_decoded_user_data_starts_with_hard_stop_and_runs_thi
     ec2.terminate(iid)
 
 
-def test_when_flow_run_or_worker_mode_then_user_data_runs_that_flow_run_or_a_one_shot_worker(aws_server, network):
-    ec2 = Ec2Compute(_cfg(network, work_pool="gpu-pool"), env="dev", cost_center="train", client=aws_server.client("ec2"))
-    flow_run = ec2.render_user_data("r1", "s3://b", flow_run_id="0b7c5a9e-1111-2222-3333-444455556666")
-    assert "prefect flow-run execute 0b7c5a9e-1111-2222-3333-444455556666" in flow_run
-    worker = ec2.render_user_data("r1", "s3://b", mode="worker")
-    assert "prefect worker start --pool gpu-pool --type process --run-once --limit 1" in worker
-    with pytest.raises(ConfigError, match="flow_run_id"):
-        ec2.render_user_data("r1", "s3://b", mode="flow-run")
+def test_when_user_data_gets_bad_names_or_hostile_values_then_it_refuses_or_quotes_them(aws_server, network):
+    ec2 = Ec2Compute(_cfg(network), env="dev", cost_center="train", client=aws_server.client("ec2"))
+    script = ec2.render_user_data("r1", "s3://b", generation=7)
+    assert "python -m chronos_flows.bootstrap --run-id r1 --store s3://b --env dev --generation 7" in script
     with pytest.raises(ConfigError, match="not a valid environment variable"):
         ec2.render_user_data("r1", "s3://b", extra_env={"BAD-NAME": "x"})
     with pytest.raises(ConfigError, match="not a valid id"):
@@ -184,20 +180,15 @@ def test_when_spot_then_instance_is_a_one_time_spot_instance(aws_server, network
 def test_when_terminated_twice_or_unknown_then_terminate_is_idempotent(aws_server, network):
     ec2 = Ec2Compute(_cfg(network), env=_env(), cost_center="train", client=aws_server.client("ec2"))
     iid = ec2.launch("run-t", "#!/bin/bash\n")
-    assert ec2.wait_until(iid, {"running"}, timeout=30, poll_seconds=0.2) == "running"
+    waiter = {"Delay": 1, "MaxAttempts": 30}  # boto3's own waiters
+    ec2.client.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=waiter)
+    assert ec2.describe(iid) == "running"
     assert ec2.terminate(iid) == "terminated"
-    assert ec2.wait_until(iid, {"terminated"}, timeout=30, poll_seconds=0.2) == "terminated"
+    ec2.client.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig=waiter)
+    assert ec2.describe(iid) == "terminated"
     assert ec2.terminate(iid) == "already_terminated"
     assert ec2.terminate("i-0123456789abcdef0") == "not_found"
     assert ec2.describe("i-0123456789abcdef0") is None
-
-
-def test_when_state_is_not_reached_in_time_then_wait_until_raises(aws_server, network):
-    ec2 = Ec2Compute(_cfg(network), env=_env(), cost_center="train", client=aws_server.client("ec2"))
-    iid = ec2.launch("run-w", "#!/bin/bash\n")
-    with pytest.raises(Ec2Error, match="expected one of"):
-        ec2.wait_until(iid, {"stopped"}, timeout=0.3, poll_seconds=0.1)
-    ec2.terminate(iid)
 
 
 def test_when_an_instance_is_left_over_then_list_active_and_verify_find_it_until_terminated(aws_server, network):
