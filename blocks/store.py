@@ -86,7 +86,45 @@ def _join(prefix: str, key: str) -> str:
 LOCK_STRIPES = 16
 
 
-class LocalStore:
+class _Folders:
+    """Folder transfer written once for both stores, over each store's one-file primitives
+    ``_upload(key, src)`` (atomic: the object appears only when complete) and ``_fetch(key, dest)``."""
+
+    def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
+        """Every file under ``local_dir`` to ``prefix/<relative path>``; returns the keys written."""
+        local_dir = Path(local_dir)
+        if not local_dir.is_dir():
+            raise BadInputError(f"cannot upload {local_dir}: not a directory")
+        written = []
+        for src in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            key = _join(prefix, src.relative_to(local_dir).as_posix())
+            self._upload(key, src)
+            written.append(key)
+        return written
+
+    def download_dir(self, prefix: str, local_dir: Path) -> list[Path]:
+        """Every object under ``prefix`` into ``local_dir`` (each file written whole, then renamed)."""
+        local_dir = Path(local_dir)
+        base = prefix.strip("/")
+        out = []
+        for key in self.list(base + "/" if base else ""):
+            rel = key[len(base) + 1 :] if base else key
+            if not rel or rel.endswith("/"):
+                continue
+            dest = local_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+            try:
+                self._fetch(key, tmp)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.replace(tmp, dest)
+            out.append(dest)
+        return out
+
+
+class LocalStore(_Folders):
     """A directory standing in for the bucket (same keys, same atomic/conditional protocol)."""
 
     def __init__(self, root: Path | str) -> None:
@@ -268,31 +306,14 @@ class LocalStore:
                     keys.append(key)
         return sorted(keys)
 
-    def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
-        local_dir = Path(local_dir)
-        if not local_dir.is_dir():
-            raise BadInputError(f"cannot upload {local_dir}: not a directory")
-        written = []
-        for src in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            key = _join(prefix, src.relative_to(local_dir).as_posix())
-            path = self._path(key)
-            try:
-                tmp = self._write_tmp(src=src)
-                with self._key_lock(key):
-                    self._replace(tmp, path)
-            except OSError as e:
-                raise self._wrap_os(key, e) from e
-            written.append(key)
-        return written
-
-    def put_file(self, key: str, src: Path) -> str:
-        """Atomically write the local file ``src`` to ``key``, streamed (never whole in memory): a
-        copy into a temporary file, then a rename over the key. Returns the content MD5 ETag."""
+    def _upload(self, key: str, src: Path, *, etag: bool = False) -> str | None:
+        """Copy ``src`` into a temporary file, rename it over the key; its MD5 ETag if asked."""
         path = self._path(key)
         tmp: Path | None = None
+        md5 = None
         try:
             tmp = self._write_tmp(src=Path(src))
-            etag = _md5_file(tmp)
+            md5 = _md5_file(tmp) if etag else None
             with self._key_lock(key):
                 self._replace(tmp, path)
         except OSError as e:
@@ -300,21 +321,15 @@ class LocalStore:
         finally:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
-        return etag
+        return md5
 
-    def download_dir(self, prefix: str, local_dir: Path) -> list[Path]:
-        local_dir = Path(local_dir)
-        base = prefix.strip("/")
-        out = []
-        for key in self.list(base + "/" if base else ""):
-            rel = key[len(base) + 1 :] if base else key
-            dest = local_dir / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-            shutil.copyfile(self._path(key), tmp)
-            os.replace(tmp, dest)
-            out.append(dest)
-        return out
+    def _fetch(self, key: str, dest: Path) -> None:
+        shutil.copyfile(self._path(key), dest)
+
+    def put_file(self, key: str, src: Path) -> str:
+        """Atomically write the local file ``src`` to ``key``, streamed (never whole in memory): a
+        copy into a temporary file, then a rename over the key. Returns the content MD5 ETag."""
+        return self._upload(key, src, etag=True)
 
     def uri(self, key: str) -> str:
         return self._path(key).as_uri()
@@ -384,7 +399,7 @@ def _tagging(key: str) -> dict[str, str]:
     return {"Tagging": tag} if tag else {}
 
 
-class S3Store:
+class S3Store(_Folders):
     """``s3://bucket/prefix`` with conditional writes (S3 ``IfNoneMatch`` / ``IfMatch``)."""
 
     def __init__(self, bucket: str, prefix: str = "", client=None, endpoint_url: str | None = None,
@@ -574,28 +589,7 @@ class S3Store:
             raise self._error(e, "ListObjectsV2", None) from e
         return sorted(keys)
 
-    def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-        from boto3.exceptions import S3UploadFailedError
-
-        local_dir = Path(local_dir)
-        if not local_dir.is_dir():
-            raise BadInputError(f"cannot upload {local_dir}: not a directory")
-        written = []
-        for src in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            key = _join(prefix, src.relative_to(local_dir).as_posix())
-            try:
-                self.client.upload_file(str(src), self.bucket, self._k(key), ExtraArgs=_tagging(key) or None)
-            except (ClientError, BotoCoreError) as e:
-                raise self._error(e, "PutObject", key) from e
-            except S3UploadFailedError as e:
-                raise StoreError(f"upload of {src} to s3://{self.bucket}/{self._k(key)} failed: {e}") from e
-            written.append(key)
-        return written
-
-    def put_file(self, key: str, src: Path) -> str:
-        """Write the local file ``src`` to ``key``, streamed by boto3's ``upload_file`` (multipart
-        for large files; the object appears only when complete). Returns the new ETag."""
+    def _upload(self, key: str, src: Path) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
         from boto3.exceptions import S3UploadFailedError
 
@@ -605,30 +599,21 @@ class S3Store:
             raise self._error(e, "PutObject", key) from e
         except S3UploadFailedError as e:
             raise StoreError(f"upload of {src} to s3://{self.bucket}/{self._k(key)} failed: {e}") from e
-        r = self._call("HeadObject", key, self.client.head_object, Bucket=self.bucket, Key=self._k(key))
-        return r["ETag"]
 
-    def download_dir(self, prefix: str, local_dir: Path) -> list[Path]:
+    def _fetch(self, key: str, dest: Path) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        local_dir = Path(local_dir)
-        base = prefix.strip("/")
-        out = []
-        for key in self.list(base + "/" if base else ""):
-            rel = key[len(base) + 1 :] if base else key
-            if not rel or rel.endswith("/"):
-                continue
-            dest = local_dir / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-            try:
-                self.client.download_file(self.bucket, self._k(key), str(tmp))
-            except (ClientError, BotoCoreError) as e:
-                tmp.unlink(missing_ok=True)
-                raise self._error(e, "GetObject", key) from e
-            os.replace(tmp, dest)
-            out.append(dest)
-        return out
+        try:
+            self.client.download_file(self.bucket, self._k(key), str(dest))
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, "GetObject", key) from e
+
+    def put_file(self, key: str, src: Path) -> str:
+        """Write the local file ``src`` to ``key``, streamed by boto3's ``upload_file`` (multipart
+        for large files; the object appears only when complete). Returns the new ETag."""
+        self._upload(key, src)
+        r = self._call("HeadObject", key, self.client.head_object, Bucket=self.bucket, Key=self._k(key))
+        return r["ETag"]
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._k(key)}"
