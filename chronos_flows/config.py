@@ -37,7 +37,7 @@ __all__ = [
     "RESUME_OVERRIDABLE", "AutoETSConfig", "ChronosConfig", "CleaningConfig", "ComputeConfig", "DataConfig",
     "Ec2Config", "EvaluationConfig", "ForecastParams", "LockConfig", "ProphetConfig", "ThetaConfig",
     "TrainingParams", "build_forecast_params", "build_params", "build_resume_params", "format_validation_error",
-    "parse_overrides", "resolve_data_path", "resolve_store_url",
+    "load_config_tree", "params_from_tree", "parse_overrides", "resolve_data_path", "resolve_store_url",
 ]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -147,28 +147,37 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_params(config_file: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainingParams:
-    """Load a YAML config (optional), apply ``--set`` overrides and explicit fields, validate."""
-    tree: dict[str, Any] = {}
-    if config_file:
-        path = Path(config_file)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections (data:, chronos:, …)")
-        tree = loaded
-    tree = _merge(tree, parse_overrides(overrides or []))
+def load_config_tree(config_file: str | Path | None) -> dict[str, Any]:
+    """The mapping a YAML config file holds ({} without a file); errors name the file and the fix."""
+    if not config_file:
+        return {}
+    path = Path(config_file)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data:, chronos:, …)")
+    return loaded
+
+
+def params_from_tree(tree: dict[str, Any], source: str | Path | None = None, **fields: Any) -> TrainingParams:
+    """Validate a config mapping (plus explicit ``fields``) as TrainingParams; errors name ``source``."""
     tree = _merge(tree, {k: v for k, v in fields.items() if v is not None})
     try:
         return TrainingParams.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, config_file)) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def build_params(config_file: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainingParams:
+    """Load a YAML config (optional), apply ``--set`` overrides and explicit fields, validate."""
+    tree = _merge(load_config_tree(config_file), parse_overrides(overrides or []))
+    return params_from_tree(tree, config_file, **fields)
 
 
 def format_validation_error(exc: ValidationError, source: str | Path | None = None) -> str:

@@ -111,35 +111,14 @@ def build_tuning_params(config_file: str | Path | None = None, overrides: list[s
     """A tuning config file: the training sections as for ``chronos-flows run`` (data:, chronos:, …)
     plus a ``tuning:`` section (search_space, budget, study, seed, enqueue, final_run). ``--set``
     overrides reach both (``--set tuning.budget.max_trials=4``). Errors name the field (exit 2)."""
-    from chronos_flows.config import build_params, parse_overrides
+    from chronos_flows.config import load_config_tree, parse_overrides, params_from_tree
 
-    tree: dict[str, Any] = {}
-    if config_file:
-        path = Path(config_file)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections (data:, chronos:, tuning:, …)")
-        tree = loaded or {}
-    tree = _merge(tree, parse_overrides(overrides or []))
+    tree = _merge(load_config_tree(config_file), parse_overrides(overrides or []))
     tuning = tree.pop("tuning", None) or {}
     if not isinstance(tuning, dict):
         raise ConfigError(f"the tuning: section{f' of {config_file}' if config_file else ''} must be a mapping "
                           "(search_space:, budget:, …)")
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        yaml.safe_dump(tree, fh)
-    try:
-        training = build_params(fh.name, None, **training_fields)
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace(fh.name, str(config_file or "the settings"))) from None
-    finally:
-        Path(fh.name).unlink(missing_ok=True)
+    training = params_from_tree(tree, config_file, **training_fields)
     try:
         params = TuningParams.model_validate({**tuning, "training": training})
     except ValidationError as exc:
