@@ -272,7 +272,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     The settings and the search space are checked before Prefect starts (exit 2 naming the parameter)."""
     _embedded_prefect_defaults()
     from blocks.store import open_store
-    from chronos_flows.tuning import build_tuning_params
+    from chronos_flows.tuning import build_tuning_params, with_updates
 
     params = build_tuning_params(args.config, args.set, store=args.store, env=args.env)
     updates: dict[str, Any] = {}
@@ -280,8 +280,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         updates["study"] = args.study
     if args.final_run:
         updates["final_run"] = True
-    if updates:
-        params = params.model_copy(update=updates)
+    params = with_updates(params, **updates)  # validated: a --study name becomes a store path
     store = open_store(params.training.store_url())
     _flush_pending(store)
     preflight_data(params.training)

@@ -132,6 +132,17 @@ def build_tuning_params(config_file: str | Path | None = None, overrides: list[s
     return params
 
 
+def with_updates(params: TuningParams, **updates: Any) -> TuningParams:
+    """``params`` with top-level ``updates`` (e.g. the CLI's ``--study``), validated like the file."""
+    if not updates:
+        return params
+    try:
+        return TuningParams.model_validate({**params.model_dump(mode="json"), **updates})
+    except ValidationError as exc:
+        lines = ["invalid tuning settings:"] + [f"  tuning.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
 # ------------------------------------------------------------------------------------------ space
 
 

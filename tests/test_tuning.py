@@ -64,6 +64,16 @@ def test_when_tune_gets_an_invalid_space_then_it_exits_2_with_one_line_and_write
     assert not store.exists() or not any(store.rglob("*.json"))
 
 
+def test_when_the_study_name_is_not_a_plain_name_then_tune_exits_2_and_writes_nothing(tmp_path):
+    cfg = tuning_file(tmp_path, {})
+    store = tmp_path / "store"
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "tune", "--config", str(cfg), "--store", str(store),
+                           "--study", "../../escape"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "tuning.study" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert not store.exists() or not any(store.rglob("*.json"))
+
+
 STUDY = {
     "search_space": {"chronos.learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}},
     "budget": {"max_trials": 4, "max_parallel": 2},
