@@ -63,7 +63,9 @@ def _resume_params(args: argparse.Namespace):
     run_id = f"{args.resume}-resume-{len(earlier) + 1}"
     params = build_resume_params(log.params, getattr(args, "set", None) or [], run_id=run_id, resume_from=args.resume)
     if args.store or args.env:
-        params = params.model_copy(update={k: v for k, v in (("store", args.store), ("env", args.env)) if v})
+        from chronos_flows.config import params_from_tree
+
+        params = params_from_tree(params.model_dump(mode="json"), "--store/--env", store=args.store, env=args.env)
     return params, store
 
 
