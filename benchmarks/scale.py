@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     from prefect import flow
 
     from chronos_flows.config import build_params
-    from tasks.evaluate import backtest_baseline, baseline_runner
+    from tasks.evaluate import backtest_baseline
+    from tasks.runners import chunk_runner as baseline_runner
     from tasks.state import RunContext
 
     # the panel is handed over as a file, outside the flow's parameters (the API caps their size) and

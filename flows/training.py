@@ -17,7 +17,8 @@ from flows.lifecycle import LockedRun, Phases, refused
 from tasks.cleanup import release_after_abort
 from tasks.common import cache_mode, quiet_routine_task_logs
 from tasks.data import clean_data, ingest, sync_data
-from tasks.evaluate import backtest_baseline, baseline_runner, evaluate, finalize_results, load_champion
+from tasks.evaluate import backtest_baseline, evaluate, finalize_results, load_champion
+from tasks.runners import chunk_runner
 from tasks.state import check_lock, open_run_store, set_status
 from tasks.train import train_chronos
 
@@ -61,7 +62,7 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
         baselines = {}
         families = [f for f in ("autoets", "theta", "prophet") if f in params.evaluation.baselines]
         if families:
-            with baseline_runner(params.compute) as runner:  # chunks of series as tasks: local or Dask
+            with chunk_runner(params.compute) as runner:  # chunks of series as tasks: local or Dask
                 for family in families:
                     with phases(family):
                         baselines[family], results[family] = backtest_baseline(ctx, family, cleaned, freq, report.season_length, runner)

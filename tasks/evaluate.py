@@ -9,11 +9,10 @@ from typing import Any
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner
 
 from chronos_flows import layout, runlog
 from chronos_flows.cleaning import CleaningReport
-from chronos_flows.config import ComputeConfig
 from chronos_flows.evaluation import BacktestResult, merge_results, run_backtest, write_outputs
 from chronos_flows.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
 from chronos_flows.models.base import Forecaster
@@ -59,19 +58,6 @@ def backtest_chunk_task(family: str, config: dict, chunk: pd.DataFrame, windows:
     """Backtest local ``family`` on one chunk of series (in the flow's process or on a Dask worker);
     cached, so a run on unchanged data does not refit it."""
     return backtest_chunk(family, config, chunk, windows, n_jobs=n_jobs)
-
-
-def baseline_runner(compute: ComputeConfig) -> TaskRunner:
-    """The task runner of the baselines' chunks: ``local`` runs them one after another (each fits
-    its series in the family's process pool), ``dask`` on a Dask cluster via prefect-dask."""
-    if compute.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if compute.dask_address:
-            return DaskTaskRunner(address=compute.dask_address)
-        return DaskTaskRunner(cluster_class=compute.dask_cluster_class or "distributed.LocalCluster",
-                              cluster_kwargs=dict(compute.dask_cluster_kwargs))
-    return ThreadPoolTaskRunner(max_workers=1)
 
 
 def backtest_baseline(

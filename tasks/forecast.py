@@ -30,7 +30,7 @@ from chronos_flows.forecasting import (
     plot_forecast_png,
     resolve_inputs,
 )
-from chronos_flows.ingest import fingerprint, load_dataset, to_parquet_bytes
+from chronos_flows.ingest import fingerprint, load_dataset
 from chronos_flows.registry import read_champion
 from chronos_flows.store import ObjectStore
 from tasks.common import RETRY_DELAYS, Progress, image_markdown, logger, markdown_artifact, retry_transient, table_artifact

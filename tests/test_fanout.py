@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from chronos_flows.config import QUANTILES, build_params
 from chronos_flows.evaluation import run_backtest
@@ -67,7 +66,8 @@ def _run_baselines(params, df):
     """The flow's baseline step (tasks.evaluate.backtest_baseline on the configured runner) inside a flow."""
     from prefect import flow
 
-    from tasks.evaluate import backtest_baseline, baseline_runner
+    from tasks.evaluate import backtest_baseline
+    from tasks.runners import chunk_runner as baseline_runner
     from tasks.state import RunContext
 
     @flow(name="fanout-test", persist_result=False)
