@@ -9,7 +9,9 @@ Prints:
    ratio (ours / bare) measured in this one run; best of ``--repeat``. Ours starts from the long
    frame (one pass to find each series' rows — no sort or copy of a grouped, time-sorted panel —
    then one output frame per chunk); the bare loop starts from ready tensors, so with the ``tiny``
-   model (~0.1 ms per series) that fixed work shows. Ratios move by ±0.1 on a busy machine:
+   model (~0.1 ms per series) that fixed work shows. Also upstream ``predict_df`` chunk by chunk
+   from the same long frame (what the batch path would call if it did not build frames itself;
+   tests/test_predict_df.py checks both give the same forecasts). Ratios move by ±0.1 on a busy machine:
    compare on a quiet one.
 2. Peak RSS of the process after the Chronos part.
 3. AutoETS and Prophet series/s with 1 and 2 processes on a smaller panel (``--local-series``).
@@ -91,16 +93,30 @@ def chronos_part(args) -> None:
             assert sum(rows) == args.series * args.horizon
             return took
 
+        # upstream's own frame builder, from the same long frame, chunk by chunk (what ours replaces)
+        long = df.rename(columns={ID: "item_id", TIME: "timestamp", TARGET: "target"})
+        ids = long["item_id"].unique()
+
+        def predict_df() -> float:
+            t0 = time.perf_counter()
+            for s in range(0, len(ids), args.chunk):
+                part = long[long["item_id"].isin(ids[s:s + args.chunk])]
+                pipe.predict_df(part, prediction_length=args.horizon, quantile_levels=list(Q), batch_size=batch, freq="W-MON")
+            return time.perf_counter() - t0
+
         bare()  # warm-up
-        t_bare, t_ours = [], []
-        for _ in range(args.repeat):  # interleaved, so both see the same machine state
+        t_bare, t_ours, t_df = [], [], []
+        for _ in range(args.repeat):  # interleaved, so all see the same machine state
             t_bare.append(bare())
             t_ours.append(ours())
-    b, o = min(t_bare), min(t_ours)
+            t_df.append(predict_df())
+    b, o, d = min(t_bare), min(t_ours), min(t_df)
     print(f"chronos-2 {args.size} (random init), {args.series} series × context {args.context} → horizon {args.horizon}, chunk {args.chunk}, batch {batch}")
     print(f"  bare upstream predict_quantiles loop: {args.series / b:8.0f} series/s  ({b:.2f} s, best of {args.repeat})")
     print(f"  chronos-flows forecast_panel:         {args.series / o:8.0f} series/s  ({o:.2f} s, best of {args.repeat})")
+    print(f"  upstream predict_df per chunk:        {args.series / d:8.0f} series/s  ({d:.2f} s, best of {args.repeat})")
     print(f"  ratio ours / bare: {b / o:.2f} (median-based {np.median(t_bare) / np.median(t_ours):.2f})")
+    print(f"  ratio ours / predict_df: {d / o:.2f} (median-based {np.median(t_df) / np.median(t_ours):.2f})")
     print(f"  peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
