@@ -252,17 +252,21 @@ class LocalStore(_Folders):
             tmp = self._write_tmp(data)
             try:
                 with self._key_lock(key):
-                    current = self._current_etag(path)
-                    if current is None:
-                        raise PreconditionFailed(f"{self.uri(key)} does not exist (expected ETag {etag})")
-                    if current != etag:
-                        raise PreconditionFailed(f"{self.uri(key)} changed (ETag {current}, expected {etag})")
+                    self._require_etag(key, path, etag)
                     self._replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
         except OSError as e:
             raise self._wrap_os(key, e) from e
         return _md5(data)
+
+    def _require_etag(self, key: str, path: Path, etag: str) -> None:
+        """Under the key's lock: the file exists with ETag ``etag``, else :class:`PreconditionFailed`."""
+        current = self._current_etag(path)
+        if current is None:
+            raise PreconditionFailed(f"{self.uri(key)} does not exist (expected ETag {etag})")
+        if current != etag:
+            raise PreconditionFailed(f"{self.uri(key)} changed (ETag {current}, expected {etag})")
 
     def delete(self, key: str) -> bool:
         path = self._path(key)
@@ -277,11 +281,7 @@ class LocalStore(_Folders):
     def delete_if_match(self, key: str, etag: str) -> None:
         path = self._path(key)
         with self._key_lock(key):
-            current = self._current_etag(path)
-            if current is None:
-                raise PreconditionFailed(f"{self.uri(key)} does not exist (expected ETag {etag})")
-            if current != etag:
-                raise PreconditionFailed(f"{self.uri(key)} changed (ETag {current}, expected {etag})")
+            self._require_etag(key, path, etag)
             path.unlink()
             self._fsync_dir(path.parent)
 
