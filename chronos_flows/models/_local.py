@@ -129,21 +129,46 @@ def check_season_and_jobs(label: str, season_length: Any, n_jobs: Any) -> int:
 class StatsForecastForecaster(Forecaster):
     """A statsforecast model fitted per series in ``n_jobs`` processes; subclasses set ``label``
     (used in messages), ``fit_one`` (a module-level ``fn(uid, ds, y, horizon, quantiles, settings)``)
-    and :meth:`settings`. A series whose fit fails is left out of the frame and recorded in
-    ``last_failures``; ``last_seconds`` is the wall time of the last call."""
+    and ``defaults`` (their settings besides ``season_length``, with the value an absent one takes),
+    and validate those in ``__init__``. A series whose fit fails is left out of the frame and
+    recorded in ``last_failures``; ``last_seconds`` is the wall time of the last call."""
 
     label = "statsforecast"
     fit_one: Callable[..., tuple[str, np.ndarray | None, str | None]]
+    #: the model's own settings besides ``season_length`` and their defaults (attributes of the instance)
+    defaults: Mapping[str, Any] = {}
 
-    def __init__(self, n_jobs: int, progress: Progress | None) -> None:
+    def __init__(self, season_length: Any, n_jobs: int, progress: Progress | None) -> None:
+        self.season_length = check_season_and_jobs(self.label, season_length, n_jobs)
         self.n_jobs = int(n_jobs)
         self.progress = progress
         self.last_failures: dict[str, str] = {}
         #: Wall-clock seconds of the last predict call (fit + forecast of every series).
         self.last_seconds: float = 0.0
 
-    def settings(self) -> dict[str, Any]:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+    @classmethod
+    def setting_keys(cls) -> tuple[str, ...]:
+        return ("season_length", *cls.defaults)
+
+    def settings(self) -> dict[str, Any]:
+        """The configuration that determines the forecasts (JSON-able); runtime options
+        (``n_jobs``, ``progress``) are not part of it."""
+        return {key: getattr(self, key) for key in self.setting_keys()}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], **runtime: Any) -> "StatsForecastForecaster":
+        """Re-create a forecaster from :meth:`settings` output (absent keys take ``defaults``);
+        ``runtime`` passes ``n_jobs`` / ``progress``."""
+        unknown = sorted(set(settings) - set(cls.setting_keys()))
+        if unknown:
+            raise BadInputError(f"unknown {cls.label} setting(s) {unknown}; expected {list(cls.setting_keys())}")
+        if "season_length" not in settings:
+            raise BadInputError(f"{cls.label} settings need season_length; got {dict(settings)}")
+        return cls(settings["season_length"], **{k: settings.get(k, d) for k, d in cls.defaults.items()}, **runtime)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({fields}, n_jobs={self.n_jobs})"
 
     def predict(self, context: pd.DataFrame, horizon: int, freq: str,
                 quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.DataFrame:

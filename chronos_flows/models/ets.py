@@ -41,13 +41,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from chronos_flows.errors import BadInputError
-from chronos_flows.models._local import StatsForecastForecaster, check_season_and_jobs, interval_key, statsforecast_one
+from chronos_flows.models._local import StatsForecastForecaster, interval_key, statsforecast_one
 from chronos_flows.models._parallel import Progress
 
 __all__ = ["AutoETSForecaster", "SETTING_KEYS", "fit_predict_one", "interval_key"]
 
-#: Keys of :meth:`AutoETSForecaster.settings` (what :meth:`AutoETSForecaster.from_settings` accepts).
-SETTING_KEYS = ("season_length", "model", "damped")
 
 
 def fit_predict_one(
@@ -87,6 +85,7 @@ class AutoETSForecaster(StatsForecastForecaster):
     name = "autoets"
     label = "AutoETS"
     fit_one = staticmethod(fit_predict_one)
+    defaults = {"model": "ZZZ", "damped": None}
 
     def __init__(
         self,
@@ -97,36 +96,11 @@ class AutoETSForecaster(StatsForecastForecaster):
         model: str = "ZZZ",
         damped: bool | None = None,
     ):
-        season_length = check_season_and_jobs("AutoETS", season_length, n_jobs)
+        super().__init__(season_length, n_jobs, progress)
         _check_model(model, damped)
-        super().__init__(n_jobs, progress)
-        self.season_length = season_length
         self.model = str(model).upper()
         self.damped = None if damped is None else bool(damped)
 
-    def __repr__(self) -> str:
-        return (
-            f"AutoETSForecaster(season_length={self.season_length}, model={self.model!r}, "
-            f"damped={self.damped}, n_jobs={self.n_jobs})"
-        )
 
-    def settings(self) -> dict[str, Any]:
-        """The configuration that determines the forecasts (JSON-able): ``season_length``,
-        ``model``, ``damped``. Runtime options (``n_jobs``, ``progress``) are not part of it."""
-        return {"season_length": self.season_length, "model": self.model, "damped": self.damped}
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], **runtime: Any) -> "AutoETSForecaster":
-        """Re-create a forecaster from :meth:`settings` output; ``runtime`` passes ``n_jobs`` /
-        ``progress``. ``model`` and ``damped`` default to ``"ZZZ"`` / ``None`` when absent."""
-        unknown = sorted(set(settings) - set(SETTING_KEYS))
-        if unknown:
-            raise BadInputError(f"unknown AutoETS setting(s) {unknown}; expected {list(SETTING_KEYS)}")
-        if "season_length" not in settings:
-            raise BadInputError(f"AutoETS settings need season_length; got {dict(settings)}")
-        return cls(
-            settings["season_length"],
-            model=settings.get("model", "ZZZ"),
-            damped=settings.get("damped"),
-            **runtime,
-        )
+#: Keys of :meth:`AutoETSForecaster.settings` (what :meth:`AutoETSForecaster.from_settings` accepts).
+SETTING_KEYS = AutoETSForecaster.setting_keys()

@@ -36,11 +36,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from chronos_flows.errors import BadInputError
-from chronos_flows.models._local import StatsForecastForecaster, check_season_and_jobs, statsforecast_one
+from chronos_flows.models._local import StatsForecastForecaster, statsforecast_one
 from chronos_flows.models._parallel import Progress
 
-#: Keys of :meth:`AutoThetaForecaster.settings` (what :meth:`AutoThetaForecaster.from_settings` accepts).
-SETTING_KEYS = ("season_length", "decomposition_type", "model")
 THETA_MODELS = ("STM", "OTM", "DSTM", "DOTM")
 DECOMPOSITIONS = ("multiplicative", "additive")
 
@@ -69,6 +67,7 @@ class AutoThetaForecaster(StatsForecastForecaster):
     name = "theta"
     label = "Theta"
     fit_one = staticmethod(fit_predict_one)
+    defaults = {"decomposition_type": "multiplicative", "model": None}
 
     def __init__(
         self,
@@ -79,37 +78,14 @@ class AutoThetaForecaster(StatsForecastForecaster):
         decomposition_type: str = "multiplicative",
         model: str | None = None,
     ):
-        season_length = check_season_and_jobs("Theta", season_length, n_jobs)
+        super().__init__(season_length, n_jobs, progress)
         if decomposition_type not in DECOMPOSITIONS:
             raise BadInputError(f"Theta decomposition_type must be one of {list(DECOMPOSITIONS)}, got {decomposition_type!r}")
         if model is not None and str(model).upper() not in THETA_MODELS:
             raise BadInputError(f"Theta model must be one of {list(THETA_MODELS)} or null (choose), got {model!r}")
-        super().__init__(n_jobs, progress)
-        self.season_length = season_length
         self.decomposition_type = str(decomposition_type)
         self.model = None if model is None else str(model).upper()
 
-    def __repr__(self) -> str:
-        return (
-            f"AutoThetaForecaster(season_length={self.season_length}, decomposition_type={self.decomposition_type!r}, "
-            f"model={self.model!r}, n_jobs={self.n_jobs})"
-        )
 
-    def settings(self) -> dict[str, Any]:
-        """The configuration that determines the forecasts (JSON-able); runtime options are not part of it."""
-        return {"season_length": self.season_length, "decomposition_type": self.decomposition_type, "model": self.model}
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], **runtime: Any) -> "AutoThetaForecaster":
-        """Re-create a forecaster from :meth:`settings` output; ``runtime`` passes ``n_jobs`` / ``progress``."""
-        unknown = sorted(set(settings) - set(SETTING_KEYS))
-        if unknown:
-            raise BadInputError(f"unknown Theta setting(s) {unknown}; expected {list(SETTING_KEYS)}")
-        if "season_length" not in settings:
-            raise BadInputError(f"Theta settings need season_length; got {dict(settings)}")
-        return cls(
-            settings["season_length"],
-            decomposition_type=settings.get("decomposition_type", "multiplicative"),
-            model=settings.get("model"),
-            **runtime,
-        )
+#: Keys of :meth:`AutoThetaForecaster.settings` (what :meth:`AutoThetaForecaster.from_settings` accepts).
+SETTING_KEYS = AutoThetaForecaster.setting_keys()
