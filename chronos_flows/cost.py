@@ -95,3 +95,9 @@ def estimate_run_cost(ec2_cfg: Any, hours: float, backend: str = "ec2") -> dict[
     return estimate_cost(
         ec2_cfg.instance_type, hours, dict(ec2_cfg.hourly_prices), volume_gb=ec2_cfg.volume_size_gb, spot=ec2_cfg.spot
     )
+
+
+def run_cost(compute: Any, instance_seconds: float | None) -> dict[str, Any]:
+    """The estimate for a run with ``compute`` settings whose instance ran ``instance_seconds``
+    (None or 0: none ran, e.g. the local backend)."""
+    return estimate_run_cost(compute.ec2, float(instance_seconds or 0.0) / 3600.0, compute.backend)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -11,14 +10,16 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.task_runners import TaskRunner
 
-from chronos_flows import layout, runlog
+from chronos_flows import layout
 from chronos_flows.cleaning import CleaningReport
 from chronos_flows.evaluation import BacktestResult, merge_results, run_backtest, write_outputs
 from chronos_flows.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
 from chronos_flows.models.base import Forecaster
 from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.seasonal_naive import SeasonalNaive
-from chronos_flows.registry import decide_champion, promote_outcome, read_champion
+from chronos_flows.promotion import Promotion, leaderboard_records, promote_run
+from chronos_flows.records import BaselineRecord, ChampionInRun, DataSync, RunSpec, TrainedChronos
+from chronos_flows.registry import read_champion
 from chronos_flows.splits import backtest_windows, ensemble_fit_windows
 from tasks.common import (
     CACHE_EXPIRATION, Progress, RETRY_DELAYS, cache_mode, embed_images, image_artifact, logger, markdown_artifact, retry_transient, table_artifact,
@@ -97,17 +98,6 @@ def backtest_baseline(
                     "chunks": len(chunks), "cached_chunks": cached}
 
 
-@dataclass
-class ChampionInRun:
-    """The current champion as this run sees it."""
-
-    doc: dict | None = None
-    #: a forecaster to backtest as ``champion`` on this run's windows (None: see ``same_as``)
-    model: Forecaster | None = None
-    #: the candidate of this run that *is* the champion (same local family, same config)
-    same_as: str | None = None
-
-
 @task(name="load-champion", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
 def load_champion(ctx: RunContext, season: int) -> ChampionInRun:
     """The current champion's document and, when it can be re-created, the model itself, so it is
@@ -183,8 +173,7 @@ def evaluate(
     prefix = layout.evaluation_prefix(ctx.env, ctx.run_id)
     ctx.store.upload_dir(out, prefix)
 
-    board = result.leaderboard.reset_index()
-    table_artifact(f"leaderboard-{ctx.run_id}", _records(board), f"Backtest leaderboard of run {ctx.run_id}")
+    table_artifact(f"leaderboard-{ctx.run_id}", leaderboard_records(result), f"Backtest leaderboard of run {ctx.run_id}")
     # The UI cannot open store paths: the report's plots (relative paths in the stored report.md)
     # and each plot artifact carry the PNG itself as a data URI.
     plots = {name: path for name, path in paths.items() if name.startswith("plot_")}
@@ -205,123 +194,27 @@ def evaluate(
     return result
 
 
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for row in df.to_dict(orient="records"):
-        out.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
-    return out
-
-
-def _candidates(ctx: RunContext, result: BacktestResult) -> dict[str, dict[str, float]]:
-    """This run's champion candidates, in the order ties are broken: Chronos, then the baselines."""
-    names = ["chronos", *ctx.params.evaluation.baselines, "ensemble"]
-    return {n: result.scores(n) for n in names if n in result.leaderboard.index}
-
-
 @task(name="results-sync", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
 def finalize_results(
     ctx: RunContext, result: BacktestResult, results: dict[str, Any], report: CleaningReport, champion: ChampionInRun | None = None
 ) -> dict[str, Any]:
-    """Champion decision over every family (compare-and-swap), cost estimate and model_metadata.json."""
-    ev = ctx.params.evaluation
-    board = _records(result.leaderboard.reset_index())
-    candidates = _candidates(ctx, result)
-    current, etag = read_champion(ctx.store, ctx.env)
-    champion_scores = None
-    seen = champion.doc if champion is not None else None
-    if current is not None and seen is not None and current.get("write_id") == seen.get("write_id"):
-        # re-scored on this run's windows: compare like with like
-        if "champion" in result.leaderboard.index:
-            champion_scores = result.scores("champion")
-        elif champion.same_as and champion.same_as in result.leaderboard.index:
-            champion_scores = result.scores(champion.same_as)
-    decision = decide_champion(candidates, current, champion_scores=champion_scores, gate_metric=ev.gate_metric, margin=ev.promotion_margin)
-    winner = decision.best
-    judged_on = {
-        "data_fingerprint": results["data"]["cleaned_fingerprint"],
-        "raw_fingerprint": results["data"]["raw_fingerprint"],
-        "dataset_uri": results["data"]["dataset_uri"],
-        "source": results["data"]["source"],
-        "freq": report.freq,
-        "season_length": report.season_length,
-        "horizon": ev.horizon,
-        "n_windows": ev.n_windows,
-        "quantiles": list(ev.quantiles),
-        "n_series": result.settings.get("n_series"),
-        "data": ctx.params.data.model_dump(mode="json"),
-        "cleaning": ctx.params.cleaning.model_dump(mode="json"),
-        "data_warnings": list(report.warnings),
-    }
-    entry: dict[str, Any] = {"run_id": ctx.run_id, "family": winner, "judged_on": judged_on}
-    registry_prefix = layout.registry_model_prefix(ctx.env, ctx.run_id, "chronos")
-    if winner == "chronos":
-        entry.update(
-            model_uri=ctx.store.uri(registry_prefix),
-            run_model_uri=results["chronos"]["uri"],
-            config={"chronos_family": ctx.params.chronos.family, **ctx.params.chronos.model_dump(mode="json")},
-        )
-    elif winner == "ensemble":
-        from chronos_flows.models.ensemble import champion_config
+    """Champion decision over every family (compare-and-swap), cost estimate and model_metadata.json
+    (:func:`chronos_flows.promotion.promote_run`); the decision as an artifact."""
+    spec = RunSpec(ctx.params, ctx.store, ctx.run_id, ctx.workdir)
+    baselines = {b: BaselineRecord(family=b, result=None, **results[b]) for b in ("autoets", "theta", "prophet") if b in results}
+    done = promote_run(spec, result, report, DataSync(**results["data"]), TrainedChronos(model=None, info=results["chronos"]),
+                       baselines, champion, guard=lambda: ctx.handle and ctx.handle.check())
+    _publish_decision(ctx.run_id, done)
+    return done.to_dict()
 
-        fit = result.settings["ensemble"]
-        configs = {m: baseline_config(ctx.params, m, report.season_length) for m in fit["members"] if m != "chronos"}
-        configs["chronos"] = {"chronos_family": ctx.params.chronos.family, **ctx.params.chronos.model_dump(mode="json"),
-                              "model_uri": ctx.store.uri(registry_prefix)}
-        entry["config"] = champion_config(fit, configs)
-        entry["weights"] = {m["family"]: m["weight"] for m in entry["config"]["members"]}
-    elif winner is not None:
-        entry["config"] = baseline_config(ctx.params, winner, report.season_length)
-    ctx.handle and ctx.handle.check()
-    winner_needs_chronos = winner == "chronos" or (winner == "ensemble" and "chronos" in entry["weights"])
-    if decision.promoted and winner_needs_chronos:
-        # the pointer must never dangle: copy first, then swap champion.json
-        ctx.store.upload_dir(ctx.workdir / "models" / "chronos", registry_prefix)
-    if winner is None:
-        outcome_promoted, final = False, decision
-    else:
-        outcome = promote_outcome(ctx.store, ctx.env, entry, decision, etag)
-        outcome_promoted, final = outcome.promoted, outcome.decision
-    if decision.promoted and winner_needs_chronos and not outcome_promoted:  # lost a race against a better model
-        for key in ctx.store.list(registry_prefix + "/"):
-            ctx.store.delete(key)
-    promotion = {**final.to_dict(), "promoted": outcome_promoted, "family": winner if outcome_promoted else final.champion_family}
-    if report.warnings:  # a champion judged on heavily repaired data is never promoted silently
-        promotion["reason"] = final.reason + " — DATA WARNING: " + "; ".join(report.warnings)
-        promotion["data_warnings"] = list(report.warnings)
-    logger().info("champion: %s", promotion["reason"])
 
-    from chronos_flows.cost import estimate_run_cost
-
-    hours = results.get("chronos", {}).get("instance_seconds", 0.0) / 3600.0
-    cost = estimate_run_cost(ctx.params.compute.ec2, hours, ctx.params.compute.backend)
-    md = runlog.ModelMetadata(
-        run_id=ctx.run_id,
-        env=ctx.env,
-        params=ctx.params.model_dump(mode="json"),
-        data_fingerprint=results["data"]["cleaned_fingerprint"],
-        models={
-            "chronos": results["chronos"],
-            **{b: {k: v for k, v in (results.get(b) or {}).items()} for b in ("autoets", "theta", "prophet") if b in results},
-            "seasonal_naive": {"config": {"season_length": report.season_length}},
-            **({"ensemble": result.settings["ensemble"]} if result.settings.get("ensemble") else {}),
-        },
-        leaderboard=board,
-        promotion=promotion,
-        extra={
-            "dataset": results["data"],
-            "cleaning": report.to_dict(),
-            "backtest": result.settings,
-            "timings": result.timings,
-            "failures": result.failures,
-            "cost_estimate": cost,
-        },
-    )
-    runlog.save_model_metadata(ctx.store, md)
+def _publish_decision(run_id: str, done: Promotion) -> None:
+    final = done.decision
+    logger().info("champion: %s", done.promotion["reason"])
     rows = "\n".join(f"| {n} | {v:.4g} |" for n, v in final.candidate_scores.items())
     markdown_artifact(
-        f"champion-decision-{ctx.run_id}",
-        f"## Champion decision\n\n**{'PROMOTED' if outcome_promoted else 'kept'}** — {promotion['reason']}\n\n"
+        f"champion-decision-{run_id}",
+        f"## Champion decision\n\n**{'PROMOTED' if done.promoted else 'kept'}** — {done.promotion['reason']}\n\n"
         f"| candidate | {final.gate_metric} |\n|---|---|\n{rows}\n",
         "Champion decision",
     )
-    return {"leaderboard": board, "promotion": promotion, "cost": cost}
