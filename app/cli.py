@@ -243,6 +243,12 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     from tasks.forecast import load_forecast_data
 
     params = _forecast_params(args)
+    if params.compute.task_runner == "dask":
+        import importlib.util
+
+        if importlib.util.find_spec("prefect_dask") is None:
+            raise BadInputError("compute.task_runner=dask needs prefect-dask: pip install prefect-dask, "
+                                "or forecast with compute.task_runner=local")
     store = open_store(params.store_url())
     _flush_pending(store)
     champion, _ = read_champion(store, params.env)
@@ -590,7 +596,9 @@ def _add_forecast(sub) -> None:
     f.add_argument("--config", help="YAML file with the forecast parameters (data:, cleaning:, horizon:, …)")
     f.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
     f.add_argument("--env", help="environment whose champion forecasts (default dev)")
-    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. data.layout=wide or chunk_size=500")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. data.layout=wide, chunk_size=500, or compute.task_runner=dask with "
+                   "compute.dask_address=tcp://HOST:8786 (or compute.dask_cluster_class/compute.dask_cluster_kwargs)")
     f.add_argument("--json", action="store_true", help="print forecast.json instead of the summary")
     f.set_defaults(func=cmd_forecast)
 

@@ -25,6 +25,7 @@ from chronos_flows.config_sections import (
     DataConfig,
     Ec2Config,
     EvaluationConfig,
+    ForecastComputeConfig,
     LockConfig,
     ProphetConfig,
     ThetaConfig,
@@ -35,7 +36,7 @@ from chronos_flows.errors import ConfigError
 __all__ = [
     "BASELINES", "DEFAULT_DATA", "DEFAULT_DATA_RELATIVE", "DEFAULT_STORE_DIR", "QUANTILES", "REPO_ROOT",
     "RESUME_OVERRIDABLE", "AutoETSConfig", "ChronosConfig", "CleaningConfig", "ComputeConfig", "DataConfig",
-    "Ec2Config", "EvaluationConfig", "ForecastParams", "LockConfig", "ProphetConfig", "ThetaConfig",
+    "Ec2Config", "EvaluationConfig", "ForecastComputeConfig", "ForecastParams", "LockConfig", "ProphetConfig", "ThetaConfig",
     "TrainingParams", "build_forecast_params", "build_params", "build_resume_params", "format_validation_error",
     "load_config_tree", "params_from_tree", "parse_overrides", "resolve_data_path", "resolve_store_url",
 ]  # fmt: skip
@@ -219,10 +220,20 @@ class ForecastParams(_Frozen):
     quantiles: Optional[tuple[float, ...]] = Field(
         None, title="Quantile levels", description="Quantile levels written beside the mean. Empty: the levels the champion was judged on."
     )
-    chunk_size: int = Field(1000, ge=1, title="Series per chunk", description="Series per model call; bounds peak memory on large panels.")
-    n_jobs: int = Field(2, ge=1, title="Parallel processes", description="Parallel processes for local families (AutoETS, Prophet).")
+    chunk_size: int = Field(
+        1000, ge=1, title="Series per chunk",
+        description="Series per forecast-chunk task and model call (the unit of fan-out); bounds peak memory on large panels.",
+    )
+    n_jobs: int = Field(
+        2, ge=1, title="Parallel processes",
+        description="Parallel processes for local families (AutoETS, Theta, Prophet) with the local task runner; "
+        "on Dask each worker forecasts its chunk in 1 process (the chunks are the parallelism).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of a Chronos champion: 'auto' uses CUDA when present.")
     plot_series: int = Field(3, ge=0, title="Series plotted", description="Series plotted (history, forecast and 80% interval) as Prefect artifacts.")
+    compute: ForecastComputeConfig = Field(
+        default_factory=ForecastComputeConfig, title="Compute", description=ForecastComputeConfig.__doc__
+    )
 
     @field_validator("quantiles")
     @classmethod

@@ -1,5 +1,5 @@
 """The sections of the flows' parameters: one frozen model per topic (data, cleaning, Chronos, each
-baseline, evaluation, compute and its EC2 instance, lock).
+baseline, evaluation, compute and its EC2 instance, lock, a batch forecast's compute).
 
 :class:`~chronos_flows.config.TrainingParams` and :class:`~chronos_flows.config.ForecastParams`
 compose them, and :mod:`chronos_flows.config` re-exports every one of them.
@@ -300,3 +300,57 @@ class LockConfig(_Frozen):
 
     lease_seconds: float = Field(120.0, gt=0, title="Lease (seconds)", description="A lock not renewed for this long may be taken over.")
     heartbeat_seconds: float = Field(20.0, gt=0, title="Heartbeat (seconds)", description="How often the holder renews its lease.")
+
+
+class ForecastComputeConfig(_Frozen):
+    """Where a batch forecast's chunks of series run: one after another in the flow's process
+    (the default), or spread over a Dask cluster through prefect-dask's DaskTaskRunner."""
+
+    model_config = ConfigDict(title="Forecast compute")
+
+    task_runner: Literal["local", "dask"] = Field(
+        "local",
+        title="Chunk task runner",
+        description="Where the forecast-chunk tasks run: 'local' (one chunk after another in the flow's process, "
+        "the model loaded once) or 'dask' (chunks spread over a Dask cluster; each worker loads the model once).",
+    )
+    dask_address: Optional[str] = Field(
+        None,
+        pattern=r"^\S+$",
+        title="Dask scheduler address",
+        description="Address of a running Dask scheduler (e.g. tcp://10.0.0.5:8786), task runner 'dask'. "
+        "Empty: a cluster of the class below is started for the batch.",
+    )
+    dask_cluster_class: Optional[str] = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+        title="Dask cluster class",
+        description="Import path of a Dask cluster class started for the batch when no address is given "
+        "(e.g. distributed.LocalCluster, dask_cloudprovider.aws.FargateCluster). Empty: a distributed.LocalCluster.",
+    )
+    dask_cluster_kwargs: dict[str, Any] = Field(
+        {},
+        title="Dask cluster arguments",
+        description="Keyword arguments of the cluster class (e.g. {\"n_workers\": 2, \"processes\": true}).",
+    )
+    max_chunks_in_flight: Optional[int] = Field(
+        None,
+        ge=1,
+        title="Chunks in flight",
+        description="Chunks submitted but not yet written to the forecasts file at any time (bounds the flow's "
+        "memory to that many chunks of forecasts). Empty: twice the runner's workers (2 with the local runner).",
+    )
+
+    @model_validator(mode="after")
+    def _check_dask(self) -> "ForecastComputeConfig":
+        if self.dask_address and (self.dask_cluster_class or self.dask_cluster_kwargs):
+            raise ValueError("compute.dask_address and compute.dask_cluster_class/kwargs exclude each other: give one")
+        if self.task_runner == "local" and (self.dask_address or self.dask_cluster_class or self.dask_cluster_kwargs):
+            raise ValueError("compute.dask_* settings apply to the Dask runner only: set compute.task_runner=dask "
+                             "or remove them")
+        return self
+
+    def runner_config(self) -> ComputeConfig:
+        """These settings as the :class:`ComputeConfig` the shared chunk runner reads."""
+        return ComputeConfig(task_runner=self.task_runner, dask_address=self.dask_address,
+                             dask_cluster_class=self.dask_cluster_class, dask_cluster_kwargs=dict(self.dask_cluster_kwargs))

@@ -1,6 +1,7 @@
 """The ``chronos-forecast`` flow: wiring only.
 
-read champion → read and clean the data (as training does) → forecast every series → write
+read champion → read and clean the data (as training does) → forecast every series (``forecast-chunk``
+tasks of ``chunk_size`` series on the ``compute`` task runner: local, or a Dask cluster) → write
 ``{env}/forecasts/{forecast_id}/forecasts.parquet`` and ``forecast.json``. It does not take the
 training lock: forecasts may be made while a training run holds it.
 """

@@ -1,10 +1,19 @@
-"""Batch forecasting tasks: thin wrappers over chronos_flows.forecasting and the store."""
+"""Batch forecasting tasks: thin wrappers over chronos_flows.forecasting and the store.
+
+The series are forecast as ``forecast-chunk`` tasks (one per ``chunk_size`` series) on the runner of
+``params.compute`` (:func:`tasks.runners.chunk_runner`): one after another in the flow's process by
+default, on a Dask cluster with ``compute.task_runner=dask``; each process loads the champion once."""
 
 from __future__ import annotations
 
+import atexit
 import json
-from dataclasses import replace
+import shutil
 import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,7 +22,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 
-from blocks.store import read_uri
+from blocks.store import open_store, read_uri
 from chronos_flows import layout
 from chronos_flows.cleaning import CleaningReport, clean
 from chronos_flows.config import ForecastParams, resolve_data_path
@@ -25,15 +34,17 @@ from chronos_flows.forecasting import (
     champion_forecaster,
     check_frequency,
     forecast_columns,
-    forecast_panel,
     no_champion_message,
     plot_forecast_png,
     resolve_inputs,
 )
+from chronos_flows.forecast_chunks import ChunkPlan, add_chunk, fail_chunk, forecast_chunk, plan_chunks
 from chronos_flows.ingest import fingerprint, load_dataset
+from chronos_flows.models.base import Forecaster
 from chronos_flows.registry import read_champion
 from chronos_flows.store import ObjectStore
 from tasks.common import RETRY_DELAYS, Progress, image_markdown, logger, markdown_artifact, retry_transient, table_artifact
+from tasks.runners import chunk_runner
 
 
 def load_forecast_data(params: ForecastParams, champion: dict[str, Any]) -> tuple[ForecastInputs, pd.DataFrame, CleaningReport]:
@@ -68,30 +79,94 @@ def prepare_data(params: ForecastParams, champion: dict[str, Any]) -> tuple[Fore
     return inputs, cleaned, report
 
 
-@task(name="forecast", cache_policy=NONE)
+# -------------------------------------------------------------------------- chunks of series as tasks
+
+_MODEL_LOCK = threading.Lock()
+#: this process's champion forecaster: {"key": ..., "model": ..., "dir": Path} (one at a time)
+_MODEL: dict[str, Any] = {}
+
+
+def _drop_model() -> None:
+    if _MODEL.get("dir") is not None:
+        shutil.rmtree(_MODEL["dir"], ignore_errors=True)
+    _MODEL.clear()
+
+
+atexit.register(_drop_model)
+
+
+def champion_model(store: ObjectStore | str, env: str, champion: dict[str, Any], *, device: str, n_jobs: int) -> Forecaster:
+    """The champion's forecaster, loaded once per process (the flow's, or each Dask worker's) and
+    reused by every chunk: keyed by the champion's ``write_id`` (a new promotion loads the new one
+    and frees the old). ``store``: the store, or its URL (opened here, on the worker)."""
+    url = store if isinstance(store, str) else getattr(store, "url", repr(store))
+    key = (url, env, champion.get("write_id") or champion.get("run_id"), champion.get("family"), device, n_jobs)
+    with _MODEL_LOCK:
+        if _MODEL.get("key") != key:
+            _drop_model()
+            workdir = Path(tempfile.mkdtemp(prefix="chronos-forecast-model-"))
+            try:
+                opened = open_store(store) if isinstance(store, str) else store
+                model = champion_forecaster(opened, env, champion, workdir, device=device, n_jobs=n_jobs)
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            _MODEL.update(key=key, model=model, dir=workdir)
+        return _MODEL["model"]
+
+
+@task(name="forecast-chunk", task_run_name="forecast-chunk-{index}-{label}", cache_policy=NONE, persist_result=False)
+def forecast_chunk_task(
+    store: ObjectStore | str, env: str, champion: dict[str, Any], frame: pd.DataFrame, horizon: int, freq: str,
+    quantiles: list[float], family: str, min_history: int, device: str, n_jobs: int, index: int = 0, label: str = "",
+) -> tuple[pd.DataFrame, ForecastRun]:
+    """Forecast one chunk of series (in the flow's process or on a Dask worker) with the champion
+    loaded once per process; returns the chunk's rows and counts."""
+    model = champion_model(store, env, champion, device=device, n_jobs=n_jobs)
+    return forecast_chunk(model, frame, horizon=horizon, freq=freq, quantiles=quantiles, family=family,
+                          champion_run_id=champion["run_id"], min_history=min_history)
+
+
+def _in_flight(runner: Any, params: ForecastParams) -> int:
+    """Chunks submitted ahead of the one being written: the setting, else twice the runner's workers."""
+    if params.compute.max_chunks_in_flight:
+        return params.compute.max_chunks_in_flight
+    workers = 1
+    if params.compute.task_runner == "dask":
+        try:
+            workers = sum(runner.client.nthreads().values()) or 1
+        except Exception:  # an adaptive cluster without workers yet, an old client: a modest default
+            workers = 2
+    return 2 * workers
+
+
 def forecast(
     store: ObjectStore, params: ForecastParams, champion: dict[str, Any], inputs: ForecastInputs,
     cleaned: pd.DataFrame, freq: str, forecast_id: str, workdir: Path,
 ) -> tuple[Path, ForecastRun, dict[str, pd.DataFrame]]:
-    """Forecast every series in chunks, appending each chunk to a local Parquet file; only the
-    first rows and the plotted series stay in memory (returned for the artifacts)."""
-    bar = Progress(f"forecast-progress-{forecast_id}", f"Series forecast by the {inputs.family} champion")
-    model = champion_forecaster(store, params.env, champion, workdir, device=params.device, n_jobs=params.n_jobs)
+    """Forecast every series as ``forecast-chunk`` tasks of ``chunk_size`` series on the configured
+    runner (local: one after another in this process; dask: on the cluster), appending each chunk to a
+    local Parquet file in chunk order as its future completes, with at most a bounded number of chunks in
+    flight; only the first rows and the plotted series stay in memory (returned for the artifacts). A chunk
+    that fails is reported as skipped series; BadInputError when no series could be forecast."""
+    dask = params.compute.task_runner == "dask"
+    if not dask:  # loaded here, before the clock starts (as before the fan-out); the chunk tasks reuse it
+        champion_model(store, params.env, champion, device=params.device, n_jobs=params.n_jobs)
+    t_start = time.perf_counter()
+    plan = plan_chunks(cleaned, horizon=inputs.horizon, quantiles=inputs.quantiles, min_history=inputs.min_history,
+                       family=inputs.family, chunk_size=params.chunk_size)
+    run = ForecastRun(skipped=dict(plan.skipped))
     path = workdir / "forecasts.parquet"
     sink = ParquetSink(path, forecast_columns(inputs.quantiles), preview_series=params.plot_series)
-
-    def progress(done: int, total: int) -> None:
-        bar.update(done, total)
-        logger().info("forecast: %d/%d series", done, total)
-
+    common = {"store": params.store_url() if dask else store, "env": params.env, "champion": champion,
+              "horizon": inputs.horizon, "freq": freq, "quantiles": list(inputs.quantiles), "family": inputs.family,
+              "min_history": inputs.min_history, "device": params.device, "n_jobs": 1 if dask else params.n_jobs}
     try:
-        run = forecast_panel(
-            model, cleaned, horizon=inputs.horizon, freq=freq, quantiles=inputs.quantiles, family=inputs.family,
-            champion_run_id=champion["run_id"], min_history=inputs.min_history, chunk_size=params.chunk_size,
-            sink=sink, progress=progress,
-        )
+        with chunk_runner(params.compute.runner_config()) as runner:
+            _stream_chunks(runner, plan, common, run, sink, forecast_id, _in_flight(runner, params), params)
     finally:
         sink.close()
+    run.total_seconds = time.perf_counter() - t_start
     if not sink.rows:
         raise BadInputError(
             f"the {inputs.family} champion could not forecast any series of {inputs.data.path}: "
@@ -100,6 +175,37 @@ def forecast(
     for uid, why in run.skipped.items():
         logger().warning("series %s skipped: %s", uid, why)
     return path, run, {"head": sink.head, "preview": sink.preview}
+
+
+def _stream_chunks(runner: Any, plan: ChunkPlan, common: dict[str, Any], run: ForecastRun, sink: ParquetSink,
+                   forecast_id: str, in_flight: int, params: ForecastParams) -> None:
+    """Submit the chunks (at most ``in_flight`` ahead), write each to ``sink`` in chunk order."""
+    family = common["family"]
+    bar = Progress(f"forecast-progress-{forecast_id}", f"Series forecast by the {family} champion")
+    logger().info("forecast: %d series in %d chunks of up to %d on the %s runner (%d in flight)",
+                  plan.n_series, len(plan), params.chunk_size, params.compute.task_runner, in_flight)
+    pending: deque = deque()
+    submitted = done = 0
+    while submitted < len(plan) or pending:
+        while submitted < len(plan) and len(pending) < in_flight:
+            i = submitted
+            fut = runner.submit(forecast_chunk_task, {**common, "frame": plan.frame(i), "index": i, "label": plan.label(i)})
+            pending.append((i, fut))
+            submitted += 1
+        i, fut = pending.popleft()
+        try:
+            fc, part = fut.result()
+        except Exception as exc:  # a chunk lost on a worker: its series are skipped, the batch goes on
+            reason = fail_chunk(run, plan.ids(i), i, plan.label(i), exc)
+            logger().warning("%s (%d series reported skipped)", reason, len(plan.chunks[i]))
+        else:
+            if len(fc):
+                sink(fc)
+            add_chunk(run, part)
+        del fut
+        done += len(plan.chunks[i])
+        bar.update(done, plan.n_series)
+        logger().info("forecast: %d/%d series", done, plan.n_series)
 
 
 @task(name="publish-forecasts", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)

@@ -183,7 +183,7 @@ def test_when_a_large_panel_is_forecast_in_chunks_then_peak_memory_is_a_chunk_of
     assert chunked < 0.25 * whole, (chunked, whole)
 
 
-def test_when_forecasts_are_published_then_the_file_is_streamed_to_the_store_and_never_read_back(tmp_path, monkeypatch):
+def test_when_forecasts_are_published_then_the_file_is_streamed_to_the_store_and_never_read_back(prefect_api, tmp_path, monkeypatch):
     import tasks.forecast as tf
 
     seed_champion(tmp_path / "store", "seasonal_naive", {"season_length": 4})
@@ -202,7 +202,7 @@ def test_when_forecasts_are_published_then_the_file_is_streamed_to_the_store_and
     inputs, cleaned, report = tf.load_forecast_data(params, champ)
     monkeypatch.setattr(tf.pd, "read_parquet", lambda *a, **k: pytest.fail("the output file was read back whole"))
     (tmp_path / "work").mkdir()
-    path, run, preview = tf.forecast.fn(store, params, champ, inputs, cleaned, report.freq, "fc-stream", tmp_path / "work")
+    path, run, preview = tf.forecast(store, params, champ, inputs, cleaned, report.freq, "fc-stream", tmp_path / "work")
     assert run.chunks == 4 and len(preview["preview"]) == 2 * 5 and len(preview["head"]) == 20
     doc = tf.publish.fn(store, params, champ, inputs, report, cleaned, path, run, "fc-stream", "now", preview)
     monkeypatch.undo()
