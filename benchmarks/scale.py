@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from chronos_flows.config import build_params
     from tasks.evaluate import backtest_baseline
     from tasks.runners import chunk_runner as baseline_runner
-    from tasks.state import RunContext
+    from chronos_flows.records import RunSpec
 
     # the panel is handed over as a file, outside the flow's parameters (the API caps their size) and
     # outside this closure (prefect-dask ships the flow with every task: a panel in the closure would
@@ -124,11 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     @flow(name="scale-benchmark", persist_result=False)
     def run(n: int):
         params, df = job["params"], pd.read_parquet(job["path"])
-        ctx = RunContext(params=params, store=None, run_id=f"scale-{n}", workdir=None)
+        spec = RunSpec(params=params, store=None, run_id=f"scale-{n}", workdir=None)
         with baseline_runner(params.compute) as runner:
             t0 = time.perf_counter()
-            result, info = backtest_baseline(ctx, args.family, df, "MS", 12, runner)
-            return time.perf_counter() - t0, info
+            record = backtest_baseline(spec, args.family, df, "MS", 12, runner)
+            return time.perf_counter() - t0, record.info()
 
     cluster = None
     if "dask-2" in args.engines:

@@ -16,11 +16,12 @@ from chronos_flows.evaluation import BacktestResult
 from chronos_flows.models.base import Forecaster
 from chronos_flows.store import ObjectStore
 
-#: raises RunKilledError / LostLockError when the run must stop (the flow's lock check), else returns
-Guard = Callable[[], None]
+#: ``guard(refresh=True)`` raises RunKilledError / LostLockError when the run must stop (the flow's
+#: lock check; ``refresh=False`` checks what the heartbeat last saw, without reading the store)
+Guard = Callable[..., None]
 
 
-def no_guard() -> None:
+def no_guard(refresh: bool = True) -> None:
     """The guard of work done outside a run (tests, benchmarks): never stops it."""
 
 
@@ -101,3 +102,21 @@ class ChampionInRun:
     @property
     def run_id(self) -> Optional[str]:
         return self.doc.get("run_id") if self.doc else None
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """What the run produced, as its cleanup records it (training.json, the summary): built by the
+    flow from the steps' return values when the run ends, whatever the outcome."""
+
+    #: training.json ``models``: the Chronos training record and the baselines' (autoets, prophet)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
+    promotion: Optional[dict[str, Any]] = None
+    cost: Optional[dict[str, Any]] = None
+    #: the tuning flow's study summary
+    tuning: Optional[dict[str, Any]] = None
+    #: every instance launched for the run (terminated by its cleanup)
+    instance_ids: tuple[str, ...] = ()
+    #: billed seconds of the run's instance, also when training failed (the cost estimate uses it)
+    instance_seconds: Optional[float] = None

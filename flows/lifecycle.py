@@ -7,9 +7,14 @@ run's life under the lock — acquire, heartbeat, outcome, cleanup — so each f
     run = LockedRun(params, store, phases, kind="training")
     if (msg := run.acquire()) is not None:
         return refused(msg)
-    with run.holding() as ctx:               # killed: recorded, not raised; failed: recorded, raised
-        ...                                  # set_status / tasks, filling run.results
+    with run.holding():                      # killed: recorded, not raised; failed: recorded, raised
+        run.transition("data_sync")          # the lock handle's one writer, retried on transient errors
+        run.data = sync_data(run.spec, ...)  # tasks take the frozen RunSpec and values, return values;
+        ...                                  # long ones get guard=run.guard (a kill or a lost lock stops them)
     return run.finish()                      # the summary, or Cancelled "Killed" with it
+
+Only :class:`LockedRun` holds the lock handle and the run's mutable record (what the steps
+returned); the cleanup gets them as values (:class:`~chronos_flows.records.RunResults`).
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ from prefect.states import Cancelled
 from chronos_flows import workdirs
 from chronos_flows.config import TrainingParams
 from chronos_flows.errors import RunKilledError
+from chronos_flows.lock import LockHandle
+from chronos_flows.promotion import Promotion
+from chronos_flows.records import BaselineRecord, DataSync, RunResults, RunSpec, TrainedChronos
 from chronos_flows.runs import new_run_id
 from chronos_flows.store import ObjectStore
 from tasks.cleanup import cleanup_run
 from tasks.common import logger
-from tasks.state import RunContext, acquire_lock
+from tasks.state import acquire_lock, set_status
 
 
 class Phases:
@@ -69,59 +77,121 @@ class LockedRun:
     """One run's life under the lock: :meth:`acquire`, then :meth:`holding` around the steps (the
     heartbeat runs; a kill is recorded as ``killed``, a failure as ``failed`` and re-raised, a
     Prefect cancellation as ``killed`` "cancelled from Prefect" and re-raised), cleanup always, then
-    :meth:`finish`. ``results`` collects what the steps produced for the summary."""
+    :meth:`finish`.
+
+    The only holder of the lock handle and of the run's mutable record: the flow stores what its
+    steps return here (``data``, ``chronos``, ``baselines``, ``promotion``, ``tuning``); the steps
+    themselves take :attr:`spec` and values. ``params``, ``store``, ``env``, ``run_id``, ``workdir``
+    and ``handle`` are what flow-level code driving the run reads (``tasks.tuning.run_study``)."""
 
     def __init__(self, params: TrainingParams, store: ObjectStore, phases: Phases, *, run_id: str | None = None,
                  **info: Any) -> None:
         run_id = run_id or params.run_id or new_run_id()
         self.phases = phases
-        self.ctx = RunContext(
+        self.spec = RunSpec(
             params=params if params.run_id == run_id else params.model_copy(update={"run_id": run_id}),
             store=store, run_id=run_id, workdir=workdirs.new(run_id),
-            flow_run_id=str(flow_run.get_id()) if flow_run.get_id() else None,
-            info={"host": socket.gethostname(), "pid": os.getpid(), "compute": params.compute.backend, **info},
         )
+        self.flow_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+        self.info = {"host": socket.gethostname(), "pid": os.getpid(), "compute": params.compute.backend, **info}
+        self.handle: LockHandle | None = None
         self.outcome: dict[str, Any] = {"status": "failed", "error": None}
-        self.results: dict[str, Any] = {}
         self.summary: dict[str, Any] | None = None
+        # the run's record: what the steps returned (the cleanup records it, whatever the outcome)
+        self.data: DataSync | None = None
+        self.chronos: TrainedChronos | None = None
+        self.baselines: dict[str, BaselineRecord] = {}
+        self.promotion: Promotion | None = None
+        self.tuning: dict[str, Any] | None = None
+        self._instance_ids: list[str] = []
+        self._instance_seconds: float | None = None
+
+    params = property(lambda self: self.spec.params)
+    store = property(lambda self: self.spec.store)
+    env = property(lambda self: self.spec.env)
+    run_id = property(lambda self: self.spec.run_id)
+    workdir = property(lambda self: self.spec.workdir)
+
+    @property
+    def generation(self) -> int | None:
+        return self.handle.generation if self.handle is not None else None
 
     def acquire(self) -> str | None:
         """Take the lock; the refusal message when another run holds it (nothing is left behind)."""
         try:
-            got = acquire_lock(self.ctx)
+            got = acquire_lock(self.spec, self.flow_run_id, self.info)
         except BaseException:
-            shutil.rmtree(self.ctx.workdir, ignore_errors=True)
+            shutil.rmtree(self.spec.workdir, ignore_errors=True)
             raise
         if isinstance(got, str):
-            shutil.rmtree(self.ctx.workdir, ignore_errors=True)
+            shutil.rmtree(self.spec.workdir, ignore_errors=True)
             return got
-        self.ctx.handle = got
+        self.handle = got
         return None
 
+    def _held(self) -> LockHandle:
+        if self.handle is None:
+            raise RuntimeError(f"run {self.run_id}: the lock is not held; call LockedRun.acquire() first")
+        return self.handle
+
+    def transition(self, status: str, **details: Any) -> None:
+        """Move the run to ``status``: state file, then training.json (``LockHandle.record_transition``,
+        the one writer), as the ``set-status`` task, retried on transient store errors."""
+        set_status(self._held(), status, **details)
+
+    def guard(self, refresh: bool = True) -> None:
+        """What long steps call to stop when the run is killed or its lock lost (``LockHandle.check``)."""
+        self._held().check(refresh=refresh)
+
+    def record_instance(self, *, instance_id: str | None = None, instance_seconds: float | None = None) -> None:
+        """The training step's ``on_instance``: a launched instance is named in the state file's
+        ``info`` at once (``chronos-flows status``) and terminated by the cleanup; its billed time
+        prices a run whose training failed."""
+        if instance_id is not None:
+            self._instance_ids.append(instance_id)
+            self._held().update_info(instance_id=instance_id)
+        if instance_seconds is not None:
+            self._instance_seconds = instance_seconds
+
+    def results(self) -> RunResults:
+        """What the run produced so far, as values for the cleanup (whatever the outcome)."""
+        models: dict[str, dict[str, Any]] = {}
+        if self.chronos is not None:
+            models["chronos"] = self.chronos.info
+        models.update({family: rec.info() for family, rec in self.baselines.items()})
+        ids = list(self._instance_ids)
+        if self.chronos is not None and self.chronos.instance_id and self.chronos.instance_id not in ids:
+            ids.append(self.chronos.instance_id)
+        seconds = self.chronos.instance_seconds if self.chronos is not None and self.chronos.instance_seconds is not None \
+            else self._instance_seconds
+        done = self.promotion.to_dict() if self.promotion is not None else {}
+        return RunResults(models=models, leaderboard=done.get("leaderboard", []), promotion=done.get("promotion"),
+                          cost=done.get("cost"), tuning=self.tuning, instance_ids=tuple(ids), instance_seconds=seconds)
+
     @contextmanager
-    def holding(self) -> Iterator[RunContext]:
-        ctx = self.ctx
+    def holding(self) -> Iterator["LockedRun"]:
+        handle = self._held()
         try:
-            with ctx.handle.heartbeat_thread(ctx.params.lock.heartbeat_seconds):
-                yield ctx
+            with handle.heartbeat_thread(self.params.lock.heartbeat_seconds):
+                yield self
             self.outcome = {"status": "succeeded", "error": None}
         except RunKilledError as exc:
             self.outcome = {"status": "killed", "error": str(exc)}
         except TerminationSignal:  # `prefect flow-run cancel` (or SIGTERM): a kill, not a failure
-            self.outcome = {"status": "killed", "error": f"cancelled from Prefect (flow run {ctx.flow_run_id})"}
+            self.outcome = {"status": "killed", "error": f"cancelled from Prefect (flow run {self.flow_run_id})"}
             raise
         except BaseException as exc:
             self.outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            get_run_logger().error("run %s failed: %s (traceback below)", ctx.run_id, self.outcome["error"])
+            get_run_logger().error("run %s failed: %s (traceback below)", self.run_id, self.outcome["error"])
             raise
         finally:
             self.phases.seconds["total"] = round(time.monotonic() - self.phases.t_start, 3)
             logger().info(self.phases.summary())
-            self.summary = cleanup_run(ctx, self.outcome, self.results, self.phases.seconds)
+            self.summary = cleanup_run(self.spec, handle, self.outcome, self.results(), self.phases.seconds)
 
     def finish(self) -> dict[str, Any] | State:
         """The run's summary; a killed run ends the flow run Cancelled "Killed" with it as its result."""
         summary = self.summary or {}
         if summary.get("status") == "killed":
-            return Cancelled(name="Killed", message=summary.get("error") or f"run {self.ctx.run_id} was killed", data=summary)
+            return Cancelled(name="Killed", message=summary.get("error") or f"run {self.run_id} was killed", data=summary)
         return summary

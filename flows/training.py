@@ -19,7 +19,7 @@ from tasks.common import cache_mode, quiet_routine_task_logs
 from tasks.data import clean_data, ingest, sync_data
 from tasks.evaluate import backtest_baseline, evaluate, finalize_results, load_champion
 from tasks.runners import chunk_runner
-from tasks.state import check_lock, open_run_store, set_status
+from tasks.state import check_lock, open_run_store
 from tasks.train import train_chronos
 
 
@@ -50,28 +50,26 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
     held = run.acquire()
     if held is not None:  # another run took the lock meanwhile
         return refused(held)
-    results = run.results
-    with run.holding() as ctx:
+    spec = run.spec  # what every step reads; the lock handle stays with `run`
+    with run.holding():
         with phases("data_sync"):
-            set_status(ctx, "data_sync")
-            results["data"] = sync_data(ctx, raw, cleaned, report)
+            run.transition("data_sync")
+            run.data = sync_data(spec, raw, cleaned, report)
         with phases("training"):
-            set_status(ctx, "training")
+            run.transition("training")
             train_df, freq = split_for_training(cleaned, report.freq, params.evaluation)
-            chronos, results["chronos"] = train_chronos(ctx, train_df, freq)
-        baselines = {}
+            run.chronos = train_chronos(spec, train_df, freq, run.guard, generation=run.generation, on_instance=run.record_instance)
         families = [f for f in ("autoets", "theta", "prophet") if f in params.evaluation.baselines]
         if families:
             with chunk_runner(params.compute) as runner:  # chunks of series as tasks: local or Dask
                 for family in families:
                     with phases(family):
-                        baselines[family], results[family] = backtest_baseline(ctx, family, cleaned, freq, report.season_length, runner)
+                        run.baselines[family] = backtest_baseline(spec, family, cleaned, freq, report.season_length, runner)
         with phases("evaluate"):
-            champion = load_champion(ctx, report.season_length)
-            results["champion_run_id"] = champion.doc.get("run_id") if champion.doc else None
-            backtest = evaluate(ctx, cleaned, chronos, baselines, freq, report.season_length, champion)
+            champion = load_champion(spec, report.season_length)
+            backtest = evaluate(spec, cleaned, run.chronos.model, run.baselines, freq, report.season_length, champion, run.guard)
         with phases("results_sync"):
-            set_status(ctx, "results_sync")
-            results.update(finalize_results(ctx, backtest, results, report, champion))
-            set_status(ctx, "cleanup")
+            run.transition("results_sync")
+            run.promotion = finalize_results(spec, backtest, report, run.data, run.chronos, run.baselines, champion, run.guard)
+            run.transition("cleanup")
     return run.finish()

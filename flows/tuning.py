@@ -18,7 +18,7 @@ from chronos_flows.tuning import TuningParams, apply_overrides, validate_space
 from flows.lifecycle import LockedRun, Phases, refused
 from tasks.common import quiet_routine_task_logs
 from tasks.data import clean_data, ingest, sync_data
-from tasks.state import check_lock, open_run_store, set_status
+from tasks.state import check_lock, open_run_store
 from tasks.tuning import release_tuning_after_abort, run_study
 
 
@@ -53,20 +53,20 @@ def chronos_tuning(params: TuningParams = TuningParams()) -> dict[str, Any]:
     held = run.acquire()
     if held is not None:
         return refused(held)
-    with run.holding() as ctx:
+    with run.holding():
         with phases("data_sync"):
-            set_status(ctx, "data_sync")
-            run.results["data"] = sync_data(ctx, raw, cleaned, report)
-            raw_path = ctx.workdir / "raw.parquet"
+            run.transition("data_sync")
+            run.data = sync_data(run.spec, raw, cleaned, report)
+            raw_path = run.workdir / "raw.parquet"
             pd.DataFrame(raw).to_parquet(raw_path, index=False)
         with phases("training"):
-            set_status(ctx, "training", study=study_name)
-            run.results["tuning"] = run_study(ctx, params, study_name, raw_path)
+            run.transition("training", study=study_name)
+            run.tuning = run_study(run, params, study_name, raw_path)  # flow-level: reads run.handle to stop on a kill
         with phases("results_sync"):
-            set_status(ctx, "results_sync")
-            set_status(ctx, "cleanup")
+            run.transition("results_sync")
+            run.transition("cleanup")
     summary = run.finish()
-    best = run.results.get("tuning", {}).get("best_params")
+    best = (run.tuning or {}).get("best_params")
     if params.final_run and best and isinstance(summary, dict):
         from flows.training import chronos_training
 

@@ -5,125 +5,130 @@ from __future__ import annotations
 import logging
 import shutil
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 from prefect import task
 from prefect.cache_policies import NONE
 
-from chronos_flows import runlog
+from chronos_flows import layout, runlog
 from chronos_flows.config import TrainingParams
+from chronos_flows.cost import estimate_run_cost
 from chronos_flows.errors import ChronosFlowsError, LostLockError
+from chronos_flows.lock import LockHandle
 from chronos_flows.ops import run_cleanup
+from chronos_flows.records import RunResults, RunSpec
 from tasks.common import RETRY_DELAYS, logger, retry_transient
-from tasks.state import RunContext
 
 
-def _to_terminal_then_cleanup(ctx: RunContext, outcome: dict[str, Any]) -> None:
-    """failed/killed always lead to cleanup; a successful run is already in cleanup."""
-    handle = ctx.handle
-    status = handle.state.get("status")
-    if status == "cleanup":
-        return
-    if status not in ("failed", "killed"):
-        target = "killed" if outcome["status"] == "killed" else "failed"
+def _to_terminal_then_cleanup(handle: LockHandle, status: str, error: str | None) -> str:
+    """failed/killed always lead to cleanup; a successful run is already in cleanup. Returns the
+    run's final status: ``killed`` when it was killed from outside meanwhile, else ``status``."""
+    current = handle.state.get("status")
+    if current == "cleanup":
+        return status
+    if current not in ("failed", "killed"):
+        target = "killed" if status == "killed" else "failed"
         # killed from outside meanwhile: the handle now holds the killed state, and that is recorded
-        handle.record_transition(target, killed_ok=True, error=outcome.get("error"))
+        handle.record_transition(target, killed_ok=True, error=error)
     if handle.state.get("status") == "killed":
-        outcome["status"] = "killed"
+        status = "killed"
     handle.record_transition("cleanup")
+    return status
 
 
-def cleanup_steps(ctx: RunContext) -> list[tuple[str, Callable[[], str]]]:
+def cleanup_steps(spec: RunSpec, generation: int, instance_ids: Iterable[str] = ()) -> list[tuple[str, Callable[[], str]]]:
+    """Terminate every instance launched for the run, remove this attempt's local work directory."""
     steps: list[tuple[str, Callable[[], str]]] = []
-    instance_id = ctx.info.get("instance_id")
-    if instance_id:
+    if instance_ids:
         from blocks.ec2 import Ec2Compute
 
-        ec2 = Ec2Compute(ctx.params.compute.ec2, env=ctx.env, cost_center=ctx.params.cost_center)
-        steps.append((f"terminate-instance-{instance_id}", lambda: ec2.terminate(instance_id)))
+        ec2 = Ec2Compute(spec.params.compute.ec2, env=spec.env, cost_center=spec.params.cost_center)
+        for instance_id in dict.fromkeys(instance_ids):
+            steps.append((f"terminate-instance-{instance_id}", lambda i=instance_id: ec2.terminate(i)))
 
     def remove_workdir() -> str:
-        if not ctx.workdir.exists():
-            return f"{ctx.workdir} already removed"
-        shutil.rmtree(ctx.workdir)
-        return f"removed {ctx.workdir}"
+        if not spec.workdir.exists():
+            return f"{spec.workdir} already removed"
+        shutil.rmtree(spec.workdir)
+        return f"removed {spec.workdir}"
 
     # named per attempt: a resumed run's new workdir is not "already done" by the earlier attempt
-    generation = ctx.handle.generation if ctx.handle is not None else 0
     steps.append((f"remove-local-workdir-g{generation}", remove_workdir))
     return steps
 
 
 @task(name="cleanup", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def cleanup_run(ctx: RunContext, outcome: dict[str, Any], results: dict[str, Any], phases: dict[str, float]) -> dict[str, Any]:
-    """Always runs (success or failure). Idempotent: a retry skips what is already done."""
-    lost = False
+def cleanup_run(spec: RunSpec, handle: LockHandle, outcome: Mapping[str, Any], results: RunResults,
+                phases: Mapping[str, float]) -> dict[str, Any]:
+    """Always runs (success or failure): the final transitions through ``handle`` (passed by the
+    flow, its only holder), the final training.json, the cleanup steps, the lock release.
+    Idempotent: a retry skips what is already done."""
+    status, error, lost = outcome["status"], outcome.get("error"), False
     try:
-        _to_terminal_then_cleanup(ctx, outcome)
+        status = _to_terminal_then_cleanup(handle, status, error)
     except LostLockError as exc:
         lost = True
         logger().error("%s; skipping the state-file updates (the new holder owns them)", exc)
 
-    if results.get("cost") is None and ctx.info.get("instance_seconds") is not None:
-        from chronos_flows.cost import estimate_run_cost
-
-        results["cost"] = estimate_run_cost(ctx.params.compute.ec2, ctx.info["instance_seconds"] / 3600.0, "ec2")
-    summary = build_summary(ctx, outcome, results, phases)
+    cost = results.cost
+    if cost is None and results.instance_seconds is not None:
+        cost = estimate_run_cost(spec.params.compute.ec2, results.instance_seconds / 3600.0, "ec2")
+    summary = build_summary(spec, status, error, results, cost, dict(phases))
     if not lost:
-        log = runlog.load_training_log(ctx.store, ctx.env, ctx.run_id)
+        log = runlog.load_training_log(spec.store, spec.env, spec.run_id)
         if log is not None:
             log = log.model_copy(
                 update={
-                    "status": outcome["status"],
+                    "status": status,
                     "ended_at": datetime.now(timezone.utc).isoformat(),
-                    "phases": phases,
-                    "error": outcome.get("error"),
-                    "models": {k: v for k, v in results.items() if isinstance(v, dict) and k in ("chronos", "autoets", "prophet")},
+                    "phases": dict(phases),
+                    "error": error,
+                    "models": {k: v for k, v in results.models.items() if k in ("chronos", "autoets", "prophet")},
                     "summary": summary,
-                    "cost_estimate": results.get("cost"),
+                    "cost_estimate": cost,
                 }
             )
-            runlog.save_training_log(ctx.store, log)
-    status = run_cleanup(ctx.store, ctx.env, ctx.run_id, cleanup_steps(ctx), None if lost else ctx.handle)
-    summary["cleanup_complete"] = status.complete
-    logger().info("cleanup of run %s: %s", ctx.run_id, "complete" if status.complete else "INCOMPLETE")
+            runlog.save_training_log(spec.store, log)
+    steps = cleanup_steps(spec, handle.generation, results.instance_ids)
+    done = run_cleanup(spec.store, spec.env, spec.run_id, steps, None if lost else handle)
+    summary["cleanup_complete"] = done.complete
+    logger().info("cleanup of run %s: %s", spec.run_id, "complete" if done.complete else "INCOMPLETE")
     return summary
 
 
-def build_summary(ctx: RunContext, outcome: dict[str, Any], results: dict[str, Any], phases: dict[str, float]) -> dict[str, Any]:
-    from chronos_flows import layout
-
-    tuning = {k: v for k, v in (results.get("tuning") or {}).items() if k != "best_config"}
+def build_summary(spec: RunSpec, status: str, error: str | None, results: RunResults, cost: dict[str, Any] | None,
+                  phases: dict[str, float]) -> dict[str, Any]:
+    """The run's summary (the flow's result, ``training.json`` ``summary``, ``chronos-flows run``'s output)."""
+    tuning = {k: v for k, v in (results.tuning or {}).items() if k != "best_config"}
     return {
         **({"tuning": tuning} if tuning else {}),
-        "run_id": ctx.run_id,
-        "env": ctx.env,
-        "status": outcome["status"],
-        "error": outcome.get("error"),
-        "store": ctx.store.url,
-        "leaderboard": results.get("leaderboard", []),
-        "promotion": results.get("promotion"),
-        "cost_estimate": results.get("cost"),
+        "run_id": spec.run_id,
+        "env": spec.env,
+        "status": status,
+        "error": error,
+        "store": spec.store.url,
+        "leaderboard": results.leaderboard,
+        "promotion": results.promotion,
+        "cost_estimate": cost,
         "phases": phases,
-        "artifacts": _existing_artifacts(ctx),
+        "artifacts": _existing_artifacts(spec),
     }
 
 
-def _existing_artifacts(ctx: RunContext) -> dict[str, str]:
+def _existing_artifacts(spec: RunSpec) -> dict[str, str]:
     """Where the run's records are — only those that were written (a killed or failed run has no
     metadata or evaluation; cleanup_status.json is written right after the summary)."""
-    from chronos_flows import layout
-
+    store, env, run_id = spec.store, spec.env, spec.run_id
     out = {
-        "run": ctx.store.uri(layout.run_prefix(ctx.env, ctx.run_id)),
-        "training_log": ctx.store.uri(layout.training_log_key(ctx.env, ctx.run_id)),
-        "cleanup_status": ctx.store.uri(layout.cleanup_status_key(ctx.env, ctx.run_id)),
+        "run": store.uri(layout.run_prefix(env, run_id)),
+        "training_log": store.uri(layout.training_log_key(env, run_id)),
+        "cleanup_status": store.uri(layout.cleanup_status_key(env, run_id)),
     }
     try:
-        if ctx.store.exists(layout.metadata_key(ctx.env, ctx.run_id)):
-            out["model_metadata"] = ctx.store.uri(layout.metadata_key(ctx.env, ctx.run_id))
-        if ctx.store.list(layout.evaluation_prefix(ctx.env, ctx.run_id) + "/"):
-            out["evaluation"] = ctx.store.uri(layout.evaluation_prefix(ctx.env, ctx.run_id))
+        if store.exists(layout.metadata_key(env, run_id)):
+            out["model_metadata"] = store.uri(layout.metadata_key(env, run_id))
+        if store.list(layout.evaluation_prefix(env, run_id) + "/"):
+            out["evaluation"] = store.uri(layout.evaluation_prefix(env, run_id))
     except ChronosFlowsError:  # the store is unreachable: list only the paths that are always written
         pass
     return out

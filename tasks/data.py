@@ -20,9 +20,9 @@ from chronos_flows import layout
 from chronos_flows.cleaning import CleaningReport, clean
 from chronos_flows.config import TrainingParams, resolve_data_path
 from chronos_flows.ingest import fingerprint, load_dataset, to_parquet_bytes
+from chronos_flows.records import DataSync, RunSpec
 from chronos_flows.splits import min_series_length
 from tasks.common import CACHE_EXPIRATION, RETRY_DELAYS, logger, markdown_artifact, retry_transient
-from tasks.state import RunContext
 
 
 def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -77,26 +77,28 @@ def clean_data(df: pd.DataFrame, params: TrainingParams) -> tuple[pd.DataFrame, 
 
 
 @task(name="sync-data", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def sync_data(ctx: RunContext, raw: pd.DataFrame, cleaned: pd.DataFrame, report: CleaningReport) -> dict:
-    """Write the canonical dataset (content-addressed, once) and the run's cleaned data + report."""
+def sync_data(spec: RunSpec, raw: pd.DataFrame, cleaned: pd.DataFrame, report: CleaningReport) -> DataSync:
+    """Write the canonical dataset (content-addressed, once) and the run's cleaned data + report.
+    Never cached: it writes this run's records (a retry rewrites the same keys)."""
+    store = spec.store
     fp = fingerprint(raw)
     now = datetime.now(timezone.utc)
-    existing = [k for k in ctx.store.list(layout.DATASETS_PREFIX) if k.endswith(f"/{fp}.parquet")]
+    existing = [k for k in store.list(layout.DATASETS_PREFIX) if k.endswith(f"/{fp}.parquet")]
     if existing:
         dataset_key = existing[0]
     else:
         dataset_key = layout.dataset_key(fp, now.year, now.month)
-        ctx.store.put(dataset_key, to_parquet_bytes(raw))
-    prefix = layout.run_data_prefix(ctx.env, ctx.run_id)
+        store.put(dataset_key, to_parquet_bytes(raw))
+    prefix = layout.run_data_prefix(spec.env, spec.run_id)
     cleaned_fp = fingerprint(cleaned[["unique_id", "ds", "y"]])
-    ctx.store.put(f"{prefix}/cleaned.parquet", to_parquet_bytes(cleaned))
-    ctx.store.put(f"{prefix}/cleaning_report.json", json.dumps(report.to_dict(), indent=2, default=str).encode())
-    markdown_artifact(f"cleaning-report-{ctx.run_id}", report.to_markdown(), "Cleaning report")
+    store.put(f"{prefix}/cleaned.parquet", to_parquet_bytes(cleaned))
+    store.put(f"{prefix}/cleaning_report.json", json.dumps(report.to_dict(), indent=2, default=str).encode())
+    markdown_artifact(f"cleaning-report-{spec.run_id}", report.to_markdown(), "Cleaning report")
     logger().info("dataset %s (%s), cleaned data under %s", dataset_key, "reused" if existing else "written", prefix)
-    return {
-        "dataset_key": dataset_key,
-        "dataset_uri": ctx.store.uri(dataset_key),
-        "raw_fingerprint": fp,
-        "cleaned_fingerprint": cleaned_fp,
-        "source": resolve_data_path(ctx.params.data.path),
-    }
+    return DataSync(
+        dataset_key=dataset_key,
+        dataset_uri=store.uri(dataset_key),
+        raw_fingerprint=fp,
+        cleaned_fingerprint=cleaned_fp,
+        source=resolve_data_path(spec.params.data.path),
+    )

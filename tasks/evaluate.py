@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 from prefect import task
@@ -12,23 +12,24 @@ from prefect.task_runners import TaskRunner
 
 from chronos_flows import layout
 from chronos_flows.cleaning import CleaningReport
+from chronos_flows.config import TrainingParams
 from chronos_flows.evaluation import BacktestResult, merge_results, run_backtest, write_outputs
 from chronos_flows.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
 from chronos_flows.models.base import Forecaster
 from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.seasonal_naive import SeasonalNaive
 from chronos_flows.promotion import Promotion, leaderboard_records, promote_run
-from chronos_flows.records import BaselineRecord, ChampionInRun, DataSync, RunSpec, TrainedChronos
+from chronos_flows.records import BaselineRecord, ChampionInRun, DataSync, Guard, RunSpec, TrainedChronos, no_guard
 from chronos_flows.registry import read_champion
 from chronos_flows.splits import backtest_windows, ensemble_fit_windows
 from tasks.common import (
     CACHE_EXPIRATION, Progress, RETRY_DELAYS, cache_mode, embed_images, image_artifact, logger, markdown_artifact, retry_transient, table_artifact,
 )
-from tasks.state import RunContext
 
 
-def _backtest(ctx: RunContext, forecasters: dict[str, Forecaster], history: pd.DataFrame, freq: str, season: int, progress=None) -> BacktestResult:
-    ev = ctx.params.evaluation
+def _backtest(params: TrainingParams, forecasters: dict[str, Forecaster], history: pd.DataFrame, freq: str, season: int,
+              progress=None) -> BacktestResult:
+    ev = params.evaluation
     return run_backtest(
         forecasters,
         history[["unique_id", "ds", "y"]],
@@ -62,22 +63,23 @@ def backtest_chunk_task(family: str, config: dict, chunk: pd.DataFrame, windows:
 
 
 def backtest_baseline(
-    ctx: RunContext, family: str, history: pd.DataFrame, freq: str, season: int, runner: TaskRunner
-) -> tuple[BacktestResult, dict]:
+    spec: RunSpec, family: str, history: pd.DataFrame, freq: str, season: int, runner: TaskRunner
+) -> BaselineRecord:
     """Backtest a local baseline (AutoETS, Theta, Prophet) on exactly the backtest windows, as one
     ``backtest-chunk`` task per ``compute.chunk_series`` series on ``runner`` (entered by the flow);
     series it cannot fit are reported, never fatal."""
-    ev = ctx.params.evaluation
+    params = spec.params
+    ev = params.evaluation
     windows = {"horizon": ev.horizon, "n_windows": backtest_windows(ev), "step": ev.step, "freq": freq,
                "season_length": season, "quantiles": list(ev.quantiles)}
-    config = baseline_config(ctx.params, family, season)
+    config = baseline_config(params, family, season)
     # on Dask the chunks are the parallelism (a worker fits its chunk's series one after another)
-    n_jobs = 1 if ctx.params.compute.task_runner == "dask" else baseline_jobs(ctx.params, family)
-    chunks = series_chunks(history, ctx.params.compute.chunk_series)
-    bar = Progress(f"{family.replace('_', '-')}-progress-{ctx.run_id}", f"{family} backtest chunks ({ctx.params.compute.chunk_series} series each)")
+    n_jobs = 1 if params.compute.task_runner == "dask" else baseline_jobs(params, family)
+    chunks = series_chunks(history, params.compute.chunk_series)
+    bar = Progress(f"{family.replace('_', '-')}-progress-{spec.run_id}", f"{family} backtest chunks ({params.compute.chunk_series} series each)")
     t0 = time.monotonic()
     futures = [
-        runner.submit(cache_mode(backtest_chunk_task, ctx.params.compute.cache), {"family": family, "config": config, "chunk": chunk, "windows": windows, "n_jobs": n_jobs, "index": i})
+        runner.submit(cache_mode(backtest_chunk_task, params.compute.cache), {"family": family, "config": config, "chunk": chunk, "windows": windows, "n_jobs": n_jobs, "index": i})
         for i, chunk in enumerate(chunks)
     ]
     parts, cached = [], 0
@@ -92,14 +94,14 @@ def backtest_baseline(
         logger().warning("%s failed on series %s: %s", family, uid, msg)
     logger().info(
         "%s: %d series × %d windows in %.1f s (%d chunks on the %s runner, %d cached), %d series failed",
-        family, result.settings["n_series"], ev.n_windows, seconds, len(chunks), ctx.params.compute.task_runner, cached, len(failures),
+        family, result.settings["n_series"], ev.n_windows, seconds, len(chunks), params.compute.task_runner, cached, len(failures),
     )
-    return result, {"fit_seconds": round(seconds, 3), "failures": failures, "config": config,
-                    "chunks": len(chunks), "cached_chunks": cached}
+    return BaselineRecord(family=family, result=result, fit_seconds=round(seconds, 3), config=config, failures=failures,
+                          chunks=len(chunks), cached_chunks=cached)
 
 
 @task(name="load-champion", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def load_champion(ctx: RunContext, season: int) -> ChampionInRun:
+def load_champion(spec: RunSpec, season: int) -> ChampionInRun:
     """The current champion's document and, when it can be re-created, the model itself, so it is
     scored on exactly this run's windows instead of trusting a score measured on other data.
     A local-family champion whose configuration equals this run's candidate of that family is that
@@ -107,7 +109,7 @@ def load_champion(ctx: RunContext, season: int) -> ChampionInRun:
     from chronos_flows.errors import ChronosFlowsError
     from chronos_flows.models.chronos import ChronosForecaster
 
-    doc, _ = read_champion(ctx.store, ctx.env)
+    doc, _ = read_champion(spec.store, spec.env)
     if doc is None:
         return ChampionInRun()
     family = doc["family"]
@@ -115,75 +117,76 @@ def load_champion(ctx: RunContext, season: int) -> ChampionInRun:
         from chronos_flows.forecasting import champion_forecaster
 
         try:
-            model = champion_forecaster(ctx.store, ctx.env, doc, ctx.workdir / "champion", device=ctx.params.chronos.device,
-                                        n_jobs=ctx.params.autoets.n_jobs)
+            model = champion_forecaster(spec.store, spec.env, doc, spec.workdir / "champion", device=spec.params.chronos.device,
+                                        n_jobs=spec.params.autoets.n_jobs)
         except ChronosFlowsError as exc:
             logger().warning("champion %s cannot be re-created (%s); gating against its stored score", doc["run_id"], exc)
             return ChampionInRun(doc)
         return ChampionInRun(doc, model=model)
     if family in LOCAL_FAMILIES:
-        if family in ctx.params.evaluation.baselines and doc["config"] == baseline_config(ctx.params, family, season):
+        if family in spec.params.evaluation.baselines and doc["config"] == baseline_config(spec.params, family, season):
             logger().info("champion %s from run %s has this run's %s configuration: scored as that candidate", family, doc["run_id"], family)
             return ChampionInRun(doc, same_as=family)
         try:
-            model = local_forecaster(family, doc["config"], n_jobs=baseline_jobs(ctx.params, family))
+            model = local_forecaster(family, doc["config"], n_jobs=baseline_jobs(spec.params, family))
         except ChronosFlowsError as exc:
             logger().warning("champion %s cannot be re-created (%s); gating against its stored score", doc["run_id"], exc)
             return ChampionInRun(doc)
         return ChampionInRun(doc, model=model)
-    prefix = layout.registry_model_prefix(ctx.env, doc["run_id"], "chronos")
-    local = ctx.workdir / "champion" / "chronos"
+    prefix = layout.registry_model_prefix(spec.env, doc["run_id"], "chronos")
+    local = spec.workdir / "champion" / "chronos"
     try:
-        if not ctx.store.download_dir(prefix, local):
-            raise ChronosFlowsError(f"no files under {ctx.store.uri(prefix)}")
-        model = ChronosForecaster.load(local, ctx.params.chronos, workdir=ctx.workdir / "champion")
+        if not spec.store.download_dir(prefix, local):
+            raise ChronosFlowsError(f"no files under {spec.store.uri(prefix)}")
+        model = ChronosForecaster.load(local, spec.params.chronos, workdir=spec.workdir / "champion")
     except ChronosFlowsError as exc:
         logger().warning("champion %s cannot be re-scored (%s); gating against its stored score", doc["run_id"], exc)
         return ChampionInRun(doc)
-    logger().info("champion %s loaded from %s; it is backtested on this run's windows", doc["run_id"], ctx.store.uri(prefix))
+    logger().info("champion %s loaded from %s; it is backtested on this run's windows", doc["run_id"], spec.store.uri(prefix))
     return ChampionInRun(doc, model=model)
 
 
 @task(name="evaluate", cache_policy=NONE)
 def evaluate(
-    ctx: RunContext,
+    spec: RunSpec,
     history: pd.DataFrame,
     chronos: Forecaster,
-    baselines: dict[str, BacktestResult],
+    baselines: Mapping[str, BaselineRecord],
     freq: str,
     season: int,
     champion: ChampionInRun | None = None,
+    guard: Guard = no_guard,
 ) -> BacktestResult:
     """Backtest Chronos, the current champion and Seasonal Naive on the same windows, join the
     baselines' backtests, publish the results."""
     models: dict[str, Forecaster] = {"chronos": chronos, "seasonal_naive": SeasonalNaive(season)}
     if champion is not None and champion.model is not None:
         models["champion"] = champion.model
-    result = _backtest(ctx, models, history, freq, season)
+    result = _backtest(spec.params, models, history, freq, season)
     for other in baselines.values():
-        result = merge_results(result, other)
-    if ctx.params.evaluation.ensemble:  # fitted on the extra first window; every model judged on the others
+        result = merge_results(result, other.result)
+    if spec.params.evaluation.ensemble:  # fitted on the extra first window; every model judged on the others
         from chronos_flows.models.ensemble import add_ensemble
 
-        result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=["chronos", *ctx.params.evaluation.baselines],
-                              gate_metric=ctx.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(ctx.params.evaluation))
-    out = ctx.workdir / "evaluation"
-    paths = write_outputs(result, out, history=history[["unique_id", "ds", "y"]], plot_series=ctx.params.evaluation.plot_series)
-    ctx.handle and ctx.handle.check()
-    prefix = layout.evaluation_prefix(ctx.env, ctx.run_id)
-    ctx.store.upload_dir(out, prefix)
+        result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=["chronos", *spec.params.evaluation.baselines],
+                              gate_metric=spec.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(spec.params.evaluation))
+    out = spec.workdir / "evaluation"
+    paths = write_outputs(result, out, history=history[["unique_id", "ds", "y"]], plot_series=spec.params.evaluation.plot_series)
+    guard()
+    prefix = layout.evaluation_prefix(spec.env, spec.run_id)
+    spec.store.upload_dir(out, prefix)
 
-    table_artifact(f"leaderboard-{ctx.run_id}", leaderboard_records(result), f"Backtest leaderboard of run {ctx.run_id}")
+    table_artifact(f"leaderboard-{spec.run_id}", leaderboard_records(result), f"Backtest leaderboard of run {spec.run_id}")
     # The UI cannot open store paths: the report's plots (relative paths in the stored report.md)
     # and each plot artifact carry the PNG itself as a data URI.
     plots = {name: path for name, path in paths.items() if name.startswith("plot_")}
     pngs = {name: path.read_bytes() for name, path in plots.items()}
     report = embed_images((out / "report.md").read_text(), {path.relative_to(out).as_posix(): pngs[name] for name, path in plots.items()})
-    markdown_artifact(f"evaluation-report-{ctx.run_id}", report, "Evaluation report (plots embedded)")
+    markdown_artifact(f"evaluation-report-{spec.run_id}", report, "Evaluation report (plots embedded)")
     for name, path in plots.items():
         label = name.removeprefix("plot_")
-        uri = ctx.store.uri(prefix + "/" + path.relative_to(out).as_posix())
-        image_artifact(f"{name.replace('_', '-')}-{ctx.run_id}", f"Forecast plot: {label} series", pngs[name],
+        uri = spec.store.uri(prefix + "/" + path.relative_to(out).as_posix())
+        image_artifact(f"{name.replace('_', '-')}-{spec.run_id}", f"Forecast plot: {label} series", pngs[name],
                        f"Backtest forecast plot ({label} series)", note=f"Stored at `{uri}`")
     for model, row in result.leaderboard.iterrows():
         logger().info(
@@ -196,16 +199,20 @@ def evaluate(
 
 @task(name="results-sync", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
 def finalize_results(
-    ctx: RunContext, result: BacktestResult, results: dict[str, Any], report: CleaningReport, champion: ChampionInRun | None = None
-) -> dict[str, Any]:
+    spec: RunSpec,
+    result: BacktestResult,
+    report: CleaningReport,
+    data: DataSync,
+    chronos: TrainedChronos,
+    baselines: Mapping[str, BaselineRecord],
+    champion: ChampionInRun | None = None,
+    guard: Guard = no_guard,
+) -> Promotion:
     """Champion decision over every family (compare-and-swap), cost estimate and model_metadata.json
     (:func:`chronos_flows.promotion.promote_run`); the decision as an artifact."""
-    spec = RunSpec(ctx.params, ctx.store, ctx.run_id, ctx.workdir)
-    baselines = {b: BaselineRecord(family=b, result=None, **results[b]) for b in ("autoets", "theta", "prophet") if b in results}
-    done = promote_run(spec, result, report, DataSync(**results["data"]), TrainedChronos(model=None, info=results["chronos"]),
-                       baselines, champion, guard=lambda: ctx.handle and ctx.handle.check())
-    _publish_decision(ctx.run_id, done)
-    return done.to_dict()
+    done = promote_run(spec, result, report, data, chronos, baselines, champion, guard=guard)
+    _publish_decision(spec.run_id, done)
+    return done
 
 
 def _publish_decision(run_id: str, done: Promotion) -> None:

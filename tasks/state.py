@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prefect import task
 from prefect.cache_policies import NONE
@@ -15,25 +14,23 @@ from chronos_flows.config import TrainingParams
 from chronos_flows.errors import ChronosFlowsError, LockedError
 from chronos_flows.lock import LockHandle, RunLock, is_handed_off, take_handed_off
 from chronos_flows.ops import status_report
+from chronos_flows.records import RunSpec
 from chronos_flows.store import ObjectStore
 from tasks.common import RETRY_DELAYS, logger, retry_transient
 
 
-@dataclass
-class RunContext:
-    """What the tasks of one run share (lives in the flow's process; never cached or persisted)."""
+class RunContext(Protocol):
+    """What flow-level code driving a run reads of it (``flows.lifecycle.LockedRun`` is one; e.g.
+    ``tasks.tuning.run_study``). Tasks never get it: they take a :class:`RunSpec` and values."""
 
     params: TrainingParams
     store: ObjectStore
     run_id: str
     workdir: Path
-    handle: LockHandle | None = None
-    flow_run_id: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    handle: LockHandle | None
 
     @property
-    def env(self) -> str:
-        return self.params.env
+    def env(self) -> str: ...
 
 
 @task(name="open-store", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
@@ -62,62 +59,63 @@ def check_lock(store: ObjectStore, env: str, lease_seconds: float, run_id: str |
 
 
 @task(name="acquire-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def acquire_lock(ctx: RunContext) -> LockHandle | str:
-    """The lock handle, or the refusal message when another run holds the lock."""
+def acquire_lock(spec: RunSpec, flow_run_id: str | None = None, info: dict[str, Any] | None = None) -> LockHandle | str:
+    """The lock handle for ``spec.run_id`` (``info`` and the Prefect flow run recorded in the state
+    file), or the refusal message when another run holds it."""
     try:
-        return _acquire(ctx)
+        return _acquire(spec, flow_run_id, dict(info or {}))
     except LockedError as exc:
         return str(exc)
 
 
-def _acquire(ctx: RunContext) -> LockHandle:
-    handle = take_handed_off(ctx.store.url, ctx.env, ctx.run_id)
+def _acquire(spec: RunSpec, flow_run_id: str | None, info: dict[str, Any]) -> LockHandle:
+    handle = take_handed_off(spec.store.url, spec.env, spec.run_id)
     if handle is not None:  # `chronos-flows run` took it before Prefect started (and finished any run it took over): adopt it
-        handle.update_info(flow_run_id=ctx.flow_run_id, **ctx.info)
-        if ctx.flow_run_id:
-            handle._write(lambda s: s.__setitem__("flow_run_id", ctx.flow_run_id))
+        handle.update_info(flow_run_id=flow_run_id, **info)
+        if flow_run_id:
+            handle._write(lambda s: s.__setitem__("flow_run_id", flow_run_id))
     else:
-        lock = RunLock(ctx.store, ctx.env, lease_seconds=ctx.params.lock.lease_seconds)
-        handle = lock.acquire(ctx.run_id, flow_run_id=ctx.flow_run_id, info=dict(ctx.info))
+        lock = RunLock(spec.store, spec.env, lease_seconds=spec.params.lock.lease_seconds)
+        handle = lock.acquire(spec.run_id, flow_run_id=flow_run_id, info=info)
         if handle.previous is not None:  # took over a dead holder: finish its record and cleanup
-            _cleanup_taken_over(ctx, handle.previous.run_id)
-    log = runlog.load_training_log(ctx.store, ctx.env, ctx.run_id)
+            _cleanup_taken_over(spec, handle.previous.run_id)
+    log = runlog.load_training_log(spec.store, spec.env, spec.run_id)
     if log is None:
         log = runlog.TrainingLog(
-            run_id=ctx.run_id,
-            env=ctx.env,
+            run_id=spec.run_id,
+            env=spec.env,
             generation=handle.generation,
-            flow_run_id=ctx.flow_run_id,
+            flow_run_id=flow_run_id,
             status="initialization",
             started_at=handle.state["started_at"],
-            params=ctx.params.model_dump(mode="json"),
-            resumed_from=ctx.params.resume_from,
+            params=spec.params.model_dump(mode="json"),
+            resumed_from=spec.params.resume_from,
         )
     else:  # the same run id again (a deployment re-run): keep its history, this attempt appends
-        log = log.model_copy(update={"generation": handle.generation, "flow_run_id": ctx.flow_run_id, "error": None, "ended_at": None})
-    runlog.save_training_log(ctx.store, log)
+        log = log.model_copy(update={"generation": handle.generation, "flow_run_id": flow_run_id, "error": None, "ended_at": None})
+    runlog.save_training_log(spec.store, log)
     handle.record_status({"generation": handle.generation})  # the initialization the state file holds
-    logger().info("run %s holds the lock (generation %d)", ctx.run_id, handle.generation)
+    logger().info("run %s holds the lock (generation %d)", spec.run_id, handle.generation)
     return handle
 
 
 @task(name="set-status", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def set_status(ctx: RunContext, status: str, **details: Any) -> None:
-    """Move the state file (compare-and-swap) and record the transition in ``training.json``."""
-    if ctx.handle is None:
-        raise RuntimeError("set_status called before the lock was acquired")
-    ctx.handle.record_transition(status, **details)
-    logger().info("run %s → %s", ctx.run_id, status)
+def set_status(handle: LockHandle, status: str, **details: Any) -> None:
+    """Move the state file (compare-and-swap) and record the transition in ``training.json``: the
+    lock handle's one writer, retried on transient store errors. Called by the flow's ``LockedRun``,
+    the only holder of the handle."""
+    handle.record_transition(status, **details)
+    logger().info("run %s → %s", handle.run_id, status)
 
 
-def _cleanup_taken_over(ctx: RunContext, dead_run_id: str) -> None:
+def _cleanup_taken_over(spec: RunSpec, dead_run_id: str) -> None:
     from chronos_flows.runs import cleanup_dead_run
     from tasks.cleanup import instance_cleanup_steps
 
     try:
         result = cleanup_dead_run(
-            ctx.store, ctx.env, dead_run_id, reason=f"lock taken over by run {ctx.run_id} after its lease expired",
-            extra_cleanup=instance_cleanup_steps(ctx.params),
+            spec.store, spec.env, dead_run_id, reason=f"lock taken over by run {spec.run_id} after its lease expired",
+            extra_cleanup=instance_cleanup_steps(spec.params),
         )
         logger().warning("run %s was dead: recorded %s, cleanup %s", dead_run_id, result["status"],
                          "complete" if result["cleanup_complete"] else "INCOMPLETE (see its cleanup_status.json)")

@@ -10,7 +10,7 @@ GPU, without Prefect. Both write checkpoints and the model into the same store l
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from prefect import task
@@ -18,20 +18,20 @@ from prefect.cache_policies import NONE
 
 from blocks.store import download_prefix
 from chronos_flows import layout
+from chronos_flows.records import Guard, RunSpec, TrainedChronos, no_guard
 from chronos_flows.training import fit_and_store, follow_instance, instance_info
 from tasks.common import Progress, RETRY_DELAYS, image_artifact, logger, markdown_artifact, retry_transient
-from tasks.state import RunContext
 
 
-def _publish_training(ctx: RunContext, info: dict) -> None:
+def _publish_training(spec: RunSpec, info: dict) -> None:
     if info.get("loss_curve_uri"):
         # read back from the store: on the EC2 backend the instance drew it
-        got = ctx.store.get(f"{layout.evaluation_prefix(ctx.env, ctx.run_id)}/loss_curve.png")
+        got = spec.store.get(f"{layout.evaluation_prefix(spec.env, spec.run_id)}/loss_curve.png")
         if got is not None:
-            image_artifact(f"loss-curve-{ctx.run_id}", "Chronos loss curve", got[0], "Chronos training and validation loss",
+            image_artifact(f"loss-curve-{spec.run_id}", "Chronos loss curve", got[0], "Chronos training and validation loss",
                            note=f"Stored at `{info['loss_curve_uri']}`")
     markdown_artifact(
-        f"chronos-training-{ctx.run_id}",
+        f"chronos-training-{spec.run_id}",
         "\n".join(
             ["## Chronos training", "", "| field | value |", "|---|---|"]
             + [f"| {k} | {v} |" for k, v in info.items() if not isinstance(v, (dict, list))]
@@ -40,62 +40,68 @@ def _publish_training(ctx: RunContext, info: dict) -> None:
     )
 
 
+def _not_recorded(**info: Any) -> None:
+    """``on_instance`` outside a run (tests): the instance is not recorded anywhere."""
+
+
 @task(name="train-chronos", retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
-def train_chronos(ctx: RunContext, train: pd.DataFrame, freq: str) -> tuple[Any, dict]:
-    """Train Chronos on the training part with the configured compute backend."""
-    if ctx.params.compute.backend == "ec2":
-        fitted, info = train_on_ec2(ctx)
+def train_chronos(spec: RunSpec, train: pd.DataFrame, freq: str, guard: Guard = no_guard, *, generation: int | None = None,
+                  on_instance: Callable[..., None] = _not_recorded) -> TrainedChronos:
+    """Train Chronos on the training part with the configured compute backend. ``guard`` stops it
+    when the run is killed or its lock lost; on EC2, ``on_instance(instance_id=...)`` names the
+    instance as soon as it is launched and ``on_instance(instance_seconds=...)`` its billed time,
+    also when training fails (the flow's cleanup terminates it and prices it). Never cached."""
+    if spec.params.compute.backend == "ec2":
+        fitted, info = train_on_ec2(spec, guard, generation=generation, on_instance=on_instance)
     else:
-        bar = Progress(f"training-progress-{ctx.run_id}", "Chronos training steps")
+        bar = Progress(f"training-progress-{spec.run_id}", "Chronos training steps")
         fitted, info = fit_and_store(
-            ctx.params,
-            ctx.store,
-            ctx.run_id,
-            ctx.workdir,
+            spec.params,
+            spec.store,
+            spec.run_id,
+            spec.workdir,
             train,
             freq,
-            guard=lambda refresh: ctx.handle.check(refresh=refresh) if ctx.handle else None,
+            guard=guard,
             report=lambda ev: bar.update(ev.get("step", 0), ev.get("max_steps", 0)),
             fetch_dir=lambda uri, dest: download_prefix(uri, dest),
             log=logger(),
         )
-    _publish_training(ctx, info)
-    return fitted, info
+    _publish_training(spec, info)
+    return TrainedChronos(model=fitted, info=info)
 
 
 # ----------------------------------------------------------------------------------- EC2 backend
 
 
-def train_on_ec2(ctx: RunContext, poll_seconds: float = 5.0) -> tuple[Any, dict]:
-    """Launch this run's GPU instance, follow it through the store, load the model it saved."""
+def train_on_ec2(spec: RunSpec, guard: Guard = no_guard, *, generation: int | None = None,
+                 on_instance: Callable[..., None] = _not_recorded, poll_seconds: float = 5.0) -> tuple[Any, dict]:
+    """Launch this run's GPU instance (attempt ``generation``), follow it through the store, load the model it saved."""
     from blocks.ec2 import Ec2Compute
     from chronos_flows.models.chronos import ChronosForecaster
 
-    cfg = ctx.params.compute.ec2
-    handle = ctx.handle
-    generation = handle.generation if handle else None
-    ec2 = Ec2Compute(cfg, env=ctx.env, cost_center=ctx.params.cost_center)
-    ctx.store.delete(layout.instance_result_key(ctx.env, ctx.run_id))  # a retried step must not read an old result
-    user_data = ec2.render_user_data(ctx.run_id, ctx.store.url, ctx.env, generation=generation)
+    cfg = spec.params.compute.ec2
+    ec2 = Ec2Compute(cfg, env=spec.env, cost_center=spec.params.cost_center)
+    spec.store.delete(layout.instance_result_key(spec.env, spec.run_id))  # a retried step must not read an old result
+    user_data = ec2.render_user_data(spec.run_id, spec.store.url, spec.env, generation=generation)
     t_launch = time.monotonic()
-    instance_id = ec2.launch(ctx.run_id, user_data, attempt=generation or 0)
-    ctx.info["instance_id"] = instance_id
-    if handle is not None:
-        handle.update_info(instance_id=instance_id)
-    logger().info("launched %s (%s) for run %s; waiting for its result", instance_id, cfg.instance_type, ctx.run_id)
-    bar = Progress(f"training-progress-{ctx.run_id}", f"Chronos training on {instance_id}")
+    instance_id = ec2.launch(spec.run_id, user_data, attempt=generation or 0)
+    on_instance(instance_id=instance_id)
+    logger().info("launched %s (%s) for run %s; waiting for its result", instance_id, cfg.instance_type, spec.run_id)
+    bar = Progress(f"training-progress-{spec.run_id}", f"Chronos training on {instance_id}")
     try:
         result = follow_instance(
-            ctx.store, ctx.env, ctx.run_id, ec2, instance_id, t_launch + cfg.max_runtime_minutes * 60, poll_seconds,
-            check=lambda: ctx.handle.check() if ctx.handle is not None else None,
+            spec.store, spec.env, spec.run_id, ec2, instance_id, t_launch + cfg.max_runtime_minutes * 60, poll_seconds,
+            check=guard,
             report=lambda ev: bar.update(ev.get("step", 0), ev.get("max_steps", 0)),
             log=logger(),
         )
     finally:
         # billed time, also for a failed run (the cost estimate in training.json uses it)
-        ctx.info["instance_seconds"] = round(time.monotonic() - t_launch, 3)
-    info = instance_info(result, instance_id, cfg.instance_type, ctx.info["instance_seconds"])
-    local = ctx.workdir / "models" / "chronos"
-    ctx.store.download_dir(layout.models_prefix(ctx.env, ctx.run_id, "chronos"), local)
-    fitted = ChronosForecaster.load(local, ctx.params.chronos, workdir=ctx.workdir / "chronos")
+        instance_seconds = round(time.monotonic() - t_launch, 3)
+        on_instance(instance_seconds=instance_seconds)
+    info = instance_info(result, instance_id, cfg.instance_type, instance_seconds)
+    local = spec.workdir / "models" / "chronos"
+    spec.store.download_dir(layout.models_prefix(spec.env, spec.run_id, "chronos"), local)
+    fitted = ChronosForecaster.load(local, spec.params.chronos, workdir=spec.workdir / "chronos")
     return fitted, info

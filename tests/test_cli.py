@@ -297,7 +297,8 @@ def test_when_a_takeover_happens_then_the_dead_runs_record_and_cleanup_are_finis
     from chronos_flows.config import build_params
     from chronos_flows.ops import run_cleanup
     from prefect.logging import disable_run_logger
-    from tasks.state import RunContext, acquire_lock
+    from chronos_flows.records import RunSpec
+    from tasks.state import acquire_lock
 
     workroot = tmp_path / "work"
     monkeypatch.setenv("CHRONOS_FLOWS_WORKDIR", str(workroot))
@@ -305,9 +306,9 @@ def test_when_a_takeover_happens_then_the_dead_runs_record_and_cleanup_are_finis
     _, wd = _dead_run(store, "dead-run", workroot, lease=1.0)
     time.sleep(1.2)
     params = build_params(store=str(store_dir), run_id="new-run", overrides=["lock.lease_seconds=1"])
-    ctx = RunContext(params=params, store=store, run_id="new-run", workdir=tmp_path / "new-work")
+    spec = RunSpec(params=params, store=store, run_id="new-run", workdir=tmp_path / "new-work")
     with disable_run_logger():
-        handle = acquire_lock.fn(ctx)
+        handle = acquire_lock.fn(spec)
     assert handle.run_id == "new-run" and handle.previous.run_id == "dead-run"
     dead = runlog.load_training_log(store, "dev", "dead-run")
     assert dead.status == "failed" and "lease expired" in dead.error

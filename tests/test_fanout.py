@@ -68,15 +68,15 @@ def _run_baselines(params, df):
 
     from tasks.evaluate import backtest_baseline
     from tasks.runners import chunk_runner as baseline_runner
-    from tasks.state import RunContext
+    from chronos_flows.records import RunSpec
 
     @flow(name="fanout-test", persist_result=False)
     def baselines():
-        ctx = RunContext(params=params, store=None, run_id=f"fanout-{params.compute.task_runner}", workdir=None)
+        spec = RunSpec(params=params, store=None, run_id=f"fanout-{params.compute.task_runner}", workdir=None)
         out = {}
         with baseline_runner(params.compute) as runner:
             for family in ("autoets", "theta"):
-                out[family] = backtest_baseline(ctx, family, df, "MS", 12, runner)
+                out[family] = backtest_baseline(spec, family, df, "MS", 12, runner)
         return out
 
     return baselines()
@@ -98,11 +98,11 @@ def test_when_baselines_run_on_a_dask_local_cluster_then_the_numbers_equal_the_l
     took = time.monotonic() - t0
 
     for family in ("autoets", "theta"):
-        (lres, linfo), (dres, dinfo) = local[family], dask[family]
+        (lres, linfo), (dres, dinfo) = ((r.result, r.info()) for r in (local[family], dask[family]))
         assert linfo["chunks"] == dinfo["chunks"] == 3 and linfo["cached_chunks"] == dinfo["cached_chunks"] == 0
         pd.testing.assert_frame_equal(dres.leaderboard, lres.leaderboard, check_exact=True)
         pd.testing.assert_frame_equal(dres.metrics, lres.metrics, check_exact=True)
         assert dres.failures == lres.failures
-    assert set(local["autoets"][1]["failures"]) == {"s03"}  # a per-series failure is reported on both runners
-    assert set(dask["autoets"][1]["failures"]) == {"s03"}
+    assert set(local["autoets"].failures) == {"s03"}  # a per-series failure is reported on both runners
+    assert set(dask["autoets"].failures) == {"s03"}
     assert took < 60, took
