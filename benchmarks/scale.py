@@ -14,10 +14,17 @@ inside a Prefect flow and prints the wall time, the wall time per series, the pe
 of this process and all its children (process pool or Dask workers, sampled every 0.1 s) and the
 peak's increase over the idle level per series. Per-series cost should stay flat as the panel grows.
 
+Then, on the same panel and engine, it runs the ``chronos-forecast`` flow (batch forecasts, horizon
+6) with a champion of the same family and configuration (seeded in a temporary store): one
+``forecast-chunk`` task per ``--chunk-series`` series on that runner (``local-1``/``local-2``:
+``compute.task_runner=local`` with ``n_jobs`` 1/2; ``dask-2``: ``compute.dask_address`` of the same
+cluster), and prints its wall time (the whole flow, including reading and cleaning the data and
+writing forecasts.parquet), ms per series and peak memory (``--no-forecast`` skips it).
+
 Usage::
 
     python benchmarks/scale.py [--sizes 200 2000 20000] [--family autoets] [--engines local-1 local-2 dask-2]
-                               [--chunk-series 100] [--json out.json]
+                               [--chunk-series 100] [--no-forecast] [--json out.json]
 
 Prefect: uses ``PREFECT_API_URL`` when set, else an ephemeral server; results (persisted for the
 cache) go to a temporary ``PREFECT_HOME`` removed at the end unless ``PREFECT_HOME`` is set.
@@ -100,12 +107,43 @@ class PeakRss:
         self.peak = max(self.peak, self.now())
 
 
+def seed_champion(store_dir: Path, family: str, config: dict) -> None:
+    """A store whose ``dev`` champion is ``family`` with ``config``, judged on monthly data (horizon 6)."""
+    from blocks.store import LocalStore
+    from chronos_flows.config import QUANTILES
+    from chronos_flows.registry import decide_champion, promote
+
+    entry = {"run_id": "scale-champion", "family": family, "config": config,
+             "judged_on": {"freq": "MS", "horizon": 6, "quantiles": list(QUANTILES), "season_length": 12}}
+    if not promote(LocalStore(store_dir), "dev", entry, decide_champion({family: {"wql": 0.1}}, None), None):
+        raise RuntimeError(f"could not seed the benchmark's champion in {store_dir}")
+
+
+def forecast_once(store_dir: Path, path: Path, n: int, engine: str, chunk_series: int, cluster) -> dict:
+    """Run the chronos-forecast flow on the panel at ``path`` with ``engine``; its timings and memory."""
+    from chronos_flows.config import ForecastParams
+    from flows.forecast import chronos_forecast
+
+    compute = {"task_runner": "dask", "dask_address": cluster.scheduler_address} if engine == "dask-2" else {}
+    params = ForecastParams(store=str(store_dir), forecast_id=f"scale-{n}-{engine}", horizon=6, chunk_size=chunk_series,
+                            n_jobs=2 if engine == "local-2" else 1, plot_series=0, compute=compute,
+                            data={"path": str(path), "format": "parquet"})
+    with PeakRss() as mem:
+        t0 = time.perf_counter()
+        doc = chronos_forecast(params=params)
+        seconds = time.perf_counter() - t0
+    return {"forecast_wall_s": round(seconds, 3), "forecast_ms_per_series": round(1000 * seconds / n, 2),
+            "forecast_seconds": doc["timings"]["forecast_seconds"], "forecast_peak_mb": round(mem.peak / 2**20, 1),
+            "forecast_skipped": doc["counts"]["series_skipped"], "forecast_chunks": doc["counts"]["chunks"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 2000, 20000])
     ap.add_argument("--family", default="autoets", choices=["autoets", "theta", "prophet"])
     ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     ap.add_argument("--chunk-series", type=int, default=100)
+    ap.add_argument("--no-forecast", action="store_true", help="skip the batch forecast (chronos-forecast flow) measurements")
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
 
@@ -142,7 +180,14 @@ def main(argv: list[str] | None = None) -> int:
             f"compute.chunk_series={args.chunk_series}"]
     rows = []
     print(f"{args.family}, 60-point monthly series, horizon 6, 2 windows, {args.chunk_series} series per chunk")
-    print(f"{'series':>7} {'engine':>8} {'wall s':>8} {'ms/series':>10} {'peak MB':>8} {'KB/series':>10} {'failed':>6}")
+    forecast = not args.no_forecast
+    fc_head = f" {'fc wall s':>9} {'fc ms/ser':>9} {'fc MB':>6}" if forecast else ""
+    print(f"{'series':>7} {'engine':>8} {'wall s':>8} {'ms/series':>10} {'peak MB':>8} {'KB/series':>10} {'failed':>6}{fc_head}")
+    store_dir = Path(tempfile.mkdtemp(prefix="chronos-flows-scale-store-"))
+    if forecast:
+        from chronos_flows.models.families import baseline_config
+
+        seed_champion(store_dir, args.family, baseline_config(build_params(overrides=base), args.family, 12))
     try:
         for n in args.sizes:
             path = Path(_TMP_HOME or tempfile.gettempdir()) / f"scale-panel-{n}.parquet"
@@ -157,10 +202,15 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"series": n, "engine": engine, "wall_s": round(seconds, 3), "ms_per_series": round(1000 * seconds / n, 2),
                        "peak_mb": round(mem.peak / 2**20, 1), "kb_per_series": round((mem.peak - mem.idle) / 1024 / n, 1),
                        "failed": len(info["failures"]), "chunks": info["chunks"]}
+                fc_cols = ""
+                if forecast:
+                    row.update(forecast_once(store_dir, path, n, engine, args.chunk_series, cluster))
+                    fc_cols = f" {row['forecast_wall_s']:>9.1f} {row['forecast_ms_per_series']:>9.1f} {row['forecast_peak_mb']:>6.0f}"
                 rows.append(row)
                 print(f"{n:>7} {engine:>8} {seconds:>8.1f} {row['ms_per_series']:>10.1f} {row['peak_mb']:>8.0f} "
-                      f"{row['kb_per_series']:>10.1f} {row['failed']:>6}", flush=True)
+                      f"{row['kb_per_series']:>10.1f} {row['failed']:>6}{fc_cols}", flush=True)
     finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
         if cluster is not None:
             cluster.close()
         if _TMP_HOME:
