@@ -156,7 +156,8 @@ def test_when_a_chunk_fails_then_its_series_are_skipped_with_the_error_and_the_o
     assert not LocalStore(tmp_path / "store").exists(f"{layout.forecasts_prefix('dev', 'fc-lost')}/forecast.json")
 
 
-def test_when_forecast_compute_settings_are_invalid_then_they_are_refused_naming_the_field():
+def test_when_forecast_compute_settings_are_invalid_then_they_are_refused_naming_the_field(tmp_path, capsys):
+    from app.cli import main
     from chronos_flows.config import build_forecast_params
     from chronos_flows.errors import ConfigError
 
@@ -169,3 +170,6 @@ def test_when_forecast_compute_settings_are_invalid_then_they_are_refused_naming
                       (["compute.max_chunks_in_flight=0"], "compute.max_chunks_in_flight")):
         with pytest.raises(ConfigError, match=says):
             build_forecast_params(overrides=bad)
+    # the CLI: --set compute.… like any other field, refused with exit 2 before anything runs
+    assert main(["forecast", "--store", str(tmp_path / "store"), "--set", "compute.task_runner=spark"]) == 2
+    assert "compute.task_runner" in capsys.readouterr().err and not (tmp_path / "store").exists()
