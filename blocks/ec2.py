@@ -67,14 +67,15 @@ class Ec2Compute:
 
     # ------------------------------------------------------------------ tags
 
-    def tags(self, run_id: str) -> list[dict[str, str]]:
-        return [
-            {"Key": "Project", "Value": PROJECT},
-            {"Key": "Environment", "Value": self.env},
-            {"Key": "CostCenter", "Value": self.cost_center},
-            {"Key": "RunId", "Value": run_id},
-            {"Key": "Name", "Value": f"{PROJECT}-{self.env}-{run_id}"[:255]},
-        ]
+    def tags(self, run_id: str, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+        """The standard tags; ``extra`` adds (or overrides ``Name``), e.g. a tuning trial's study and number."""
+        base = {"Project": PROJECT, "Environment": self.env, "CostCenter": self.cost_center, "RunId": run_id,
+                "Name": f"{PROJECT}-{self.env}-{run_id}"[:255]}
+        for k, v in (extra or {}).items():
+            if k in ("Project", "Environment", "CostCenter", "RunId"):
+                raise ConfigError(f"tag {k} is set by the ec2 backend; give the extra tag another name")
+            base[k] = str(v)[:255]
+        return [{"Key": k, "Value": v} for k, v in base.items()]
 
     # ------------------------------------------------------------------ launch
 
@@ -114,7 +115,8 @@ class Ec2Compute:
             )
         return images[0].get("RootDeviceName") or "/dev/xvda"
 
-    def launch_params(self, run_id: str, user_data: str, *, attempt: int | str = 0) -> dict[str, Any]:
+    def launch_params(self, run_id: str, user_data: str, *, attempt: int | str = 0,
+                      extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
         """The ``run_instances`` arguments for this run (validated; no API call but the AMI lookup).
 
         ``attempt`` (e.g. the lock generation) goes into the idempotency token: a retried call with
@@ -126,7 +128,7 @@ class Ec2Compute:
         size = len(user_data.encode())
         if size > USER_DATA_LIMIT:
             raise ConfigError(f"user data is {size} bytes; EC2 accepts at most {USER_DATA_LIMIT}: shorten extra_env")
-        tags = self.tags(run_id)
+        tags = self.tags(run_id, extra_tags)
         resource_types = ["instance", "volume", "network-interface"]
         if self.cfg.spot:
             resource_types.append("spot-instances-request")
@@ -165,11 +167,12 @@ class Ec2Compute:
             }
         return params
 
-    def launch(self, run_id: str, user_data: str, *, attempt: int | str = 0) -> str:
+    def launch(self, run_id: str, user_data: str, *, attempt: int | str = 0,
+               extra_tags: dict[str, str] | None = None) -> str:
         """Launch the run's instance; return its id. See :meth:`launch_params` for ``attempt``."""
         from botocore.exceptions import ClientError
 
-        params = self.launch_params(run_id, user_data, attempt=attempt)
+        params = self.launch_params(run_id, user_data, attempt=attempt, extra_tags=extra_tags)
         try:
             resp = self.client.run_instances(**params)
         except ClientError as exc:
@@ -205,6 +208,14 @@ class Ec2Compute:
         """The instance's state name (``pending``, ``running``, …, ``terminated``) or None if unknown."""
         inst = self._instance(instance_id)
         return inst["State"]["Name"] if inst else None
+
+    def stop_reason(self, instance_id: str) -> str | None:
+        """Why the instance stopped or is terminating (EC2's StateReason / StateTransitionReason), if known."""
+        inst = self._instance(instance_id)
+        if not inst:
+            return None
+        reason = (inst.get("StateReason") or {}).get("Message") or inst.get("StateTransitionReason")
+        return str(reason) if reason else None
 
     def terminate(self, instance_id: str) -> str:
         """Terminate (idempotent). Return ``terminated``, ``already_terminated`` or ``not_found``."""

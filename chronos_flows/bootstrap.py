@@ -6,6 +6,11 @@ generation), runs the training callable and writes the outcome to
 ``{env}/{run_id}/instance/result.json`` (atomic put) for the parent flow to read. The user data
 shuts the instance down after it returns, whatever the exit code.
 
+With ``--trial PREFIX`` (``CHRONOS_FLOWS_TRIAL``; the tuning flow's user data sets it) the
+instance runs one tuning trial instead: :func:`chronos_flows.tuning_remote.run_trial_instance`
+reads the trial's spec under PREFIX, resumes from its stored checkpoints and writes the trial's
+own ``result.json`` there (a tuning run's trials run side by side, each on its instance).
+
 Exit codes: 0 ok, 1 training error, 2 bad environment/arguments/store, 3 refused (not this run's turn).
 """
 
@@ -198,7 +203,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("CHRONOS_FLOWS_TRAIN_ENTRYPOINT", DEFAULT_TRAIN_ENTRYPOINT),
         help="module:function called with run_id=, store_url=, env= (returns a JSON-able dict)",
     )
+    p.add_argument("--trial", default=os.environ.get("CHRONOS_FLOWS_TRIAL"),
+                   help="store prefix of a tuning trial to run instead of the run's training (see chronos_flows.tuning_remote)")
+    p.add_argument("--attempt", type=int, default=int(os.environ.get("CHRONOS_FLOWS_TRIAL_ATTEMPT") or 0),
+                   help="the trial's launch attempt (a relaunch after a lost instance counts up)")
     return p.parse_args(argv)
+
+
+def run_trial_mode(args: argparse.Namespace) -> int:
+    """``--trial``: one tuning trial on this instance; a missing GPU is recorded in the trial's result."""
+    from blocks.store import download_prefix, open_store
+    from chronos_flows.tuning_remote import TrialKeys, put_json, run_trial_instance
+
+    try:
+        store = open_store(args.store)
+    except StoreError as exc:
+        print(f"chronos-flows bootstrap: {exc}", file=sys.stderr)
+        return EXIT_ENV
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    instance_id = os.environ.get("CHRONOS_FLOWS_INSTANCE_ID")
+    logging.getLogger("chronos_flows.bootstrap").info("tuning trial %s of run %s (attempt %d) on %s", args.trial,
+                                                      args.run_id, args.attempt, instance_id or socket.gethostname())
+    try:
+        environment = check_gpu(args.allow_cpu)
+    except BadInputError as exc:
+        print(f"chronos-flows bootstrap: {exc}", file=sys.stderr)
+        put_json(store, TrialKeys(args.trial).result, {"state": "FAIL", "error": str(exc), "attempt": args.attempt,
+                                                       "instance_id": instance_id, "finished_at": _now()})
+        return EXIT_ENV
+    return run_trial_instance(store, args.env, args.run_id, args.trial, generation=args.generation, attempt=args.attempt,
+                              instance_id=instance_id, environment=environment,
+                              fetch_dir=lambda uri, dest: download_prefix(uri, dest))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         print("chronos-flows bootstrap: --run-id and --store are required (or CHRONOS_FLOWS_RUN_ID/"
               "CHRONOS_FLOWS_STORE)", file=sys.stderr)
         return EXIT_ENV
+    if args.trial:
+        return run_trial_mode(args)
     environment: dict[str, Any] = {}
     try:
         environment = check_gpu(args.allow_cpu)

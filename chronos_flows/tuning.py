@@ -11,6 +11,9 @@ A study (Optuna TPE sampler, median pruner on the intermediate validation loss) 
 * The study lives in an Optuna journal file (``JournalFileBackend``), mirrored to the store after
   every trial, so an interrupted study resumes from the store; trials left running by an
   interruption are marked failed and do not count against ``max_trials``.
+* Trials run as local processes, or with ``compute.backend=ec2`` one ephemeral instance each
+  (:mod:`chronos_flows.tuning_remote`: spot allowed, checkpoints in the store, a reclaimed instance
+  is replaced and resumes).
 * Budgets: ``max_trials`` finished trials, ``max_parallel`` at once, ``timeout_seconds`` wall
   clock, ``max_cost_usd`` (instance cost of the trials: zero on the local backend) — whichever comes
   first ends the study; the best settings are written as a config file ``chronos-flows run --config``
@@ -76,7 +79,7 @@ class TuningBudget(BaseModel):
     max_trials: int = Field(20, ge=1, title="Maximum trials", description="Finished trials (completed, pruned or failed) in the study, counting earlier sessions.")
     max_parallel: int = Field(2, ge=1, title="Trials in parallel", description="Trials running at once (local processes, or one EC2 instance each).")
     timeout_seconds: Optional[float] = Field(None, gt=0, title="Wall-clock limit (seconds)", description="Stop this session after this long; running trials are stopped and recorded as failed.")
-    max_cost_usd: Optional[float] = Field(None, ge=0, title="Maximum cost (USD)", description="Stop launching trials once their instance cost reaches this (local trials cost nothing).")
+    max_cost_usd: Optional[float] = Field(None, ge=0, title="Maximum cost (USD)", description="Stop the study once its trials' instance cost reaches this: no new trial, running ones stopped (local trials cost nothing).")
 
 
 class TuningParams(BaseModel):
@@ -164,9 +167,8 @@ def apply_overrides(base: TrainingParams, overrides: dict[str, Any]) -> Training
 def validate_space(params: TuningParams) -> None:
     """Refuse a search space that cannot be searched, naming the parameter (BadInputError: exit 2)."""
     base = params.training
-    if base.compute.backend != "local":
-        raise BadInputError(f"compute.backend {base.compute.backend}: tuning trials run as local processes (one EC2 "
-                            "instance per trial is not built yet); set compute.backend=local")
+    if base.compute.backend == "ec2":
+        _check_ec2(base)
     for name, spec in params.search_space.items():
         kind = TUNABLE.get(name)
         if kind is None:
@@ -258,6 +260,21 @@ def fail_stale_trials(study) -> list[int]:
     return [t.number for t in stale]
 
 
+def _check_ec2(base: TrainingParams) -> None:
+    """One instance per trial: the launch settings must be complete and the instance type priced
+    (the cost budget and each trial's cost use it) before the study starts."""
+    ec2 = base.compute.ec2
+    missing = [name for name, value in (("ami_id", ec2.ami_id), ("subnet_id", ec2.subnet_id),
+                                        ("security_group_ids", ec2.security_group_ids),
+                                        ("instance_profile", ec2.instance_profile)) if not value]
+    if missing:
+        raise ConfigError("compute.backend ec2 runs each trial on its own instance: set compute.ec2."
+                          + ", compute.ec2.".join(missing) + " (the infra stack's outputs and a Deep Learning AMI id)")
+    if ec2.instance_type not in ec2.hourly_prices:
+        raise ConfigError(f"compute.ec2.hourly_prices has no price for {ec2.instance_type}; add it "
+                          "(each trial's cost and tuning.budget.max_cost_usd use it)")
+
+
 def budget_reason(params: TuningParams, *, finished: int, elapsed_s: float, cost_usd: float) -> Optional[str]:
     """Why no further trial may start, or None."""
     b = params.budget
@@ -265,9 +282,20 @@ def budget_reason(params: TuningParams, *, finished: int, elapsed_s: float, cost
         return f"max_trials {b.max_trials} reached"
     if b.timeout_seconds is not None and elapsed_s >= b.timeout_seconds:
         return f"timeout of {b.timeout_seconds:g} s reached"
-    if b.max_cost_usd is not None and cost_usd >= b.max_cost_usd:
-        return f"max_cost_usd {b.max_cost_usd:g} reached (spent {cost_usd:.2f})"
+    return cost_reason(params, cost_usd)
+
+
+def cost_reason(params: TuningParams, cost_usd: float) -> Optional[str]:
+    """``max_cost_usd`` reached by ``cost_usd`` (the trials' instance cost so far), or None."""
+    limit = params.budget.max_cost_usd
+    if limit is not None and cost_usd >= limit:
+        return f"max_cost_usd {limit:g} reached (spent ${cost_usd:.2f})"
     return None
+
+
+def spent_usd(study) -> float:
+    """Instance cost of the study's trials so far (earlier sessions included; recorded per trial)."""
+    return float(sum(float(t.user_attrs.get("cost_usd") or 0.0) for t in study.get_trials(deepcopy=False)))
 
 
 def trials_frame(study) -> pd.DataFrame:
@@ -279,6 +307,8 @@ def trials_frame(study) -> pd.DataFrame:
                "seconds": round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
                if t.datetime_complete and t.datetime_start else None,
                "note": t.user_attrs.get("fail_reason") or t.user_attrs.get("pruned_at") or ""}
+        if "cost_usd" in t.user_attrs:  # ec2 trials: the instances' cost and launches
+            row.update(cost_usd=t.user_attrs["cost_usd"], attempts=t.user_attrs.get("attempts"))
         row.update(t.params)
         rows.append(row)
     return pd.DataFrame(rows)

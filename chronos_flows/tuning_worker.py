@@ -7,6 +7,9 @@ the data with the trial's settings, cuts off the final backtest span, fine-tunes
 rolling validation windows against the base-cleaned targets and writes ``result.json`` atomically:
 ``{"state": "COMPLETE"|"PRUNED"|"FAIL", "value": …, "step": …, "error": …, "seconds": …}``.
 No Prefect here: the flow's task runs this and tells the study the outcome.
+
+:func:`prepare` and :func:`fit_and_score` are also what a trial's EC2 instance runs
+(:mod:`chronos_flows.tuning_remote`), with its data, checkpoints and progress in the store.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -27,21 +30,15 @@ def _write_json(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
-    import optuna
-    import pandas as pd
-
+def prepare(spec: dict[str, Any], raw: Any) -> dict[str, Any]:
+    """The trial's training span (cleaned with its settings) and the reference span (cleaned with the
+    base settings, to score against): ``{params, train, reference, freq, season_length}``."""
     from chronos_flows.cleaning import clean
     from chronos_flows.config import CleaningConfig, TrainingParams
-    from chronos_flows.models.chronos import ChronosForecaster
-    from chronos_flows.models.chronos_train import VAL_WINDOWS
     from chronos_flows.splits import min_series_length, split_for_training
-    from chronos_flows.tuning import TuningParams, open_study, validation_score
 
     params = TrainingParams.model_validate(spec["params"])
     base_cleaning = CleaningConfig.model_validate(spec["base_cleaning"])
-    tuning = TuningParams.model_validate(spec["tuning"])
-    raw = pd.read_parquet(spec["raw_path"])
     H = params.evaluation.horizon
     min_len = min_series_length(params)
     cleaned, report = clean(raw, params.cleaning, min_length=min_len, horizon=H)
@@ -51,7 +48,38 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         reference, _ = clean(raw, base_cleaning, min_length=min_len, horizon=H)
     train, freq = split_for_training(cleaned, report.freq, params.evaluation)
     ref_train, _ = split_for_training(reference, report.freq, params.evaluation)
+    return {"params": params, "train": train, "reference": ref_train, "freq": freq, "season_length": report.season_length}
 
+
+def fit_and_score(prep: dict[str, Any], workdir: Path, progress: Callable[[dict], None], *,
+                  checkpoint_dir: Path | None = None, fetch_dir: Any = None) -> dict[str, Any]:
+    """Fine-tune on the trial's training span (resuming from ``checkpoint_dir``'s newest checkpoint)
+    and score on the validation windows; the COMPLETE result."""
+    from chronos_flows.models.chronos import ChronosForecaster
+    from chronos_flows.models.chronos_train import VAL_WINDOWS
+    from chronos_flows.tuning import validation_score
+
+    params, train = prep["params"], prep["train"]
+    H = params.evaluation.horizon
+    kwargs = {"fetch_dir": fetch_dir} if fetch_dir is not None else {}
+    forecaster = ChronosForecaster(params.chronos, workdir=workdir / "chronos",
+                                   checkpoint_dir=checkpoint_dir or workdir / "checkpoints", progress=progress, **kwargs)
+    fitted = forecaster.fit(train, prep["freq"], H)
+    value = validation_score(fitted, train, prep["reference"], horizon=H, n_windows=VAL_WINDOWS, freq=prep["freq"],
+                             season_length=prep["season_length"], quantiles=params.evaluation.quantiles)
+    return {"state": "COMPLETE", "value": value, "step": fitted.info.get("steps_done"),
+            "best_val_loss": fitted.info.get("best_val_loss"), "resumed_from_step": fitted.info.get("resumed_from_step")}
+
+
+def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    """A local trial: the study journal is a local file, so this process reports to it and prunes itself."""
+    import optuna
+    import pandas as pd
+
+    from chronos_flows.tuning import TuningParams, open_study
+
+    tuning = TuningParams.model_validate(spec["tuning"])
+    prep = prepare(spec, pd.read_parquet(spec["raw_path"]))
     study = open_study(Path(spec["journal"]), spec["study"], tuning, create=False)
     trial = optuna.trial.Trial(study, int(spec["trial_id"]))
     reported: set[int] = set()
@@ -65,14 +93,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (validation loss {val:.4g} above the median)")
 
-    workdir = Path(spec["workdir"])
-    forecaster = ChronosForecaster(params.chronos, workdir=workdir / "chronos", checkpoint_dir=workdir / "checkpoints",
-                                   progress=progress)
-    fitted = forecaster.fit(train, freq, H)
-    value = validation_score(fitted, train, ref_train, horizon=H, n_windows=VAL_WINDOWS, freq=freq,
-                             season_length=report.season_length, quantiles=params.evaluation.quantiles)
-    return {"state": "COMPLETE", "value": value, "step": fitted.info.get("steps_done"),
-            "best_val_loss": fitted.info.get("best_val_loss")}
+    return fit_and_score(prep, Path(spec["workdir"]), progress)
 
 
 def main(argv: list[str] | None = None) -> int:

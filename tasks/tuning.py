@@ -1,8 +1,10 @@
-"""Tuning tasks: one trial per Prefect task (a local process each), the study loop, the artifacts.
+"""Tuning tasks: one trial per Prefect task, the study loop, the artifacts.
 
-The study itself is :mod:`chronos_flows.tuning` (Optuna, no Prefect); a trial runs in its own
-process (:mod:`chronos_flows.tuning_worker`), so trials train in parallel on separate cores and a
-trial that is stopped (budget, kill) is one process to terminate.
+The study itself is :mod:`chronos_flows.tuning` (Optuna, no Prefect). A trial runs in its own
+process (:mod:`chronos_flows.tuning_worker`) on the local backend, so trials train in parallel on
+separate cores and a trial that is stopped (budget, kill) is one process to terminate; with
+``compute.backend=ec2`` each trial runs on its own ephemeral instance (:mod:`tasks.tuning_ec2`).
+A budget that runs out while trials run (wall clock, cost) stops them; they are recorded as failed.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from prefect.cache_policies import NONE
 
 from chronos_flows import layout
 from chronos_flows.tuning import (TuningParams, apply_overrides, best_config_yaml, best_trial, budget_reason,
-                                  fail_stale_trials, finished_trials, open_study, param_importances,
-                                  plot_history_png, plot_importance_png, suggest, trials_frame)
+                                  cost_reason, fail_stale_trials, finished_trials, open_study, param_importances,
+                                  plot_history_png, plot_importance_png, spent_usd, suggest, trials_frame)
+from chronos_flows.tuning_remote import data_key
 from tasks.common import Progress, image_markdown, logger, markdown_artifact, table_artifact
 from tasks.state import RunContext
 
@@ -47,14 +50,20 @@ def run_trial(spec: dict[str, Any], number: int, stop_at: float | None) -> dict[
         try:
             while proc.poll() is None:
                 timed_out = stop_at is not None and time.monotonic() >= stop_at
-                if timed_out or Path(spec["stop_file"]).exists():
+                budget = Path(spec["budget_file"])
+                if timed_out or Path(spec["stop_file"]).exists() or budget.exists():
                     proc.terminate()
                     try:
                         proc.wait(timeout=20)
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         proc.wait()
-                    why = "the study's wall-clock budget ran out" if timed_out else "the tuning run was stopped"
+                    if timed_out:
+                        why = "the study's wall-clock budget ran out"
+                    elif Path(spec["stop_file"]).exists():
+                        why = "the tuning run was stopped"
+                    else:
+                        why = budget.read_text().strip() or "a budget of the study ran out"
                     return {"state": "FAIL", "error": f"stopped: {why}"}
                 time.sleep(0.2)
         finally:
@@ -75,6 +84,9 @@ def run_trial(spec: dict[str, Any], number: int, stop_at: float | None) -> dict[
 def _tell(study: Any, trial: Any, result: dict[str, Any]) -> None:
     from optuna.trial import TrialState
 
+    for attr in ("attempts", "instance_ids", "cost_usd", "resumed_from_step"):
+        if result.get(attr) is not None:
+            trial.set_user_attr(attr, result[attr])
     state = result.get("state")
     if state == "COMPLETE" and result.get("value") is not None:
         study.tell(trial, result["value"])
@@ -116,6 +128,8 @@ def run_study(ctx: RunContext, params: TuningParams, study_name: str, raw_path: 
     running: dict[int, tuple[Any, Any]] = {}
     progress = Progress(f"tuning-progress-{ctx.run_id}", f"study {study_name}: trials finished of {params.budget.max_trials}")
     stop_file = ctx.workdir / "STOP"
+    if ctx.params.compute.backend == "ec2":  # the trials' instances read the data from the store
+        ctx.store.put(data_key(env, study_name, ctx.run_id), raw_path.read_bytes())
     try:
         stop_reason, cost = _loop(ctx, params, study, study_name, journal, raw_path, stop_at, stop_file, running, mirror, progress, t0)
     except BaseException:
@@ -125,29 +139,67 @@ def run_study(ctx: RunContext, params: TuningParams, study_name: str, raw_path: 
             _tell(study, trial, {"state": "FAIL", "error": "stopped: the tuning run ended (killed or failed)"})
         mirror()
         raise
-    return _finish(ctx, study, study_name, prefix, stop_reason, t0)
+    out = _finish(ctx, study, study_name, prefix, stop_reason, t0)
+    out["cost_usd"] = round(cost, 4)
+    return out
+
+
+def _submit(ctx, params, study, study_name, journal, raw_path, stop_at, stop_file, threads):
+    """Ask the study for a trial and start its task (a local process, or an EC2 instance)."""
+    from tasks.tuning_ec2 import Ec2TrialJob, run_trial_ec2
+
+    trial = study.ask()
+    values = suggest(trial, params.search_space)
+    trial_params = apply_overrides(ctx.params, values)
+    ec2 = ctx.params.compute.backend == "ec2"
+    if trial_params.chronos.num_threads is None and not ec2:
+        trial_params = trial_params.model_copy(update={"chronos": trial_params.chronos.model_copy(update={"num_threads": threads})})
+    tdir = ctx.workdir / f"trial-{trial.number:04d}"
+    spec = {"params": trial_params.model_dump(mode="json"), "base_cleaning": ctx.params.cleaning.model_dump(mode="json"),
+            "study": study_name, "trial": trial.number}
+    logger().info("trial %d starts%s: %s", trial.number, " on its own EC2 instance" if ec2 else "",
+                  ", ".join(f"{k}={v}" for k, v in values.items()))
+    budget_file = ctx.workdir / "BUDGET_STOP"
+    if ec2:
+        job = Ec2TrialJob(store=ctx.store, env=ctx.env, run_id=ctx.run_id, study=study_name, trial_id=trial._trial_id,
+                          spec={**spec, "raw_key": data_key(ctx.env, study_name, ctx.run_id)}, params=ctx.params,
+                          tuning=params, journal=journal, workdir=tdir, stop_file=stop_file, budget_file=budget_file,
+                          generation=getattr(ctx.handle, "generation", None))
+        return trial, run_trial_ec2.submit(job, trial.number, stop_at)
+    spec.update(tuning=params.model_dump(mode="json"), raw_path=str(raw_path), journal=str(journal), trial_id=trial._trial_id,
+                workdir=str(tdir), result=str(tdir / "result.json"), stop_file=str(stop_file), budget_file=str(budget_file))
+    return trial, run_trial.submit(spec, trial.number, stop_at)
+
+
+def _running_cost(ctx, running) -> float:
+    """What the running trials' instances have cost so far (their tasks keep cost.json current)."""
+    total = 0.0
+    for n in running:
+        path = ctx.workdir / f"trial-{n:04d}" / "cost.json"
+        try:
+            total += float(json.loads(path.read_text()).get("cost_usd") or 0.0)
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 def _loop(ctx, params, study, study_name, journal, raw_path, stop_at, stop_file, running, mirror, progress, t0):
     threads = _threads_per_trial(params)
-    cost, stop_reason = 0.0, None
+    cost, stop_reason = spent_usd(study), None
+    budget_file = ctx.workdir / "BUDGET_STOP"
     while True:
         ctx.handle.check()  # a kill ends the study (RunKilledError), running trials are stopped below
         finished = len(finished_trials(study))
+        over = cost_reason(params, cost + _running_cost(ctx, running))
+        if over and not budget_file.exists():  # the running trials' tasks stop them (recorded as failed)
+            tmp = budget_file.with_suffix(".tmp")
+            tmp.write_text(f"the study's cost budget ran out ({over})")
+            os.replace(tmp, budget_file)
+            stop_reason = over if (stop_reason is None or running) else stop_reason
         stop_reason = stop_reason or budget_reason(params, finished=finished + len(running), elapsed_s=time.monotonic() - t0, cost_usd=cost)
         if stop_reason is None and len(running) < params.budget.max_parallel:
-            trial = study.ask()
-            values = suggest(trial, params.search_space)
-            trial_params = apply_overrides(ctx.params, values)
-            if trial_params.chronos.num_threads is None:
-                trial_params = trial_params.model_copy(update={"chronos": trial_params.chronos.model_copy(update={"num_threads": threads})})
-            tdir = ctx.workdir / f"trial-{trial.number:04d}"
-            spec = {"params": trial_params.model_dump(mode="json"), "base_cleaning": ctx.params.cleaning.model_dump(mode="json"),
-                    "tuning": params.model_dump(mode="json"), "raw_path": str(raw_path), "journal": str(journal),
-                    "study": study_name, "trial_id": trial._trial_id, "workdir": str(tdir), "result": str(tdir / "result.json"),
-                    "stop_file": str(stop_file)}
-            logger().info("trial %d starts: %s", trial.number, ", ".join(f"{k}={v}" for k, v in values.items()))
-            running[trial.number] = (trial, run_trial.submit(spec, trial.number, stop_at))
+            trial, fut = _submit(ctx, params, study, study_name, journal, raw_path, stop_at, stop_file, threads)
+            running[trial.number] = (trial, fut)
             continue
         if not running:
             break
@@ -175,7 +227,9 @@ def _finish(ctx: RunContext, study: Any, study_name: str, prefix: str, stop_reas
     best = best_trial(study)
     out: dict[str, Any] = {"study": study_name, "stop_reason": stop_reason or "no trial left to run",
                            "trials": len(frame), "by_state": frame["state"].value_counts().to_dict() if len(frame) else {},
-                           "seconds": round(time.monotonic() - t0, 1), "study_uri": store.uri(prefix)}
+                           "seconds": round(time.monotonic() - t0, 1), "study_uri": store.uri(prefix),
+                           "instances": {t.number: t.user_attrs["instance_ids"] for t in study.get_trials(deepcopy=False)
+                                         if t.user_attrs.get("instance_ids")}}
     if best is not None:
         config = best_config_yaml(ctx.params, best.params, study=study_name, trial=best.number, value=best.value)
         store.put(f"{prefix}/best_config.yaml", config.encode())

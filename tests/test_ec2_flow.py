@@ -11,6 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -25,16 +26,23 @@ from tests.test_flow_e2e import SMALL
 
 
 class InstancePlayer(threading.Thread):
-    """Watches the local EC2 API for this project's instances and 'boots' each one: runs the
-    bootstrap command from its user data (with the exports it sets), then terminates it as the
-    user data's `shutdown -h now` would."""
+    """Watches the local EC2 API for this project's instances and 'boots' each one in its own thread:
+    runs the bootstrap command from its user data (with the exports it sets) as a subprocess — the
+    instance's life — then terminates it as the user data's `shutdown -h now` would. Like a real
+    instance, the process dies when the instance is terminated from outside (a pruned trial, cleanup).
 
-    def __init__(self, server, *, fail_with: str | None = None) -> None:
+    ``reclaim(iid, env)`` is polled while an instance runs; when it returns True the player plays a
+    spot reclaim: kills the process and terminates the instance (no result is written)."""
+
+    def __init__(self, server, *, fail_with: str | None = None, reclaim=None) -> None:
         super().__init__(daemon=True)
         self.server = server
         self.stop = threading.Event()
         self.booted: dict[str, dict] = {}
         self.fail_with = fail_with
+        self.reclaim = reclaim
+        self._seen: set[str] = set()
+        self._threads: list[threading.Thread] = []
 
     def run(self) -> None:
         ec2 = self.server.client("ec2")
@@ -45,11 +53,16 @@ class InstancePlayer(threading.Thread):
             for res in resp["Reservations"]:
                 for inst in res["Instances"]:
                     iid = inst["InstanceId"]
-                    if iid not in self.booted:
-                        self.boot(ec2, iid)
+                    if iid not in self._seen:
+                        self._seen.add(iid)
+                        t = threading.Thread(target=self.boot, args=(iid,), daemon=True)
+                        t.start()
+                        self._threads.append(t)
             time.sleep(0.3)
+        for t in self._threads:
+            t.join(timeout=300)
 
-    def boot(self, ec2, iid: str) -> None:
+    def _command(self, ec2, iid: str) -> tuple[str, list[str], dict]:
         ud = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
         script = base64.b64decode(ud).decode()
         env = {**os.environ, **self.server.env(), "CHRONOS_FLOWS_INSTANCE_ID": iid, "HF_HUB_OFFLINE": "1"}
@@ -61,8 +74,31 @@ class InstancePlayer(threading.Thread):
         cmd = [sys.executable] + shlex.split(step)[1:] + ["--allow-cpu"]
         if self.fail_with:
             env["CHRONOS_FLOWS_TRAIN_ENTRYPOINT"] = self.fail_with
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        self.booted[iid] = {"script": script, "cmd": cmd, "rc": proc.returncode, "stderr": proc.stderr[-3000:]}
+        return script, cmd, env
+
+    def boot(self, iid: str) -> None:
+        ec2 = self.server.client("ec2")
+        script, cmd, env = self._command(ec2, iid)
+        reclaimed = terminated = False
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+            deadline = time.monotonic() + 600
+            while proc.poll() is None and time.monotonic() < deadline:
+                if self.reclaim is not None and self.reclaim(iid, env):
+                    reclaimed = True
+                    break
+                state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+                if state in ("shutting-down", "terminated"):
+                    terminated = True
+                    break
+                time.sleep(0.2)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            err.seek(0)
+            stderr = err.read()[-3000:]
+        self.booted[iid] = {"script": script, "cmd": cmd, "env": env, "rc": proc.returncode, "stderr": stderr,
+                            "reclaimed": reclaimed, "terminated_from_outside": terminated}
         ec2.terminate_instances(InstanceIds=[iid])
 
 

@@ -49,11 +49,6 @@ def test_when_the_search_space_is_empty_or_invalid_then_the_error_names_the_para
         build_tuning_params(tuning_file(tmp_path, {"search_space": space}))
 
 
-def test_when_the_compute_backend_is_ec2_then_tuning_is_refused_naming_the_setting(tmp_path):
-    with pytest.raises(ChronosFlowsError, match="compute.backend ec2: tuning trials run as local processes"):
-        build_tuning_params(tuning_file(tmp_path, {}), overrides=["compute.backend=ec2"])
-
-
 def test_when_tune_gets_an_invalid_space_then_it_exits_2_with_one_line_and_writes_nothing(tmp_path):
     cfg = tuning_file(tmp_path, {"search_space": {"chronos.learning_rate": {"low": 1e-2, "high": 1e-4}}})
     store = tmp_path / "store"
