@@ -33,16 +33,19 @@ def take_handed_off(store_url: str, env: str, run_id: str) -> LockHandle | None:
 
 def abandon(handle: LockHandle, reason: str) -> None:
     """Give back a lock a launcher took when its flow never adopted it (e.g. Prefect did not start):
-    ``failed`` with the reason, then ``cleanup`` and release, and the reason in training.json."""
+    ``failed`` with the reason, then ``cleanup`` — each through the handle's one writer (state file,
+    then training.json) — release, and the run's final status and cause in training.json."""
     with _HANDOFF_MUTEX:
         _HANDOFF.pop((handle.store.url, handle.env, handle.run_id), None)
     if handle.released:
         return
-    handle.fail(reason)
+    if handle.status not in ("failed", "killed", "cleanup"):
+        handle.record_transition("failed", killed_ok=True, reason=reason)  # killed meanwhile: that is recorded
+    final = "killed" if handle.status == "killed" else "failed"
     if handle.status in ("failed", "killed"):
-        handle.transition("cleanup")
+        handle.record_transition("cleanup")
     handle.release()
-    runlog.mark_failed(handle.store, handle.env, handle.run_id, reason, generation=handle.generation)
+    runlog.finish_training_log(handle.store, handle.env, handle.run_id, final, reason)
 
 
 def is_handed_off(store_url: str, env: str, run_id: str | None) -> bool:

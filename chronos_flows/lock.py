@@ -44,13 +44,13 @@ from .errors import (
     TransientStoreError,
 )
 from .handoff import abandon, hand_off, is_handed_off, take_handed_off
-from .statefile import StateSnapshot, dump_state, generation_key, iso, kill, parse_iso, read_state, utc_now
+from .statefile import StateSnapshot, dump_state, generation_key, iso, kill, parse_iso, read_state, utc_now, write_transition
 from .store import ObjectStore
 
 __all__ = [
     "ACTIVE_STATES", "ALLOWED", "SCHEMA_VERSION", "STATES", "TERMINAL_STATES", "InvalidTransition",
     "LockHandle", "RunLock", "StateSnapshot", "abandon", "generation_key", "hand_off", "is_handed_off",
-    "iso", "kill", "parse_iso", "read_state", "take_handed_off", "utc_now",
+    "iso", "kill", "parse_iso", "read_state", "take_handed_off", "utc_now", "write_transition",
 ]
 
 SCHEMA_VERSION = 1

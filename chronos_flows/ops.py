@@ -68,15 +68,15 @@ def run_cleanup(
 
 
 def _enter_cleanup(handle: LockHandle) -> None:
+    """Move the holder to ``cleanup`` (``failed`` first if it was still running), each transition
+    through the handle's one writer: the state file, then training.json."""
     if handle.released or handle.status == "cleanup":
         return
     for _ in range(3):
         try:
-            if handle.status in ("failed", "killed", "results_sync"):
-                handle.transition("cleanup")
-            else:
-                handle.fail("cleanup started before the run finished")
-                handle.transition("cleanup")
+            if handle.status not in ("failed", "killed", "results_sync"):
+                handle.record_transition("failed", killed_ok=True, reason="cleanup started before the run finished")
+            handle.record_transition("cleanup")
             return
         except RunKilledError:
             continue  # adopted the killed state: killed -> cleanup next time round

@@ -179,6 +179,21 @@ def mark_failed(store: ObjectStore, env: str, run_id: str, reason: str,
     return update_training_log(store, env, run_id, mutate)
 
 
+def finish_training_log(store: ObjectStore, env: str, run_id: str, status: str, reason: str,
+                        at: datetime | str | None = None) -> TrainingLog:
+    """The final ``status`` and cause of a run finished by another process (``kill`` of a dead run,
+    a lock given back by its launcher) — no transition: those come from the one writer. A cause
+    recorded earlier (e.g. the store outage that stopped it) is kept, not overwritten."""
+    at_s = _iso(at)
+
+    def mutate(log: TrainingLog) -> None:
+        log.error = f"{log.error}; then {reason}" if log.error and reason not in log.error else (log.error or reason)
+        log.status = status
+        log.ended_at = log.ended_at or at_s
+
+    return update_training_log(store, env, run_id, mutate)
+
+
 # -- cleanup_status.json ------------------------------------------------------------------------
 
 

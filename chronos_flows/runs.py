@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from chronos_flows import runlog
 from chronos_flows.errors import BadInputError
-from chronos_flows.lock import RunLock, iso, kill, utc_now
+from chronos_flows.lock import RunLock, kill, write_transition
 from chronos_flows.ops import run_cleanup
 
 CleanupSteps = Callable[[str], list[tuple[str, Callable[[], str]]]]
@@ -135,14 +135,11 @@ def _clean_up_for_dead_process(store, env: str, run_id: str, reason: str, wait_s
     steps += list(extra_cleanup(run_id) if extra_cleanup else [])
     reason = f"{reason}; its process did not respond, cleaned up by `chronos-flows kill`" if wait_seconds > 0 else reason
 
-    def mark_killed(log: runlog.TrainingLog) -> None:
-        log.transitions.append(runlog.Transition(status="cleanup", at=iso(utc_now()), details={"by": "chronos-flows kill"}))
-        # a cause recorded earlier (e.g. the store outage that stopped it) is kept, not overwritten
-        log.error = f"{log.error}; then {reason}" if log.error and reason not in log.error else (log.error or reason)
-        log.status = "killed"
-        log.ended_at = log.ended_at or iso(utc_now())
-
-    runlog.update_training_log(store, env, run_id, mark_killed)
+    try:  # killed -> cleanup: the state file, then training.json (the one writer for an outside process)
+        write_transition(store, env, run_id, "cleanup", {"by": "chronos-flows kill"}, skip_if=("cleanup",))
+    except BadInputError:
+        pass  # the lock passed to another run meanwhile: run_cleanup below leaves it alone
+    runlog.finish_training_log(store, env, run_id, "killed", reason)
     status = run_cleanup(store, env, run_id, steps, None)
     return status.complete
 

@@ -80,37 +80,60 @@ def read_state(store: ObjectStore, env: str) -> StateSnapshot | None:
     return StateSnapshot(load_state(got[0], store.uri(key)), got[1])
 
 
-def kill(store: ObjectStore, env: str, run_id: str | None = None, reason: str = "killed by user",
-         wall: Callable[[], datetime] = utc_now) -> StateSnapshot | None:
-    """Mark the current run ``killed`` (CAS, retried on concurrent updates). Idempotent: a run already
-    killed or in cleanup is left as is; a kill that moved the state file is also recorded in the run's
-    training.json. Returns the resulting snapshot, or ``None`` if no run holds
-    the lock. ``run_id`` given and different from the holder → :class:`BadInputError`."""
-    target = run_id
+def write_transition(store: ObjectStore, env: str, run_id: str, status: str, details: dict | None = None, *,
+                     skip_if: tuple[str, ...] = (), wall: Callable[[], datetime] = utc_now) -> StateSnapshot | None:
+    """The one writer of a transition for a process that does not hold the lock (``kill``, the
+    cleanup of a run whose process is gone): the state file of ``run_id`` moved to ``status``
+    (compare-and-swap, retried on concurrent updates), then the same transition, at the same time
+    stamp, appended to training.json (created if missing) — in that order, as
+    ``LockHandle.record_transition`` does for the holder, so the two never disagree.
+
+    A run already in one of ``skip_if`` is left as is (its snapshot returned, nothing written);
+    ``None`` when no run holds the lock. Another run holding it → :class:`BadInputError`."""
     for _ in range(50):
         snap = read_state(store, env)
         if snap is None:
             return None
-        if target is None:
-            target = snap.run_id
-        if snap.run_id != target:
+        if snap.run_id != run_id:
             raise BadInputError(
-                f"cannot kill run {target}: the lock of env {env!r} is held by run {snap.run_id} "
-                f"(status {snap.status}); pass --run-id {snap.run_id} to kill that one"
+                f"cannot move run {run_id} to {status}: the lock of env {env!r} is held by run {snap.run_id} "
+                f"(status {snap.status}); pass --run-id {snap.run_id} to act on that one"
             )
-        if snap.status in ("killed", "cleanup"):
+        if snap.status in skip_if:
             return snap
         at = iso(wall())
         new = json.loads(json.dumps(snap.state))
-        new["status"] = "killed"
+        new["status"] = status
         new["seq"] = int(new.get("seq", 0)) + 1
         new["updated_at"] = at
-        new.setdefault("history", []).append({"status": "killed", "at": at, "details": {"reason": reason}})
+        new.setdefault("history", []).append({"status": status, "at": at, "details": dict(details or {})})
         try:
             etag = store.put_if_match(layout.state_key(env), dump_state(new), snap.etag)
         except PreconditionFailed:
             continue
-        # the state file first, then the same transition in training.json (created if missing)
-        runlog.record_transition(store, env, target, "killed", at, {"reason": reason})
+        runlog.record_transition(store, env, run_id, status, at, dict(details or {}))
         return StateSnapshot(new, etag)
-    raise TransientStoreError(f"could not kill run {target}: the state file of env {env!r} keeps changing; retry")
+    raise TransientStoreError(f"could not move run {run_id} to {status}: the state file of env {env!r} keeps changing; retry")
+
+
+def kill(store: ObjectStore, env: str, run_id: str | None = None, reason: str = "killed by user",
+         wall: Callable[[], datetime] = utc_now) -> StateSnapshot | None:
+    """Mark the current run ``killed`` (:func:`write_transition`: the state file, then training.json).
+    Idempotent: a run already killed or in cleanup is left as is. Returns the resulting snapshot, or
+    ``None`` if no run holds the lock. ``run_id`` given and different from the holder →
+    :class:`BadInputError`."""
+    if run_id is None:
+        snap = read_state(store, env)
+        if snap is None:
+            return None
+        run_id = snap.run_id
+    try:
+        return write_transition(store, env, run_id, "killed", {"reason": reason}, skip_if=("killed", "cleanup"), wall=wall)
+    except BadInputError as exc:
+        holder = read_state(store, env)
+        if holder is None:
+            return None
+        raise BadInputError(
+            f"cannot kill run {run_id}: the lock of env {env!r} is held by run {holder.run_id} "
+            f"(status {holder.status}); pass --run-id {holder.run_id} to kill that one"
+        ) from exc

@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
-from blocks.store import open_store
+from blocks.store import LocalStore, open_store
 from chronos_flows import layout, runlog
-from chronos_flows.lock import RunLock, read_state
+from chronos_flows.lock import RunLock, abandon, read_state
+from chronos_flows.runs import kill_run
 from tasks.cleanup import release_after_abort
 from tests.test_cli import cli
 from tests.test_flow_e2e import SMALL
@@ -112,3 +111,68 @@ def test_when_a_live_run_is_killed_then_it_cleans_up_and_resume_reaches_the_same
     assert [t.status for t in attempt.transitions][0] == "initialization" and attempt.transitions[-1].status == "cleanup"
     assert store.get(layout.training_log_key("dev", "kr-1"))[0] == killed_log  # untouched
     assert runlog.load_training_log(store, "dev", "kr-1").status == "killed"
+
+
+class ReleaseWatchingStore(LocalStore):
+    """A LocalStore that keeps the state file's last content as it is deleted (the release)."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.released_state: dict | None = None
+
+    def delete_if_match(self, key: str, etag: str) -> None:
+        if key == layout.state_key("dev") and (got := self.get(key)) is not None:
+            self.released_state = json.loads(got[0])
+        return super().delete_if_match(key, etag)
+
+
+#: a holder that takes the lock, goes to training and then stops heartbeating (its process hangs)
+HANGING_HOLDER = """
+import sys, time
+from blocks.store import open_store
+from chronos_flows.lock import RunLock
+h = RunLock(open_store(sys.argv[1]), "dev", lease_seconds=600).acquire("hung-run")
+h.record_status({"generation": h.generation})
+h.record_transition("data_sync")
+h.record_transition("training")
+print("training", flush=True)
+time.sleep(600)
+"""
+
+
+def test_when_a_hung_run_is_killed_from_another_process_then_the_state_file_and_training_json_agree(tmp_path):
+    store = ReleaseWatchingStore(tmp_path / "store")
+    holder = subprocess.Popen([sys.executable, "-c", HANGING_HOLDER, str(tmp_path / "store")], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert holder.stdout.readline().strip() == "training"
+        result = kill_run(store, "dev", "hung-run", wait_seconds=1.0, poll_seconds=0.2, reason="operator")
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert result["killed"] and result["cleanup_complete"], result
+    assert read_state(store, "dev") is None
+    history = store.released_state["history"]
+    log = runlog.load_training_log(store, "dev", "hung-run")
+    assert [h["status"] for h in history] == [t.status for t in log.transitions] == [
+        "initialization", "data_sync", "training", "killed", "cleanup"]
+    # the kill's two transitions, written from outside: the same time stamps and details in both
+    assert [(h["at"], h["details"]) for h in history[-2:]] == [(t.at, t.details) for t in log.transitions[-2:]]
+    assert store.released_state["status"] == "cleanup" and log.status == "killed"
+    assert log.error.startswith("operator; its process did not respond") and log.ended_at
+
+
+def test_when_a_launcher_gives_back_a_lock_its_flow_never_adopted_then_training_json_follows_the_state_file(tmp_path):
+    store = ReleaseWatchingStore(tmp_path / "store")
+    handle = RunLock(store, "dev", lease_seconds=600).acquire("never-started")
+
+    abandon(handle, "the flow run did not start")
+
+    assert read_state(store, "dev") is None and handle.released
+    history = store.released_state["history"]
+    log = runlog.load_training_log(store, "dev", "never-started")
+    assert [h["status"] for h in history] == ["initialization", "failed", "cleanup"]
+    assert [t.status for t in log.transitions] == ["failed", "cleanup"]  # initialization was never recorded
+    assert log.transitions[0].details == history[1]["details"] == {"reason": "the flow run did not start"}
+    assert log.status == "failed" and log.error == "the flow run did not start" and log.ended_at

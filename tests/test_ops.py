@@ -154,3 +154,17 @@ def test_when_a_run_log_is_corrupt_then_bad_input_names_the_file(store):
     store.put(layout.state_key(ENV), b"not json")
     with pytest.raises(BadInputError, match="system-state.json"):
         read_state(store, ENV)
+
+
+def test_when_cleanup_starts_before_the_run_finished_then_state_file_and_training_json_both_record_failed_then_cleanup(store):
+    h = RunLock(store, ENV).acquire("run-early")
+    h.record_transition("data_sync")
+
+    st = run_cleanup(store, ENV, "run-early", [], h)
+
+    assert st.complete and read_state(store, ENV) is None
+    assert [x["status"] for x in h.state["history"]] == ["initialization", "data_sync", "failed", "cleanup"]
+    log = runlog.load_training_log(store, ENV, "run-early")
+    assert [t.status for t in log.transitions] == ["data_sync", "failed", "cleanup"]
+    assert log.transitions[1].details == h.state["history"][2]["details"] == {"reason": "cleanup started before the run finished"}
+    assert log.transitions[-1].at == h.state["updated_at"]
