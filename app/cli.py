@@ -10,11 +10,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import importlib.util
+import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
+from blocks.ec2 import Ec2Compute, instance_cleanup_steps, verify_instances
+from blocks.store import open_store, read_uri
+from chronos_flows import infra, layout, pending, runlog, workdirs
+from chronos_flows.config import (REPO_ROOT, build_forecast_params, build_params, build_resume_params, params_from_tree,
+                                  resolve_store_url)
 from chronos_flows.errors import BadInputError, ChronosFlowsError, LockedError
+from chronos_flows.lock import RunLock, abandon, hand_off, read_state
+from chronos_flows.ops import status_report, verify_cleanup
+from chronos_flows.registry import read_champion
+from chronos_flows.runs import cleanup_dead_run, kill_run, list_runs, new_run_id
+
+# Imports: at the top, except three groups that stay inside the commands that need them because
+# they measurably slow the commands that do not (2-core machine, python -c "import M"):
+#   - Prefect and what imports it (flows.*, tasks.*, prefect.*): ~1.7 s; `status`, `kill`, `runs`,
+#     `cleanup` and every refusal (exit 2 bad input, exit 3 locked) run without it;
+#   - the pandas-based data modules (cleaning, ingest, splits, forecasting, tuning): ~0.5 s; a launch
+#     that loses the lock exits 3 before the data is read (tests/test_cli.py times the losers);
+#   - app.server (FastAPI, uvicorn): only `serve` needs it.
+# These light modules (store, lock, config, records) cost ~0.15 s together.
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_KILLED = 0, 1, 2, 3, 4
 
@@ -28,8 +49,6 @@ def _embedded_prefect_defaults() -> None:
 
 
 def _params(args: argparse.Namespace):
-    from chronos_flows.config import build_params
-
     fields: dict[str, Any] = {}
     if getattr(args, "store", None):
         fields["store"] = args.store
@@ -41,10 +60,6 @@ def _params(args: argparse.Namespace):
 def _resume_params(args: argparse.Namespace):
     """``run --resume ID``: the run's recorded parameters (only where/how it runs may be changed), a
     new attempt id ``ID-resume-N`` whose record says ``resumed_from``; ID's own record is untouched."""
-    from blocks.store import open_store
-    from chronos_flows import runlog
-    from chronos_flows.config import build_resume_params, resolve_store_url
-
     if getattr(args, "config", None):
         raise BadInputError("--config cannot be combined with --resume: a resumed run keeps its recorded parameters")
     store = open_store(resolve_store_url(args.store))
@@ -63,15 +78,12 @@ def _resume_params(args: argparse.Namespace):
     run_id = f"{args.resume}-resume-{len(earlier) + 1}"
     params = build_resume_params(log.params, getattr(args, "set", None) or [], run_id=run_id, resume_from=args.resume)
     if args.store or args.env:
-        from chronos_flows.config import params_from_tree
 
         params = params_from_tree(params.model_dump(mode="json"), "--store/--env", store=args.store, env=args.env)
     return params, store
 
 
 def _store_for(args: argparse.Namespace):
-    from blocks.store import open_store
-
     params = _params(args)
     store = open_store(params.store_url())  # verifies the bucket / directory is reachable
     _flush_pending(store)
@@ -80,8 +92,6 @@ def _store_for(args: argparse.Namespace):
 
 def _flush_pending(store) -> None:
     """Failure records kept locally while this store was unreachable go into their training.json."""
-    from chronos_flows import pending
-
     for record in pending.flush(store):
         print(f"chronos-flows: recorded the failure of run {record['run_id']} (kept locally since {record['at']} "
               f"while the store was unreachable)", file=sys.stderr)
@@ -90,9 +100,6 @@ def _flush_pending(store) -> None:
 def preflight(params, store) -> None:
     """What can be refused before the lock is taken: a live holder, a run id that already succeeded
     (reads only)."""
-    from chronos_flows import runlog
-    from chronos_flows.ops import status_report
-
     report = status_report(store, params.env, lease_seconds=params.lock.lease_seconds)
     if report.get("state") != "idle" and not report.get("stale"):
         raise LockedError(report["run_id"], report.get("started_at", "?"), report.get("status"))
@@ -107,7 +114,6 @@ def preflight(params, store) -> None:
 
 def preflight_data(params) -> None:
     """The data and its cleaning, checked before Prefect starts (writes nothing)."""
-    from blocks.store import read_uri
     from chronos_flows.cleaning import clean
     from chronos_flows.ingest import load_dataset
     from chronos_flows.splits import min_series_length
@@ -119,9 +125,6 @@ def preflight_data(params) -> None:
 def _finish_taken_over(handle, params, store) -> None:
     """This launch took the lock over from a dead run: finish that run's record and cleanup now
     (its cleanup_status.json, its local work directory, its instances), whatever this run does next."""
-    from chronos_flows.runs import cleanup_dead_run
-    from tasks.cleanup import instance_cleanup_steps
-
     dead = handle.previous.run_id
     try:
         result = cleanup_dead_run(store, params.env, dead, extra_cleanup=instance_cleanup_steps(params),
@@ -151,11 +154,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     _embedded_prefect_defaults()
     params, store = _resume_params(args) if args.resume else _store_for(args)
     preflight(params, store)
-    import socket
-
-    from chronos_flows.lock import RunLock, abandon, hand_off
-    from chronos_flows.runs import new_run_id
-
     if not params.run_id:
         params = params.model_copy(update={"run_id": new_run_id()})
     # Take the lock first, before the data is read and Prefect is imported or started: a launch that
@@ -204,8 +202,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _failed_summary(store, params, error: str) -> dict:
     """The failed run's summary from its training.json, or — when the store cannot be read (it
     vanished mid-run) — a local one with the cause, so the run never ends with empty output."""
-    from chronos_flows import pending
-
     try:
         summary = _summary_from_store(store, params.env, params.run_id)
     except ChronosFlowsError as exc:
@@ -219,8 +215,6 @@ def _failed_summary(store, params, error: str) -> dict:
 
 
 def _forecast_params(args: argparse.Namespace):
-    from chronos_flows.config import build_forecast_params
-
     overrides = list(getattr(args, "set", None) or [])
     if args.data:
         overrides.insert(0, f"data.path={args.data}")
@@ -237,14 +231,11 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     """Batch forecasts from the champion. Everything checkable is checked before Prefect starts
     (store, champion, data, frequency), so a refusal exits 2 at once and writes nothing."""
     _embedded_prefect_defaults()
-    from blocks.store import open_store
     from chronos_flows.forecasting import no_champion_message
-    from chronos_flows.registry import read_champion
     from tasks.forecast import load_forecast_data
 
     params = _forecast_params(args)
     if params.compute.task_runner == "dask":
-        import importlib.util
 
         if importlib.util.find_spec("prefect_dask") is None:
             raise BadInputError("compute.task_runner=dask needs prefect-dask: pip install prefect-dask, "
@@ -279,7 +270,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """``tune``: an Optuna study over Chronos fine-tuning and cleaning settings (the chronos-tuning flow).
     The settings and the search space are checked before Prefect starts (exit 2 naming the parameter)."""
     _embedded_prefect_defaults()
-    from blocks.store import open_store
     from chronos_flows.tuning import build_tuning_params, with_updates
 
     params = build_tuning_params(args.config, args.set, store=args.store, env=args.env)
@@ -316,9 +306,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
                 print(f"  best settings: {study['best_config_uri']}  (chronos-flows run --config FILE)")
             print(f"  study record: {study['study_uri']} (resume with --study {study['study']})")
     if args.output and study.get("best_config_uri"):
-        from pathlib import Path
-
-        from chronos_flows import layout
 
         got = store.get(f"{layout.tuning_prefix(params.training.env, study['study'])}/best_config.yaml")
         if got is not None:
@@ -334,8 +321,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _summary_from_store(store, env: str, run_id: str) -> dict | None:
-    from chronos_flows.runs import list_runs
-
     for run in list_runs(store, env):
         if run["run_id"] == run_id:
             return {**run, **(run.get("summary") or {})}
@@ -377,8 +362,6 @@ def _print_summary(summary: dict[str, Any], as_json: bool = False) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from chronos_flows.ops import status_report
-
     params, store = _store_for(args)
     while True:
         report = status_report(store, params.env, lease_seconds=params.lock.lease_seconds)
@@ -402,9 +385,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    from chronos_flows.runs import kill_run
-    from tasks.cleanup import instance_cleanup_steps
-
     params, store = _store_for(args)
     result = kill_run(
         store,
@@ -432,12 +412,9 @@ def _cancel_flow_run(flow_run_id: str) -> str:
 
 
 def cmd_verify_cleanup(args: argparse.Namespace) -> int:
-    from chronos_flows.ops import verify_cleanup
-
     params, store = _store_for(args)
     extra = []
     if params.compute.backend == "ec2" or args.instances:
-        from blocks.ec2 import Ec2Compute, verify_instances
 
         ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
         extra.append(lambda: verify_instances(ec2))
@@ -454,10 +431,6 @@ def cmd_verify_cleanup(args: argparse.Namespace) -> int:
 
 def _leftover_workdirs(store, env: str) -> list[str]:
     """Local work directories of this env's runs that do not hold the lock (their process died)."""
-    from chronos_flows import workdirs
-    from chronos_flows.lock import read_state
-    from chronos_flows.runs import list_runs
-
     snap = read_state(store, env)
     runs = [r["run_id"] for r in list_runs(store, env)]
     return [
@@ -468,9 +441,6 @@ def _leftover_workdirs(store, env: str) -> list[str]:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     """Finish a dead run by hand: its record, its cleanup steps (local work directory, instances)."""
-    from chronos_flows.runs import cleanup_dead_run
-    from tasks.cleanup import instance_cleanup_steps
-
     params, store = _store_for(args)
     result = cleanup_dead_run(
         store, params.env, args.run_id, reason="its process was gone; cleaned up by `chronos-flows cleanup`",
@@ -484,8 +454,6 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from chronos_flows.runs import list_runs
-
     params, store = _store_for(args)
     runs = list_runs(store, params.env)
     if args.action == "show":
@@ -517,8 +485,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_infra(args: argparse.Namespace) -> int:
-    from chronos_flows import infra
-
     if args.action == "validate":
         findings = infra.validate_template(args.template)
         for f in findings:
@@ -537,8 +503,6 @@ def cmd_infra(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``serve``: the champion behind the SageMaker hosting contract until SIGTERM."""
-    from blocks.store import open_store
-    from chronos_flows.config import resolve_store_url
     from app.server import api_keys_from_environment, serve
 
     if args.poll_seconds <= 0:
@@ -758,7 +722,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "runs" and args.action == "show" and not args.run_id:
         parser.error("runs show needs a RUN_ID")
     if args.command == "infra" and args.template is None:
-        from chronos_flows.config import REPO_ROOT
 
         args.template = str(REPO_ROOT / "infra" / "template.yaml")
     try:

@@ -19,7 +19,7 @@ import hashlib
 import re
 import shlex
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from chronos_flows.config import Ec2Config
 from chronos_flows.errors import ChronosFlowsError, ConfigError
@@ -357,3 +357,18 @@ def verify_instances(ec2: Ec2Compute) -> list[str]:
         f"terminate it: aws ec2 terminate-instances --instance-ids {i['instance_id']}"
         for i in ec2.list_active()
     ]
+
+
+def instance_cleanup_steps(params: Any) -> Callable[[str], list[tuple[str, Callable[[], str]]]]:
+    """For a run whose process is gone: terminate every instance still tagged with its RunId."""
+
+    def steps(run_id: str) -> list[tuple[str, Callable[[], str]]]:
+        if params.compute.backend != "ec2":
+            return []
+        ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
+        return [
+            (f"terminate-instance-{inst['instance_id']}", (lambda i=inst["instance_id"]: ec2.terminate(i)))
+            for inst in ec2.list_active(run_id=run_id)
+        ]
+
+    return steps

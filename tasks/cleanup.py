@@ -17,6 +17,7 @@ from chronos_flows.errors import ChronosFlowsError, LostLockError
 from chronos_flows.lock import LockHandle
 from chronos_flows.ops import run_cleanup
 from chronos_flows.records import RunResults, RunSpec
+from blocks.ec2 import instance_cleanup_steps  # noqa: F401 - the cleanup of a dead run (used by tasks.state)
 from tasks.common import RETRY_DELAYS, logger, retry_transient
 
 
@@ -132,23 +133,6 @@ def _existing_artifacts(spec: RunSpec) -> dict[str, str]:
     except ChronosFlowsError:  # the store is unreachable: list only the paths that are always written
         pass
     return out
-
-
-def instance_cleanup_steps(params: TrainingParams) -> Callable[[str], list[tuple[str, Callable[[], str]]]]:
-    """For a run whose process is gone: terminate every instance still tagged with its RunId."""
-
-    def steps(run_id: str) -> list[tuple[str, Callable[[], str]]]:
-        if params.compute.backend != "ec2":
-            return []
-        from blocks.ec2 import Ec2Compute
-
-        ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
-        return [
-            (f"terminate-instance-{inst['instance_id']}", (lambda i=inst["instance_id"]: ec2.terminate(i)))
-            for inst in ec2.list_active(run_id=run_id)
-        ]
-
-    return steps
 
 
 def abort_reason(flow_run_id: Any, state: Any) -> str:

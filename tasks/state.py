@@ -110,7 +110,7 @@ def set_status(handle: LockHandle, status: str, **details: Any) -> None:
 
 def _cleanup_taken_over(spec: RunSpec, dead_run_id: str) -> None:
     from chronos_flows.runs import cleanup_dead_run
-    from tasks.cleanup import instance_cleanup_steps
+    from blocks.ec2 import instance_cleanup_steps
 
     try:
         result = cleanup_dead_run(

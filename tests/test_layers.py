@@ -65,3 +65,24 @@ def test_when_the_instance_entry_point_is_imported_then_prefect_is_not():
             "assert not loaded, loaded")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_when_the_cli_is_imported_then_its_lazy_groups_stay_unloaded_and_its_other_imports_are_at_the_top():
+    """app/cli.py keeps only Prefect, the pandas-based data modules and the server lazy (measured
+    in its header); everything else is a top-level import, and importing it loads none of the three."""
+    code = ("import sys, app.cli; "
+            "loaded = sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'pandas', 'fastapi', 'flows', 'tasks', 'torch'}); "
+            "assert not loaded, loaded")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lazy_ok = ("flows.", "tasks.", "prefect", "app.server", "chronos_flows.cleaning", "chronos_flows.ingest",
+               "chronos_flows.splits", "chronos_flows.forecasting", "chronos_flows.tuning")
+    inner = []
+    for node in ast.walk(ast.parse((ROOT / "app" / "cli.py").read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom) and not (sub.module or "").startswith(lazy_ok):
+                    inner.append(f"{node.name}: from {sub.module}")
+                elif isinstance(sub, ast.Import):
+                    inner += [f"{node.name}: import {a.name}" for a in sub.names if not a.name.startswith(lazy_ok)]
+    assert not inner, inner
