@@ -231,13 +231,17 @@ class TrialReporter:
         self.reported: set[int] = set()
 
     def report(self, progress: dict) -> Optional[str]:
+        """Report the new losses; the prune note, or None. A loss at the last step is reported but
+        never prunes: training is over and the trial's score is on its way (the flow reads progress
+        a little after the instance wrote it)."""
+        last = int(progress.get("max_steps") or 0)
         for step, val in progress.get("val_losses") or []:
             step = int(step)
             if step in self.reported:
                 continue
             self.reported.add(step)
             self.trial.report(float(val), step)
-            if self.trial.should_prune():
+            if (not last or step < last) and self.trial.should_prune():
                 return f"pruned at step {step} (validation loss {float(val):.4g} above the median)"
         return None
 

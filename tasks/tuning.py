@@ -133,10 +133,15 @@ def run_study(ctx: RunContext, params: TuningParams, study_name: str, raw_path: 
     try:
         stop_reason, cost = _loop(ctx, params, study, study_name, journal, raw_path, stop_at, stop_file, running, mirror, progress, t0)
     except BaseException:
-        stop_file.touch()  # the running trials' tasks terminate their processes
+        stop_file.touch()  # the running trials' tasks terminate their processes (or instances)
         for n, (trial, fut) in list(running.items()):
             fut.wait(60)
-            _tell(study, trial, {"state": "FAIL", "error": "stopped: the tuning run ended (killed or failed)"})
+            try:  # keep what the task recorded (instance ids, cost); the trial failed either way
+                got = fut.result(timeout=1)
+            except Exception:  # noqa: BLE001 - the task failed or did not stop in time: nothing more to keep
+                got = None
+            _tell(study, trial, {**(got if isinstance(got, dict) else {}), "state": "FAIL",
+                                 "error": "stopped: the tuning run ended (killed or failed)"})
         mirror()
         raise
     out = _finish(ctx, study, study_name, prefix, stop_reason, t0)
