@@ -230,10 +230,11 @@ class TrialReporter:
         self.trial = optuna.trial.Trial(open_study(journal, study_name, tuning, create=False), int(trial_id))
         self.reported: set[int] = set()
 
-    def report(self, progress: dict) -> Optional[str]:
+    def report(self, progress: dict, prune: bool = True) -> Optional[str]:
         """Report the new losses; the prune note, or None. A loss at the last step is reported but
         never prunes: training is over and the trial's score is on its way (the flow reads progress
-        a little after the instance wrote it)."""
+        a little after the instance wrote it). ``prune=False``: catch up before recording a result,
+        so the median pruner sees every intermediate loss of the finished trial."""
         last = int(progress.get("max_steps") or 0)
         for step, val in progress.get("val_losses") or []:
             step = int(step)
@@ -241,7 +242,7 @@ class TrialReporter:
                 continue
             self.reported.add(step)
             self.trial.report(float(val), step)
-            if (not last or step < last) and self.trial.should_prune():
+            if prune and (not last or step < last) and self.trial.should_prune():
                 return f"pruned at step {step} (validation loss {float(val):.4g} above the median)"
         return None
 

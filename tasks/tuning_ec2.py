@@ -87,6 +87,14 @@ def _stop_reason(job: Ec2TrialJob, stop_at: float | None) -> str | None:
     return None
 
 
+def _finished(job: Ec2TrialJob, keys: TrialKeys, reporter: TrialReporter, doc: dict) -> dict[str, Any]:
+    """The trial's outcome from its result.json, after reporting the losses the flow had not read yet."""
+    progress = read_json(job.store, keys.progress)
+    if progress:
+        reporter.report(progress, prune=False)
+    return result_of_instance(doc)
+
+
 def _follow(job: Ec2TrialJob, ec2: Any, iid: str, keys: TrialKeys, reporter: TrialReporter, ledger: _Ledger,
             number: int, stop_at: float | None, deadline: float) -> dict[str, Any] | None:
     """Follow one instance until the trial has an outcome (returned) or the instance is gone
@@ -99,7 +107,7 @@ def _follow(job: Ec2TrialJob, ec2: Any, iid: str, keys: TrialKeys, reporter: Tri
             return {"state": "FAIL", "error": f"stopped: {why}"}
         doc = read_json(store, keys.result)
         if doc is not None:
-            return result_of_instance(doc)
+            return _finished(job, keys, reporter, doc)
         progress = read_json(store, keys.progress)
         note = reporter.report(progress) if progress else None
         if note:
@@ -109,7 +117,7 @@ def _follow(job: Ec2TrialJob, ec2: Any, iid: str, keys: TrialKeys, reporter: Tri
         if state in GONE:
             doc = read_json(store, keys.result)
             if doc is not None:
-                return result_of_instance(doc)
+                return _finished(job, keys, reporter, doc)
             logger().warning("trial %d: instance %s is %s without a result (%s)", number, iid, state or "gone",
                              ec2.stop_reason(iid) or "no reason given")
             return None

@@ -85,6 +85,8 @@ def test_when_a_small_study_runs_on_ec2_then_each_trial_gets_its_own_instance_al
     assert study["best_params"]["chronos.learning_rate"] in (2e-3, 1e-3)
     trials = _csv(store, f"{prefix}/trials.csv")
     assert (trials["cost_usd"] > 0).all() and set(trials["attempts"]) == {1}
+    # every validation loss of a completed trial reached the study (the median pruner compares with them)
+    assert set(trials[trials["state"] == "COMPLETE"]["last_step"]) == {60}
     done = json.loads(store.get(f"{prefix}/trials/0000/result.json")[0])
     assert done["state"] == "COMPLETE" and done["instance_id"] == per_trial[0][0]
     assert not store.list(f"{prefix}/trials/0000/checkpoints/"), "a finished trial's checkpoints are removed"
