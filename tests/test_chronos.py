@@ -169,16 +169,76 @@ def test_when_chronos2_run_crashes_after_checkpoint_then_resume_reaches_max_step
     assert resumed.info["best_val_loss"] == pytest.approx(straight.info["best_val_loss"], abs=1e-6)
 
 
-def test_when_checkpoint_is_corrupt_then_fit_fails_before_training_naming_it(tmp_path, sine):
-    cfg = _cfg("chronos-bolt", max_steps=10, checkpoint_every=5)
+def test_when_bolt_run_with_early_stopping_crashes_then_resume_stops_at_the_same_step_with_same_weights(tmp_path, sine):
+    # patience counter, best step and best weights come back from the checkpoint: the resumed run stops where
+    # the uninterrupted one does and ends on the same (best) weights
+    cfg = _cfg("chronos-bolt", max_steps=400, eval_every=2, checkpoint_every=2, early_stopping_patience=3,
+               learning_rate=0.5)
+    straight = ChronosForecaster(cfg, workdir=tmp_path / "b").fit(sine, "MS", HORIZON)
+    stop = straight.info["steps_done"]
+    assert straight.info["stopped_early"] and stop < 400
+    crash_at = max(2, (stop // 2) // 2 * 2)
+
+    def crash(p):
+        if p["step"] >= crash_at:
+            raise KeyboardInterrupt("simulated crash")
+
+    ckpts = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        ChronosForecaster(cfg, workdir=tmp_path / "a", checkpoint_dir=ckpts, progress=crash).fit(sine, "MS", HORIZON)
+    resumed = ChronosForecaster(cfg, workdir=tmp_path / "a", checkpoint_dir=ckpts).fit(sine, "MS", HORIZON)
+    assert resumed.info["resumed_from_step"] == crash_at
+    assert resumed.info["stopped_early"] and resumed.info["steps_done"] == stop
+    assert resumed.info["best_step"] == straight.info["best_step"]
+    assert resumed.info["best_val_loss"] == pytest.approx(straight.info["best_val_loss"], abs=1e-6)
+    a, b = _weights(resumed), _weights(straight)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=f"weight {k} differs after resume")
+
+
+@pytest.mark.parametrize("family,broken", [
+    ("chronos-bolt", "model.safetensors"), ("chronos-bolt", "chronos_flows.json"), ("chronos-bolt", "optimizer.pt"),
+    ("chronos-2", "training_state.pt"),
+])
+def test_when_checkpoint_is_corrupt_then_fit_fails_before_training_naming_it(family, broken, tmp_path, sine):
+    cfg = _cfg(family, max_steps=10, checkpoint_every=5)
     ckpts = tmp_path / "ck"
     ChronosForecaster(cfg, workdir=tmp_path, checkpoint_dir=ckpts).fit(sine, "MS", HORIZON)
     newest = sorted(ckpts.iterdir())[-1]
-    (newest / "training_state.pt").write_bytes(b"not a torch file")
+    if broken == "optimizer.pt":
+        (newest / broken).unlink()  # a checkpoint Trainer could not resume from
+    else:
+        (newest / broken).write_bytes(b"not a torch file")
     reports = []
-    with pytest.raises(TrainingError, match=r"checkpoint .*checkpoint-00000010.* unreadable"):
+    with pytest.raises(TrainingError, match=rf"checkpoint .*checkpoint-00000010.* unreadable \({broken}"):
         ChronosForecaster(cfg, workdir=tmp_path, checkpoint_dir=ckpts, progress=reports.append).fit(sine, "MS", HORIZON)
     assert reports == []
+
+
+def test_when_bolt_checkpoint_is_from_the_loop_before_trainer_then_fit_refuses_to_resume_saying_so(tmp_path, sine):
+    from chronos_flows.models.chronos_train import write_checkpoint
+
+    cfg = _cfg("chronos-bolt", max_steps=10, checkpoint_every=5)
+    ckpts = tmp_path / "ck"
+    ChronosForecaster(cfg, workdir=tmp_path, checkpoint_dir=ckpts).fit(sine, "MS", HORIZON)
+    meta = json.loads((ckpts / "checkpoint-00000010" / "chronos_flows.json").read_text())
+    shutil.rmtree(ckpts)
+    meta["step"] = 5  # what the old loop wrote: identity + state in trainer_state.json, tensors in training_state.pt
+    write_checkpoint(ckpts, 5, meta, {"model": {}, "optimizer": {}, "scheduler": {}, "rng": {}})
+    with pytest.raises(TrainingError, match=r"checkpoint-00000005 was written by the earlier Bolt/T5 training loop"):
+        ChronosForecaster(cfg, workdir=tmp_path, checkpoint_dir=ckpts).fit(sine, "MS", HORIZON)
+
+
+def test_when_resumed_from_the_checkpoint_of_a_finished_run_then_no_step_is_taken_and_weights_match(tmp_path, sine):
+    cfg = _cfg("chronos-bolt", max_steps=10, checkpoint_every=5, eval_every=5)
+    ckpts = tmp_path / "ck"
+    first = ChronosForecaster(cfg, workdir=tmp_path, checkpoint_dir=ckpts).fit(sine, "MS", HORIZON)
+    reports = []
+    again = ChronosForecaster(cfg, workdir=tmp_path, checkpoint_dir=ckpts, progress=reports.append).fit(sine, "MS", HORIZON)
+    assert reports == [] and again.info["steps_done"] == 10 and again.info["resumed_from_step"] == 10
+    assert again.info["best_step"] == first.info["best_step"] and again.info["history"] == first.info["history"]
+    a, b = _weights(first), _weights(again)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the best validation step's weights, as at the end of the run
 
 
 def test_when_checkpoint_comes_from_another_config_then_fit_refuses_to_resume(tmp_path, sine):
@@ -193,8 +253,12 @@ def test_when_checkpoint_writes_then_only_complete_directories_are_visible(tmp_p
     ChronosForecaster(_cfg("chronos-bolt", max_steps=15, checkpoint_every=5), workdir=tmp_path, checkpoint_dir=ckpts).fit(sine, "MS", HORIZON)
     names = sorted(p.name for p in ckpts.iterdir())
     assert names == ["checkpoint-00000010", "checkpoint-00000015"]  # older pruned, no temporary leftovers
-    meta = json.loads((ckpts / "checkpoint-00000015" / "trainer_state.json").read_text())
+    meta = json.loads((ckpts / "checkpoint-00000015" / "chronos_flows.json").read_text())
     assert meta["step"] == 15 and meta["family"] == "chronos-bolt"
+    hf = json.loads((ckpts / "checkpoint-00000015" / "trainer_state.json").read_text())  # Trainer's own state
+    assert hf["global_step"] == 15
+    files = {p.name for p in (ckpts / "checkpoint-00000015").iterdir()}
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "best_model.safetensors"} <= files
 
 
 # ---------------------------------------------------------------------------------------------- saving / loading

@@ -3,7 +3,7 @@
 One class per family, as chronos-forecasting puts each pipeline behind ``BaseChronosPipeline``:
 :class:`ChronosForecaster` holds what they share (model source, validation, checkpoint identity,
 forecast frames, metadata, save/load); :class:`Chronos2Forecaster` (upstream ``fit``),
-:class:`ChronosBoltForecaster` and :class:`ChronosT5Forecaster` (our loop) override the training
+:class:`ChronosBoltForecaster` and :class:`ChronosT5Forecaster` (Hugging Face ``Trainer``) override the training
 routine, the predict call and the module saved. ``ChronosForecaster(cfg, ...)`` returns the class of
 ``cfg.family``; ``ChronosForecaster.load(path, cfg)`` the class of the saved model.
 
@@ -111,12 +111,12 @@ class Chronos2Forecaster(ChronosForecaster):
 
 
 class _LoopForecaster(ChronosForecaster):
-    """Bolt and T5: no upstream ``fit``; our loop (:mod:`~chronos_flows.models.chronos_loop`) on a copy."""
+    """Bolt and T5: no upstream ``fit``; Hugging Face ``Trainer`` (:mod:`~chronos_flows.models.chronos_loop`) on a copy."""
 
     def _train(self, base, data, horizon, device, resume, identity):
         return train_loop(
             copy_pipeline(base), self.family, self.cfg, data, horizon, device, self.checkpoint_dir, resume, identity,
-            self.progress,
+            self.progress, output_dir=self.workdir / "hf-trainer",
         )
 
     def _predict_quantiles(self, pipe, inputs, horizon, levels):

@@ -1,6 +1,16 @@
-"""Chronos training checkpoints: atomic ``checkpoint-<step>`` directories (model, optimizer,
-scheduler, sampler and RNG states in ``training_state.pt``; step, history and the run's identity in
-``trainer_state.json``), the newest one read back for resume, and which ones to keep."""
+"""Chronos training checkpoints: atomic ``checkpoint-<step>`` directories, the newest one read back
+for resume, and which ones to keep.
+
+Two layouts share the directory naming (``checkpoint-<8-digit step>``):
+
+* ``trainer`` (Chronos-Bolt and T5, written by Hugging Face ``Trainer``): its own files
+  (``model.safetensors``, ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``trainer_state.json``)
+  plus ours, added before the directory is renamed into place: ``chronos_flows.json`` (step, history,
+  best validation loss, early stopping and the run's identity) and ``best_model.safetensors`` (the
+  weights of the best validation step). ``Trainer.train(resume_from_checkpoint=...)`` reads it back.
+* ``state`` (Chronos-2, and Bolt/T5 checkpoints written before the Trainer loop): model, optimizer,
+  scheduler and RNG states in ``training_state.pt``; step, history and identity in ``trainer_state.json``.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +30,12 @@ from chronos_flows.errors import ConfigError, TrainingError
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.pt"
 META_FILE = "trainer_state.json"
+#: our part of a Trainer checkpoint: step, history, best validation loss, early stopping, identity
+LOOP_META_FILE = "chronos_flows.json"
+#: the best validation step's weights inside a Trainer checkpoint
+BEST_FILE = "best_model.safetensors"
+#: what Trainer writes and needs to resume (besides ``rng_state.pth``, whose absence it tolerates)
+TRAINER_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", META_FILE)
 
 
 def rng_states() -> dict:
@@ -49,7 +65,8 @@ def cpu_state_dict(model) -> dict:
 class Checkpoint:
     path: Path
     meta: dict
-    state: dict
+    state: dict  # the ``state`` layout's training_state.pt; empty for a Trainer checkpoint (Trainer reads it)
+    kind: str = "state"  # "state" or "trainer" (see the module docstring)
 
     @property
     def step(self) -> int:
@@ -67,18 +84,47 @@ def write_checkpoint(checkpoint_dir: Path, step: int, meta: dict, state: dict, k
     try:
         torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str))
-        for f in (tmp / STATE_FILE, tmp / META_FILE):
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _move_into_place(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    prune_local(checkpoint_dir, keep)
+    return final
+
+
+def publish_trainer_checkpoint(staged: Path, checkpoint_dir: Path, step: int, meta: dict,
+                               best_state: Optional[dict], keep: int = 2) -> Path:
+    """Add our files to a checkpoint ``Trainer`` wrote under ``staged`` and rename it atomically to
+    ``checkpoint_dir/checkpoint-<step>``, then prune old ones (the same naming and visibility as
+    :func:`write_checkpoint`: a directory under that name is always complete)."""
+    from safetensors.torch import save_file
+
+    if not staged.is_dir():
+        raise TrainingError(f"Trainer did not write the checkpoint of step {step} to {staged}")
+    (staged / LOOP_META_FILE).write_text(json.dumps(meta, indent=1, default=str))
+    if best_state is not None:
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(staged / BEST_FILE))
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
+    _move_into_place(staged, final)
+    prune_local(checkpoint_dir, keep)
+    return final
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    for f in tmp.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def prune_local(checkpoint_dir: Path, keep: int = 2) -> None:
+    """Keep the newest ``keep`` local checkpoints (the store keeps what ``checkpoints_to_keep`` says)."""
     for old in list_checkpoints(checkpoint_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(checkpoint_dir: Optional[Path]) -> list[Path]:
@@ -96,31 +142,82 @@ def list_checkpoints(checkpoint_dir: Optional[Path]) -> list[Path]:
 
 
 def load_latest_checkpoint(checkpoint_dir: Optional[Path]) -> Optional[Checkpoint]:
-    """The newest checkpoint, fully read; a checkpoint that cannot be read is an error (not silently skipped)."""
-    import torch
-
+    """The newest checkpoint, read (``state`` layout) or checked complete (``trainer`` layout); a
+    checkpoint that cannot be read is an error (not silently skipped)."""
     paths = list_checkpoints(checkpoint_dir)
     if not paths:
         return None
     path = paths[-1]
+    if (path / LOOP_META_FILE).exists() or (path / TRAINER_FILES[0]).exists():
+        return _read_trainer_checkpoint(path)
+    return _read_state_checkpoint(path)
+
+
+def _unreadable(path: Path, what: str, exc: BaseException) -> TrainingError:
+    return TrainingError(
+        f"checkpoint {path} is unreadable ({what}: {type(exc).__name__}: {exc}); delete {path} to resume from an "
+        "older checkpoint or the checkpoint directory to start over"
+    )
+
+
+def _read_meta(path: Path, name: str) -> dict:
     try:
-        meta = json.loads((path / META_FILE).read_text())
+        meta = json.loads((path / name).read_text())
         int(meta["step"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TrainingError(
-            f"checkpoint {path} is unreadable ({META_FILE}: {exc}); delete {path} to resume from an older "
-            "checkpoint or the checkpoint directory to start over"
-        ) from None
+        raise _unreadable(path, name, exc) from None
+    return meta
+
+
+def _read_state_checkpoint(path: Path) -> Checkpoint:
+    import torch
+
+    meta = _read_meta(path, META_FILE)
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or "model" not in state:
             raise ValueError("no model state inside")
     except Exception as exc:  # torch raises many types for corrupt files
-        raise TrainingError(
-            f"checkpoint {path} is unreadable ({STATE_FILE}: {type(exc).__name__}: {exc}); delete {path} to resume "
-            "from an older checkpoint or the checkpoint directory to start over"
-        ) from None
-    return Checkpoint(path=path, meta=meta, state=state)
+        raise _unreadable(path, STATE_FILE, exc) from None
+    return Checkpoint(path=path, meta=meta, state=state, kind="state")
+
+
+def _read_trainer_checkpoint(path: Path) -> Checkpoint:
+    """Our metadata read, Trainer's files checked present and the weights files' headers readable
+    (Trainer loads them when it resumes)."""
+    from safetensors import safe_open
+
+    meta = _read_meta(path, LOOP_META_FILE)
+    for name in TRAINER_FILES:
+        if not (path / name).is_file():
+            raise _unreadable(path, name, FileNotFoundError("missing"))
+    try:
+        json.loads((path / META_FILE).read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _unreadable(path, META_FILE, exc) from None
+    for name in ("model.safetensors", BEST_FILE):
+        if name == BEST_FILE and not (path / name).exists():
+            continue
+        try:
+            with safe_open(str(path / name), framework="pt") as fh:
+                list(fh.keys())
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise _unreadable(path, name, exc) from None
+    return Checkpoint(path=path, meta=meta, state={}, kind="trainer")
+
+
+def load_weights(model, path: Path) -> None:
+    """Load a safetensors weights file into ``model``; keys ``save_pretrained`` leaves out are tied to ones it
+    keeps (T5's shared embeddings), anything else missing is an error."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    result = model.load_state_dict(weights, strict=False)
+    current = model.state_dict()
+    loaded = {current[k].data_ptr() for k in weights if k in current}
+    bad = [k for k in result.missing_keys if current[k].data_ptr() not in loaded] + list(result.unexpected_keys)
+    if bad:
+        raise TrainingError(f"checkpoint weights {path} do not fit the model (keys {', '.join(bad[:5])})")
 
 
 def checkpoint_step(name: str) -> Optional[int]:

@@ -1,21 +1,35 @@
-"""Chronos-Bolt and T5 training: upstream has no ``fit`` for them, so a plain loop on the model's own
-loss (``ChronosBoltModelForForecasting.forward(context, target).loss``; T5 cross-entropy on the
-tokenizer's labels), with transformers' ``get_scheduler``, gradient accumulation, gradient clipping,
-mixed precision on CUDA, validation, early stopping and the shared checkpoint format."""
+"""Chronos-Bolt and T5 training with Hugging Face ``Trainer``, as chronos-forecasting's own training
+script does (upstream has no ``fit`` for them): the model's own loss
+(``ChronosBoltModelForForecasting.forward(context, target).loss``; T5 cross-entropy on the tokenizer's
+labels), Trainer's AdamW, ``get_scheduler`` schedule, gradient accumulation and clipping, mixed precision
+on CUDA, evaluation, ``EarlyStoppingCallback`` and checkpoints; ``trainer.train(resume_from_checkpoint=...)``
+restores model, optimizer, scheduler, RNG states and step, and replays the seeded window stream up to it.
+
+A ``TrainerCallback`` (:class:`LoopHooks`) adds what the rest of the system reads: the training
+history and best validation step (:class:`~chronos_flows.models.chronos_progress.TrainState`), the best
+weights restored at the end, progress events, and checkpoints renamed atomically to
+``checkpoint-<8-digit step>`` with our metadata (:func:`~chronos_flows.models.chronos_checkpoints.publish_trainer_checkpoint`).
+
+torch and transformers are imported only when training starts."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from chronos_flows.errors import ConfigError
+import numpy as np
+
+from chronos_flows.errors import ConfigError, TrainingError
 from chronos_flows.models.chronos_checkpoints import (
+    BEST_FILE,
+    STATE_FILE,
+    TRAINER_FILES,
     Checkpoint,
     cpu_state_dict,
-    rng_states,
-    set_rng_states,
-    write_checkpoint,
+    load_weights,
+    publish_trainer_checkpoint,
 )
 from chronos_flows.models.chronos_data import TrainData, WindowSampler, validation_windows
 from chronos_flows.models.chronos_progress import (
@@ -33,31 +47,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("chronos_flows.train")
 
-
-def model_loss_fn(pipeline, family: str) -> tuple[Any, Callable]:
-    """(trainable module, loss(module, context, target)) for the upstream model's own loss."""
-    import torch
-
-    if family == "chronos-bolt":
-        model = pipeline.model
-
-        def bolt_loss(m, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return m(context=context, target=target).loss
-
-        return model, bolt_loss
-    if family == "chronos-t5":
-        tokenizer = pipeline.tokenizer
-        model = pipeline.inner_model
-
-        def t5_loss(m, context: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            input_ids, attention_mask, scale = tokenizer.context_input_transform(context.cpu())
-            labels, labels_mask = tokenizer.label_input_transform(target.cpu(), scale)
-            labels[labels_mask == 0] = -100
-            dev = next(m.parameters()).device
-            return m(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), labels=labels.to(dev)).loss
-
-        return model, t5_loss
-    raise ConfigError(f"family {family!r} has no custom training loop")
+#: where Trainer writes a checkpoint before it is renamed into the checkpoint directory (a hidden
+#: directory there: the same file system, so the rename is atomic; ignored by readers and the store sync)
+STAGING_DIR = ".trainer"
 
 
 def check_bolt_horizon(pipeline, horizon: int) -> None:
@@ -70,146 +62,231 @@ def check_bolt_horizon(pipeline, horizon: int) -> None:
         )
 
 
-class _Loop:
-    """One training run of a Bolt or T5 model: set up in ``__init__``, :meth:`restore` a checkpoint
-    when resuming, then :meth:`run`."""
+# ---------------------------------------------------------------------------------------------- data
 
-    def __init__(self, pipeline, family: str, cfg: ChronosConfig, data: TrainData, horizon: int,
-                 device_info: DeviceInfo, checkpoint_dir: Optional[Path], ckpt_identity: dict,
-                 progress: Optional[Callable[[dict], None]]):
+
+class BoltCollator:
+    """(context, target) rows → the keyword arguments of ``ChronosBoltModelForForecasting.forward``."""
+
+    label_names = ["target"]
+
+    def __call__(self, rows: list) -> dict:
         import torch
-        from transformers import get_scheduler
 
-        self.cfg, self.checkpoint_dir, self.ckpt_identity, self.progress = cfg, checkpoint_dir, ckpt_identity, progress
-        self.device = device = device_info.device
-        self.model, self.loss_fn = model_loss_fn(pipeline, family)
-        self.model.to(device)
-        torch.manual_seed(cfg.seed)
-        self.sampler = WindowSampler(data.train, cfg.context_length, horizon, data.min_past, cfg.seed)
-        self.val_ctx, self.val_tgt = validation_windows(data.val, cfg.context_length, horizon) if data.val else (None, None)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=0.0)
-        self.scheduler = get_scheduler(
-            scheduler_name(cfg), self.optimizer, num_warmup_steps=warmup_steps(cfg), num_training_steps=cfg.max_steps
-        )
-        use_scaler = device == "cuda" and device_info.amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.state = TrainState()
+        return {"context": torch.from_numpy(np.stack([r[0] for r in rows])),
+                "target": torch.from_numpy(np.stack([r[1] for r in rows]))}
+
+
+class T5Collator:
+    """(context, target) rows → T5 ``input_ids``/``attention_mask``/``labels`` from the pipeline's tokenizer
+    (label positions outside the target masked with -100, as the T5 loss expects)."""
+
+    label_names = ["labels"]
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, rows: list) -> dict:
+        import torch
+
+        context = torch.from_numpy(np.stack([r[0] for r in rows]))
+        target = torch.from_numpy(np.stack([r[1] for r in rows]))
+        input_ids, attention_mask, scale = self.tokenizer.context_input_transform(context)
+        labels, labels_mask = self.tokenizer.label_input_transform(target, scale)
+        labels[labels_mask == 0] = -100
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def trainable(pipeline, family: str) -> tuple[Any, Any]:
+    """(module Trainer trains, collator) of a Bolt or T5 pipeline."""
+    if family == "chronos-bolt":
+        return pipeline.model, BoltCollator()
+    if family == "chronos-t5":
+        return pipeline.inner_model, T5Collator(pipeline.tokenizer)
+    raise ConfigError(f"family {family!r} has no Trainer loop (chronos-2 trains with Chronos2Pipeline.fit)")
+
+
+class WindowStreamBase:
+    """Endless seeded training windows, one row at a time: each batch is one ``WindowSampler.sample``
+    call, which the DataLoader collates back into the same batch. Every pass restarts from the seed, so a
+    resumed Trainer, which skips the batches of the steps done, continues the uninterrupted stream."""
+
+    def __init__(self, data: TrainData, context_length: int, horizon: int, seed: int, batch_size: int):
+        self.sampler = WindowSampler(data.train, context_length, horizon, data.min_past, seed)
+        self.start = self.sampler.get_state()
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        self.sampler.set_state(self.start)
+        while True:
+            ctx, tgt = self.sampler.sample(self.batch_size)
+            yield from zip(ctx, tgt)
+
+
+def window_stream(*args):
+    """A torch ``IterableDataset`` with :class:`WindowStreamBase`'s behaviour (same arguments)."""
+    from torch.utils.data import IterableDataset
+
+    class WindowStream(WindowStreamBase, IterableDataset):
+        pass
+
+    return WindowStream(*args)
+
+
+# ---------------------------------------------------------------------------------------------- callback
+
+
+class LoopHooks:
+    """The callback's behaviour, mixed into ``TrainerCallback`` by :func:`make_loop_callback`.
+
+    History entries are made at logged steps (every ``log_every_of(cfg)`` steps, at each evaluation and
+    at the last step); a validation loss joins its step's entry. Progress is reported after the step's
+    checkpoint is in place, so a failing progress callback (a killed run) cannot lose it."""
+
+    def __init__(self, cfg: ChronosConfig, state: TrainState, resume: Optional[Checkpoint], checkpoint_dir: Optional[Path],
+                 identity: dict, progress: Optional[Callable[[dict], None]], windows_per_step: int):
+        self.cfg, self.train_state, self.resume = cfg, state, resume
+        self.checkpoint_dir, self.identity, self.progress = checkpoint_dir, identity, progress
+        self.windows_per_step = windows_per_step
+        self.reporter: Optional[Reporter] = None
         self.best_state: Optional[dict] = None
-        amp = device_info.amp_dtype
-        self.autocast = (
-            (lambda: torch.autocast(device_type="cuda", dtype=amp))
-            if device == "cuda" else (lambda: torch.autocast(device_type="cpu", enabled=False))
-        )
+        self.pending: Optional[dict] = None  # the step's history entry, reported once its checkpoint is saved
+        self.model = self.early_stopping = None
 
-    def restore(self, resume: Checkpoint) -> None:
-        self.model.load_state_dict(resume.state["model"])
-        self.optimizer.load_state_dict(resume.state["optimizer"])
-        self.scheduler.load_state_dict(resume.state["scheduler"])
-        if self.scaler is not None and resume.state.get("scaler"):
-            self.scaler.load_state_dict(resume.state["scaler"])
-        self.sampler.set_state(resume.state["sampler"])
-        set_rng_states(resume.state["rng"])
-        self.best_state = resume.state.get("best_model")
-        self.state = TrainState.from_meta(resume.meta)
-        logger.info("resuming from checkpoint %s at step %d/%d", resume.path, self.state.step, self.cfg.max_steps)
+    def on_train_begin(self, args, tstate, control, model=None, **kw):
+        self.model, state = model, self.train_state
+        if self.resume is not None and (self.resume.path / BEST_FILE).exists():
+            from safetensors.torch import load_file
 
-    def evaluate(self) -> float:
-        import torch
+            self.best_state = load_file(str(self.resume.path / BEST_FILE))
+        if self.early_stopping is not None:
+            self.early_stopping.early_stopping_patience_counter = state.bad_evals
+        self.reporter = Reporter.resuming(state, self.cfg.max_steps, self.windows_per_step, self.progress)
 
-        bs = self.cfg.batch_size
-        self.model.eval()
-        total, n = 0.0, 0
-        with torch.no_grad(), self.autocast():
-            for i in range(0, len(self.val_ctx), bs):
-                c = torch.from_numpy(self.val_ctx[i : i + bs]).to(self.device)
-                t = torch.from_numpy(self.val_tgt[i : i + bs]).to(self.device)
-                total += float(self.loss_fn(self.model, c, t)) * len(c)
-                n += len(c)
-        self.model.train()
-        return total / n
+    def on_step_end(self, args, tstate, control, **kw):
+        self.train_state.step = tstate.global_step
+        if control.should_evaluate or tstate.global_step >= tstate.max_steps:
+            control.should_log = True  # every validation and the last step have a history entry
 
-    def save_checkpoint(self) -> None:
-        if self.checkpoint_dir is None:
+    def on_log(self, args, tstate, control, logs=None, **kw):
+        logs = logs or {}
+        if "loss" not in logs:
+            return  # evaluation metrics: on_evaluate
+        entry = {"step": tstate.global_step, "loss": float(logs["loss"]),
+                 "lr": float(logs.get("learning_rate", float("nan"))), "elapsed_s": self.reporter.elapsed()}
+        self.train_state.history.append(entry)
+        self.pending = entry
+        if not (control.should_evaluate or control.should_save):
+            self._report()
+
+    def on_evaluate(self, args, tstate, control, metrics=None, **kw):
+        val = (metrics or {}).get("eval_loss")
+        if val is None:
             return
-        st = {
-            "model": cpu_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "sampler": self.sampler.get_state(), "rng": rng_states(), "best_model": self.best_state,
-        }
-        write_checkpoint(Path(self.checkpoint_dir), self.state.step, {**self.ckpt_identity, **self.state.to_meta()}, st)
-
-    def optimizer_step(self, running) -> None:
-        """``gradient_accumulation_steps`` batches, clipped gradients, one optimizer and scheduler step;
-        the (scaled) batch losses are added to ``running``."""
-        import torch
-
-        cfg, scaler = self.cfg, self.scaler
-        accum = cfg.gradient_accumulation_steps
-        for _ in range(accum):
-            ctx, tgt = self.sampler.sample(cfg.batch_size)
-            c = torch.from_numpy(ctx).to(self.device, non_blocking=True)
-            t = torch.from_numpy(tgt).to(self.device, non_blocking=True)
-            with self.autocast():
-                loss = self.loss_fn(self.model, c, t) / accum
-            if scaler is not None:
-                scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            running += loss.detach()
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        if scaler is not None:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def validate(self, step: int, last: bool) -> Optional[float]:
-        """The validation loss at ``step`` when one is due (best weights kept, early stopping decided)."""
-        if self.val_ctx is None or not (step % self.cfg.eval_every == 0 or last):
-            return None
-        val_loss = self.evaluate()
-        if self.state.record_validation(step, val_loss, self.cfg.early_stopping_patience):
+        state, step, val = self.train_state, tstate.global_step, float(val)
+        if self.pending is None or self.pending["step"] != step:
+            self.pending = {"step": step, "loss": None, "lr": None, "elapsed_s": self.reporter.elapsed()}
+            state.history.append(self.pending)
+        self.pending["val_loss"] = state.last_val = val
+        if state.best_val is None or val < state.best_val:  # EarlyStoppingCallback's test (threshold 0)
+            state.best_val, state.best_step = val, step
             self.best_state = cpu_state_dict(self.model)
-        return val_loss
+        es = self.early_stopping
+        state.bad_evals = es.early_stopping_patience_counter if es is not None else 0
+        if control.should_training_stop and step < tstate.max_steps:
+            state.stopped_early = True
+            logger.info("early stopping at step %d: no validation improvement in %d evaluations (best %.4g at step %s)",
+                        step, state.bad_evals, state.best_val, state.best_step)
+            control.should_save = args.save_strategy != "no"  # the stopped run's checkpoint, as at max_steps
+        if not control.should_save:
+            self._report()
 
-    def run(self) -> TrainState:
-        import torch
+    def on_save(self, args, tstate, control, **kw):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        cfg, state = self.cfg, self.state
-        log_every = log_every_of(cfg)
-        reporter = Reporter.resuming(state, cfg.max_steps, cfg.batch_size * cfg.gradient_accumulation_steps, self.progress)
-        self.model.train()
-        running = torch.zeros((), device=self.device)
-        running_n = 0
-        while state.step < cfg.max_steps and not state.stopped_early:
-            self.optimizer_step(running)
-            state.step += 1
-            running_n += 1
-            step = state.step
-            last = step >= cfg.max_steps
-            val_loss = self.validate(step, last)
-            entry = None
-            if step % log_every == 0 or last or val_loss is not None or state.stopped_early:
-                loss_value = float(running) / max(running_n, 1)
-                running.zero_()
-                running_n = 0
-                entry = {"step": step, "loss": loss_value, "lr": self.scheduler.get_last_lr()[0], "elapsed_s": reporter.elapsed()}
-                if val_loss is not None:
-                    entry["val_loss"] = val_loss
-                state.history.append(entry)
-            if step % cfg.checkpoint_every == 0 or last or state.stopped_early:
-                self.save_checkpoint()  # before reporting: a failing progress callback must not lose it
-            if entry is not None:
-                reporter.report(step, entry["loss"], val_loss, entry["lr"])
+        step = tstate.global_step
+        staged = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        meta = {**self.identity, **self.train_state.to_meta()}
+        publish_trainer_checkpoint(staged, Path(self.checkpoint_dir), step, meta, self.best_state)
+        self._report()
+
+    def on_train_end(self, args, tstate, control, **kw):
         if self.best_state is not None and RESTORE_BEST:
             self.model.load_state_dict(self.best_state)
-        self.model.eval()
-        return state
+
+    def _report(self) -> None:
+        entry, self.pending = self.pending, None
+        if entry is not None:
+            self.reporter.report(entry["step"], entry["loss"], entry.get("val_loss"), entry["lr"])
+
+
+def make_loop_callback(*args, **kwargs):
+    """A ``TrainerCallback`` with :class:`LoopHooks`' behaviour (same arguments)."""
+    from transformers.trainer_callback import TrainerCallback
+
+    class ChronosLoopCallback(LoopHooks, TrainerCallback):
+        pass
+
+    return ChronosLoopCallback(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- Trainer
+
+
+def training_arguments(cfg: ChronosConfig, device_info: DeviceInfo, output_dir: Path, has_val: bool, save: bool,
+                       label_names: list[str]):
+    """The Trainer settings of today's loop: AdamW without weight decay, clipping at 1.0, the configured
+    schedule, logging/evaluation/checkpoint intervals, no reporting integrations, no progress bars."""
+    import torch
+    from transformers import TrainingArguments
+
+    cuda = device_info.device == "cuda"
+    return TrainingArguments(
+        output_dir=str(output_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate, weight_decay=0.0, optim="adamw_torch", max_grad_norm=1.0,
+        lr_scheduler_type=scheduler_name(cfg), warmup_steps=warmup_steps(cfg),
+        logging_strategy="steps", logging_steps=log_every_of(cfg),
+        eval_strategy="steps" if has_val else "no", eval_steps=cfg.eval_every if has_val else None,
+        metric_for_best_model="eval_loss" if has_val else None, greater_is_better=False, load_best_model_at_end=False,
+        save_strategy="steps" if save else "no", save_steps=cfg.checkpoint_every, save_total_limit=None,
+        seed=cfg.seed, use_cpu=not cuda, bf16=cuda and device_info.amp_dtype == torch.bfloat16,
+        fp16=cuda and device_info.amp_dtype == torch.float16,
+        dataloader_num_workers=0, dataloader_pin_memory=cuda, prediction_loss_only=True, remove_unused_columns=False,
+        label_names=label_names, report_to=[], disable_tqdm=True,
+    )
+
+
+def build_trainer(module, collator, cfg: ChronosConfig, data: TrainData, horizon: int, device_info: DeviceInfo,
+                  output_dir: Path, save: bool, callback):
+    from transformers import EarlyStoppingCallback, Trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    has_val = bool(data.val)
+    callbacks = []
+    if has_val and cfg.early_stopping_patience:
+        callback.early_stopping = EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience)
+        callbacks.append(callback.early_stopping)
+    callbacks.append(callback)  # after early stopping: it reads that callback's decision
+    eval_rows = list(zip(*validation_windows(data.val, cfg.context_length, horizon))) if has_val else None
+    trainer = Trainer(
+        model=module, args=training_arguments(cfg, device_info, output_dir, has_val, save, collator.label_names),
+        train_dataset=window_stream(data, cfg.context_length, horizon, cfg.seed, cfg.batch_size),
+        eval_dataset=eval_rows, data_collator=collator, callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    # each micro-batch's mean loss divided by the accumulation steps, as before (not a token-weighted sum)
+    trainer.model_accepts_loss_kwargs = False
+    return trainer
+
+
+def finished_resume(module, resume: Checkpoint, state: TrainState) -> TrainState:
+    """A checkpoint of a finished run (max_steps reached or stopped early): its weights (the best
+    validation step's when kept), no further step."""
+    best = resume.path / BEST_FILE
+    load_weights(module, best if RESTORE_BEST and best.exists() else resume.path / TRAINER_FILES[0])
+    logger.info("checkpoint %s is of a finished run (step %d); nothing left to train", resume.path, state.step)
+    return state
 
 
 def train_loop(
@@ -223,11 +300,41 @@ def train_loop(
     resume: Optional[Checkpoint],
     ckpt_identity: dict,
     progress: Optional[Callable[[dict], None]],
+    output_dir: Optional[Path] = None,
 ) -> tuple[Any, TrainState]:
-    """Fine-tune a Bolt or T5 pipeline in place (on a copy made by the caller); returns (pipeline, state)."""
+    """Fine-tune a Bolt or T5 pipeline in place (on a copy made by the caller); returns (pipeline, state).
+    Trainer writes into ``checkpoint_dir/.trainer`` (checkpoints) or ``output_dir`` (nothing, without one)."""
     if family == "chronos-bolt":
         check_bolt_horizon(pipeline, horizon)
-    loop = _Loop(pipeline, family, cfg, data, horizon, device_info, checkpoint_dir, ckpt_identity, progress)
+    if resume is not None and resume.kind != "trainer":
+        raise TrainingError(
+            f"checkpoint {resume.path} was written by the earlier Bolt/T5 training loop ({STATE_FILE}), which the "
+            "Trainer-based loop cannot resume; delete the checkpoint directory (or start a new run) to train from the start"
+        )
+    module, collator = trainable(pipeline, family)
+    state = TrainState.from_meta(resume.meta) if resume is not None else TrainState()
+    if resume is not None and (state.step >= cfg.max_steps or state.stopped_early):
+        finished_resume(module, resume, state)
+        module.eval()
+        return pipeline, state
+    staging = Path(checkpoint_dir) / STAGING_DIR if checkpoint_dir is not None else None
+    out = staging or Path(output_dir or "hf-trainer")
+    shutil.rmtree(out, ignore_errors=True)  # a checkpoint half-written by a killed run
+    callback = make_loop_callback(cfg, state, resume, checkpoint_dir, ckpt_identity, progress,
+                                  cfg.batch_size * cfg.gradient_accumulation_steps)
+    trainer = build_trainer(module, collator, cfg, data, horizon, device_info, out, checkpoint_dir is not None, callback)
     if resume is not None:
-        loop.restore(resume)
-    return pipeline, loop.run()
+        logger.info("resuming from checkpoint %s at step %d/%d", resume.path, state.step, cfg.max_steps)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar at every checkpoint
+    try:
+        trainer.train(resume_from_checkpoint=str(resume.path) if resume is not None else None)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    module.eval()
+    return pipeline, state
