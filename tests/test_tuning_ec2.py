@@ -110,7 +110,6 @@ def _reclaim_after_first_checkpoint(store, trial: int):
     return hook, reclaimed
 
 
-@pytest.mark.slow  # ~55 s: two instance lives of one trial, one after the other
 def test_when_a_trials_spot_instance_is_reclaimed_mid_training_then_a_new_one_resumes_from_the_stored_checkpoint(
         prefect_api, aws_env, network, s3_store_url, tmp_path):
     tuning = {"search_space": {"chronos.learning_rate": {"low": 1e-3, "high": 2e-3}},
