@@ -572,7 +572,8 @@ def _add_tune(sub) -> None:
         "tune",
         help="search Chronos fine-tuning and cleaning settings with an Optuna study (the chronos-tuning flow)",
         description="Run an Optuna study (TPE sampler, median pruner on the validation loss) over the search space "
-        "of the config file's tuning: section. Trials train in parallel processes on the training span and are "
+        "of the config file's tuning: section. Trials train in parallel on the training span (local processes, or one ephemeral EC2 "
+        "instance per trial with compute.backend=ec2, spot allowed) and are "
         "scored on its rolling validation windows, never on the backtest windows that judge the champion. "
         "Holds the training lock; the study is kept in the store and resumes with --study NAME; the best settings "
         "are written as a config file for chronos-flows run --config.",
