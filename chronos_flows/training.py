@@ -34,6 +34,14 @@ Log = Union[logging.Logger, logging.LoggerAdapter]
 _LOG = logging.getLogger("chronos_flows.training")
 
 
+def unsynced_checkpoints(local_dir: Path, synced: Any) -> list[Path]:
+    """The local checkpoint directories not in ``synced`` yet, oldest first. A checkpoint becomes
+    visible complete (renamed into place); hidden directories (Trainer's staging) are skipped."""
+    if not local_dir.exists():
+        return []
+    return [p for p in sorted(local_dir.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name not in synced]
+
+
 class CheckpointSync:
     """Mirror new local checkpoints into the store's ``checkpoints/`` (fenced by ``guard``)."""
 
@@ -62,11 +70,7 @@ class CheckpointSync:
         return len(self.synced)
 
     def __call__(self) -> None:
-        if not self.local_dir.exists():
-            return
-        for ckpt in sorted(p for p in self.local_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if ckpt.name in self.synced:
-                continue
+        for ckpt in unsynced_checkpoints(self.local_dir, self.synced):
             self.guard(True)  # a holder that lost the lock must not write
             self.store.upload_dir(ckpt, f"{self.prefix}/{ckpt.name}")
             self.synced.add(ckpt.name)

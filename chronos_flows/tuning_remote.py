@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional
 from chronos_flows import layout
 from chronos_flows.errors import BadInputError, ChronosFlowsError, LostLockError
 from chronos_flows.store import ObjectStore
+from chronos_flows.training import unsynced_checkpoints
 
 _LOG = logging.getLogger("chronos_flows.tuning_remote")
 MANIFEST = "manifest.json"
@@ -122,11 +123,7 @@ class TrialCheckpoints:
         return names
 
     def __call__(self) -> None:
-        if not self.local_dir.exists():
-            return
-        for ckpt in sorted(p for p in self.local_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if ckpt.name in self.synced:
-                continue
+        for ckpt in unsynced_checkpoints(self.local_dir, self.synced):
             self.guard(True)  # a stopped trial (or a run that lost the lock) writes nothing more
             self.store.upload_dir(ckpt, f"{self.prefix}/{ckpt.name}")
             self.synced.append(ckpt.name)

@@ -9,6 +9,11 @@ span at the ``horizon`` positions after it. The context is everything up to and 
 cutoff (an expanding window, as every model in this project conditions on all the history it
 gets). Windows are defined per series by position, so series of different lengths and end dates
 each get their own final horizon.
+
+utilsforecast's ``backtest_splits`` computes the same windows on the regular series cleaning
+produces (``tests/test_windows.py`` checks it against this module); it is not used here because it
+needs the frequency and materialises every window's training frame, while the evaluation needs
+only the cutoffs (and ``n_context`` for its report).
 """
 
 from __future__ import annotations

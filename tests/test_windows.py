@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -96,3 +97,35 @@ def test_when_a_window_spec_lists_a_series_twice_then_split_refuses(gasoline):
 def test_when_columns_are_missing_then_the_error_names_them(gasoline):
     with pytest.raises(BadInputError, match=r"\['y'\]"):
         backtest_cutoffs(gasoline.rename(columns={"y": "value"}), horizon=4)
+
+
+# ------------------------------------------------------------------ utilsforecast's backtest_splits
+
+
+def _aligned_panel(ends: dict[str, str], n: int = 30) -> pd.DataFrame:
+    parts = [pd.DataFrame({"unique_id": uid, "ds": pd.date_range(end=end, periods=n, freq="W-MON"),
+                           "y": np.arange(n, dtype=float) + i}) for i, (uid, end) in enumerate(ends.items())]
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.mark.parametrize("ends", [
+    {"a": "2024-06-03", "b": "2024-06-03", "c": "2024-06-03"},   # aligned
+    {"early": "2024-01-01", "mid": "2024-03-04", "late": "2024-06-03"},  # each series its own last date
+])
+def test_when_series_are_regular_then_the_windows_equal_utilsforecast_backtest_splits(ends):
+    """utilsforecast's ``backtest_splits`` is the reference. The windows here stay positional (no
+    frequency needed, ``n_context`` per window for the report): on the regular series cleaning
+    produces, position and date arithmetic are the same thing."""
+    from utilsforecast.processing import backtest_splits
+
+    df = _aligned_panel(ends)
+    cuts = backtest_cutoffs(df, horizon=4, n_windows=3, step=2)
+    theirs = list(backtest_splits(df, n_windows=3, h=4, id_col="unique_id", time_col="ds", freq="W-MON", step_size=2))
+    assert len(theirs) == 3
+    for w, (cutoffs, train, valid) in enumerate(theirs):  # chronological, like ours
+        mine = cuts[cuts.window == w]
+        context, actuals = split_window(df, mine)
+        pd.testing.assert_frame_equal(context, train.sort_values(["unique_id", "ds"]).reset_index(drop=True)[context.columns])
+        pd.testing.assert_frame_equal(actuals, valid.sort_values(["unique_id", "ds"]).reset_index(drop=True)[actuals.columns])
+        got = dict(zip(cutoffs["unique_id"], pd.to_datetime(cutoffs["cutoff"])))
+        assert got == dict(zip(mine["unique_id"], mine["cutoff"]))
