@@ -225,3 +225,25 @@ def test_when_the_tuning_run_is_killed_while_trials_run_on_ec2_then_every_trial_
     assert {i["State"]["Name"] for i in _instances(aws_env, player.booted).values()} == {"terminated"}
     assert verify_instances(Ec2Compute(params.training.compute.ec2, env="dev", cost_center="train")) == []
     assert store.get(layout.state_key("dev")) is None
+
+
+def test_when_the_wall_clock_budget_runs_out_on_ec2_then_running_trials_are_stopped_and_their_instances_terminated(
+        prefect_api, aws_env, network, s3_store_url, tmp_path):
+    tuning = {"search_space": {"chronos.learning_rate": {"low": 1e-3, "high": 2e-3}},
+              "budget": {"max_trials": 10, "max_parallel": 2, "timeout_seconds": 8}, "study": "clock"}
+    params = build_tuning_params(tuning_file(tmp_path, tuning), store=s3_store_url, run_id="tune-ec2-6",
+                                 overrides=network + ["chronos.num_threads=1", "chronos.max_steps=100000"])
+    player = InstancePlayer(aws_env)
+    summary = _tune(params, player)
+
+    assert summary["status"] == "succeeded", summary
+    study = summary["tuning"]
+    assert study["stop_reason"] == "timeout of 8 s reached", study
+    assert study["by_state"] == {"FAIL": 2}, study  # the two first trials, stopped; nothing started after
+    store = open_store(s3_store_url)
+    trials = _csv(store, f"{layout.tuning_prefix('dev', 'clock')}/trials.csv")
+    assert trials["note"].str.contains("wall-clock budget").all(), trials["note"].tolist()
+    ids = [i for v in study["instances"].values() for i in v]
+    assert len(ids) == 2 and {i["State"]["Name"] for i in _instances(aws_env, ids).values()} == {"terminated"}
+    assert verify_instances(Ec2Compute(params.training.compute.ec2, env="dev", cost_center="train")) == []
+    assert store.get(layout.state_key("dev")) is None
