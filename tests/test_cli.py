@@ -405,7 +405,7 @@ def test_when_the_store_is_gone_at_the_end_of_a_run_then_the_failure_is_kept_loc
 
 def test_when_a_stale_run_with_a_recorded_cause_is_killed_then_the_cause_is_kept(store_dir):
     store = open_store(str(store_dir))
-    h = RunLock(store, "dev", lease_seconds=600).acquire("outage-2")
+    RunLock(store, "dev", lease_seconds=600).acquire("outage-2")
     runlog.save_training_log(store, runlog.TrainingLog(run_id="outage-2", env="dev", status="training",
                                                        error="EndpointConnectionError: S3 unreachable for 200 s"))
     res = cli("kill", "--store", str(store_dir), "--wait", "0")

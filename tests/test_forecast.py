@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blocks.store import LocalStore, open_store
+from blocks.store import LocalStore
 from chronos_flows import layout
 from chronos_flows.config import REPO_ROOT, ForecastParams
 from chronos_flows.errors import BadInputError

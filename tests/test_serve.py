@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blocks.store import LocalStore
 from chronos_flows.models.seasonal_naive import SeasonalNaive
 from chronos_flows.registry import decide_champion, promote, read_champion
 from tests.conftest import free_port, wait_for_port
@@ -350,7 +349,7 @@ class _Holder:
         self.current, self.last_error, self.swaps = champ, None, 1
 
 
-def _champion_of(model) -> "LoadedChampion":
+def _champion_of(model):
     from chronos_flows.serving import LoadedChampion
 
     return LoadedChampion(run_id="broken-run", family="seasonal_naive", doc={}, etag="e", model=model, min_history=5,
