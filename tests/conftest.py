@@ -25,6 +25,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("CHRONOS_FLOWS_STORE", None)
 
+# Prefect configures logging (binding its console handler to the sys.stderr of the moment) when
+# prefect.main is first imported (`from prefect import flow`): do it now, under the session's capture,
+# not first inside a test whose ``capsys`` stream closes when that test ends (later in-process flow runs
+# would then fail on their first log line when a subset of the test files runs).
+import prefect.main  # noqa: E402,F401
+
 
 def free_port() -> int:
     with socket.socket() as s:
