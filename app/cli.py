@@ -19,14 +19,22 @@ from typing import Any, Sequence
 
 from blocks.ec2 import Ec2Compute, instance_cleanup_steps, verify_instances
 from blocks.store import open_store, read_uri
-from chronos_flows import infra, layout, pending, runlog, workdirs
-from chronos_flows.config import (REPO_ROOT, build_forecast_params, build_params, build_resume_params, params_from_tree,
-                                  resolve_store_url)
-from chronos_flows.errors import BadInputError, ChronosFlowsError, LockedError
-from chronos_flows.lock import RunLock, abandon, hand_off, read_state
-from chronos_flows.ops import status_report, verify_cleanup
-from chronos_flows.registry import read_champion
-from chronos_flows.runs import cleanup_dead_run, kill_run, list_runs, new_run_id
+from blocks import cloudformation
+from chronos_flows.core import layout
+from chronos_flows.runstate import pending, runlog, workdirs
+from chronos_flows.config.params import (
+    REPO_ROOT,
+    build_forecast_params,
+    build_params,
+    build_resume_params,
+    params_from_tree,
+    resolve_store_url,
+)
+from chronos_flows.core.errors import BadInputError, ChronosFlowsError, LockedError
+from chronos_flows.runstate.lock import RunLock, abandon, hand_off, read_state
+from chronos_flows.runstate.cleanup import status_report, verify_cleanup
+from chronos_flows.champion.registry import read_champion
+from chronos_flows.runstate.runs import cleanup_dead_run, kill_run, list_runs, new_run_id
 
 # Imports: at the top, except three groups that stay inside the commands that need them because
 # they measurably slow the commands that do not (2-core machine, python -c "import M"):
@@ -114,9 +122,9 @@ def preflight(params, store) -> None:
 
 def preflight_data(params) -> None:
     """The data and its cleaning, checked before Prefect starts (writes nothing)."""
-    from chronos_flows.cleaning import clean
-    from chronos_flows.ingest import load_dataset
-    from chronos_flows.splits import min_series_length
+    from chronos_flows.data.cleaning import clean
+    from chronos_flows.data.ingest import load_dataset
+    from chronos_flows.evaluation.splits import min_series_length
 
     df = load_dataset(params.data.path, params.data, fetch=read_uri)
     clean(df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon, detect_outliers=False)
@@ -231,7 +239,7 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     """Batch forecasts from the champion. Everything checkable is checked before Prefect starts
     (store, champion, data, frequency), so a refusal exits 2 at once and writes nothing."""
     _embedded_prefect_defaults()
-    from chronos_flows.forecasting import no_champion_message
+    from chronos_flows.forecasting.batch import no_champion_message
     from tasks.forecast import load_forecast_data
 
     params = _forecast_params(args)
@@ -270,7 +278,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """``tune``: an Optuna study over Chronos fine-tuning and cleaning settings (the chronos-tuning flow).
     The settings and the search space are checked before Prefect starts (exit 2 naming the parameter)."""
     _embedded_prefect_defaults()
-    from chronos_flows.tuning import build_tuning_params, with_updates
+    from chronos_flows.tuning.study import build_tuning_params, with_updates
 
     params = build_tuning_params(args.config, args.set, store=args.store, env=args.env)
     updates: dict[str, Any] = {}
@@ -486,17 +494,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_infra(args: argparse.Namespace) -> int:
     if args.action == "validate":
-        findings = infra.validate_template(args.template)
+        findings = cloudformation.validate_template(args.template)
         for f in findings:
             print(f)
         print("template valid" if not findings else f"{len(findings)} finding(s)")
         return EXIT_OK if not findings else EXIT_BAD_INPUT
     if args.action == "deploy":
         overrides = dict(kv.split("=", 1) for kv in args.parameter)
-        outputs = infra.deploy(args.stack_name, args.template, overrides)
+        outputs = cloudformation.deploy(args.stack_name, args.template, overrides)
         print(json.dumps(outputs, indent=2, default=str))
         return EXIT_OK
-    infra.destroy(args.stack_name)
+    cloudformation.destroy(args.stack_name)
     print(f"stack {args.stack_name} deleted")
     return EXIT_OK
 

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from chronos_flows.errors import BadInputError
+from chronos_flows.core.errors import BadInputError
 from chronos_flows.serving import ChampionHolder, MicroBatcher, ModelError, RequestError, parse_request
 
 logger = logging.getLogger("chronos_flows.server")

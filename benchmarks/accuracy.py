@@ -34,7 +34,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chronos_flows.evaluation import merge_results, run_backtest  # noqa: E402
+from chronos_flows.evaluation.backtest import merge_results, run_backtest  # noqa: E402
 from chronos_flows.models.base import DEFAULT_QUANTILES  # noqa: E402
 from chronos_flows.models.ensemble import ENSEMBLE, add_ensemble  # noqa: E402
 from chronos_flows.models.families import local_forecaster  # noqa: E402

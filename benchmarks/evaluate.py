@@ -31,10 +31,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chronos_flows.evaluation import run_backtest, write_outputs  # noqa: E402
+from chronos_flows.evaluation.backtest import run_backtest, write_outputs  # noqa: E402
 from chronos_flows.models.base import DEFAULT_QUANTILES, Forecaster  # noqa: E402
-from chronos_flows.models.prophet import ProphetForecaster  # noqa: E402
-from chronos_flows.models.seasonal_naive import SeasonalNaive  # noqa: E402
+from chronos_flows.models.local.prophet import ProphetForecaster  # noqa: E402
+from chronos_flows.models.local.seasonal_naive import SeasonalNaive  # noqa: E402
 
 
 class Replay(Forecaster):

@@ -36,8 +36,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chronos_flows.config import ChronosConfig  # noqa: E402
-from chronos_flows.forecasting import forecast_panel  # noqa: E402
+from chronos_flows.config.params import ChronosConfig  # noqa: E402
+from chronos_flows.forecasting.batch import forecast_panel  # noqa: E402
 from chronos_flows.models.base import ID, TARGET, TIME  # noqa: E402
 from chronos_flows.models.families import local_forecaster  # noqa: E402
 
@@ -61,8 +61,8 @@ def synthetic_panel(n_series: int, length: int, seed: int = 0) -> pd.DataFrame:
 def chronos_part(args) -> None:
     import torch
 
-    from chronos_flows.models.chronos import ChronosForecaster
-    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.models.chronos.forecasters import ChronosForecaster
+    from chronos_flows.models.chronos.configs import build_random_pipeline
 
     torch.set_num_threads(2)
     df = synthetic_panel(args.series, args.length)

@@ -110,8 +110,8 @@ class PeakRss:
 def seed_champion(store_dir: Path, family: str, config: dict) -> None:
     """A store whose ``dev`` champion is ``family`` with ``config``, judged on monthly data (horizon 6)."""
     from blocks.store import LocalStore
-    from chronos_flows.config import QUANTILES
-    from chronos_flows.registry import decide_champion, promote
+    from chronos_flows.config.params import QUANTILES
+    from chronos_flows.champion.registry import decide_champion, promote
 
     entry = {"run_id": "scale-champion", "family": family, "config": config,
              "judged_on": {"freq": "MS", "horizon": 6, "quantiles": list(QUANTILES), "season_length": 12}}
@@ -121,7 +121,7 @@ def seed_champion(store_dir: Path, family: str, config: dict) -> None:
 
 def forecast_once(store_dir: Path, path: Path, n: int, engine: str, chunk_series: int, cluster) -> dict:
     """Run the chronos-forecast flow on the panel at ``path`` with ``engine``; its timings and memory."""
-    from chronos_flows.config import ForecastParams
+    from chronos_flows.config.params import ForecastParams
     from flows.forecast import chronos_forecast
 
     compute = {"task_runner": "dask", "dask_address": cluster.scheduler_address} if engine == "dask-2" else {}
@@ -149,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from prefect import flow
 
-    from chronos_flows.config import build_params
+    from chronos_flows.config.params import build_params
     from tasks.evaluate import backtest_baseline
     from tasks.runners import chunk_runner as baseline_runner
-    from chronos_flows.records import RunSpec
+    from chronos_flows.training.specs import RunSpec
 
     # the panel is handed over as a file, outside the flow's parameters (the API caps their size) and
     # outside this closure (prefect-dask ships the flow with every task: a panel in the closure would

@@ -61,8 +61,8 @@ def contexts(n: int, length: int, seed: int = 0) -> list[list[float]]:
 def seed_store(store_dir: Path, model_dir: Path, context: int) -> None:
     """A store whose champion is the Chronos model in ``model_dir`` (the registry layout a run writes)."""
     from blocks.store import LocalStore
-    from chronos_flows import layout
-    from chronos_flows.registry import decide_champion, promote
+    from chronos_flows.core import layout
+    from chronos_flows.champion.registry import decide_champion, promote
 
     store = LocalStore(store_dir)
     prefix = layout.registry_model_prefix("dev", "bench-run", "chronos")
@@ -134,7 +134,7 @@ def main() -> None:
     import torch
     from chronos import BaseChronosPipeline
 
-    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.models.chronos.configs import build_random_pipeline
 
     torch.set_num_threads(os.cpu_count() or 1)
     ctx = contexts(args.inputs, args.context)

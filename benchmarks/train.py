@@ -46,10 +46,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from chronos_flows.config import ChronosConfig  # noqa: E402
-from chronos_flows.metrics import mase, wql  # noqa: E402
-from chronos_flows.models.chronos import ChronosForecaster  # noqa: E402
-from chronos_flows.models.chronos_configs import build_random_pipeline, select_device  # noqa: E402
+from chronos_flows.config.params import ChronosConfig  # noqa: E402
+from chronos_flows.evaluation.metrics import mase, wql  # noqa: E402
+from chronos_flows.models.chronos.forecasters import ChronosForecaster  # noqa: E402
+from chronos_flows.models.chronos.configs import build_random_pipeline, select_device  # noqa: E402
 
 DATA = ROOT / "data" / "us_gasoline.csv"
 MARK_FROM, LOG_EVERY = 20, 10

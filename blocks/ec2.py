@@ -21,9 +21,9 @@ import shlex
 from datetime import datetime
 from typing import Any, Callable
 
-from chronos_flows.config import Ec2Config
-from chronos_flows.errors import ChronosFlowsError, ConfigError
-from chronos_flows.infra import PROJECT
+from chronos_flows.config.params import Ec2Config
+from chronos_flows.core.errors import ChronosFlowsError, ConfigError
+from blocks.cloudformation import PROJECT
 
 #: States counted as "still alive" (everything but terminated).
 ACTIVE_STATES = ("pending", "running", "shutting-down", "stopping", "stopped")
@@ -281,7 +281,7 @@ class Ec2Compute:
         generation: int | None = None,
     ) -> str:
         """The instance's bash bootstrap for this run only: arm the hard stop, install, check the
-        GPU, run ``python -m chronos_flows.bootstrap`` (which trains only if the state file names
+        GPU, run ``python -m app.bootstrap`` (which trains only if the state file names
         this run and lock ``generation``), shut down."""
         env = env or self.env
         minutes = int(max_runtime_minutes or self.cfg.max_runtime_minutes)
@@ -301,7 +301,7 @@ class Ec2Compute:
             if not _ENV_NAME.match(k):
                 raise ConfigError(f"extra_env name {k!r} is not a valid environment variable name")
             exports[k] = str(v)
-        step = f"python -m chronos_flows.bootstrap --run-id {q(run_id)} --store {q(store_url)} --env {q(env)}"
+        step = f"python -m app.bootstrap --run-id {q(run_id)} --store {q(store_url)} --env {q(env)}"
         if generation is not None:
             step += f" --generation {int(generation)}"
         lines = [

@@ -22,8 +22,8 @@ from pydantic import Field, model_validator
 
 from blocks import ec2 as ec2_backend
 from blocks.store import BLOCK_SCHEME, open_store
-from chronos_flows.config import Ec2Config
-from chronos_flows.errors import StoreError
+from chronos_flows.config.params import Ec2Config
+from chronos_flows.core.errors import StoreError
 
 __all__ = ["AwsCredentials", "ChronosStore", "Ec2Compute", "load_store_block"]
 

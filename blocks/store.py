@@ -1,5 +1,5 @@
 """Object-store backends: a local directory and S3 (boto3), both implementing
-:class:`chronos_flows.store.ObjectStore` with the same atomic/conditional semantics.
+:class:`chronos_flows.core.store.ObjectStore` with the same atomic/conditional semantics.
 
 * :class:`LocalStore` — ``put`` writes a temporary file, fsyncs it and ``os.replace``-s it over the
   key (readers see the old or the new file, never a partial one); ``put_if_absent`` hard-links the
@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
-from chronos_flows.errors import BadInputError, PreconditionFailed, StoreError, TransientStoreError
+from chronos_flows.core.errors import BadInputError, PreconditionFailed, StoreError, TransientStoreError
 
 INTERNAL_DIR = ".chronos-store"
 
@@ -393,7 +393,7 @@ def make_s3_client(endpoint_url: str | None = None, region: str | None = None, p
 
 def _tagging(key: str) -> dict[str, str]:
     """Object tags the bucket's lifecycle rules match on (model artifacts and checkpoints)."""
-    from chronos_flows.infra import lifecycle_tagging
+    from blocks.cloudformation import lifecycle_tagging
 
     tag = lifecycle_tagging(key)
     return {"Tagging": tag} if tag else {}

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow
 
-from chronos_flows.config import ForecastParams
+from chronos_flows.config.params import ForecastParams
 from tasks.forecast import forecast, new_workdir, prepare_data, publish, read_champion_for_forecast
 from tasks.state import open_run_store
 

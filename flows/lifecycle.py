@@ -14,7 +14,7 @@ run's life under the lock — acquire, heartbeat, outcome, cleanup — so each f
     return run.finish()                      # the summary, or Cancelled "Killed" with it
 
 Only :class:`LockedRun` holds the lock handle and the run's mutable record (what the steps
-returned); the cleanup gets them as values (:class:`~chronos_flows.records.RunResults`).
+returned); the cleanup gets them as values (:class:`~chronos_flows.training.specs.RunResults`).
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
-from chronos_flows import workdirs
-from chronos_flows.config import TrainingParams
-from chronos_flows.errors import RunKilledError
-from chronos_flows.lock import LockHandle
-from chronos_flows.promotion import Promotion
-from chronos_flows.records import BaselineRecord, DataSync, RunResults, RunSpec, TrainedChronos
-from chronos_flows.runs import new_run_id
-from chronos_flows.store import ObjectStore
+from chronos_flows.runstate import workdirs
+from chronos_flows.config.params import TrainingParams
+from chronos_flows.core.errors import RunKilledError
+from chronos_flows.runstate.lock import LockHandle
+from chronos_flows.champion.promotion import Promotion
+from chronos_flows.training.specs import BaselineRecord, DataSync, RunResults, RunSpec, TrainedChronos
+from chronos_flows.runstate.runs import new_run_id
+from chronos_flows.core.store import ObjectStore
 from tasks.cleanup import cleanup_run
 from tasks.common import logger
 from tasks.state import acquire_lock, set_status

@@ -11,8 +11,8 @@ from typing import Any
 
 from prefect import flow
 
-from chronos_flows.config import TrainingParams
-from chronos_flows.splits import split_for_training
+from chronos_flows.config.params import TrainingParams
+from chronos_flows.evaluation.splits import split_for_training
 from flows.lifecycle import LockedRun, Phases, refused
 from tasks.cleanup import release_after_abort
 from tasks.common import cache_mode, quiet_routine_task_logs

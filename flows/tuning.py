@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from chronos_flows.runs import new_run_id
-from chronos_flows.tuning import TuningParams, apply_overrides, validate_space
+from chronos_flows.runstate.runs import new_run_id
+from chronos_flows.tuning.study import TuningParams, apply_overrides, validate_space
 from flows.lifecycle import LockedRun, Phases, refused
 from tasks.common import quiet_routine_task_logs
 from tasks.data import clean_data, ingest, sync_data

@@ -10,13 +10,14 @@ from typing import Any, Callable, Iterable, Mapping
 from prefect import task
 from prefect.cache_policies import NONE
 
-from chronos_flows import layout, runlog
-from chronos_flows.config import TrainingParams
-from chronos_flows.cost import estimate_run_cost
-from chronos_flows.errors import ChronosFlowsError, LostLockError
-from chronos_flows.lock import LockHandle
-from chronos_flows.ops import run_cleanup
-from chronos_flows.records import RunResults, RunSpec
+from chronos_flows.core import layout
+from chronos_flows.runstate import runlog
+from chronos_flows.config.params import TrainingParams
+from chronos_flows.training.cost import estimate_run_cost
+from chronos_flows.core.errors import ChronosFlowsError, LostLockError
+from chronos_flows.runstate.lock import LockHandle
+from chronos_flows.runstate.cleanup import run_cleanup
+from chronos_flows.training.specs import RunResults, RunSpec
 from blocks.ec2 import instance_cleanup_steps  # noqa: F401 - the cleanup of a dead run (used by tasks.state)
 from tasks.common import RETRY_DELAYS, logger, retry_transient
 
@@ -150,8 +151,8 @@ def release_after_abort(flow: Any, flow_run: Any, state: Any) -> None:
     process was cancelled or died), so mark the run killed, run its cleanup and release the lock —
     only if the state file still belongs to this flow run."""
     from blocks.store import open_store
-    from chronos_flows.lock import read_state
-    from chronos_flows.runs import kill_run
+    from chronos_flows.runstate.lock import read_state
+    from chronos_flows.runstate.runs import kill_run
 
     log = logging.getLogger("chronos_flows")
     raw = (getattr(flow_run, "parameters", None) or {}).get("params") or {}

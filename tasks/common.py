@@ -11,7 +11,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
-from chronos_flows.errors import TransientStoreError
+from chronos_flows.core.errors import TransientStoreError
 
 #: Delays between retries of a whole step (Prefect retries; botocore retries single requests first).
 RETRY_DELAYS = [2, 10, 30]

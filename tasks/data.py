@@ -1,4 +1,4 @@
-"""Ingest and clean: thin task wrappers over chronos_flows.ingest / chronos_flows.cleaning."""
+"""Ingest and clean: thin task wrappers over chronos_flows.data.ingest / chronos_flows.data.cleaning."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from blocks.store import read_uri
-from chronos_flows import cleaning as clean_module
-from chronos_flows import frequency as frequency_module
-from chronos_flows import ingest as ingest_module
-from chronos_flows import layout
-from chronos_flows.cleaning import CleaningReport, clean
-from chronos_flows.config import TrainingParams, resolve_data_path
-from chronos_flows.ingest import fingerprint, load_dataset, to_parquet_bytes
-from chronos_flows.records import DataSync, RunSpec
-from chronos_flows.splits import min_series_length
+from chronos_flows.data import cleaning as clean_module
+from chronos_flows.data import frequency as frequency_module
+from chronos_flows.data import ingest as ingest_module
+from chronos_flows.core import layout
+from chronos_flows.data.cleaning import CleaningReport, clean
+from chronos_flows.config.params import TrainingParams, resolve_data_path
+from chronos_flows.data.ingest import fingerprint, load_dataset, to_parquet_bytes
+from chronos_flows.training.specs import DataSync, RunSpec
+from chronos_flows.evaluation.splits import min_series_length
 from tasks.common import CACHE_EXPIRATION, RETRY_DELAYS, logger, markdown_artifact, retry_transient
 
 
@@ -36,7 +36,7 @@ def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
 
 def _clean_key(context: Any, parameters: dict[str, Any]) -> str:
     """Fingerprint of the ingested data + cleaning config + the lengths the backtest needs + the code
-of cleaning (chronos_flows.cleaning, .frequency and .ingest, whose notes go into the report)."""
+of cleaning (chronos_flows.data.cleaning, .frequency and .ingest, whose notes go into the report)."""
     params: TrainingParams = parameters["params"]
     doc = {
         "data": fingerprint(parameters["df"]),

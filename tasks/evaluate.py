@@ -10,18 +10,26 @@ from prefect import task
 from prefect.cache_policies import NONE
 from prefect.task_runners import TaskRunner
 
-from chronos_flows import layout
-from chronos_flows.cleaning import CleaningReport
-from chronos_flows.config import TrainingParams
-from chronos_flows.evaluation import BacktestResult, merge_results, run_backtest, write_outputs
-from chronos_flows.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
+from chronos_flows.core import layout
+from chronos_flows.data.cleaning import CleaningReport
+from chronos_flows.config.params import TrainingParams
+from chronos_flows.evaluation.backtest import BacktestResult, merge_results, run_backtest, write_outputs
+from chronos_flows.evaluation.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
 from chronos_flows.models.base import Forecaster
 from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
-from chronos_flows.models.seasonal_naive import SeasonalNaive
-from chronos_flows.promotion import Promotion, leaderboard_records, promote_run
-from chronos_flows.records import BaselineRecord, ChampionInRun, DataSync, Guard, RunSpec, TrainedChronos, no_guard
-from chronos_flows.registry import read_champion
-from chronos_flows.splits import backtest_windows, ensemble_fit_windows
+from chronos_flows.models.local.seasonal_naive import SeasonalNaive
+from chronos_flows.champion.promotion import Promotion, leaderboard_records, promote_run
+from chronos_flows.training.specs import (
+    BaselineRecord,
+    ChampionInRun,
+    DataSync,
+    Guard,
+    RunSpec,
+    TrainedChronos,
+    no_guard,
+)
+from chronos_flows.champion.registry import read_champion
+from chronos_flows.evaluation.splits import backtest_windows, ensemble_fit_windows
 from tasks.common import (
     CACHE_EXPIRATION, Progress, RETRY_DELAYS, cache_mode, embed_images, image_artifact, logger, markdown_artifact, retry_transient, table_artifact,
 )
@@ -106,15 +114,15 @@ def load_champion(spec: RunSpec, season: int) -> ChampionInRun:
     scored on exactly this run's windows instead of trusting a score measured on other data.
     A local-family champion whose configuration equals this run's candidate of that family is that
     candidate: it is not fitted twice."""
-    from chronos_flows.errors import ChronosFlowsError
-    from chronos_flows.models.chronos import ChronosForecaster
+    from chronos_flows.core.errors import ChronosFlowsError
+    from chronos_flows.models.chronos.forecasters import ChronosForecaster
 
     doc, _ = read_champion(spec.store, spec.env)
     if doc is None:
         return ChampionInRun()
     family = doc["family"]
     if family == "ensemble":  # re-created from its members (a Chronos member from the registry) and re-scored
-        from chronos_flows.forecasting import champion_forecaster
+        from chronos_flows.forecasting.batch import champion_forecaster
 
         try:
             model = champion_forecaster(spec.store, spec.env, doc, spec.workdir / "champion", device=spec.params.chronos.device,
@@ -209,7 +217,7 @@ def finalize_results(
     guard: Guard = no_guard,
 ) -> Promotion:
     """Champion decision over every family (compare-and-swap), cost estimate and model_metadata.json
-    (:func:`chronos_flows.promotion.promote_run`); the decision as an artifact."""
+    (:func:`chronos_flows.champion.promotion.promote_run`); the decision as an artifact."""
     done = promote_run(spec, result, report, data, chronos, baselines, champion, guard=guard)
     _publish_decision(spec.run_id, done)
     return done

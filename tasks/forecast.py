@@ -1,4 +1,4 @@
-"""Batch forecasting tasks: thin wrappers over chronos_flows.forecasting and the store.
+"""Batch forecasting tasks: thin wrappers over chronos_flows.forecasting.batch and the store.
 
 The series are forecast as ``forecast-chunk`` tasks (one per ``chunk_size`` series) on the runner of
 ``params.compute`` (:func:`tasks.runners.chunk_runner`): one after another in the flow's process by
@@ -23,11 +23,11 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from blocks.store import open_store, read_uri
-from chronos_flows import layout
-from chronos_flows.cleaning import CleaningReport, clean
-from chronos_flows.config import ForecastParams, resolve_data_path
-from chronos_flows.errors import BadInputError
-from chronos_flows.forecasting import (
+from chronos_flows.core import layout
+from chronos_flows.data.cleaning import CleaningReport, clean
+from chronos_flows.config.params import ForecastParams, resolve_data_path
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.forecasting.batch import (
     ForecastInputs,
     ForecastRun,
     ParquetSink,
@@ -38,11 +38,11 @@ from chronos_flows.forecasting import (
     plot_forecast_png,
     resolve_inputs,
 )
-from chronos_flows.forecast_chunks import ChunkPlan, add_chunk, fail_chunk, forecast_chunk, plan_chunks
-from chronos_flows.ingest import fingerprint, load_dataset
+from chronos_flows.forecasting.chunks import ChunkPlan, add_chunk, fail_chunk, forecast_chunk, plan_chunks
+from chronos_flows.data.ingest import fingerprint, load_dataset
 from chronos_flows.models.base import Forecaster
-from chronos_flows.registry import read_champion
-from chronos_flows.store import ObjectStore
+from chronos_flows.champion.registry import read_champion
+from chronos_flows.core.store import ObjectStore
 from tasks.common import RETRY_DELAYS, Progress, image_markdown, logger, markdown_artifact, retry_transient, table_artifact
 from tasks.runners import chunk_runner
 

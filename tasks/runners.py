@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from chronos_flows.config import ComputeConfig
+from chronos_flows.config.params import ComputeConfig
 
 
 def chunk_runner(compute: ComputeConfig) -> TaskRunner:

@@ -9,13 +9,13 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from blocks.store import open_store
-from chronos_flows import runlog
-from chronos_flows.config import TrainingParams
-from chronos_flows.errors import ChronosFlowsError, LockedError
-from chronos_flows.lock import LockHandle, RunLock, is_handed_off, take_handed_off
-from chronos_flows.ops import status_report
-from chronos_flows.records import RunSpec
-from chronos_flows.store import ObjectStore
+from chronos_flows.runstate import runlog
+from chronos_flows.config.params import TrainingParams
+from chronos_flows.core.errors import ChronosFlowsError, LockedError
+from chronos_flows.runstate.lock import LockHandle, RunLock, is_handed_off, take_handed_off
+from chronos_flows.runstate.cleanup import status_report
+from chronos_flows.training.specs import RunSpec
+from chronos_flows.core.store import ObjectStore
 from tasks.common import RETRY_DELAYS, logger, retry_transient
 
 
@@ -109,7 +109,7 @@ def set_status(handle: LockHandle, status: str, **details: Any) -> None:
 
 
 def _cleanup_taken_over(spec: RunSpec, dead_run_id: str) -> None:
-    from chronos_flows.runs import cleanup_dead_run
+    from chronos_flows.runstate.runs import cleanup_dead_run
     from blocks.ec2 import instance_cleanup_steps
 
     try:

@@ -1,9 +1,9 @@
 """Train tasks: Chronos (fine-tune or zero-shot, in-process or on an ephemeral EC2 worker).
 
-Thin wrappers over :mod:`chronos_flows.training`: ``fit_and_store`` is the one training routine;
+Thin wrappers over :mod:`chronos_flows.training.fit`: ``fit_and_store`` is the one training routine;
 the ``local`` backend calls it inside the flow's process (with Prefect's run logger and a progress
 artifact), the ``ec2`` backend launches an instance whose user data runs
-``python -m chronos_flows.bootstrap``, which calls ``fit_and_store`` on the instance, next to the
+``python -m app.bootstrap``, which calls ``fit_and_store`` on the instance, next to the
 GPU, without Prefect. Both write checkpoints and the model into the same store layout.
 """
 
@@ -17,9 +17,9 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from blocks.store import download_prefix
-from chronos_flows import layout
-from chronos_flows.records import Guard, RunSpec, TrainedChronos, no_guard
-from chronos_flows.training import fit_and_store, follow_instance, instance_info
+from chronos_flows.core import layout
+from chronos_flows.training.specs import Guard, RunSpec, TrainedChronos, no_guard
+from chronos_flows.training.fit import fit_and_store, follow_instance, instance_info
 from tasks.common import Progress, RETRY_DELAYS, image_artifact, logger, markdown_artifact, retry_transient
 
 
@@ -78,7 +78,7 @@ def train_on_ec2(spec: RunSpec, guard: Guard = no_guard, *, generation: int | No
                  on_instance: Callable[..., None] = _not_recorded, poll_seconds: float = 5.0) -> tuple[Any, dict]:
     """Launch this run's GPU instance (attempt ``generation``), follow it through the store, load the model it saved."""
     from blocks.ec2 import Ec2Compute
-    from chronos_flows.models.chronos import ChronosForecaster
+    from chronos_flows.models.chronos.forecasters import ChronosForecaster
 
     cfg = spec.params.compute.ec2
     ec2 = Ec2Compute(cfg, env=spec.env, cost_center=spec.params.cost_center)

@@ -1,7 +1,7 @@
 """Tuning tasks: one trial per Prefect task, the study loop, the artifacts.
 
-The study itself is :mod:`chronos_flows.tuning` (Optuna, no Prefect). A trial runs in its own
-process (:mod:`chronos_flows.tuning_worker`) on the local backend, so trials train in parallel on
+The study itself is :mod:`chronos_flows.tuning.study` (Optuna, no Prefect). A trial runs in its own
+process (:mod:`chronos_flows.tuning.worker`) on the local backend, so trials train in parallel on
 separate cores and a trial that is stopped (budget, kill) is one process to terminate; with
 ``compute.backend=ec2`` each trial runs on its own ephemeral instance (:mod:`tasks.tuning_ec2`).
 A budget that runs out while trials run (wall clock, cost) stops them; they are recorded as failed.
@@ -22,11 +22,25 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 
-from chronos_flows import layout
-from chronos_flows.tuning import (TuningParams, apply_overrides, best_config_yaml, best_trial, budget_reason,
-                                  cost_reason, fail_stale_trials, finished_trials, open_study, param_importances,
-                                  plot_history_png, plot_importance_png, spent_usd, suggest, trials_frame)
-from chronos_flows.tuning_remote import data_key
+from chronos_flows.core import layout
+from chronos_flows.tuning.study import (
+    TuningParams,
+    apply_overrides,
+    best_config_yaml,
+    best_trial,
+    budget_reason,
+    cost_reason,
+    fail_stale_trials,
+    finished_trials,
+    open_study,
+    param_importances,
+    plot_history_png,
+    plot_importance_png,
+    spent_usd,
+    suggest,
+    trials_frame,
+)
+from chronos_flows.tuning.remote import data_key
 from tasks.common import Progress, image_markdown, logger, markdown_artifact, table_artifact
 from tasks.state import RunContext
 
@@ -45,7 +59,7 @@ def run_trial(spec: dict[str, Any], number: int, stop_at: float | None) -> dict[
     spec_path.write_text(json.dumps(spec, default=str))
     log_path = workdir / "trial.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "chronos_flows.tuning_worker", str(spec_path)],
+        proc = subprocess.Popen([sys.executable, "-m", "chronos_flows.tuning.worker", str(spec_path)],
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         try:
             while proc.poll() is None:

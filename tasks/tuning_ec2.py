@@ -2,8 +2,8 @@
 
 The task writes the trial's spec to the store, launches an instance (tagged with the tuning run, the
 study and the trial; ``compute.ec2.spot`` honoured) whose user data runs
-``python -m chronos_flows.bootstrap --trial PREFIX``, and follows it through the store
-(:mod:`chronos_flows.tuning_remote`): each new validation loss is reported to the study in this
+``python -m app.bootstrap --trial PREFIX``, and follows it through the store
+(:mod:`chronos_flows.tuning.remote`): each new validation loss is reported to the study in this
 process, and a pruned trial gets its STOP marker and its instance terminated. An instance that
 disappears without a result (spot reclaim) is replaced, up to :data:`MAX_ATTEMPTS` launches; the
 new one resumes from the trial's stored checkpoints. Whatever ends the trial, its instances are
@@ -23,11 +23,18 @@ from typing import Any, Optional
 from prefect import task
 from prefect.cache_policies import NONE
 
-from chronos_flows.config import TrainingParams
-from chronos_flows.errors import ChronosFlowsError
-from chronos_flows.tuning import TuningParams
-from chronos_flows.tuning_remote import (TrialKeys, TrialReporter, instances_cost, put_json, read_json,
-                                         result_of_instance, trial_prefix)
+from chronos_flows.config.params import TrainingParams
+from chronos_flows.core.errors import ChronosFlowsError
+from chronos_flows.tuning.study import TuningParams
+from chronos_flows.tuning.remote import (
+    TrialKeys,
+    TrialReporter,
+    instances_cost,
+    put_json,
+    read_json,
+    result_of_instance,
+    trial_prefix,
+)
 from tasks.common import logger
 
 #: launches per trial: the first, and two replacements of a lost (reclaimed) instance

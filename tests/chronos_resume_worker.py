@@ -28,7 +28,7 @@ def make_sine_frame(n_series: int = 6, length: int = 120, period: int = 12, nois
 
 
 def resume_config(family: str, max_steps: int, checkpoint_every: int):
-    from chronos_flows.config import ChronosConfig
+    from chronos_flows.config.params import ChronosConfig
 
     return ChronosConfig(
         family=family, context_length=32, max_steps=max_steps, batch_size=8, eval_every=10,
@@ -41,7 +41,7 @@ HORIZON = 8
 
 def main() -> None:
     workdir, family, max_steps, every, sleep_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-    from chronos_flows.models.chronos import ChronosForecaster
+    from chronos_flows.models.chronos.forecasters import ChronosForecaster
 
     cfg = resume_config(family, max_steps, every)
     wd = Path(workdir)

@@ -49,8 +49,8 @@ def _sleep_until(at: float | None) -> None:
 
 
 def handle(cmd: dict, cache: dict) -> dict | None:
-    from chronos_flows.errors import LockedError, LostLockError, PreconditionFailed, RunKilledError
-    from chronos_flows.lock import RunLock
+    from chronos_flows.core.errors import LockedError, LostLockError, PreconditionFailed, RunKilledError
+    from chronos_flows.runstate.lock import RunLock
 
     op = cmd["op"]
     if op == "acquire":
@@ -122,7 +122,7 @@ def zygote(fds: list[int]) -> int:
     """Import everything and build the boto3 client once, then fork one worker per fd pair:
     20 workers without 20 cold imports/client builds (each ~0.5 s of CPU on 2 cores)."""
     import blocks.store  # noqa: F401
-    import chronos_flows.lock  # noqa: F401
+    import chronos_flows.runstate.lock
 
     cache: dict = {}
     if os.environ.get("AWS_ENDPOINT_URL"):

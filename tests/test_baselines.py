@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronos_flows import metrics as M
-from chronos_flows.errors import BadInputError
+from chronos_flows.evaluation import metrics as M
+from chronos_flows.core.errors import BadInputError
 from chronos_flows.models.base import DEFAULT_QUANTILES, quantile_column
-from chronos_flows.models.prophet import ProphetForecaster, seasonality_for_freq
-from chronos_flows.models.seasonal_naive import SeasonalNaive
-from chronos_flows.windows import backtest_cutoffs, split_window
+from chronos_flows.models.local.prophet import ProphetForecaster, seasonality_for_freq
+from chronos_flows.models.local.seasonal_naive import SeasonalNaive
+from chronos_flows.evaluation.windows import backtest_cutoffs, split_window
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 QCOLS = [quantile_column(q) for q in DEFAULT_QUANTILES]

@@ -9,8 +9,8 @@ import sys
 import anyio
 
 from blocks.store import open_store
-from chronos_flows import layout
-from chronos_flows.config import build_params
+from chronos_flows.core import layout
+from chronos_flows.config.params import build_params
 from tests.test_flow_e2e import SMALL
 
 def _task_states(flow_run_id) -> dict[str, list[str]]:

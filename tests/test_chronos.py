@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
-from chronos_flows.config import ChronosConfig, build_params
-from chronos_flows.errors import BadInputError, ConfigError, TrainingError
+from chronos_flows.config.params import ChronosConfig, build_params
+from chronos_flows.core.errors import BadInputError, ConfigError, TrainingError
 from chronos_flows.models.base import DEFAULT_QUANTILES, quantile_column
-from chronos_flows.models.chronos import (
+from chronos_flows.models.chronos.forecasters import (
     METADATA_FILE,
     ChronosForecaster,
     build_random_pipeline,
@@ -75,7 +75,7 @@ def test_when_finetuned_on_noisy_sine_then_train_and_validation_loss_decrease(fa
 
 @pytest.mark.parametrize("family", ["chronos-2", "chronos-bolt"])
 def test_when_finetuned_on_seasonal_pattern_then_backtest_mase_and_wql_beat_the_random_initialised_model(family, sine, tmp_path):
-    from chronos_flows.evaluation import run_backtest
+    from chronos_flows.evaluation.backtest import run_backtest
 
     n_windows = 2
     cut = sine.groupby("unique_id").cumcount(ascending=False) >= HORIZON * n_windows  # never train on the test span
@@ -216,7 +216,7 @@ def test_when_checkpoint_is_corrupt_then_fit_fails_before_training_naming_it(fam
 
 
 def test_when_bolt_checkpoint_is_from_the_loop_before_trainer_then_fit_refuses_to_resume_saying_so(tmp_path, sine):
-    from chronos_flows.models.chronos_train import write_checkpoint
+    from chronos_flows.models.chronos.checkpoints import write_checkpoint
 
     cfg = _cfg("chronos-bolt", max_steps=10, checkpoint_every=5)
     ckpts = tmp_path / "ck"
@@ -431,9 +431,9 @@ def test_when_s3_download_is_incomplete_then_config_error_and_nothing_cached(tmp
 
 
 def test_when_no_learning_rate_is_set_then_it_follows_the_starting_point(tmp_path):
-    from chronos_flows.config import ChronosConfig
-    from chronos_flows.models.chronos import ChronosForecaster
-    from chronos_flows.models.chronos_configs import PRETRAINED_LR, RANDOM_INIT_LR
+    from chronos_flows.config.params import ChronosConfig
+    from chronos_flows.models.chronos.forecasters import ChronosForecaster
+    from chronos_flows.models.chronos.configs import PRETRAINED_LR, RANDOM_INIT_LR
 
     random_init = ChronosForecaster(ChronosConfig(), workdir=tmp_path)
     pretrained = ChronosForecaster(ChronosConfig(model="amazon/chronos-2"), workdir=tmp_path)
@@ -444,7 +444,7 @@ def test_when_no_learning_rate_is_set_then_it_follows_the_starting_point(tmp_pat
 
 
 def test_when_training_succeeded_then_keep_checkpoints_selects_best_and_last_or_what_it_says():
-    from chronos_flows.models.chronos_train import checkpoints_to_keep
+    from chronos_flows.models.chronos.checkpoints import checkpoints_to_keep
 
     names = [f"checkpoint-{s:08d}" for s in (5, 10, 15, 20)] + ["README"]
     assert checkpoints_to_keep(names, 10) == {"checkpoint-00000010", "checkpoint-00000020", "README"}

@@ -11,10 +11,10 @@ import pytest
 from pydantic import ValidationError
 from statsmodels.tsa.seasonal import STL
 
-from chronos_flows.cleaning import CleaningReport, clean, infer_frequency, normalize_freq, season_length
-from chronos_flows.config import DEFAULT_DATA, CleaningConfig, DataConfig
-from chronos_flows.errors import BadInputError
-from chronos_flows.ingest import load_dataset
+from chronos_flows.data.cleaning import CleaningReport, clean, infer_frequency, normalize_freq, season_length
+from chronos_flows.config.params import DEFAULT_DATA, CleaningConfig, DataConfig
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.data.ingest import load_dataset
 
 SPIKES = {300: 3.0, 700: -2.5, 1100: 3.5}
 
@@ -350,8 +350,8 @@ def test_when_panel_of_300_monthly_series_cleaned_then_it_takes_seconds():
 
 
 def test_when_a_wide_file_has_two_blank_columns_then_those_series_are_dropped_and_the_rest_cleaned(tmp_path):
-    from chronos_flows.config import DataConfig
-    from chronos_flows.ingest import load_dataset
+    from chronos_flows.config.params import DataConfig
+    from chronos_flows.data.ingest import load_dataset
 
     dates = pd.date_range("2024-01-01", periods=40, freq="D")
     wide = pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "a": np.arange(40.0), "empty1": "", "b": np.arange(40.0) * 2, "empty2": ""})

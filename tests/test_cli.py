@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 
 from blocks.store import open_store
-from chronos_flows import layout, runlog
-from chronos_flows.lock import RunLock
+from chronos_flows.core import layout
+from chronos_flows.runstate import runlog
+from chronos_flows.runstate.lock import RunLock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +129,7 @@ def test_when_a_config_value_is_invalid_then_exit_2_names_the_field(store_dir):
 
 
 def test_when_the_config_file_sets_fields_then_set_overrides_win(tmp_path):
-    from chronos_flows.config import build_params
+    from chronos_flows.config.params import build_params
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("evaluation:\n  horizon: 10\nchronos:\n  max_steps: 7\n")
@@ -271,7 +272,7 @@ def test_when_weekly_and_daily_rows_are_mixed_then_run_exits_2_naming_the_spacin
 
 def _dead_run(store, run_id: str, workroot: Path, lease: float = 600.0):
     """A run that took the lock, moved to data_sync, made its work directory and died (no heartbeat)."""
-    from chronos_flows import workdirs
+    from chronos_flows.runstate import workdirs
 
     h = RunLock(store, "dev", lease_seconds=lease).acquire(run_id)
     runlog.save_training_log(store, runlog.TrainingLog(run_id=run_id, env="dev", status="initialization",
@@ -294,10 +295,10 @@ def _dead_run(store, run_id: str, workroot: Path, lease: float = 600.0):
 def test_when_a_takeover_happens_then_the_dead_runs_record_and_cleanup_are_finished_and_verify_cleanup_passes(store_dir, tmp_path, monkeypatch):
     import time
 
-    from chronos_flows.config import build_params
-    from chronos_flows.ops import run_cleanup
+    from chronos_flows.config.params import build_params
+    from chronos_flows.runstate.cleanup import run_cleanup
     from prefect.logging import disable_run_logger
-    from chronos_flows.records import RunSpec
+    from chronos_flows.training.specs import RunSpec
     from tasks.state import acquire_lock
 
     workroot = tmp_path / "work"
@@ -346,7 +347,7 @@ def test_when_chronos_flows_run_takes_over_a_dead_run_then_its_cleanup_is_record
 
 
 def test_when_a_run_died_without_cleanup_then_verify_cleanup_names_its_workdir_and_cleanup_finishes_it(store_dir, tmp_path):
-    from chronos_flows.lock import read_state
+    from chronos_flows.runstate.lock import read_state
 
     workroot = tmp_path / "work"
     env = {"CHRONOS_FLOWS_WORKDIR": str(workroot)}
@@ -382,7 +383,7 @@ def test_when_the_store_is_gone_at_the_end_of_a_run_then_the_failure_is_kept_loc
     reaches training.json once the store answers again."""
     from blocks.store import S3Store
     from app.cli import _failed_summary
-    from chronos_flows.config import build_params
+    from chronos_flows.config.params import build_params
 
     workroot = tmp_path / "work"
     monkeypatch.setenv("CHRONOS_FLOWS_WORKDIR", str(workroot))
@@ -415,7 +416,7 @@ def test_when_a_stale_run_with_a_recorded_cause_is_killed_then_the_cause_is_kept
 
 
 def test_when_a_failure_record_is_kept_locally_then_forecast_writes_it_to_the_store(store_dir, tmp_path, monkeypatch):
-    from chronos_flows import pending
+    from chronos_flows.runstate import pending
 
     workroot = tmp_path / "work"
     monkeypatch.setenv("CHRONOS_FLOWS_WORKDIR", str(workroot))

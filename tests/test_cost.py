@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chronos_flows.config import Ec2Config, TrainingParams
-from chronos_flows.cost import estimate_cost, estimate_run_cost, hours_between
-from chronos_flows.errors import BadInputError, ConfigError
+from chronos_flows.config.params import Ec2Config, TrainingParams
+from chronos_flows.training.cost import estimate_cost, estimate_run_cost, hours_between
+from chronos_flows.core.errors import BadInputError, ConfigError
 
 PRICES = {"g4dn.xlarge": 0.526, "g4dn.2xlarge": 0.752}
 

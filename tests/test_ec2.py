@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from blocks.ec2 import Ec2Compute, Ec2Error, verify_instances
-from chronos_flows.bootstrap import EXIT_ENV, EXIT_ERROR, EXIT_OK, EXIT_REFUSED, main, result_key, run_instance_step
-from chronos_flows.config import Ec2Config
-from chronos_flows.errors import ConfigError, TrainingError
-from chronos_flows.infra import PROJECT
+from app.bootstrap import EXIT_ENV, EXIT_ERROR, EXIT_OK, EXIT_REFUSED, main, result_key, run_instance_step
+from chronos_flows.config.params import Ec2Config
+from chronos_flows.core.errors import ConfigError, TrainingError
+from blocks.cloudformation import PROJECT
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_when_launched_then_decoded_user_data_starts_with_hard_stop_and_runs_thi
 def test_when_user_data_gets_bad_names_or_hostile_values_then_it_refuses_or_quotes_them(aws_server, network):
     ec2 = Ec2Compute(_cfg(network), env="dev", cost_center="train", client=aws_server.client("ec2"))
     script = ec2.render_user_data("r1", "s3://b", generation=7)
-    assert "python -m chronos_flows.bootstrap --run-id r1 --store s3://b --env dev --generation 7" in script
+    assert "python -m app.bootstrap --run-id r1 --store s3://b --env dev --generation 7" in script
     with pytest.raises(ConfigError, match="not a valid environment variable"):
         ec2.render_user_data("r1", "s3://b", extra_env={"BAD-NAME": "x"})
     with pytest.raises(ConfigError, match="not a valid id"):
@@ -127,7 +127,7 @@ def _fake_bin(tmp_path: Path, nvidia_rc: int, train_rc: int) -> tuple[Path, Path
         "python3": (
             'if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin"; '
             'printf \'#!/bin/bash\\necho "python $*" >> "%s"\\n'
-            'if [ "$2" = "chronos_flows.bootstrap" ]; then exit %d; fi\\nexit 0\\n\' > "$3/bin/python"; '
+            'if [ "$2" = "app.bootstrap" ]; then exit %d; fi\\nexit 0\\n\' > "$3/bin/python"; '
             'chmod +x "$3/bin/python"; fi'
         ) % (calls, train_rc),
     }
@@ -161,10 +161,10 @@ def test_when_user_data_runs_then_hard_stop_comes_first_and_instance_always_shut
     log = calls.read_text().splitlines()
     assert log[0].startswith("shutdown -h +45 ")
     assert log[-1] == "shutdown -h now"  # the EXIT trap, whatever happened
-    ran = [ln for ln in log if "chronos_flows.bootstrap" in ln]
+    ran = [ln for ln in log if "app.bootstrap" in ln]
     assert bool(ran) is trains
     if trains:
-        assert ran[0] == "python -m chronos_flows.bootstrap --run-id run-x --store s3://bucket/p --env dev"
+        assert ran[0] == "python -m app.bootstrap --run-id run-x --store s3://bucket/p --env dev"
     assert "chronos-flows bootstrap finished with exit code" in Path(ec2.log_file).read_text()
 
 
@@ -228,7 +228,7 @@ def test_when_required_settings_are_missing_or_ami_unknown_then_config_error_nam
 
 
 def _hold_training(store, env: str, run_id: str):
-    from chronos_flows.lock import RunLock
+    from chronos_flows.runstate.lock import RunLock
 
     handle = RunLock(store, env, lease_seconds=60).acquire(run_id)
     handle.transition("data_sync")
@@ -273,7 +273,7 @@ def test_when_state_file_is_missing_or_names_another_run_then_bootstrap_refuses(
 
 def test_when_run_is_not_in_training_status_then_bootstrap_refuses(tmp_path):
     from blocks.store import open_store
-    from chronos_flows.lock import RunLock
+    from chronos_flows.runstate.lock import RunLock
 
     store = open_store(tmp_path.as_uri())
     RunLock(store, "dev", lease_seconds=60).acquire("run-init")  # status initialization
@@ -369,18 +369,19 @@ except ImportError:
     pass
 else:
     raise SystemExit(99)
-from chronos_flows.bootstrap import main
+from app.bootstrap import main
 raise SystemExit(main(sys.argv[1:]))
 """
 
 
 def test_when_prefect_cannot_be_imported_then_the_instance_training_step_stores_the_model_and_result(tmp_path):
     from blocks.store import open_store, read_uri
-    from chronos_flows import layout, runlog
-    from chronos_flows.cleaning import clean
-    from chronos_flows.config import build_params, resolve_data_path
-    from chronos_flows.ingest import load_dataset, to_parquet_bytes
-    from chronos_flows.splits import min_series_length
+    from chronos_flows.core import layout
+    from chronos_flows.runstate import runlog
+    from chronos_flows.data.cleaning import clean
+    from chronos_flows.config.params import build_params, resolve_data_path
+    from chronos_flows.data.ingest import load_dataset, to_parquet_bytes
+    from chronos_flows.evaluation.splits import min_series_length
     from tests.test_flow_e2e import SMALL
 
     store_url = (tmp_path / "store").as_uri()

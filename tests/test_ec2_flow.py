@@ -20,8 +20,9 @@ import pytest
 
 from blocks.ec2 import Ec2Compute, verify_instances
 from blocks.store import open_store
-from chronos_flows import layout, runlog
-from chronos_flows.config import build_params
+from chronos_flows.core import layout
+from chronos_flows.runstate import runlog
+from chronos_flows.config.params import build_params
 from tests.test_flow_e2e import SMALL
 
 
@@ -70,7 +71,7 @@ class InstancePlayer(threading.Thread):
             if line.startswith("export ") and "=" in line and "$" not in line.split("=", 1)[0]:
                 k, v = line[len("export "):].split("=", 1)
                 env[k] = shlex.split(v)[0] if v else ""
-        step = next(line for line in script.splitlines() if line.startswith("python -m chronos_flows.bootstrap"))
+        step = next(line for line in script.splitlines() if line.startswith("python -m app.bootstrap"))
         cmd = [sys.executable] + shlex.split(step)[1:] + ["--allow-cpu"]
         if self.fail_with:
             env["CHRONOS_FLOWS_TRAIN_ENTRYPOINT"] = self.fail_with

@@ -11,11 +11,19 @@ import pytest
 from scipy.stats import norm
 
 from blocks.store import LocalStore
-from chronos_flows import metrics as M
-from chronos_flows.config import TrainingParams, build_params
-from chronos_flows.evaluation import render_report, run_backtest
-from chronos_flows.forecasting import champion_forecaster, forecast_panel
-from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, Forecaster, future_index, quantile_column
+from chronos_flows.evaluation import metrics as M
+from chronos_flows.config.params import TrainingParams, build_params
+from chronos_flows.evaluation.backtest import render_report, run_backtest
+from chronos_flows.forecasting.batch import champion_forecaster, forecast_panel
+from chronos_flows.models.base import (
+    DEFAULT_QUANTILES,
+    ID,
+    TARGET,
+    TIME,
+    Forecaster,
+    future_index,
+    quantile_column,
+)
 from chronos_flows.models.ensemble import (
     EnsembleForecaster,
     add_ensemble,
@@ -25,9 +33,9 @@ from chronos_flows.models.ensemble import (
     pair_scores,
 )
 from chronos_flows.models.families import MIN_HISTORY, local_forecaster
-from chronos_flows.models.seasonal_naive import SeasonalNaive
-from chronos_flows.registry import decide_champion, promote, read_champion
-from chronos_flows import splits
+from chronos_flows.models.local.seasonal_naive import SeasonalNaive
+from chronos_flows.champion.registry import decide_champion, promote, read_champion
+from chronos_flows.evaluation import splits
 
 Q = DEFAULT_QUANTILES
 QCOLS = [quantile_column(q) for q in Q]

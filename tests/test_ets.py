@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronos_flows import metrics as M
-from chronos_flows.errors import BadInputError
-from chronos_flows.models._parallel import map_series
+from chronos_flows.evaluation import metrics as M
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.models.local.parallel import map_series
 from chronos_flows.models.base import DEFAULT_QUANTILES, quantile_column
-from chronos_flows.models.ets import AutoETSForecaster
+from chronos_flows.models.local.ets import AutoETSForecaster
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 QCOLS = [quantile_column(q) for q in DEFAULT_QUANTILES]

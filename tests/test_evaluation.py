@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronos_flows import metrics as M
-from chronos_flows.errors import BadInputError, ChronosFlowsError
-from chronos_flows.evaluation import run_backtest, write_outputs
+from chronos_flows.evaluation import metrics as M
+from chronos_flows.core.errors import BadInputError, ChronosFlowsError
+from chronos_flows.evaluation.backtest import run_backtest, write_outputs
 from chronos_flows.models.base import DEFAULT_QUANTILES, Forecaster, future_index, quantile_column
-from chronos_flows.models.prophet import ProphetForecaster
-from chronos_flows.models.seasonal_naive import SeasonalNaive
-from chronos_flows.windows import backtest_cutoffs, split_window
+from chronos_flows.models.local.prophet import ProphetForecaster
+from chronos_flows.models.local.seasonal_naive import SeasonalNaive
+from chronos_flows.evaluation.windows import backtest_cutoffs, split_window
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 QCOLS = [quantile_column(q) for q in DEFAULT_QUANTILES]
@@ -171,7 +171,7 @@ def test_when_outputs_written_then_parquet_csv_report_and_plots_exist(backtest_w
 
 def test_when_backtests_of_different_models_are_merged_then_the_leaderboard_equals_a_joint_run(panel):
     kw = dict(horizon=6, n_windows=2, step=3, freq="MS", season_length=12)
-    from chronos_flows.evaluation import merge_results
+    from chronos_flows.evaluation.backtest import merge_results
 
     joint = run_backtest({"seasonal_naive": SeasonalNaive(12), "oracle": Oracle(panel)}, panel, **kw)
     merged = merge_results(
@@ -184,7 +184,7 @@ def test_when_backtests_of_different_models_are_merged_then_the_leaderboard_equa
 
 
 def test_when_all_series_share_the_final_cutoff_then_the_report_prints_one_date_else_the_range(panel):
-    from chronos_flows.evaluation import render_report
+    from chronos_flows.evaluation.backtest import render_report
 
     aligned = run_backtest({"seasonal_naive": SeasonalNaive(12)}, panel, horizon=6, n_windows=2, step=6, freq="MS",
                            season_length=12, quantiles=DEFAULT_QUANTILES)

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from chronos_flows.config import QUANTILES, build_params
-from chronos_flows.evaluation import run_backtest
-from chronos_flows.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
+from chronos_flows.config.params import QUANTILES, build_params
+from chronos_flows.evaluation.backtest import run_backtest
+from chronos_flows.evaluation.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
 from chronos_flows.models.families import local_forecaster
 
 WINDOWS = {"horizon": 6, "n_windows": 2, "step": None, "freq": "MS", "season_length": 12, "quantiles": list(QUANTILES)}
@@ -68,7 +68,7 @@ def _run_baselines(params, df):
 
     from tasks.evaluate import backtest_baseline
     from tasks.runners import chunk_runner as baseline_runner
-    from chronos_flows.records import RunSpec
+    from chronos_flows.training.specs import RunSpec
 
     @flow(name="fanout-test", persist_result=False)
     def baselines():

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from blocks.store import open_store
-from chronos_flows import layout
-from chronos_flows.config import build_params
+from chronos_flows.core import layout
+from chronos_flows.config.params import build_params
 
 SMALL = [
     "evaluation.horizon=8",
@@ -67,7 +67,7 @@ def test_when_the_default_flow_runs_then_the_store_holds_a_complete_run(prefect_
     assert board["mae"].max() < 5.0
     assert summary["leaderboard"] and summary["promotion"] is not None
 
-    from chronos_flows.ops import verify_cleanup
+    from chronos_flows.runstate.cleanup import verify_cleanup
 
     ok, findings = verify_cleanup(store, env)
     assert ok, findings
@@ -77,7 +77,7 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     from chronos import BaseChronosPipeline
 
     from flows.training import chronos_training
-    from chronos_flows.registry import read_champion
+    from chronos_flows.champion.registry import read_champion
 
     store_dir = tmp_path / "store"
     first = build_params(overrides=SMALL + ["evaluation.baselines=[]"], store=str(store_dir), run_id="promo-1")
@@ -141,7 +141,7 @@ def _artifact_markdown(key: str) -> str:
 
 def test_when_the_default_flow_runs_twice_then_the_best_family_is_champion_and_the_second_run_keeps_it_by_the_rule(prefect_api, tmp_path):
     from flows.training import chronos_training
-    from chronos_flows.registry import read_champion
+    from chronos_flows.champion.registry import read_champion
 
     store_dir = tmp_path / "store"
     s1 = chronos_training(params=build_params(overrides=SMALL, store=str(store_dir), run_id="twice-1"))
@@ -178,7 +178,7 @@ def test_when_the_default_flow_runs_twice_then_the_best_family_is_champion_and_t
     assert reason2 in _artifact_markdown("champion-decision-twice-2")
 
     # the champion delivers: batch forecasts of the data it was judged on, its horizon and quantiles
-    from chronos_flows.config import ForecastParams
+    from chronos_flows.config.params import ForecastParams
     from flows.forecast import chronos_forecast
 
     doc = chronos_forecast(params=ForecastParams(store=str(store_dir), forecast_id="after-twice"))
@@ -194,8 +194,8 @@ def test_when_the_default_flow_runs_twice_then_the_best_family_is_champion_and_t
 
 def test_when_the_data_needed_heavy_repair_then_the_summary_metadata_and_champion_say_so(prefect_api, tmp_path):
     from flows.training import chronos_training
-    from chronos_flows.config import DEFAULT_DATA
-    from chronos_flows.registry import read_champion
+    from chronos_flows.config.params import DEFAULT_DATA
+    from chronos_flows.champion.registry import read_champion
 
     gas = pd.read_csv(DEFAULT_DATA)
     holey = gas.drop(index=gas.index[5:-30:9])  # ~11% of the weeks missing: filled, under the 20% limit
@@ -216,7 +216,7 @@ def test_when_the_data_needed_heavy_repair_then_the_summary_metadata_and_champio
 
 def test_when_another_run_holds_the_lock_then_the_flow_run_ends_cancelled_locked_naming_the_holder(prefect_api, tmp_path):
     """A deployment run refused by the lock is not a crash: Cancelled, named "Locked", one message."""
-    from chronos_flows.lock import RunLock
+    from chronos_flows.runstate.lock import RunLock
     from flows.training import chronos_training
 
     params = build_params(overrides=SMALL, store=str(tmp_path / "store"), run_id="refused-1")
@@ -264,17 +264,17 @@ def _flow_run_logs(flow_run_id: str) -> list:
 def test_when_a_run_succeeds_then_its_logs_records_checkpoints_and_lock_files_are_what_a_reviewer_needs(prefect_api, tmp_path, monkeypatch):
     """Issue 11: phase timings and metric lines in the run's Prefect logs without the task-finish
     noise, one data fingerprint in model_metadata.json, best+last checkpoints, no lock-file litter."""
-    import chronos_flows.training
+    import chronos_flows.training.fit
     from blocks.store import LOCK_STRIPES
-    from chronos_flows.models.chronos_train import checkpoint_step
+    from chronos_flows.models.chronos.checkpoints import checkpoint_step
     from flows.training import chronos_training
 
-    class SyncEveryStep(chronos_flows.training.TrainProgress):  # every checkpoint reaches the store, whatever the timing
+    class SyncEveryStep(chronos_flows.training.fit.TrainProgress):  # every checkpoint reaches the store, whatever the timing
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.every_s = 0.0
 
-    monkeypatch.setattr(chronos_flows.training, "TrainProgress", SyncEveryStep)
+    monkeypatch.setattr(chronos_flows.training.fit, "TrainProgress", SyncEveryStep)
 
     params = build_params(overrides=SMALL + ["chronos.checkpoint_every=5", "chronos.eval_every=5"],
                           store=str(tmp_path / "store"), run_id="reviewed-1")

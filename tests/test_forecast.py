@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 
 from blocks.store import LocalStore
-from chronos_flows import layout
-from chronos_flows.config import REPO_ROOT, ForecastParams
-from chronos_flows.errors import BadInputError
-from chronos_flows.forecasting import forecast_panel
-from chronos_flows.ingest import fingerprint, to_parquet_bytes
+from chronos_flows.core import layout
+from chronos_flows.config.params import REPO_ROOT, ForecastParams
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.forecasting.batch import forecast_panel
+from chronos_flows.data.ingest import fingerprint, to_parquet_bytes
 from chronos_flows.models.base import quantile_column
-from chronos_flows.models.seasonal_naive import SeasonalNaive
-from chronos_flows.registry import decide_champion, promote, read_champion
+from chronos_flows.models.local.seasonal_naive import SeasonalNaive
+from chronos_flows.champion.registry import decide_champion, promote, read_champion
 
 GASOLINE = REPO_ROOT / "data" / "us_gasoline.csv"
 Q = (0.1, 0.5, 0.9)
@@ -106,9 +106,9 @@ def test_when_a_forecaster_crosses_its_quantiles_then_the_batch_sorts_them():
 
 
 def _tiny_chronos(tmp_path, context: int = 64, horizon: int = 8):
-    from chronos_flows.config import ChronosConfig
-    from chronos_flows.models.chronos import ChronosForecaster
-    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.config.params import ChronosConfig
+    from chronos_flows.models.chronos.forecasters import ChronosForecaster
+    from chronos_flows.models.chronos.configs import build_random_pipeline
 
     build_random_pipeline("chronos-2", "tiny", context, horizon, seed=3).save_pretrained(tmp_path / "model")
     cfg = ChronosConfig(family="chronos-2", context_length=context, batch_size=2, device="cpu")
@@ -118,7 +118,7 @@ def _tiny_chronos(tmp_path, context: int = 64, horizon: int = 8):
 @pytest.mark.parametrize("family", ["seasonal_naive", "chronos"])
 @pytest.mark.parametrize("shuffled", [False, True])
 def test_when_a_panel_is_forecast_in_many_chunks_then_the_file_equals_the_single_chunk_one(tmp_path, family, shuffled):
-    from chronos_flows.forecasting import ParquetSink, forecast_columns
+    from chronos_flows.forecasting.batch import ParquetSink, forecast_columns
 
     model = SeasonalNaive(4) if family == "seasonal_naive" else _tiny_chronos(tmp_path)
     df = panel(23, n=40)
@@ -150,7 +150,7 @@ def test_when_a_large_panel_is_forecast_in_chunks_then_peak_memory_is_a_chunk_of
     forecast holds a small fraction of what forecasting the whole panel at once holds."""
     import tracemalloc
 
-    from chronos_flows.forecasting import ParquetSink, forecast_columns
+    from chronos_flows.forecasting.batch import ParquetSink, forecast_columns
 
     class LastValue(SeasonalNaive):
         """A global model as cheap as possible (the batched path Chronos takes), so memory is ours."""
@@ -219,8 +219,8 @@ def test_when_the_champion_is_chronos_then_batch_forecasts_equal_upstream_predic
     import torch
     from chronos import BaseChronosPipeline
 
-    from chronos_flows.forecasting import champion_forecaster
-    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.forecasting.batch import champion_forecaster
+    from chronos_flows.models.chronos.configs import build_random_pipeline
 
     model_dir = tmp_path / "model"
     build_random_pipeline("chronos-2", "tiny", 64, 8, seed=3).save_pretrained(model_dir)
@@ -328,7 +328,7 @@ def test_when_the_data_frequency_differs_from_the_champions_then_forecast_exits_
 
 
 def test_when_a_training_run_holds_the_lock_then_forecast_still_runs(prefect_api, tmp_path):
-    from chronos_flows.lock import RunLock
+    from chronos_flows.runstate.lock import RunLock
     from flows.forecast import chronos_forecast
 
     store = seed_champion(tmp_path / "store", "seasonal_naive", {"season_length": 52})

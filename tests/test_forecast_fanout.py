@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from blocks.store import LocalStore
-from chronos_flows import layout
-from chronos_flows.config import ForecastParams
-from chronos_flows.errors import BadInputError
+from chronos_flows.core import layout
+from chronos_flows.config.params import ForecastParams
+from chronos_flows.core.errors import BadInputError
 from tests.test_forecast import panel, seed_champion
 
 THETA = {"season_length": 4, "decomposition_type": "multiplicative", "model": None}
@@ -67,7 +67,7 @@ def cluster():
 
 @pytest.fixture
 def tiny_chronos(tmp_path):
-    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.models.chronos.configs import build_random_pipeline
 
     build_random_pipeline("chronos-2", "tiny", 64, 8, seed=3).save_pretrained(tmp_path / "model")
     return tmp_path / "model"
@@ -158,8 +158,8 @@ def test_when_a_chunk_fails_then_its_series_are_skipped_with_the_error_and_the_o
 
 def test_when_forecast_compute_settings_are_invalid_then_they_are_refused_naming_the_field(tmp_path, capsys):
     from app.cli import main
-    from chronos_flows.config import build_forecast_params
-    from chronos_flows.errors import ConfigError
+    from chronos_flows.config.params import build_forecast_params
+    from chronos_flows.core.errors import ConfigError
 
     params = build_forecast_params(overrides=["compute.task_runner=dask", "compute.dask_address=tcp://10.0.0.5:8786",
                                               "compute.max_chunks_in_flight=4"])

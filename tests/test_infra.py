@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from chronos_flows import infra
-from chronos_flows.config import build_params
-from chronos_flows.errors import ConfigError
+from blocks import cloudformation
+from chronos_flows.config.params import build_params
+from chronos_flows.core.errors import ConfigError
 
 TAGGED_TYPES = {
     "AWS::EC2::VPC", "AWS::EC2::InternetGateway", "AWS::EC2::Subnet", "AWS::EC2::RouteTable",
@@ -25,31 +25,31 @@ def _names() -> tuple[str, str]:
 
 
 def test_when_template_is_linted_then_cfn_lint_and_project_checks_find_nothing():
-    assert infra.validate_template(infra.TEMPLATE_PATH) == []
+    assert cloudformation.validate_template(cloudformation.TEMPLATE_PATH) == []
 
 
 def test_when_template_is_broken_then_validate_reports_findings(tmp_path):
-    text = infra.TEMPLATE_PATH.read_text()
+    text = cloudformation.TEMPLATE_PATH.read_text()
     broken = tmp_path / "broken.yaml"
     broken.write_text(text.replace("Type: AWS::EC2::InternetGateway", "Type: AWS::EC2::InternetGatewai")
                       .replace("CidrBlock: !Ref VpcCidr", "CidrBlok: !Ref VpcCidr"))
-    findings = infra.validate_template(broken)
+    findings = cloudformation.validate_template(broken)
     assert findings and any("InternetGatewai" in f for f in findings) and any("CidrBlok" in f for f in findings)
     assert all(f.startswith(str(broken)) for f in findings)
     # cfn-lint accepts a 7-day STANDARD_IA transition; S3 refuses it, and so do our checks
     early = tmp_path / "early-ia.yaml"
     early.write_text(text.replace("TransitionInDays: 30", "TransitionInDays: 7"))
-    assert any("STANDARD_IA transition at 7 days" in f for f in infra.validate_template(early))
-    assert infra.validate_template(tmp_path / "missing.yaml")  # a missing file is a finding, not a crash
+    assert any("STANDARD_IA transition at 7 days" in f for f in cloudformation.validate_template(early))
+    assert cloudformation.validate_template(tmp_path / "missing.yaml")  # a missing file is a finding, not a crash
 
 
 def test_when_template_is_read_then_every_taggable_resource_has_project_environment_costcenter():
-    tpl = infra.load_template()
+    tpl = cloudformation.load_template()
     seen = set()
     for name, res in tpl["Resources"].items():
         if res["Type"] in TAGGED_TYPES:
             tags = {t["Key"]: t["Value"] for t in res["Properties"]["Tags"]}
-            assert tags["Project"] == infra.PROJECT, name
+            assert tags["Project"] == cloudformation.PROJECT, name
             assert tags["Environment"] == {"Ref": "Environment"}, name
             assert tags["CostCenter"] == {"Ref": "CostCenter"}, name
             seen.add(res["Type"])
@@ -57,7 +57,7 @@ def test_when_template_is_read_then_every_taggable_resource_has_project_environm
 
 
 def test_when_template_is_read_then_security_group_allows_https_egress_only_and_role_is_least_privilege():
-    res = infra.load_template()["Resources"]
+    res = cloudformation.load_template()["Resources"]
     assert res["PublicSubnet"]["Properties"]["MapPublicIpOnLaunch"] is True  # reach PyPI via the IGW, no NAT
     sg = res["InstanceSecurityGroup"]["Properties"]
     assert "SecurityGroupIngress" not in sg
@@ -70,7 +70,7 @@ def test_when_template_is_read_then_security_group_allows_https_egress_only_and_
     assert all(a.startswith("s3:") for a in actions - {"ec2:TerminateInstances"})
     assert not any("*" in a for a in actions)
     term = next(s for s in statements if s["Action"] == "ec2:TerminateInstances")
-    assert term["Condition"]["StringEquals"]["aws:ResourceTag/Project"] == infra.PROJECT
+    assert term["Condition"]["StringEquals"]["aws:ResourceTag/Project"] == cloudformation.PROJECT
     for s in statements:
         if s["Action"] != "ec2:TerminateInstances":
             resource = json.dumps(s["Resource"])  # only the project bucket and its objects
@@ -79,7 +79,7 @@ def test_when_template_is_read_then_security_group_allows_https_egress_only_and_
 
 def test_when_deployed_to_local_cloudformation_then_bucket_network_role_and_group_exist(aws_env):
     stack, bucket = _names()
-    out = infra.deploy(stack, params={"Environment": "dev", "BucketName": bucket}, poll_seconds=1)
+    out = cloudformation.deploy(stack, params={"Environment": "dev", "BucketName": bucket}, poll_seconds=1)
     assert out["action"] == "created" and out["status"] == "CREATE_COMPLETE"
     o = out["outputs"]
     assert o["BucketName"] == bucket
@@ -90,7 +90,7 @@ def test_when_deployed_to_local_cloudformation_then_bucket_network_role_and_grou
     assert enc[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     # moto's CloudFormation ignores PublicAccessBlockConfiguration and LifecycleConfiguration (the
     # bucket comes back without them; real CloudFormation applies them): checked on the template
-    bucket_props = next(r for r in infra.load_template()["Resources"].values() if r["Type"] == "AWS::S3::Bucket")["Properties"]
+    bucket_props = next(r for r in cloudformation.load_template()["Resources"].values() if r["Type"] == "AWS::S3::Bucket")["Properties"]
     assert bucket_props["PublicAccessBlockConfiguration"] == {
         "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
     rules = {r["Id"]: r for r in bucket_props["LifecycleConfiguration"]["Rules"]}
@@ -105,11 +105,11 @@ def test_when_deployed_to_local_cloudformation_then_bucket_network_role_and_grou
         if "ExpirationInDays" in r or "Transitions" in r:
             assert r.get("Prefix") and "cached-datasets" not in json.dumps(r["Prefix"])
     bucket_tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
-    assert bucket_tags["Project"] == infra.PROJECT and bucket_tags["Environment"] == "dev"
+    assert bucket_tags["Project"] == cloudformation.PROJECT and bucket_tags["Environment"] == "dev"
 
     # network: VPC, public subnet, internet gateway attached, S3 gateway endpoint on the route table
     vpc = ec2.describe_vpcs(VpcIds=[o["VpcId"]])["Vpcs"][0]
-    assert {"Key": "Project", "Value": infra.PROJECT} in vpc["Tags"]
+    assert {"Key": "Project", "Value": cloudformation.PROJECT} in vpc["Tags"]
     subnet = ec2.describe_subnets(SubnetIds=[o["SubnetId"]])["Subnets"][0]
     assert subnet["VpcId"] == o["VpcId"]  # MapPublicIpOnLaunch: moto ignores it; checked on the template
     igws = ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [o["VpcId"]]}])
@@ -135,29 +135,29 @@ def test_when_deployed_to_local_cloudformation_then_bucket_network_role_and_grou
     assert f"arn:aws:s3:::{bucket}" in resources and f"arn:aws:s3:::{bucket}/*" in resources
 
     # a second deploy changes nothing
-    again = infra.deploy(stack, params={"Environment": "dev", "BucketName": bucket}, poll_seconds=1)
+    again = cloudformation.deploy(stack, params={"Environment": "dev", "BucketName": bucket}, poll_seconds=1)
     assert again["action"] == "unchanged" and again["status"] == "CREATE_COMPLETE"
 
     # the outputs point a run at this stack through --set overrides the config accepts
-    params = build_params(overrides=infra.config_overrides(o))
+    params = build_params(overrides=cloudformation.config_overrides(o))
     assert params.store == f"s3://{bucket}" and params.compute.ec2.subnet_id == o["SubnetId"]
     assert params.compute.ec2.security_group_ids == (o["SecurityGroupId"],)
     assert params.compute.ec2.instance_profile == o["InstanceProfileName"]
-    assert infra.stack_outputs(stack) == o
+    assert cloudformation.stack_outputs(stack) == o
 
 
 def test_when_destroyed_then_stack_and_resources_go_and_bucket_is_retained(aws_env, tmp_path):
     # moto's CloudFormation cannot delete RouteTable/Route/VPCEndpoint resources (no delete handler),
     # so the VPC delete fails there; this copy without them exercises destroy() end to end.
-    tpl = infra.load_template()
+    tpl = cloudformation.load_template()
     for name in ("PublicRouteTable", "DefaultRoute", "PublicSubnetRouteTable", "S3GatewayEndpoint"):
         del tpl["Resources"][name]
     del tpl["Outputs"]["S3EndpointId"]
     small = tmp_path / "small.json"
     small.write_text(json.dumps(tpl))
     stack, bucket = _names()
-    o = infra.deploy(stack, small, params={"BucketName": bucket, "Environment": "stage"}, poll_seconds=1)["outputs"]
-    gone = infra.destroy(stack, poll_seconds=1)
+    o = cloudformation.deploy(stack, small, params={"BucketName": bucket, "Environment": "stage"}, poll_seconds=1)["outputs"]
+    gone = cloudformation.destroy(stack, poll_seconds=1)
     assert gone == {"stack": stack, "status": "deleted", "retained_bucket": bucket}
     cfn, ec2, iam, s3 = (aws_env.client(s) for s in ("cloudformation", "ec2", "iam", "s3"))
     assert all(s["StackName"] != stack or s["StackStatus"] == "DELETE_COMPLETE" for s in cfn.list_stacks()["StackSummaries"])
@@ -165,22 +165,22 @@ def test_when_destroyed_then_stack_and_resources_go_and_bucket_is_retained(aws_e
     assert ec2.describe_security_groups(Filters=[{"Name": "group-id", "Values": [o["SecurityGroupId"]]}])["SecurityGroups"] == []
     assert o["InstanceProfileName"] not in [p["InstanceProfileName"] for p in iam.list_instance_profiles()["InstanceProfiles"]]
     assert bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]  # DeletionPolicy: Retain
-    assert infra.destroy(stack, poll_seconds=1)["status"] == "not_found"
-    with pytest.raises(infra.InfraError, match="does not exist"):
-        infra.stack_outputs(stack)
+    assert cloudformation.destroy(stack, poll_seconds=1)["status"] == "not_found"
+    with pytest.raises(cloudformation.InfraError, match="does not exist"):
+        cloudformation.stack_outputs(stack)
 
 
 def test_when_parameters_are_unknown_then_config_error_lists_the_declared_ones(aws_env):
     with pytest.raises(ConfigError) as err:
-        infra.deploy("whatever", params={"Enviroment": "dev"})
+        cloudformation.deploy("whatever", params={"Enviroment": "dev"})
     assert "Enviroment" in str(err.value) and "Environment" in str(err.value) and "BucketName" in str(err.value)
     with pytest.raises(ConfigError, match="does not exist"):
-        infra.deploy("whatever", Path("/nonexistent/template.yaml"))
+        cloudformation.deploy("whatever", Path("/nonexistent/template.yaml"))
 
 
 def test_when_key_is_a_model_artifact_then_it_gets_the_lifecycle_tag():
-    assert infra.lifecycle_tagging("dev/run-1/models/chronos/model.safetensors") == "lifecycle=model-artifact"
-    assert infra.lifecycle_tagging("prod/run-1/checkpoints/step-100/optimizer.pt") == "lifecycle=model-artifact"
+    assert cloudformation.lifecycle_tagging("dev/run-1/models/chronos/model.safetensors") == "lifecycle=model-artifact"
+    assert cloudformation.lifecycle_tagging("prod/run-1/checkpoints/step-100/optimizer.pt") == "lifecycle=model-artifact"
     for key in ("dev/logs/run-1/training.json", "dev/system-state.json", "dev/run-1/model_metadata.json",
                 "cached-datasets/2026/01/abc.parquet", "dev/registry/champion.json"):
-        assert infra.lifecycle_tagging(key) is None, key
+        assert cloudformation.lifecycle_tagging(key) is None, key

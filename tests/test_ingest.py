@@ -8,9 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronos_flows.config import DEFAULT_DATA, DataConfig
-from chronos_flows.errors import BadInputError
-from chronos_flows.ingest import fingerprint, from_parquet_bytes, ingest_notes, load_dataset, to_parquet_bytes
+from chronos_flows.config.params import DEFAULT_DATA, DataConfig
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.data.ingest import (
+    fingerprint,
+    from_parquet_bytes,
+    ingest_notes,
+    load_dataset,
+    to_parquet_bytes,
+)
 
 LONG = pd.DataFrame(
     {

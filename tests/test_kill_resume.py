@@ -11,9 +11,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from blocks.store import LocalStore, open_store
-from chronos_flows import layout, runlog
-from chronos_flows.lock import RunLock, abandon, read_state
-from chronos_flows.runs import kill_run
+from chronos_flows.core import layout
+from chronos_flows.runstate import runlog
+from chronos_flows.runstate.lock import RunLock, abandon, read_state
+from chronos_flows.runstate.runs import kill_run
 from tasks.cleanup import release_after_abort
 from tests.test_cli import cli
 from tests.test_flow_e2e import SMALL
@@ -130,7 +131,7 @@ class ReleaseWatchingStore(LocalStore):
 HANGING_HOLDER = """
 import sys, time
 from blocks.store import open_store
-from chronos_flows.lock import RunLock
+from chronos_flows.runstate.lock import RunLock
 h = RunLock(open_store(sys.argv[1]), "dev", lease_seconds=600).acquire("hung-run")
 h.record_status({"generation": h.generation})
 h.record_transition("data_sync")

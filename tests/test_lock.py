@@ -16,9 +16,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from blocks.store import open_store
-from chronos_flows import layout, runlog
-from chronos_flows.errors import BadInputError, LockedError, LostLockError, RunKilledError
-from chronos_flows.lock import (
+from chronos_flows.core import layout
+from chronos_flows.runstate import runlog
+from chronos_flows.core.errors import BadInputError, LockedError, LostLockError, RunKilledError
+from chronos_flows.runstate.lock import (
     ALLOWED,
     STATES,
     InvalidTransition,

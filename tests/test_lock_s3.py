@@ -11,8 +11,8 @@ import json
 import pytest
 
 from blocks.store import S3Store, open_store
-from chronos_flows import layout
-from chronos_flows.lock import RunLock, read_state
+from chronos_flows.core import layout
+from chronos_flows.runstate.lock import RunLock, read_state
 from tests.faultproxy import FaultProxy
 from tests.lock_worker import SerialMotoServer, WorkerPool
 from tests.test_lock import cas_scenario, crash_scenario, race_scenario, revive_scenario

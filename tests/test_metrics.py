@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronos_flows import metrics as M
-from chronos_flows.errors import BadInputError
+from chronos_flows.evaluation import metrics as M
+from chronos_flows.core.errors import BadInputError
 from chronos_flows.models.base import DEFAULT_QUANTILES, quantile_column
 
 Q = list(DEFAULT_QUANTILES)
@@ -24,7 +24,7 @@ def ref_pinball(y: float, f: float, q: float) -> float:
 
 
 def ref_metrics(rows: list[dict], insample: list[float], season: int) -> dict[str, float]:
-    """Textbook definitions, one series, written independently of chronos_flows.metrics."""
+    """Textbook definitions, one series, written independently of chronos_flows.evaluation.metrics."""
     rows = [r for r in rows if not math.isnan(r["y"])]
     n = len(rows)
     abs_err = [abs(r["y"] - r["mean"]) for r in rows]

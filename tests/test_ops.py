@@ -7,11 +7,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from blocks.store import open_store
-from chronos_flows import layout, runlog
-from chronos_flows.errors import BadInputError
-from chronos_flows.lock import RunLock, kill, read_state
-from chronos_flows.ops import RELEASE_STEP, run_cleanup, status_report, verify_cleanup
-from chronos_flows.runlog import ModelMetadata, TrainingLog
+from chronos_flows.core import layout
+from chronos_flows.runstate import runlog
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.runstate.lock import RunLock, kill, read_state
+from chronos_flows.runstate.cleanup import RELEASE_STEP, run_cleanup, status_report, verify_cleanup
+from chronos_flows.runstate.runlog import ModelMetadata, TrainingLog
 
 ENV = "dev"
 

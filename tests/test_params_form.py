@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from chronos_flows.config import DEFAULT_DATA, DataConfig, ForecastParams, TrainingParams, build_params, resolve_data_path
-from chronos_flows.tuning import TuningParams
+from chronos_flows.config.params import (
+    DEFAULT_DATA,
+    DataConfig,
+    ForecastParams,
+    TrainingParams,
+    build_params,
+    resolve_data_path,
+)
+from chronos_flows.tuning.study import TuningParams
 
 AUTO_TITLE = re.compile(r"\b(Iqr|Ami|Id|Ec2|Gb|Lr|N)\b")
 
@@ -92,7 +99,7 @@ def test_when_data_path_is_empty_then_the_run_resolves_the_shipped_file_from_its
     local.write_bytes(DEFAULT_DATA.read_bytes())
     assert resolve_data_path(None) == str(Path.cwd() / "data" / "us_gasoline.csv")
 
-    from chronos_flows.ingest import load_dataset
+    from chronos_flows.data.ingest import load_dataset
 
     df = load_dataset(None, DataConfig())
     assert len(df) > 100 and df["unique_id"].nunique() == 1

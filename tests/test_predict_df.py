@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronos_flows.forecasting import forecast_panel
+from chronos_flows.forecasting.batch import forecast_panel
 from chronos_flows.models.base import quantile_column
 
 Q = (0.1, 0.2, 0.5, 0.8, 0.9)
@@ -32,7 +32,7 @@ def _panel(n_series: int, lengths: list[int], freq: str) -> pd.DataFrame:
 
 
 def _save_tiny(family: str, path, context: int, horizon: int) -> None:
-    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.models.chronos.configs import build_random_pipeline
 
     pipe = build_random_pipeline(family, "tiny", context, horizon, seed=11)
     module = pipe if family == "chronos-2" else pipe.inner_model  # Bolt pipelines save their module
@@ -44,8 +44,8 @@ def test_when_a_chronos_champion_forecasts_a_panel_then_the_frame_equals_upstrea
     import torch
     from chronos import BaseChronosPipeline
 
-    from chronos_flows.config import ChronosConfig
-    from chronos_flows.models.chronos import ChronosForecaster
+    from chronos_flows.config.params import ChronosConfig
+    from chronos_flows.models.chronos.forecasters import ChronosForecaster
 
     context, horizon = 64, 8
     _save_tiny(family, tmp_path / "model", context, horizon)

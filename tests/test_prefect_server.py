@@ -30,8 +30,8 @@ from typing import Iterator
 import pytest
 
 from blocks.store import open_store
-from chronos_flows import layout
-from chronos_flows.config import build_params, parse_overrides
+from chronos_flows.core import layout
+from chronos_flows.config.params import build_params, parse_overrides
 from tests.conftest import free_port
 from tests.test_flow_e2e import SMALL
 

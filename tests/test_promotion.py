@@ -1,4 +1,4 @@
-"""chronos_flows.promotion on a LocalStore, without Prefect: copy-then-swap of a Chronos model into
+"""chronos_flows.champion.promotion on a LocalStore, without Prefect: copy-then-swap of a Chronos model into
 the registry, rollback of the copy on a lost race, data warnings in the reason, model_metadata.json."""
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ import pandas as pd
 import pytest
 
 from blocks.store import LocalStore
-from chronos_flows import layout, runlog
-from chronos_flows.cleaning import CleaningReport
-from chronos_flows.config import build_params
-from chronos_flows.errors import RunKilledError
-from chronos_flows.evaluation import BacktestResult
-from chronos_flows.promotion import promote_champion, promote_run
-from chronos_flows.records import BaselineRecord, DataSync, RunSpec, TrainedChronos
-from chronos_flows.registry import decide_champion, read_champion
+from chronos_flows.core import layout
+from chronos_flows.runstate import runlog
+from chronos_flows.data.cleaning import CleaningReport
+from chronos_flows.config.params import build_params
+from chronos_flows.core.errors import RunKilledError
+from chronos_flows.evaluation.backtest import BacktestResult
+from chronos_flows.champion.promotion import promote_champion, promote_run
+from chronos_flows.training.specs import BaselineRecord, DataSync, RunSpec, TrainedChronos
+from chronos_flows.champion.registry import decide_champion, read_champion
 
 ENV = "dev"
 

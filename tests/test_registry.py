@@ -10,9 +10,9 @@ import threading
 import pytest
 
 from blocks.store import LocalStore, open_store
-from chronos_flows import layout
-from chronos_flows.errors import BadInputError, ConfigError, PreconditionFailed
-from chronos_flows.registry import decide_champion, promote, promote_outcome, read_champion
+from chronos_flows.core import layout
+from chronos_flows.core.errors import BadInputError, ConfigError, PreconditionFailed
+from chronos_flows.champion.registry import decide_champion, promote, promote_outcome, read_champion
 
 ENV = "dev"
 FAMILIES = ("chronos", "autoets", "prophet", "seasonal_naive", "theta")

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronos_flows.models.seasonal_naive import SeasonalNaive
-from chronos_flows.registry import decide_champion, promote, read_champion
+from chronos_flows.models.local.seasonal_naive import SeasonalNaive
+from chronos_flows.champion.registry import decide_champion, promote, read_champion
 from tests.conftest import free_port, wait_for_port
 from tests.test_docker import run_hadolint
 from tests.test_forecast import seed_champion
@@ -215,8 +215,8 @@ def test_when_no_champion_is_promoted_then_ping_is_503_until_one_is_and_then_it_
 def test_when_a_new_champion_is_promoted_during_a_20_s_load_then_no_request_fails_and_responses_switch_to_it(tmp_path):
     """Four clients call without pause for 20 s; 5 s in, a Chronos-2 champion replaces the Seasonal
     Naive one (its model is downloaded and loaded in the background while the old one serves)."""
-    from chronos_flows import layout
-    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.core import layout
+    from chronos_flows.models.chronos.configs import build_random_pipeline
 
     store = seed_champion(tmp_path / "store", "seasonal_naive", {"season_length": 7}, run_id="run-a")
     build_random_pipeline("chronos-2", "tiny", 64, 6, seed=4).save_pretrained(tmp_path / "model")
@@ -281,7 +281,7 @@ def test_when_the_champion_is_chronos2_then_forecasts_equal_upstream_predict_qua
     import torch
     from chronos import BaseChronosPipeline
 
-    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.models.chronos.configs import build_random_pipeline
 
     model_dir = tmp_path / "model"
     build_random_pipeline("chronos-2", "tiny", 64, 8, seed=3).save_pretrained(model_dir)
@@ -404,7 +404,7 @@ class _Gated(SeasonalNaive):
         self.entered.set()
         self.gate.wait(10)
         if (context["y"] < -1e6).any():  # a request the model refuses
-            from chronos_flows.errors import BadInputError
+            from chronos_flows.core.errors import BadInputError
 
             bad = context.loc[context["y"] < -1e6, "unique_id"].iloc[0]
             raise BadInputError(f"series {bad!r}: value below the model's range")
@@ -535,9 +535,9 @@ def test_when_the_body_is_over_the_size_limit_then_413_and_the_server_keeps_serv
 def test_when_a_chronos_champion_answers_requests_together_then_each_equals_its_own_call(tmp_path):
     """The Chronos fast path (arrays straight to the model, no frames): a shared call gives each
     request what it gets alone."""
-    from chronos_flows.config import ChronosConfig
-    from chronos_flows.models.chronos import ChronosForecaster
-    from chronos_flows.models.chronos_configs import build_random_pipeline
+    from chronos_flows.config.params import ChronosConfig
+    from chronos_flows.models.chronos.forecasters import ChronosForecaster
+    from chronos_flows.models.chronos.configs import build_random_pipeline
     from chronos_flows.serving import LoadedChampion, parse_request, predict, predict_batch
 
     build_random_pipeline("chronos-2", "tiny", 64, 8, seed=5).save_pretrained(tmp_path / "model")

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from blocks.store import LocalStore, S3Store, check_store, download_prefix, open_store, read_uri
-from chronos_flows.errors import BadInputError, PreconditionFailed, StoreError, TransientStoreError
-from chronos_flows.store import ObjectStore
+from chronos_flows.core.errors import BadInputError, PreconditionFailed, StoreError, TransientStoreError
+from chronos_flows.core.store import ObjectStore
 from tests.faultproxy import FaultProxy
 
 

@@ -31,8 +31,8 @@ def test_when_models_and_checkpoints_are_written_to_s3_then_they_carry_the_lifec
 
 def test_when_the_data_path_is_an_s3_uri_then_ingest_reads_it_through_the_store(s3_store_url, aws_env):
     from blocks.store import read_uri
-    from chronos_flows.config import DataConfig, DEFAULT_DATA
-    from chronos_flows.ingest import load_dataset
+    from chronos_flows.config.params import DataConfig, DEFAULT_DATA
+    from chronos_flows.data.ingest import load_dataset
 
     bucket = s3_store_url[len("s3://"):].split("/", 1)[0]
     aws_env.client("s3").put_object(Bucket=bucket, Key="incoming/gasoline.csv", Body=DEFAULT_DATA.read_bytes())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prefect import flow, task
 
-from chronos_flows.errors import BadInputError, TransientStoreError
+from chronos_flows.core.errors import BadInputError, TransientStoreError
 from tasks.common import artifact_key, is_transient, retry_transient
 
 

@@ -9,12 +9,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronos_flows import metrics as M
-from chronos_flows.config import TrainingParams, build_params
-from chronos_flows.errors import BadInputError
+from chronos_flows.evaluation import metrics as M
+from chronos_flows.config.params import TrainingParams, build_params
+from chronos_flows.core.errors import BadInputError
 from chronos_flows.models.base import DEFAULT_QUANTILES, quantile_column
-from chronos_flows.models.families import LOCAL_FAMILIES, MIN_HISTORY, baseline_config, baseline_jobs, local_forecaster
-from chronos_flows.models.theta import AutoThetaForecaster
+from chronos_flows.models.families import (
+    LOCAL_FAMILIES,
+    MIN_HISTORY,
+    baseline_config,
+    baseline_jobs,
+    local_forecaster,
+)
+from chronos_flows.models.local.theta import AutoThetaForecaster
 from tests.test_ets import DATA, quarterly, tourism_panel
 
 QCOLS = [quantile_column(q) for q in DEFAULT_QUANTILES]
@@ -131,8 +137,8 @@ def test_when_tourism_last_8_quarters_held_out_then_theta_beats_the_measured_aut
 
 
 def test_when_the_champion_is_theta_then_batch_forecasts_equal_the_recreated_models(tmp_path):
-    from chronos_flows.forecasting import champion_forecaster, forecast_panel
-    from chronos_flows.registry import read_champion
+    from chronos_flows.forecasting.batch import champion_forecaster, forecast_panel
+    from chronos_flows.champion.registry import read_champion
     from tests.test_forecast import panel as weekly_panel
     from tests.test_forecast import seed_champion
 

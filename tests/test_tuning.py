@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from blocks.store import open_store
-from chronos_flows import layout
-from chronos_flows.config import build_params
-from chronos_flows.errors import ChronosFlowsError
-from chronos_flows.tuning import build_tuning_params
+from chronos_flows.core import layout
+from chronos_flows.config.params import build_params
+from chronos_flows.core.errors import ChronosFlowsError
+from chronos_flows.tuning.study import build_tuning_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,6 +153,6 @@ def _worker_processes() -> list[str]:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "chronos_flows.tuning_worker" in text:
+        if "chronos_flows.tuning.worker" in text:
             out.append(text)
     return out

@@ -13,9 +13,9 @@ import pytest
 
 from blocks.ec2 import Ec2Compute, verify_instances
 from blocks.store import open_store
-from chronos_flows import layout
-from chronos_flows.errors import ChronosFlowsError
-from chronos_flows.tuning import build_tuning_params, open_study
+from chronos_flows.core import layout
+from chronos_flows.core.errors import ChronosFlowsError
+from chronos_flows.tuning.study import build_tuning_params, open_study
 from tests.test_ec2_flow import InstancePlayer, network  # noqa: F401 - the fixture
 from tests.test_tuning import STUDY, tuning_file
 
@@ -169,7 +169,7 @@ def test_when_the_trials_instance_cost_reaches_max_cost_usd_then_the_study_stops
 
 
 def test_when_an_instance_dies_mid_upload_then_the_next_attempt_restores_only_the_complete_checkpoints(tmp_path):
-    from chronos_flows.tuning_remote import TrialCheckpoints, TrialKeys, TrialStopped, TrialGuard, put_json
+    from chronos_flows.tuning.remote import TrialCheckpoints, TrialKeys, TrialStopped, TrialGuard, put_json
 
     store = open_store(str(tmp_path / "store"))
     local = tmp_path / "first" / "checkpoints"
@@ -194,7 +194,7 @@ def test_when_an_instance_dies_mid_upload_then_the_next_attempt_restores_only_th
 
 def test_when_the_tuning_run_is_killed_while_trials_run_on_ec2_then_every_trial_instance_is_terminated(
         prefect_api, aws_env, network, s3_store_url, tmp_path):
-    from chronos_flows.statefile import kill
+    from chronos_flows.runstate.statefile import kill
 
     tuning = {"search_space": {"chronos.learning_rate": {"low": 1e-3, "high": 2e-3}},
               "budget": {"max_trials": 4, "max_parallel": 2}, "study": "killed"}

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from chronos_flows.errors import BadInputError
-from chronos_flows.windows import backtest_cutoffs, split_window
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.evaluation.windows import backtest_cutoffs, split_window
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 

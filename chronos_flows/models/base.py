@@ -36,7 +36,7 @@ def quantile_column(q: float) -> str:
 
 def require_long_frame(df: pd.DataFrame, what: str = "context") -> None:
     """Raise BadInputError unless ``df`` has the long-format columns unique_id, ds, y."""
-    from chronos_flows.errors import BadInputError
+    from chronos_flows.core.errors import BadInputError
 
     missing = [c for c in (ID, TIME, TARGET) if c not in df.columns]
     if missing:

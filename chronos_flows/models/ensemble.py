@@ -17,8 +17,8 @@ did, with their weights renormalised; a series no member forecast is reported in
 
 Honest scoring (:func:`add_ensemble`): the weights are fitted on backtest windows that do **not**
 judge the champion. With ``evaluation.ensemble`` on, the backtest runs one extra rolling window
-before the ``evaluation.n_windows`` judging windows (:func:`chronos_flows.splits.backtest_windows`;
-Chronos is never trained on it either, see :func:`chronos_flows.splits.test_span`): the weights are
+before the ``evaluation.n_windows`` judging windows (:func:`chronos_flows.evaluation.splits.backtest_windows`;
+Chronos is never trained on it either, see :func:`chronos_flows.evaluation.splits.test_span`): the weights are
 fitted on that window 0, the ensemble forecasts the judging windows 1…n with those weights, and the
 leaderboard ranks *every* model on the judging windows only, so the ensemble's score is as
 out-of-sample as any other candidate's.
@@ -39,9 +39,17 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from chronos_flows import metrics as M
-from chronos_flows.errors import BadInputError
-from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, Forecaster, quantile_column, require_long_frame
+from chronos_flows.evaluation import metrics as M
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.models.base import (
+    DEFAULT_QUANTILES,
+    ID,
+    TARGET,
+    TIME,
+    Forecaster,
+    quantile_column,
+    require_long_frame,
+)
 
 ENSEMBLE = "ensemble"
 #: Greedy additions (AutoGluon's default ensemble size).
@@ -146,7 +154,7 @@ class EnsembleForecaster(Forecaster):
 def pair_scores(metric: str, y: np.ndarray, mean: np.ndarray, qs: np.ndarray, quantiles: Sequence[float],
                 scale: np.ndarray | None = None) -> np.ndarray:
     """``metric`` per forecast (row) of arrays ``y``/``mean`` (forecasts × steps) and ``qs``
-    (forecasts × steps × levels), with :mod:`chronos_flows.metrics`' definitions (NaN actuals
+    (forecasts × steps × levels), with :mod:`chronos_flows.evaluation.metrics`' definitions (NaN actuals
     ignored; ``scale``: the MASE denominators)."""
     ok = np.isfinite(y)
     n = ok.sum(axis=1).astype(float)
@@ -265,7 +273,7 @@ def _member_arrays(forecasts: pd.DataFrame, members: Sequence[str], qcols: Seque
 
 def _scales(history: pd.DataFrame, cutoffs: pd.DataFrame, pairs: pd.DataFrame, season_length: int) -> np.ndarray:
     """MASE denominators of ``pairs`` (unique_id, window) from each window's context."""
-    from chronos_flows.windows import split_window
+    from chronos_flows.evaluation.windows import split_window
 
     out = pd.Series(np.nan, index=pd.MultiIndex.from_frame(pairs))
     for w in sorted(pairs["window"].unique()):
@@ -324,7 +332,7 @@ def fit_weights(result: Any, history: pd.DataFrame, members: Sequence[str], *, g
 def restrict_windows(result: Any, windows: Sequence[int], extra_settings: Mapping[str, Any] | None = None) -> Any:
     """``result`` with its leaderboard rebuilt on ``windows`` only (forecasts and metrics of the
     other windows are kept: they are what the ensemble was fitted on)."""
-    from chronos_flows.evaluation import BacktestResult, build_leaderboard
+    from chronos_flows.evaluation.backtest import BacktestResult, build_leaderboard
 
     keep_m = result.metrics["window"].isin(list(windows))
     keep_f = result.forecasts["window"].isin(list(windows))
@@ -343,8 +351,8 @@ def add_ensemble(result: Any, history: pd.DataFrame, *, candidates: Sequence[str
     windows, and the leaderboard of every model on those judging windows only. With fewer than two
     candidates there is no ensemble (``settings["ensemble"]`` is None), but the leaderboard still
     judges on the same windows. ``settings["ensemble"]`` holds :meth:`EnsembleFit.to_dict`."""
-    from chronos_flows.evaluation import BacktestResult, _check_history
-    from chronos_flows.windows import split_window
+    from chronos_flows.evaluation.backtest import BacktestResult, _check_history
+    from chronos_flows.evaluation.windows import split_window
 
     t0 = time.perf_counter()
     s = result.settings

@@ -1,7 +1,7 @@
 """The model families a champion can be, and how to re-create each from its recorded config.
 
 ``chronos`` is a global model: its weights live in the store and are loaded (see
-:mod:`chronos_flows.models.chronos`). The local families — ``autoets``, ``prophet``,
+:mod:`chronos_flows.models.chronos.forecasters`). The local families — ``autoets``, ``prophet``,
 ``seasonal_naive``, ``theta`` — keep no weights: each is fitted per series on whatever history it is given,
 so ``config`` (what :func:`forecaster_config` returns) is all that is needed to re-create it
 (:func:`local_forecaster`). Two forecasters of a local family with equal configs give equal
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from chronos_flows.errors import BadInputError
+from chronos_flows.core.errors import BadInputError
 from chronos_flows.models.base import Forecaster
 
 CHRONOS = "chronos"
@@ -71,19 +71,19 @@ def local_forecaster(
     cfg = dict(config)
     try:
         if family == "seasonal_naive":
-            from chronos_flows.models.seasonal_naive import SeasonalNaive
+            from chronos_flows.models.local.seasonal_naive import SeasonalNaive
 
             return SeasonalNaive(int(cfg["season_length"]))
         if family == "autoets":
-            from chronos_flows.models.ets import AutoETSForecaster
+            from chronos_flows.models.local.ets import AutoETSForecaster
 
             return AutoETSForecaster.from_settings(cfg, n_jobs=n_jobs, progress=progress)
         if family == "theta":
-            from chronos_flows.models.theta import AutoThetaForecaster
+            from chronos_flows.models.local.theta import AutoThetaForecaster
 
             return AutoThetaForecaster.from_settings(cfg, n_jobs=n_jobs, progress=progress)
         if family == "prophet":
-            from chronos_flows.models.prophet import ProphetForecaster
+            from chronos_flows.models.local.prophet import ProphetForecaster
 
             return ProphetForecaster(n_jobs=n_jobs, progress=progress, **cfg)
     except (KeyError, TypeError) as exc:

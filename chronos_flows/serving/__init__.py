@@ -22,7 +22,8 @@ forecast timestamp>"}, ...]}`` in input order; ``item_id`` / ``start`` only when
   a background thread, loads a new champion in the background and swaps it in with one reference
   assignment. A request takes :attr:`ChampionHolder.current` once and uses that object throughout,
   so requests in flight finish on the model they started with.
-"""
+
+May import: core, config, data, models, champion, forecasting."""
 
 from chronos_flows.serving.batcher import MicroBatcher
 from chronos_flows.serving.champion import ChampionHolder, LoadedChampion, load_champion

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from chronos_flows import layout
-from chronos_flows.errors import BadInputError
-from chronos_flows.registry import normalize
+from chronos_flows.core import layout
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.champion.registry import normalize
 from chronos_flows.serving.schema import MIN_OBSERVATIONS
 
 logger = logging.getLogger("chronos_flows.serving")
@@ -44,7 +44,7 @@ class LoadedChampion:
 def load_champion(store: Any, env: str, doc: dict[str, Any], etag: Optional[str], workdir: Path, *,
                   device: str = "auto") -> LoadedChampion:
     """The champion ``doc`` as a :class:`LoadedChampion` (Chronos: downloaded into its own directory)."""
-    from chronos_flows.forecasting import champion_forecaster
+    from chronos_flows.forecasting.batch import champion_forecaster
     from chronos_flows.models.families import MIN_HISTORY, check_family
 
     family = check_family(doc.get("family", "chronos"))

@@ -8,11 +8,17 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from chronos_flows.errors import BadInputError
+from chronos_flows.core.errors import BadInputError
 from chronos_flows.models.base import ID, TARGET, TIME, quantile_column
 from chronos_flows.serving.champion import LoadedChampion
-from chronos_flows.serving.schema import (SYNTHETIC_END, SYNTHETIC_FREQ, ModelError, ParsedRequest, RequestError,
-                                          series_label)
+from chronos_flows.serving.schema import (
+    SYNTHETIC_END,
+    SYNTHETIC_FREQ,
+    ModelError,
+    ParsedRequest,
+    RequestError,
+    series_label,
+)
 
 
 def _predict_chronos2_covariates(champ: LoadedChampion, parsed: ParsedRequest, levels: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +55,7 @@ def covariates_supported(champ: LoadedChampion) -> bool:
     if champ.family != "chronos":
         return False
     try:
-        from chronos_flows.models.chronos import family_of_pipeline
+        from chronos_flows.models.chronos.forecasters import family_of_pipeline
 
         return family_of_pipeline(champ.model.pipeline) == "chronos-2"
     except Exception:  # noqa: BLE001
@@ -137,7 +143,7 @@ def _forecast_many(champ: LoadedChampion, batch: list[ParsedRequest]) -> list[An
 def _takes_arrays(champ: LoadedChampion) -> bool:
     """A Chronos champion forecasts from the values alone (no timestamps, no frame): its batch
     goes straight to the model as arrays."""
-    from chronos_flows.models.chronos import ChronosForecaster
+    from chronos_flows.models.chronos.forecasters import ChronosForecaster
 
     return isinstance(champ.model, ChronosForecaster)
 

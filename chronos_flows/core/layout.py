@@ -1,0 +1,115 @@
+"""Where everything lives in the store: one layout for the local directory and for S3.
+
+::
+
+    cached-datasets/YYYY/MM/{fingerprint}.parquet     ingested canonical datasets
+    {env}/system-state.json                           the lock and live status
+    {env}/lock-generation.json                        the lock's generation counter (fencing token)
+    {env}/logs/{run_id}/training.json                 the run's execution log
+    {env}/logs/{run_id}/cleanup_status.json           the cleanup record
+    {env}/{run_id}/models/{model}/                    saved models
+    {env}/{run_id}/checkpoints/                       training checkpoints
+    {env}/{run_id}/model_metadata.json                config, data fingerprint, metrics, promotion
+    {env}/{run_id}/evaluation/                        leaderboard, per-series metrics, report, plots
+    {env}/{run_id}/data/                              the run's cleaned data and cleaning report
+    {env}/{run_id}/instance/                          EC2 backend: progress.json, result.json
+    {env}/registry/champion.json                      the model that serves
+    {env}/registry/{run_id}/{model}/                  promoted models (outside the 60-day expiry)
+    {env}/forecasts/{forecast_id}/                    batch forecasts: forecasts.parquet, forecast.json
+    {env}/tuning/{study}/                             a tuning study: journal.log, trials.csv, study.json, best_config.yaml
+    {env}/capture/{YYYY-MM-DD}/{batch}.parquet        served requests and their forecasts (opt-in data capture)
+    {env}/monitoring/                                 live accuracy of published forecasts (scored history)
+"""
+
+from __future__ import annotations
+
+DATASETS_PREFIX = "cached-datasets"
+
+
+def state_key(env: str) -> str:
+    return f"{env}/system-state.json"
+
+
+def logs_prefix(env: str, run_id: str) -> str:
+    return f"{env}/logs/{run_id}"
+
+
+def training_log_key(env: str, run_id: str) -> str:
+    return f"{logs_prefix(env, run_id)}/training.json"
+
+
+def cleanup_status_key(env: str, run_id: str) -> str:
+    return f"{logs_prefix(env, run_id)}/cleanup_status.json"
+
+
+def run_prefix(env: str, run_id: str) -> str:
+    return f"{env}/{run_id}"
+
+
+def models_prefix(env: str, run_id: str, model: str | None = None) -> str:
+    base = f"{run_prefix(env, run_id)}/models"
+    return f"{base}/{model}" if model else base
+
+
+def checkpoints_prefix(env: str, run_id: str) -> str:
+    return f"{run_prefix(env, run_id)}/checkpoints"
+
+
+def metadata_key(env: str, run_id: str) -> str:
+    return f"{run_prefix(env, run_id)}/model_metadata.json"
+
+
+def evaluation_prefix(env: str, run_id: str) -> str:
+    return f"{run_prefix(env, run_id)}/evaluation"
+
+
+def run_data_prefix(env: str, run_id: str) -> str:
+    return f"{run_prefix(env, run_id)}/data"
+
+
+def champion_key(env: str) -> str:
+    return f"{env}/registry/champion.json"
+
+
+def dataset_key(fingerprint: str, year: int, month: int) -> str:
+    return f"{DATASETS_PREFIX}/{year:04d}/{month:02d}/{fingerprint}.parquet"
+
+
+def registry_model_prefix(env: str, run_id: str, model: str) -> str:
+    """Where a promoted model is kept: not under ``{run_id}/models/``, so lifecycle expiry skips it."""
+    return f"{env}/registry/{run_id}/{model}"
+
+
+def instance_progress_key(env: str, run_id: str) -> str:
+    """Training progress an EC2 instance reports for the parent flow to follow."""
+    return f"{run_prefix(env, run_id)}/instance/progress.json"
+
+
+def instance_result_key(env: str, run_id: str) -> str:
+    """The outcome an EC2 instance writes (``running``, then ``ok``/``error``/``refused``)."""
+    return f"{run_prefix(env, run_id)}/instance/result.json"
+
+
+def forecasts_prefix(env: str, forecast_id: str) -> str:
+    """A batch of forecasts: ``forecasts.parquet`` and ``forecast.json`` (written last)."""
+    return f"{env}/forecasts/{forecast_id}"
+
+
+def tuning_prefix(env: str, study: str) -> str:
+    """A tuning study: ``journal.log`` (Optuna journal), ``trials.csv``, ``best_config.yaml``, ``study.json``."""
+    return f"{env}/tuning/{study}"
+
+
+def capture_prefix(env: str) -> str:
+    """Data capture of the endpoint: batched Parquet files of requests and their forecasts."""
+    return f"{env}/capture"
+
+
+def capture_key(env: str, day: str, batch: str) -> str:
+    """One batch of captured requests: ``{env}/capture/{YYYY-MM-DD}/{batch}.parquet``."""
+    return f"{capture_prefix(env)}/{day}/{batch}.parquet"
+
+
+def monitoring_prefix(env: str) -> str:
+    """Live accuracy of published forecasts: the scored history and degradation records."""
+    return f"{env}/monitoring"

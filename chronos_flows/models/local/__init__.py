@@ -1,0 +1,1 @@
+"""Local families: each series fitted on its own (Seasonal Naive, AutoETS, Theta, Prophet)."""

@@ -1,0 +1,193 @@
+"""What the local (per-series) families share: the per-series jobs of a context frame, the output
+frame, the argument checks, and the statsforecast-backed forecaster (AutoETS, AutoTheta).
+
+* :func:`series_jobs` sorts and splits a long frame into ``(uid, ds, y)`` jobs (and each series'
+  last timestamp); :func:`assemble` turns ``{uid: array[h, 1+Q]}`` back into the long output frame
+  (``unique_id, ds, mean, <quantile columns>``), series in sorted order.
+* :func:`statsforecast_one` fits one statsforecast model on one series and returns
+  ``(uid, array | None, error | None)`` (never raises: it runs inside worker processes). Quantile
+  level ``q`` is the bound of statsforecast's ``100·|1-2q|`` % interval (lower below 0.5, upper
+  above), ``0.5`` the point forecast; quantile columns are sorted per step so they never cross.
+* :class:`StatsForecastForecaster` is the forecaster of such a family: subclasses name the family,
+  the module-level fit function and the settings that determine the forecasts.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.models.local.parallel import Progress, map_series
+from chronos_flows.models.base import (
+    DEFAULT_QUANTILES,
+    ID,
+    TARGET,
+    TIME,
+    Forecaster,
+    future_index,
+    quantile_column,
+    require_long_frame,
+)
+
+
+def series_jobs(context: pd.DataFrame) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], dict[str, pd.Timestamp]]:
+    """``[(uid, ds, y), ...]`` in sorted series order, and each series' last timestamp."""
+    jobs = [
+        (uid, g[TIME].to_numpy(), g[TARGET].to_numpy(dtype=float))
+        for uid, g in context.sort_values([ID, TIME], kind="stable").groupby(ID, sort=True)
+    ]
+    return jobs, {uid: pd.Timestamp(ds[-1]) for uid, ds, _ in jobs}
+
+
+def assemble(results: Mapping[str, np.ndarray], last: Mapping[str, pd.Timestamp], horizon: int, freq: str,
+             qcols: Sequence[str]) -> pd.DataFrame:
+    """The long output frame of ``results`` (``{uid: array[h, 1+Q]}``: mean, then the quantiles)."""
+    parts = []
+    for uid in sorted(results):
+        arr = results[uid]
+        frame = pd.DataFrame(arr[:, 1:], columns=list(qcols))
+        frame.insert(0, "mean", arr[:, 0])
+        frame.insert(0, TIME, future_index(last[uid], horizon, freq))
+        frame.insert(0, ID, uid)
+        parts.append(frame)
+    if not parts:
+        return pd.DataFrame(columns=[ID, TIME, "mean", *qcols])
+    return pd.concat(parts, ignore_index=True)
+
+
+def check_predict_args(label: str, context: pd.DataFrame, horizon: int, freq: str, quantiles: Sequence[float]) -> None:
+    """Refuse what no series could be forecast from, naming the argument and the fix."""
+    require_long_frame(context)
+    if len(context) == 0:
+        raise BadInputError(f"{label} got an empty context frame (no rows): pass at least one series with history")
+    if int(horizon) < 1:
+        raise BadInputError(f"{label} horizon must be at least 1, got {horizon}")
+    try:
+        pd.tseries.frequencies.to_offset(freq)
+    except ValueError:
+        raise BadInputError(f"unknown frequency {freq!r}; pass a pandas alias such as 'W-MON', 'MS', 'QS'") from None
+    bad = [q for q in quantiles if not 0.0 < float(q) < 1.0]
+    if bad:
+        raise BadInputError(f"{label} quantile levels must lie strictly between 0 and 1, got {bad}")
+
+
+def interval_key(q: float) -> tuple[str, float | int] | None:
+    """Which statsforecast interval bound is quantile level ``q``: ``("lo", 80)`` for 0.1,
+    ``("hi", 80)`` for 0.9, ``None`` for 0.5 (the point forecast)."""
+    q = float(q)
+    if q == 0.5:
+        return None
+    level: float | int = round(100.0 * abs(1.0 - 2.0 * q), 6)
+    if float(level).is_integer():
+        level = int(level)
+    return ("lo" if q < 0.5 else "hi"), level
+
+
+def statsforecast_one(uid: str, y: np.ndarray, horizon: int, quantiles: Sequence[float], label: str,
+                      make_model: Callable[[], Any]) -> tuple[str, np.ndarray | None, str | None]:
+    """Fit ``make_model()`` on one series: ``(uid, array[h, 1+Q] = mean + quantiles, None)`` or
+    ``(uid, None, error message)``. Never raises (runs inside worker processes)."""
+    try:
+        keys = [interval_key(q) for q in quantiles]
+        levels = sorted({k[1] for k in keys if k is not None})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # statsforecast's divide-by-zero RuntimeWarnings on tiny fits
+            out = make_model().forecast(y=np.asarray(y, dtype=float), h=int(horizon), level=levels or None)
+        mean = np.asarray(out["mean"], dtype=float)
+        qs = np.column_stack(
+            [mean if k is None else np.asarray(out[f"{k[0]}-{k[1]}"], dtype=float) for k in keys]
+        ) if keys else np.empty((len(mean), 0))
+        if mean.shape != (horizon,) or not np.all(np.isfinite(mean)) or not np.all(np.isfinite(qs)):
+            return uid, None, f"{label} produced non-finite forecasts"
+        order = np.argsort(np.asarray([float(q) for q in quantiles]), kind="stable")
+        ordered = np.empty_like(qs)
+        ordered[:, order] = np.sort(qs, axis=1)  # never crossing, whatever order quantiles come in
+        return uid, np.column_stack([mean, ordered]), None
+    except Exception as exc:  # noqa: BLE001 - a failing series is reported, never fatal
+        msg = f"{type(exc).__name__}: {exc}".strip()
+        return uid, None, msg[:500]
+
+
+def check_season_and_jobs(label: str, season_length: Any, n_jobs: Any) -> int:
+    """The validated season length (an integer >= 1); ``n_jobs`` must be at least 1."""
+    try:
+        season_length = int(season_length)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{label} season_length must be an integer, got {season_length!r}") from None
+    if season_length < 1:
+        raise BadInputError(f"{label} season_length must be at least 1, got {season_length}")
+    if int(n_jobs) < 1:
+        raise BadInputError(f"{label} n_jobs must be at least 1, got {n_jobs}")
+    return season_length
+
+
+class StatsForecastForecaster(Forecaster):
+    """A statsforecast model fitted per series in ``n_jobs`` processes; subclasses set ``label``
+    (used in messages), ``fit_one`` (a module-level ``fn(uid, ds, y, horizon, quantiles, settings)``)
+    and ``defaults`` (their settings besides ``season_length``, with the value an absent one takes),
+    and validate those in ``__init__``. A series whose fit fails is left out of the frame and
+    recorded in ``last_failures``; ``last_seconds`` is the wall time of the last call."""
+
+    label = "statsforecast"
+    fit_one: Callable[..., tuple[str, np.ndarray | None, str | None]]
+    #: the model's own settings besides ``season_length`` and their defaults (attributes of the instance)
+    defaults: Mapping[str, Any] = {}
+
+    def __init__(self, season_length: Any, n_jobs: int, progress: Progress | None) -> None:
+        self.season_length = check_season_and_jobs(self.label, season_length, n_jobs)
+        self.n_jobs = int(n_jobs)
+        self.progress = progress
+        self.last_failures: dict[str, str] = {}
+        #: Wall-clock seconds of the last predict call (fit + forecast of every series).
+        self.last_seconds: float = 0.0
+
+    @classmethod
+    def setting_keys(cls) -> tuple[str, ...]:
+        return ("season_length", *cls.defaults)
+
+    def settings(self) -> dict[str, Any]:
+        """The configuration that determines the forecasts (JSON-able); runtime options
+        (``n_jobs``, ``progress``) are not part of it."""
+        return {key: getattr(self, key) for key in self.setting_keys()}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], **runtime: Any) -> "StatsForecastForecaster":
+        """Re-create a forecaster from :meth:`settings` output (absent keys take ``defaults``);
+        ``runtime`` passes ``n_jobs`` / ``progress``."""
+        unknown = sorted(set(settings) - set(cls.setting_keys()))
+        if unknown:
+            raise BadInputError(f"unknown {cls.label} setting(s) {unknown}; expected {list(cls.setting_keys())}")
+        if "season_length" not in settings:
+            raise BadInputError(f"{cls.label} settings need season_length; got {dict(settings)}")
+        return cls(settings["season_length"], **{k: settings.get(k, d) for k, d in cls.defaults.items()}, **runtime)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({fields}, n_jobs={self.n_jobs})"
+
+    def predict(self, context: pd.DataFrame, horizon: int, freq: str,
+                quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.DataFrame:
+        check_predict_args(self.label, context, horizon, freq, quantiles)
+        t0 = time.perf_counter()
+        horizon = int(horizon)
+        jobs, last = series_jobs(context)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import statsforecast.models  # noqa: F401 - once here, so forked workers inherit it (pyflakes: unused)
+
+        settings = self.settings()
+        results, failures = map_series(
+            type(self).fit_one,
+            [(uid, ds, y, horizon, tuple(float(q) for q in quantiles), settings) for uid, ds, y in jobs],
+            n_jobs=self.n_jobs,
+            progress=self.progress,
+        )
+        self.last_failures = failures
+        out = assemble(results, last, horizon, freq, [quantile_column(q) for q in quantiles])
+        self.last_seconds = time.perf_counter() - t0
+        return out

@@ -1,0 +1,509 @@
+"""The run-state lock: ``{env}/system-state.json`` is both the live status of the one training run
+allowed per environment and its mutual-exclusion lock. Pure protocol over any
+:class:`~chronos_flows.core.store.ObjectStore` (no boto3/prefect here).
+
+Protocol (after litestream's S3 leaser):
+
+* **acquire** — exclusive create (``put_if_absent``). A state file whose heartbeat is younger than
+  its lease → :class:`LockedError` at once. One that looks stale by the wall clock is taken over only
+  after this contender has also seen its ETag stay unchanged for a whole lease on its *own* monotonic
+  clock (so clock skew between machines cannot steal a live lock); the takeover is a
+  ``put_if_match`` on that ETag and records the previous run as failed in its ``training.json``.
+* **generation** — a fencing token, +1 on every acquisition (including takeovers), kept monotone
+  across releases by the counter object ``{env}/lock-generation.json``, which only the holder of
+  the state file advances (CAS).
+* every write of the holder is a compare-and-swap on the ETag; each write bumps ``seq`` so content
+  (and so the MD5 ETag) never repeats. A lost CAS is re-read: still ours but ``killed`` →
+  :class:`RunKilledError` (the handle adopts the new ETag so it can still go killed → cleanup →
+  release); another run/generation or gone → :class:`LostLockError`.
+
+The state file's codec, :class:`StateSnapshot`, :func:`read_state` and :func:`kill` live in
+:mod:`chronos_flows.runstate.statefile`, the launcher→flow hand-off in :mod:`chronos_flows.runstate.handoff`; both are
+re-exported here, so ``from chronos_flows.runstate.lock import ...`` names them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from datetime import datetime
+from typing import Any, Callable, Iterator
+
+from chronos_flows.core import layout
+from chronos_flows.runstate import runlog
+from chronos_flows.core.errors import (
+    BadInputError,
+    ChronosFlowsError,
+    LockedError,
+    LostLockError,
+    PreconditionFailed,
+    RunKilledError,
+    TransientStoreError,
+)
+from chronos_flows.runstate.handoff import abandon, hand_off, is_handed_off, take_handed_off
+from chronos_flows.runstate.statefile import (
+    StateSnapshot,
+    dump_state,
+    generation_key,
+    iso,
+    kill,
+    parse_iso,
+    read_state,
+    utc_now,
+    write_transition,
+)
+from chronos_flows.core.store import ObjectStore
+
+__all__ = [
+    "ACTIVE_STATES", "ALLOWED", "SCHEMA_VERSION", "STATES", "TERMINAL_STATES", "InvalidTransition",
+    "LockHandle", "RunLock", "StateSnapshot", "abandon", "generation_key", "hand_off", "is_handed_off",
+    "iso", "kill", "parse_iso", "read_state", "take_handed_off", "utc_now", "write_transition",
+]
+
+SCHEMA_VERSION = 1
+
+STATES = ("initialization", "data_sync", "training", "results_sync", "cleanup", "failed", "killed")
+ACTIVE_STATES = ("initialization", "data_sync", "training", "results_sync")
+TERMINAL_STATES = ("failed", "killed", "cleanup")
+
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "initialization": ("data_sync", "failed", "killed"),
+    "data_sync": ("training", "failed", "killed"),
+    "training": ("results_sync", "failed", "killed"),
+    "results_sync": ("cleanup", "failed", "killed"),
+    "failed": ("cleanup",),
+    "killed": ("cleanup",),
+    "cleanup": (),
+}
+
+
+class InvalidTransition(ChronosFlowsError):
+    """A state-machine transition that is not allowed."""
+
+    exit_code = 1
+
+    def __init__(self, current: str, target: str) -> None:
+        self.current = current
+        self.target = target
+        allowed = ", ".join(ALLOWED.get(current, ())) or "none (release the lock)"
+        super().__init__(
+            f"invalid run-state transition {current} -> {target}; allowed from {current}: {allowed}"
+        )
+
+
+
+class RunLock:
+    """The lock of one environment. Keep one instance per contender: it remembers since when (on
+    its monotonic clock) it has seen the current ETag, so a contender that keeps polling takes over
+    a crashed holder about one lease after the holder's last heartbeat."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        env: str,
+        lease_seconds: float = 120.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utc_now,
+        poll_seconds: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if lease_seconds <= 0:
+            raise BadInputError(f"lease_seconds must be > 0 (got {lease_seconds})")
+        self.store = store
+        self.env = env
+        self.key = layout.state_key(env)
+        self.lease_seconds = float(lease_seconds)
+        self.monotonic = monotonic
+        self.wall = wall
+        self.poll_seconds = poll_seconds
+        self.sleep = sleep
+        self._seen_etag: str | None = None
+        self._seen_since: float = 0.0
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read(self) -> StateSnapshot | None:
+        snap = read_state(self.store, self.env)
+        self._observe(snap)
+        return snap
+
+    def _observe(self, snap: StateSnapshot | None) -> float:
+        """Record the ETag seen now; return for how long (monotonic) it has been unchanged."""
+        now = self.monotonic()
+        etag = snap.etag if snap else None
+        if etag != self._seen_etag:
+            self._seen_etag = etag
+            self._seen_since = now
+        return now - self._seen_since
+
+    def _lease_of(self, snap: StateSnapshot) -> float:
+        try:
+            return float(snap.state.get("lease_seconds") or self.lease_seconds)
+        except (TypeError, ValueError):
+            return self.lease_seconds
+
+    # -- generation counter ----------------------------------------------------------------------
+    def _read_counter(self) -> tuple[int, str | None]:
+        got = self.store.get(generation_key(self.env))
+        if got is None:
+            return 0, None
+        try:
+            return int(json.loads(got[0])["generation"]), got[1]
+        except (ValueError, KeyError, TypeError):
+            return 0, got[1]
+
+    def _advance_counter(self, generation: int, counter_etag: str | None) -> int:
+        """Set the counter to ``generation`` (CAS). If it moved meanwhile, pick a larger generation.
+        Returns the generation actually claimed."""
+        key = generation_key(self.env)
+        for _ in range(50):
+            body = json.dumps({"generation": generation, "env": self.env, "at": iso(self.wall())}).encode()
+            try:
+                if counter_etag is None:
+                    self.store.put_if_absent(key, body)
+                else:
+                    self.store.put_if_match(key, body, counter_etag)
+                return generation
+            except PreconditionFailed:
+                current, counter_etag = self._read_counter()
+                generation = max(generation, current + 1)
+        raise TransientStoreError(f"could not advance {self.store.uri(key)}: too much contention; retry")
+
+    # -- acquiring -------------------------------------------------------------------------------
+    def _new_state(self, run_id: str, generation: int, flow_run_id: str | None, info: dict | None,
+                   details: dict | None = None) -> dict:
+        now = iso(self.wall())
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": run_id,
+            "env": self.env,
+            "generation": generation,
+            "status": "initialization",
+            "started_at": now,
+            "updated_at": now,
+            "heartbeat_at": now,
+            "seq": 1,
+            "holder": {"host": socket.gethostname(), "pid": os.getpid()},
+            "flow_run_id": flow_run_id,
+            "history": [{"status": "initialization", "at": now, "details": details or {}}],
+            "info": dict(info or {}),
+            "lease_seconds": self.lease_seconds,
+        }
+
+    def _locked(self, snap: StateSnapshot) -> LockedError:
+        return LockedError(snap.run_id, snap.state.get("started_at", "?"), snap.status,
+                           heartbeat_age=round(snap.heartbeat_age(self.wall()), 3))
+
+    def acquire(
+        self,
+        run_id: str,
+        *,
+        flow_run_id: str | None = None,
+        info: dict | None = None,
+        takeover_wait: float | None = None,
+    ) -> "LockHandle":
+        """Take the lock for ``run_id`` (status ``initialization``) or raise :class:`LockedError`.
+
+        A stale-looking holder is watched for up to ``takeover_wait`` seconds (default 1.5 leases)
+        until its ETag has been unchanged for a whole lease on our monotonic clock, then taken over."""
+        if not run_id:
+            raise BadInputError("run_id must be a non-empty string")
+        for _ in range(20):
+            snap = self.read()
+            if snap is None:
+                handle = self._try_create(run_id, flow_run_id, info)
+                if handle is not None:
+                    return handle
+                continue  # lost the create race or it vanished again: look at what is there now
+            if snap.run_id == run_id:
+                raise self._locked(snap)
+            lease = self._lease_of(snap)
+            if snap.heartbeat_age(self.wall()) < lease:
+                raise self._locked(snap)
+            # Stale by the wall clock: also require the ETag to stay unchanged for a whole lease.
+            wait = lease * 1.5 if takeover_wait is None else max(0.0, float(takeover_wait))
+            deadline = self.monotonic() + wait
+            poll = self.poll_seconds or min(max(lease / 20.0, 0.02), 1.0)
+            while True:
+                unchanged = self._observe(snap)
+                if unchanged >= lease:
+                    return self._takeover(snap, run_id, flow_run_id, info, unchanged)
+                remaining = deadline - self.monotonic()
+                if remaining <= 0:
+                    raise self._locked(snap)
+                self.sleep(min(poll, remaining, lease - unchanged + 0.001))
+                current = self.read()
+                if current is None:
+                    break  # released meanwhile: try a fresh create
+                if current.etag != snap.etag:
+                    raise self._locked(current)  # the holder (or someone) is alive
+        raise TransientStoreError(f"could not acquire {self.store.uri(self.key)}: the state file keeps changing; retry")
+
+    def _try_create(self, run_id: str, flow_run_id: str | None, info: dict | None) -> "LockHandle | None":
+        counter, counter_etag = self._read_counter()
+        state = self._new_state(run_id, counter + 1, flow_run_id, info)
+        try:
+            etag = self.store.put_if_absent(self.key, dump_state(state))
+        except PreconditionFailed:
+            snap = self.read()
+            if snap is None:
+                return None
+            if snap.run_id != run_id or snap.generation != state["generation"] or snap.state.get("seq") != 1:
+                raise self._locked(snap)
+            etag = snap.etag  # our create landed (seen through a retry)
+        handle = LockHandle(self.store, self.env, state, etag, wall=self.wall)
+        handle._claim_generation(self, counter_etag)
+        return handle
+
+    def _takeover(self, snap: StateSnapshot, run_id: str, flow_run_id: str | None, info: dict | None,
+                  unchanged_for: float) -> "LockHandle":
+        counter, counter_etag = self._read_counter()
+        generation = max(counter, snap.generation) + 1
+        prev = snap.state
+        reason = (
+            f"lease expired: no heartbeat from run {prev['run_id']} (generation {snap.generation}, "
+            f"status {prev['status']}, holder {prev.get('holder')}) since {prev.get('heartbeat_at')}; "
+            f"state file unchanged for {unchanged_for:.1f}s (lease {self._lease_of(snap)}s); "
+            f"taken over by run {run_id}"
+        )
+        state = self._new_state(run_id, generation, flow_run_id, info,
+                                details={"takeover_of": prev["run_id"], "previous_generation": snap.generation})
+        try:
+            etag = self.store.put_if_match(self.key, dump_state(state), snap.etag)
+        except PreconditionFailed:
+            current = self.read()
+            if current is None:
+                raise LockedError(prev["run_id"], prev.get("started_at", "?"), "released") from None
+            if current.run_id == run_id and current.generation == generation and current.state.get("seq") == 1:
+                etag = current.etag
+            else:
+                raise self._locked(current) from None
+        handle = LockHandle(self.store, self.env, state, etag, wall=self.wall)
+        handle._claim_generation(self, counter_etag)
+        handle.previous = snap
+        runlog.mark_failed(self.store, self.env, prev["run_id"], reason, at=self.wall(), generation=snap.generation)
+        return handle
+
+
+class LockHandle:
+    """The holder's side of the lock. Thread-safe (the heartbeat thread shares it)."""
+
+    def __init__(self, store: ObjectStore, env: str, state: dict, etag: str,
+                 wall: Callable[[], datetime] = utc_now) -> None:
+        self.store = store
+        self.env = env
+        self.key = layout.state_key(env)
+        self.state = dict(state)
+        self.etag = etag
+        self.wall = wall
+        self.released = False
+        self.previous: StateSnapshot | None = None
+        self._mutex = threading.RLock()
+        self._fatal: ChronosFlowsError | None = None
+        self._thread_error: BaseException | None = None
+
+    @classmethod
+    def from_snapshot(cls, store: ObjectStore, env: str, snap: StateSnapshot,
+                      wall: Callable[[], datetime] = utc_now) -> "LockHandle":
+        """A handle on an existing state file (e.g. a revived holder that remembers its ETag)."""
+        return cls(store, env, snap.state, snap.etag, wall=wall)
+
+    @property
+    def run_id(self) -> str:
+        return self.state["run_id"]
+
+    @property
+    def generation(self) -> int:
+        return int(self.state["generation"])
+
+    @property
+    def status(self) -> str:
+        return self.state["status"]
+
+    def __repr__(self) -> str:
+        return f"LockHandle(run_id={self.run_id!r}, generation={self.generation}, status={self.status!r})"
+
+    # -- core CAS write --------------------------------------------------------------------------
+    def _lost(self, current: StateSnapshot | None) -> LostLockError:
+        if current is None:
+            msg = (f"run {self.run_id} (generation {self.generation}) lost the lock: the state file "
+                   f"{self.store.uri(self.key)} was removed; it must stop writing")
+        else:
+            msg = (f"run {self.run_id} lost the lock to run {current.run_id} (generation "
+                   f"{current.generation}); it must stop writing")
+        err = LostLockError(msg)
+        self._fatal = err
+        return err
+
+    def _write(self, mutate: Callable[[dict], None]) -> None:
+        """CAS-write a modified copy of the state. Raises RunKilledError / LostLockError."""
+        with self._mutex:
+            if isinstance(self._fatal, LostLockError):
+                raise self._fatal
+            if self.released:
+                raise LostLockError(f"run {self.run_id} already released the lock; it must stop writing")
+            try:
+                self._put(mutate)
+                return
+            except PreconditionFailed:
+                self._adopt_after_lost_cas()
+                # Changed but not killed (should not happen): retry once on the adopted version.
+                try:
+                    self._put(mutate)
+                except PreconditionFailed:
+                    self._adopt_after_lost_cas()
+                    raise TransientStoreError(f"state file {self.store.uri(self.key)} keeps changing; retry") from None
+
+    def _put(self, mutate: Callable[[dict], None]) -> None:
+        """One CAS attempt on our ETag: a modified copy with ``seq`` bumped (PreconditionFailed if moved)."""
+        new = json.loads(json.dumps(self.state))
+        mutate(new)
+        new["seq"] = int(new.get("seq", 0)) + 1
+        new["updated_at"] = iso(self.wall())
+        self.etag = self.store.put_if_match(self.key, dump_state(new), self.etag)
+        self.state = new
+
+    def _adopt_after_lost_cas(self) -> None:
+        """Re-read after a lost CAS: another run/generation or gone → LostLockError; still ours but
+        changed by someone else → adopt it, and raise RunKilledError if it now says ``killed``."""
+        current = read_state(self.store, self.env)
+        if current is None or current.run_id != self.run_id or current.generation != self.generation:
+            raise self._lost(current) from None
+        self.state, self.etag = dict(current.state), current.etag
+        if current.status == "killed":
+            raise RunKilledError(self._killed_message()) from None
+
+    def _killed_message(self) -> str:
+        reason = ""
+        for h in reversed(self.state.get("history", [])):
+            if h.get("status") == "killed":
+                reason = (h.get("details") or {}).get("reason", "")
+                break
+        return f"run {self.run_id} was killed{': ' + reason if reason else ''}; stop work and clean up"
+
+    def _claim_generation(self, lock: RunLock, counter_etag: str | None) -> None:
+        claimed = lock._advance_counter(self.generation, counter_etag)
+        if claimed != self.generation:
+            self._write(lambda s: s.__setitem__("generation", claimed))
+
+    # -- public operations -----------------------------------------------------------------------
+    def transition(self, status: str, **details: Any) -> None:
+        if status not in STATES:
+            raise InvalidTransition(self.status, status)
+        with self._mutex:
+            if status not in ALLOWED.get(self.status, ()):
+                raise InvalidTransition(self.status, status)
+            at = iso(self.wall())
+
+            def mutate(s: dict) -> None:
+                if status not in ALLOWED.get(s["status"], ()):
+                    raise InvalidTransition(s["status"], status)
+                s["status"] = status
+                s["heartbeat_at"] = at
+                s.setdefault("history", []).append({"status": status, "at": at, "details": details})
+
+            self._write(mutate)
+
+    def record_transition(self, status: str, *, killed_ok: bool = False, **details: Any) -> None:
+        """The one writer of a run's transition: move the state file to ``status`` (CAS), then
+        append it to ``training.json`` (:meth:`record_status`) — in that order, so the record never
+        names a status the state file did not reach. ``killed_ok``: a kill from outside meanwhile is
+        no error; the ``killed`` state the handle adopted is recorded instead."""
+        try:
+            self.transition(status, **details)
+        except RunKilledError:
+            if not killed_ok:
+                raise
+        self.record_status(details)
+
+    def record_status(self, details: dict[str, Any] | None = None) -> None:
+        """Append the handle's current status, at the state file's ``updated_at``, to the run's
+        ``training.json`` (created if missing); e.g. ``initialization`` right after acquiring."""
+        runlog.record_transition(self.store, self.env, self.run_id, self.status, self.state["updated_at"], dict(details or {}))
+
+    def fail(self, reason: str, **details: Any) -> None:
+        """Move to ``failed`` unless already failed/killed/cleanup (then do nothing)."""
+        with self._mutex:
+            if self.status in TERMINAL_STATES:
+                return
+            try:
+                self.transition("failed", reason=reason, **details)
+            except RunKilledError:
+                pass  # the file now says killed: that is terminal too
+
+    def heartbeat(self) -> None:
+        at = iso(self.wall())
+        self._write(lambda s: s.__setitem__("heartbeat_at", at))
+
+    def update_info(self, **info: Any) -> None:
+        self._write(lambda s: s.setdefault("info", {}).update(info))
+
+    def release(self) -> None:
+        """Delete the state file (conditional on our ETag). Only after status ``cleanup``; idempotent."""
+        with self._mutex:
+            if self.released:
+                return
+            if self.status != "cleanup":
+                raise InvalidTransition(self.status, "released")
+            for _ in range(3):
+                try:
+                    self.store.delete_if_match(self.key, self.etag)
+                    self.released = True
+                    return
+                except PreconditionFailed:
+                    current = read_state(self.store, self.env)
+                    if current is None:
+                        self.released = True
+                        return
+                    if current.run_id != self.run_id or current.generation != self.generation:
+                        raise self._lost(current) from None
+                    self.state, self.etag = dict(current.state), current.etag
+            raise TransientStoreError(f"could not release {self.store.uri(self.key)}: it keeps changing; retry")
+
+    def check(self, refresh: bool = True) -> None:
+        """Raise :class:`RunKilledError` if the run was killed, :class:`LostLockError` if the lock was
+        taken over or removed. ``refresh`` re-reads the state file (one GET)."""
+        with self._mutex:
+            if isinstance(self._fatal, LostLockError):
+                raise self._fatal
+            if refresh and not self.released:
+                current = read_state(self.store, self.env)
+                if current is None or current.run_id != self.run_id or current.generation != self.generation:
+                    raise self._lost(current)
+                if current.etag != self.etag:
+                    self.state, self.etag = dict(current.state), current.etag
+            if self.status == "killed":
+                raise RunKilledError(self._killed_message())
+
+    @contextlib.contextmanager
+    def heartbeat_thread(self, interval: float) -> Iterator["LockHandle"]:
+        """Renew the lease every ``interval`` seconds in a background thread while the block runs.
+        A kill or a lost lock is remembered for :meth:`check`; a lost lock stops the thread."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    if self.released:
+                        return
+                    self.heartbeat()
+                except RunKilledError:
+                    continue  # adopted; keep the lease alive through the cleanup
+                except LostLockError:
+                    return
+                except (TransientStoreError, PreconditionFailed) as e:  # retry at the next tick
+                    self._thread_error = e
+                except BaseException as e:  # noqa: BLE001 — remembered and surfaced by check()
+                    self._thread_error = e
+                    return
+
+        t = threading.Thread(target=loop, name=f"chronos-heartbeat-{self.run_id}", daemon=True)
+        t.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            t.join(timeout=max(5.0, interval * 2))
