@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from blocks.ec2 import Ec2Compute, instance_cleanup_steps, verify_instances
-from blocks.store import open_store, read_uri
+from blocks.store import read_uri
+from blocks.resolve import open_store
 from blocks import cloudformation
 from chronos_flows.core import layout
 from chronos_flows.runstate import pending, runlog, workdirs
@@ -31,7 +32,9 @@ from chronos_flows.config.params import (
     resolve_store_url,
 )
 from chronos_flows.core.errors import BadInputError, ChronosFlowsError, LockedError
-from chronos_flows.runstate.lock import RunLock, abandon, hand_off, read_state
+from chronos_flows.runstate.lock import RunLock
+from chronos_flows.runstate.handoff import abandon, hand_off
+from chronos_flows.runstate.statefile import read_state
 from chronos_flows.runstate.cleanup import status_report, verify_cleanup
 from chronos_flows.champion.registry import read_champion
 from chronos_flows.runstate.runs import cleanup_dead_run, kill_run, list_runs, new_run_id

@@ -40,7 +40,7 @@ INTERNAL_DIR = ".chronos-store"
 __all__ = [
     "LocalStore",
     "S3Store",
-    "open_store",
+    "open_url",
     "check_store",
     "read_uri",
     "download_prefix",
@@ -657,23 +657,20 @@ def store_block_name(url: str) -> str | None:
     return name
 
 
-def open_store(url: str | os.PathLike, *, endpoint_url: str | None = None, region: str | None = None,
+def open_url(url: str | os.PathLike, *, endpoint_url: str | None = None, region: str | None = None,
                profile: str | None = None, check: bool = True, session=None,
                client_kwargs: dict[str, Any] | None = None):
-    """Open ``s3://bucket/prefix`` (S3Store), ``file:///abs/path`` or a plain path (LocalStore), or
-    ``block:chronos-store/NAME``: the saved ChronosStore block of that name, loaded from the Prefect
-    API (Prefect and prefect-aws are imported only in that case).
+    """Open ``s3://bucket/prefix`` (S3Store), ``file:///abs/path`` or a plain path (LocalStore).
+    ``block:chronos-store/NAME`` URLs are opened by :func:`blocks.resolve.open_store`, which loads the
+    saved Prefect block (this module imports neither Prefect nor the block classes).
 
     With ``check`` (default) the store is verified reachable (bucket exists / directory writable)
     and a :class:`StoreError` naming it and the fix is raised otherwise."""
     url = os.fspath(url)
     if not url:
         raise StoreError("no store given: pass --store s3://BUCKET/PREFIX or a local directory path")
-    block_name = store_block_name(url)
-    if block_name is not None:
-        from blocks.prefect_blocks import load_store_block
-
-        return load_store_block(block_name).open(check=check)
+    if store_block_name(url) is not None:
+        raise StoreError(f"store {url!r} names a Prefect block: open it with blocks.resolve.open_store")
     scheme = urlparse(url).scheme
     if scheme == "s3":
         bucket, prefix = _parse_s3(url)

@@ -150,8 +150,8 @@ def release_after_abort(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect ``on_cancellation`` / ``on_crashed`` hook: the flow's own cleanup did not run (the
     process was cancelled or died), so mark the run killed, run its cleanup and release the lock —
     only if the state file still belongs to this flow run."""
-    from blocks.store import open_store
-    from chronos_flows.runstate.lock import read_state
+    from blocks.resolve import open_store
+    from chronos_flows.runstate.statefile import read_state
     from chronos_flows.runstate.runs import kill_run
 
     log = logging.getLogger("chronos_flows")

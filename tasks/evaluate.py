@@ -174,7 +174,7 @@ def evaluate(
     for other in baselines.values():
         result = merge_results(result, other.result)
     if spec.params.evaluation.ensemble:  # fitted on the extra first window; every model judged on the others
-        from chronos_flows.models.ensemble import add_ensemble
+        from chronos_flows.evaluation.ensemble import add_ensemble
 
         result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=["chronos", *spec.params.evaluation.baselines],
                               gate_metric=spec.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(spec.params.evaluation))

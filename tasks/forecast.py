@@ -22,7 +22,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 
-from blocks.store import open_store, read_uri
+from blocks.store import read_uri
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.data.cleaning import CleaningReport, clean
 from chronos_flows.config.params import ForecastParams, resolve_data_path

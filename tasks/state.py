@@ -8,11 +8,12 @@ from typing import Any, Protocol
 from prefect import task
 from prefect.cache_policies import NONE
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.runstate import runlog
 from chronos_flows.config.params import TrainingParams
 from chronos_flows.core.errors import ChronosFlowsError, LockedError
-from chronos_flows.runstate.lock import LockHandle, RunLock, is_handed_off, take_handed_off
+from chronos_flows.runstate.lock import LockHandle, RunLock
+from chronos_flows.runstate.handoff import is_handed_off, take_handed_off
 from chronos_flows.runstate.cleanup import status_report
 from chronos_flows.training.specs import RunSpec
 from chronos_flows.core.store import ObjectStore

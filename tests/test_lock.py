@@ -15,21 +15,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.core.errors import BadInputError, LockedError, LostLockError, RunKilledError
-from chronos_flows.runstate.lock import (
-    ALLOWED,
-    STATES,
-    InvalidTransition,
-    LockHandle,
-    RunLock,
-    generation_key,
-    kill,
-    parse_iso,
-    read_state,
-)
+from chronos_flows.runstate.lock import ALLOWED, STATES, InvalidTransition, LockHandle, RunLock
+from chronos_flows.runstate.statefile import generation_key, kill, parse_iso, read_state
 from tests.lock_worker import WorkerPool, spawn_holder
 
 ENV = "dev"

@@ -6,11 +6,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.core.errors import BadInputError
-from chronos_flows.runstate.lock import RunLock, kill, read_state
+from chronos_flows.runstate.lock import RunLock
+from chronos_flows.runstate.statefile import kill, read_state
 from chronos_flows.runstate.cleanup import RELEASE_STEP, run_cleanup, status_report, verify_cleanup
 from chronos_flows.runstate.runlog import ModelMetadata, TrainingLog
 

@@ -74,7 +74,7 @@ class BacktestResult:
         return {k: float(v) for k, v in row.items() if isinstance(v, (int, float, np.integer, np.floating))}
 
 
-def _check_history(history: pd.DataFrame) -> pd.DataFrame:
+def check_history(history: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in (ID, TIME, TARGET) if c not in history.columns]
     if missing:
         raise BadInputError(
@@ -115,7 +115,7 @@ def run_backtest(
     quantiles = tuple(sorted(float(q) for q in quantiles))
     qcols = [quantile_column(q) for q in quantiles]
     step = horizon if step is None else int(step)
-    df = _check_history(history)
+    df = check_history(history)
     cutoffs = backtest_cutoffs(df, horizon, n_windows, step, min_context=min_context)
 
     predict_seconds = {name: 0.0 for name in forecasters}
@@ -369,7 +369,7 @@ def plot_forecast(
 
     q = result.settings["quantiles"]
     lo_col, hi_col = quantile_column(0.1 if 0.1 in q else min(q)), quantile_column(0.9 if 0.9 in q else max(q))
-    hist = _check_history(history)
+    hist = check_history(history)
     hist = hist[hist[ID] == uid]
     fc = result.forecasts[result.forecasts[ID] == uid]
     horizon = result.settings["horizon"]
@@ -413,9 +413,28 @@ def _final_cutoffs_line(cutoffs: pd.DataFrame, n_windows: int) -> str:
 
 
 def _ensemble_report_lines(settings: Mapping[str, Any]) -> list[str]:
-    from chronos_flows.models.ensemble import report_lines
-
-    return report_lines(settings)
+    """Markdown lines of the evaluation report's ensemble section (empty without an ensemble run)."""
+    if "judge_windows" not in settings:
+        return []
+    fit = settings.get("ensemble")
+    judge = settings["judge_windows"]
+    span = f"window {judge[0]}" if len(judge) == 1 else f"windows {judge[0]}–{judge[-1]}"
+    lines = ["## Ensemble", ""]
+    if not fit:
+        return lines + [f"No ensemble (fewer than two candidates); the leaderboard judges on {span}.", ""]
+    fw = ", ".join(str(w) for w in fit["fit_windows"])
+    lines += [
+        f"Weights by greedy forward selection with replacement (Caruana et al. 2004, {fit['iterations']} additions) "
+        f"optimising mean `{fit['gate_metric']}` on window {fw} ({fit['n_fit_pairs']} series); the leaderboard "
+        f"above ranks every model on {span} only, which the weights never saw.",
+        "",
+        f"| member | weight | {fit['gate_metric']} on the fitting window |",
+        "|---|---:|---:|",
+    ]
+    for m in fit["members"]:
+        lines.append(f"| {m} | {fit['weights'][m]:.2f} | {fit['member_fit_scores'][m]:.4g} |")
+    lines += [f"| **ensemble** | 1.00 | {fit['fit_score']:.4g} |", ""]
+    return lines
 
 
 def render_report(result: BacktestResult, plots: Mapping[str, Path] | None = None) -> str:

@@ -8,7 +8,8 @@ from typing import Callable, Iterable, Sequence
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.core.errors import LostLockError, PreconditionFailed, RunKilledError
-from chronos_flows.runstate.lock import LockHandle, iso, parse_iso, read_state, utc_now
+from chronos_flows.runstate.lock import LockHandle
+from chronos_flows.runstate.statefile import iso, parse_iso, read_state, utc_now
 from chronos_flows.runstate.runlog import CleanupStatus, CleanupStep
 from chronos_flows.core.store import ObjectStore
 

@@ -18,8 +18,7 @@ Protocol (after litestream's S3 leaser):
   release); another run/generation or gone → :class:`LostLockError`.
 
 The state file's codec, :class:`StateSnapshot`, :func:`read_state` and :func:`kill` live in
-:mod:`chronos_flows.runstate.statefile`, the launcher→flow hand-off in :mod:`chronos_flows.runstate.handoff`; both are
-re-exported here, so ``from chronos_flows.runstate.lock import ...`` names them all.
+:mod:`chronos_flows.runstate.statefile`, the launcher→flow hand-off in :mod:`chronos_flows.runstate.handoff`.
 """
 
 from __future__ import annotations
@@ -44,25 +43,16 @@ from chronos_flows.core.errors import (
     RunKilledError,
     TransientStoreError,
 )
-from chronos_flows.runstate.handoff import abandon, hand_off, is_handed_off, take_handed_off
 from chronos_flows.runstate.statefile import (
     StateSnapshot,
     dump_state,
     generation_key,
     iso,
-    kill,
-    parse_iso,
     read_state,
     utc_now,
-    write_transition,
 )
 from chronos_flows.core.store import ObjectStore
 
-__all__ = [
-    "ACTIVE_STATES", "ALLOWED", "SCHEMA_VERSION", "STATES", "TERMINAL_STATES", "InvalidTransition",
-    "LockHandle", "RunLock", "StateSnapshot", "abandon", "generation_key", "hand_off", "is_handed_off",
-    "iso", "kill", "parse_iso", "read_state", "take_handed_off", "utc_now", "write_transition",
-]
 
 SCHEMA_VERSION = 1
 

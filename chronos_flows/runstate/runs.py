@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 from chronos_flows.runstate import runlog
 from chronos_flows.core.errors import BadInputError
-from chronos_flows.runstate.lock import RunLock, kill, write_transition
+from chronos_flows.runstate.lock import RunLock
+from chronos_flows.runstate.statefile import kill, write_transition
 from chronos_flows.runstate.cleanup import run_cleanup
 
 CleanupSteps = Callable[[str], list[tuple[str, Callable[[], str]]]]

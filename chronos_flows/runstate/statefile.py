@@ -81,6 +81,21 @@ def read_state(store: ObjectStore, env: str) -> StateSnapshot | None:
     return StateSnapshot(load_state(got[0], store.uri(key)), got[1])
 
 
+def training_turn_refusal(snap: StateSnapshot | None, env: str, run_id: str, generation: int | None) -> str | None:
+    """Why the state file ``snap`` does not give ``run_id`` (launched for lock ``generation``, if
+    known) its training turn — None if it does. A training instance or tuning trial checks it before
+    it trains and at every refresh, so a run that lost the lock never writes another result."""
+    if snap is None:
+        return f"no {env}/system-state.json: no run holds the lock"
+    if snap.run_id != run_id:
+        return f"the state file names run {snap.run_id}, not {run_id}"
+    if snap.status != "training":
+        return f"run {run_id} is in status {snap.status}, not training"
+    if generation is not None and snap.generation != generation:
+        return f"lock generation is {snap.generation}, this instance was launched for {generation}"
+    return None
+
+
 def write_transition(store: ObjectStore, env: str, run_id: str, status: str, details: dict | None = None, *,
                      skip_if: tuple[str, ...] = (), wall: Callable[[], datetime] = utc_now) -> StateSnapshot | None:
     """The one writer of a transition for a process that does not hold the lock (``kill``, the
