@@ -35,9 +35,10 @@ from chronos_flows.core.errors import BadInputError, ChronosFlowsError, LockedEr
 from chronos_flows.runstate.lock import RunLock
 from chronos_flows.runstate.handoff import abandon, hand_off
 from chronos_flows.runstate.statefile import read_state
-from chronos_flows.runstate.cleanup import status_report, verify_cleanup
+from chronos_flows.runstate.cleanup import enter_cleanup, status_report, verify_cleanup
 from chronos_flows.champion.registry import read_champion
 from chronos_flows.runstate.runs import cleanup_dead_run, kill_run, list_runs, new_run_id
+from chronos_flows.core import atomic
 
 # Imports: at the top, except three groups that stay inside the commands that need them because
 # they measurably slow the commands that do not (2-core machine, python -c "import M"):
@@ -153,8 +154,7 @@ def _give_back(handle, reason: str) -> None:
     """Release a lock taken by a launch refused before its run started (bad data): the state file
     goes away and no training.json is written; only the lock's generation counter has moved."""
     try:
-        handle.fail(reason)
-        handle.transition("cleanup")
+        enter_cleanup(handle, "failed", record=False, reason=reason)
         handle.release()
     except ChronosFlowsError as exc:
         print(f"chronos-flows: could not release the lock of run {handle.run_id}: {exc}; "
@@ -321,9 +321,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         got = store.get(f"{layout.tuning_prefix(params.training.env, study['study'])}/best_config.yaml")
         if got is not None:
             out = Path(args.output)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_bytes(got[0])
-            os.replace(tmp, out)
+            atomic.write_bytes(out, got[0])
             if not args.json:
                 print(f"  written to {out}")
     if outcome.get("status") == "killed":

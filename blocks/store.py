@@ -28,12 +28,12 @@ import hashlib
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 from chronos_flows.core.errors import BadInputError, PreconditionFailed, StoreError, TransientStoreError
+from chronos_flows.core import atomic
 
 INTERNAL_DIR = ".chronos-store"
 
@@ -113,13 +113,7 @@ class _Folders:
                 continue
             dest = local_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-            try:
-                self._fetch(key, tmp)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, dest)
+            atomic.write_with(dest, lambda tmp, key=key: self._fetch(key, tmp), suffix=".part")
             out.append(dest)
         return out
 
@@ -180,23 +174,10 @@ class LocalStore(_Folders):
             raise
         return tmp
 
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
     def _replace(self, tmp: Path, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
-        self._fsync_dir(path.parent)
+        atomic.fsync_dir(path.parent)
 
     def _current_etag(self, path: Path) -> str | None:
         try:
@@ -239,7 +220,7 @@ class LocalStore(_Folders):
                         os.link(tmp, path)  # atomic exclusive create of a complete file
                     except FileExistsError:
                         raise PreconditionFailed(f"{self.uri(key)} already exists") from None
-                    self._fsync_dir(path.parent)
+                    atomic.fsync_dir(path.parent)
             finally:
                 tmp.unlink(missing_ok=True)
         except OSError as e:
@@ -275,7 +256,7 @@ class LocalStore(_Folders):
                 path.unlink()
             except FileNotFoundError:
                 return False
-            self._fsync_dir(path.parent)
+            atomic.fsync_dir(path.parent)
         return True
 
     def delete_if_match(self, key: str, etag: str) -> None:
@@ -283,7 +264,7 @@ class LocalStore(_Folders):
         with self._key_lock(key):
             self._require_etag(key, path, etag)
             path.unlink()
-            self._fsync_dir(path.parent)
+            atomic.fsync_dir(path.parent)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -14,7 +14,7 @@ object unless the caller says otherwise).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Callable, Generic, Optional, TypeVar
 
 from chronos_flows.core.errors import PreconditionFailed, TransientStoreError
 from chronos_flows.core.store import ObjectStore

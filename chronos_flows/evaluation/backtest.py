@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -39,6 +37,7 @@ from chronos_flows.evaluation import metrics as M
 from chronos_flows.core.errors import BadInputError, ChronosFlowsError
 from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, Forecaster, quantile_column
 from chronos_flows.evaluation.windows import backtest_cutoffs, split_window
+from chronos_flows.core import atomic
 
 REFERENCE = M.REFERENCE_MODEL
 METRIC_NAMES = list(M.METRICS)
@@ -289,20 +288,6 @@ def merge_results(*results: BacktestResult) -> BacktestResult:
 # --------------------------------------------------------------------------- outputs
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
 
 def _parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
@@ -400,7 +385,7 @@ def plot_forecast(
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _atomic_write(path, buf.getvalue())
+    return atomic.write_bytes(path, buf.getvalue())
 
 
 def _final_cutoffs_line(cutoffs: pd.DataFrame, n_windows: int) -> str:
@@ -493,9 +478,9 @@ def write_outputs(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    paths["metrics"] = _atomic_write(out_dir / "metrics.parquet", _parquet_bytes(result.metrics))
-    paths["forecasts"] = _atomic_write(out_dir / "forecasts.parquet", _parquet_bytes(result.forecasts))
-    paths["leaderboard"] = _atomic_write(
+    paths["metrics"] = atomic.write_bytes(out_dir / "metrics.parquet", _parquet_bytes(result.metrics))
+    paths["forecasts"] = atomic.write_bytes(out_dir / "forecasts.parquet", _parquet_bytes(result.forecasts))
+    paths["leaderboard"] = atomic.write_bytes(
         out_dir / "leaderboard.csv", result.leaderboard.reset_index().to_csv(index=False).encode()
     )
     plots: dict[str, Path] = {}
@@ -507,5 +492,5 @@ def write_outputs(
                 result, history, uid, best, out_dir / "plots" / f"{label}_{_safe_name(uid)}.png", title
             )
     paths.update(plots)
-    paths["report"] = _atomic_write(out_dir / "report.md", render_report(result, plots).encode())
+    paths["report"] = atomic.write_bytes(out_dir / "report.md", render_report(result, plots).encode())
     return paths
