@@ -200,7 +200,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_trial_mode(args: argparse.Namespace) -> int:
     """``--trial``: one tuning trial on this instance; a missing GPU is recorded in the trial's result."""
     from blocks.store import download_prefix, open_url
-    from chronos_flows.tuning.remote import TrialKeys, put_json, run_trial_instance
+    from chronos_flows.core.layout import TrialKeys
+    from chronos_flows.tuning.remote import put_json, run_trial_instance
 
     try:
         store = open_url(args.store)

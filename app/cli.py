@@ -85,7 +85,7 @@ def _resume_params(args: argparse.Namespace):
             f"run {args.resume} is {log.status}; only failed or killed runs can be resumed"
             + (" (omit --resume to start a new run)" if log.status == "succeeded" else " (kill it first)")
         )
-    earlier = [r for r in (k.split("/")[-2] for k in store.list(f"{env}/logs/") if k.endswith("/training.json"))
+    earlier = [r for r in (k.split("/")[-2] for k in store.list(layout.logs_root(env)) if k.endswith("/training.json"))
                if r.startswith(f"{args.resume}-resume-")]
     run_id = f"{args.resume}-resume-{len(earlier) + 1}"
     params = build_resume_params(log.params, getattr(args, "set", None) or [], run_id=run_id, resume_from=args.resume)

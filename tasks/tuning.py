@@ -40,7 +40,7 @@ from chronos_flows.tuning.study import (
     suggest,
     trials_frame,
 )
-from chronos_flows.tuning.remote import data_key
+from chronos_flows.core.layout import tuning_data_key
 from tasks.common import Progress, image_markdown, logger, markdown_artifact, table_artifact
 from tasks.state import RunContext
 from chronos_flows.core import atomic
@@ -144,7 +144,7 @@ def run_study(ctx: RunContext, params: TuningParams, study_name: str, raw_path: 
     progress = Progress(f"tuning-progress-{ctx.run_id}", f"study {study_name}: trials finished of {params.budget.max_trials}")
     stop_file = ctx.workdir / "STOP"
     if ctx.params.compute.backend == "ec2":  # the trials' instances read the data from the store
-        ctx.store.put(data_key(env, study_name, ctx.run_id), raw_path.read_bytes())
+        ctx.store.put(tuning_data_key(env, study_name, ctx.run_id), raw_path.read_bytes())
     try:
         stop_reason, cost = _loop(ctx, params, study, study_name, journal, raw_path, stop_at, stop_file, running, mirror, progress, t0)
     except BaseException:
@@ -182,7 +182,7 @@ def _submit(ctx, params, study, study_name, journal, raw_path, stop_at, stop_fil
     budget_file = ctx.workdir / "BUDGET_STOP"
     if ec2:
         job = Ec2TrialJob(store=ctx.store, env=ctx.env, run_id=ctx.run_id, study=study_name, trial_id=trial._trial_id,
-                          spec={**spec, "raw_key": data_key(ctx.env, study_name, ctx.run_id)}, params=ctx.params,
+                          spec={**spec, "raw_key": tuning_data_key(ctx.env, study_name, ctx.run_id)}, params=ctx.params,
                           tuning=params, journal=journal, workdir=tdir, stop_file=stop_file, budget_file=budget_file,
                           generation=getattr(ctx.handle, "generation", None))
         return trial, run_trial_ec2.submit(job, trial.number, stop_at)

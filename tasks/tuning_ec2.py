@@ -24,14 +24,13 @@ from prefect.cache_policies import NONE
 from chronos_flows.config.params import TrainingParams
 from chronos_flows.core.errors import ChronosFlowsError
 from chronos_flows.tuning.study import TuningParams
+from chronos_flows.core.layout import TrialKeys, trial_prefix
 from chronos_flows.tuning.remote import (
-    TrialKeys,
     TrialReporter,
     instances_cost,
     put_json,
     read_json,
     result_of_instance,
-    trial_prefix,
 )
 from tasks.common import logger
 from chronos_flows.core import atomic

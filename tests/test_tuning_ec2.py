@@ -169,7 +169,8 @@ def test_when_the_trials_instance_cost_reaches_max_cost_usd_then_the_study_stops
 
 
 def test_when_an_instance_dies_mid_upload_then_the_next_attempt_restores_only_the_complete_checkpoints(tmp_path):
-    from chronos_flows.tuning.remote import TrialCheckpoints, TrialKeys, TrialStopped, TrialGuard, put_json
+    from chronos_flows.core.layout import TrialKeys
+    from chronos_flows.tuning.remote import TrialCheckpoints, TrialStopped, TrialGuard, put_json
 
     store = open_store(str(tmp_path / "store"))
     local = tmp_path / "first" / "checkpoints"
@@ -194,7 +195,7 @@ def test_when_an_instance_dies_mid_upload_then_the_next_attempt_restores_only_th
 
 def test_when_the_tuning_run_is_killed_while_trials_run_on_ec2_then_every_trial_instance_is_terminated(
         prefect_api, aws_env, network, s3_store_url, tmp_path):
-    from chronos_flows.runstate.statefile import kill
+    from chronos_flows.runstate.statefile import mark_killed
 
     tuning = {"search_space": {"chronos.learning_rate": {"low": 1e-3, "high": 2e-3}},
               "budget": {"max_trials": 4, "max_parallel": 2}, "study": "killed"}
@@ -207,7 +208,7 @@ def test_when_the_tuning_run_is_killed_while_trials_run_on_ec2_then_every_trial_
         prefix = layout.tuning_prefix("dev", "killed")
         if not killed and all(store.exists(f"{prefix}/trials/{n:04d}/progress.json") for n in (0, 1)):
             killed.append(iid)
-            kill(store, "dev", "tune-ec2-4")
+            mark_killed(store, "dev", "tune-ec2-4")
         return False
 
     player = InstancePlayer(aws_env, reclaim=kill_once_both_train)

@@ -110,6 +110,28 @@ def tuning_prefix(env: str, study: str) -> str:
     return f"{env}/tuning/{study}"
 
 
+def trial_prefix(env: str, study: str, number: int) -> str:
+    """One tuning trial run on its own instance: spec, progress, result, STOP marker, checkpoints."""
+    return f"{tuning_prefix(env, study)}/trials/{number:04d}"
+
+
+def tuning_data_key(env: str, study: str, run_id: str) -> str:
+    """The cleaned data every trial instance of a study trains on."""
+    return f"{tuning_prefix(env, study)}/data/{run_id}.parquet"
+
+
+class TrialKeys:
+    """The store keys of one trial under ``prefix`` (:func:`trial_prefix`)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip("/")
+        self.spec = f"{self.prefix}/spec.json"
+        self.progress = f"{self.prefix}/progress.json"
+        self.result = f"{self.prefix}/result.json"
+        self.stop = f"{self.prefix}/STOP"
+        self.checkpoints = f"{self.prefix}/checkpoints"
+
+
 def capture_prefix(env: str) -> str:
     """Data capture of the endpoint: batched Parquet files of requests and their forecasts."""
     return f"{env}/capture"

@@ -39,7 +39,9 @@ __all__ = [
     "CleaningReport", "clean", "infer_frequency", "stl_outliers",
 ]  # fmt: skip
 
-ID, TIME, TARGET, OUTLIER = "unique_id", "ds", "y", "is_outlier"
+from chronos_flows.core.columns import ID, TARGET, TIME  # noqa: E402 - the one definition
+
+OUTLIER = "is_outlier"
 #: Robust STL needs this many full seasons: with fewer its seasonal and trend smoothers (nearly)
 #: interpolate the data, the residual IQR collapses towards 0 and noise gets flagged (measured on
 #: Gaussian noise with period 52: IQR 2e-15 at 2 seasons, 7e-5 at 3, 0.23 at 4 vs 0.6-0.8 at 5+).

@@ -20,7 +20,7 @@ from pandas.tseries.frequencies import to_offset
 
 from chronos_flows.core.errors import BadInputError
 
-ID, TIME = "unique_id", "ds"
+from chronos_flows.core.columns import ID, TIME  # noqa: E402 - the one definition
 _MAX_LISTED = 10
 #: A spacing other than one step of the inferred frequency that covers this share of a frame's
 #: steps makes the frequency ambiguous (e.g. weekly rows mixed into daily ones).

@@ -30,7 +30,7 @@ import pandas as pd
 from chronos_flows.config.params import DataConfig, resolve_data_path
 from chronos_flows.core.errors import BadInputError
 
-ID, TIME, TARGET = "unique_id", "ds", "y"
+from chronos_flows.core.columns import ID, TARGET, TIME  # noqa: E402 - the one definition
 CANONICAL_COLUMNS = (ID, TIME, TARGET)
 DEFAULT_ID_COLUMN = DataConfig.model_fields["id_column"].default
 

@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-ID, TIME, TARGET = "unique_id", "ds", "y"
+from chronos_flows.core.columns import ID, TARGET, TIME  # noqa: E402 - the one definition
 
 
 def quantile_column(q: float) -> str:

@@ -25,9 +25,8 @@ from chronos_flows.runstate import runlog
 from chronos_flows.config.params import TrainingParams
 from chronos_flows.core.errors import LostLockError, TrainingError
 from chronos_flows.core.store import ObjectStore
+from chronos_flows.training.specs import Guard
 
-#: guard(refresh) raises when this process may no longer write the run's files (killed, lock lost)
-Guard = Callable[[bool], None]
 Report = Callable[[dict], None]
 FetchDir = Callable[[str, Path], Any]
 Log = Union[logging.Logger, logging.LoggerAdapter]

@@ -46,24 +46,6 @@ class TrialStopped(ChronosFlowsError):
     exit_code = 0
 
 
-def trial_prefix(env: str, study: str, number: int) -> str:
-    return f"{layout.tuning_prefix(env, study)}/trials/{number:04d}"
-
-
-def data_key(env: str, study: str, run_id: str) -> str:
-    return f"{layout.tuning_prefix(env, study)}/data/{run_id}.parquet"
-
-
-class TrialKeys:
-    """The store keys of one trial (see the module doc)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix.rstrip("/")
-        self.spec = f"{self.prefix}/spec.json"
-        self.progress = f"{self.prefix}/progress.json"
-        self.result = f"{self.prefix}/result.json"
-        self.stop = f"{self.prefix}/STOP"
-        self.checkpoints = f"{self.prefix}/checkpoints"
 
 
 def read_json(store: ObjectStore, key: str) -> Optional[dict]:
@@ -82,7 +64,7 @@ class TrialGuard:
     """``guard(refresh)``: on refresh, raise TrialStopped when the flow wrote STOP, LostLockError
     when the state file no longer gives the tuning run (and lock generation) its training turn."""
 
-    def __init__(self, store: ObjectStore, env: str, run_id: str, generation: Optional[int], keys: TrialKeys) -> None:
+    def __init__(self, store: ObjectStore, env: str, run_id: str, generation: Optional[int], keys: layout.TrialKeys) -> None:
         self.store, self.env, self.run_id, self.generation, self.keys = store, env, run_id, generation, keys
 
     def __call__(self, refresh: bool) -> None:
@@ -134,7 +116,7 @@ class InstanceProgress:
     """The model's progress callback on the instance: sync new checkpoints every call; on every new
     validation loss (and every ``every_s``) check the STOP marker and the lock, and write progress.json."""
 
-    def __init__(self, store: ObjectStore, keys: TrialKeys, ckpts: TrialCheckpoints, guard: Callable[[bool], None],
+    def __init__(self, store: ObjectStore, keys: layout.TrialKeys, ckpts: TrialCheckpoints, guard: Callable[[bool], None],
                  attempt: int, every_s: float = 2.0) -> None:
         self.store, self.keys, self.ckpts, self.guard, self.attempt, self.every_s = store, keys, ckpts, guard, attempt, every_s
         self.losses: list[list[float]] = []
@@ -165,7 +147,7 @@ def run_trial_instance(store: ObjectStore, env: str, run_id: str, prefix: str, *
     """What the trial's instance runs: train and score the trial whose spec is under ``prefix``,
     resuming from its stored checkpoints; write result.json. Returns the exit code (0 also when
     the flow stopped the trial: that outcome is the flow's to record)."""
-    keys = TrialKeys(prefix)
+    keys = layout.TrialKeys(prefix)
     t0 = time.monotonic()
     base = {"attempt": attempt, "instance_id": instance_id, "host": socket.gethostname(), "started_at": _now(),
             "environment": environment or {}}
@@ -188,7 +170,7 @@ def run_trial_instance(store: ObjectStore, env: str, run_id: str, prefix: str, *
     return code
 
 
-def _train_trial(store: ObjectStore, spec: dict, keys: TrialKeys, guard: TrialGuard, attempt: int,
+def _train_trial(store: ObjectStore, spec: dict, keys: layout.TrialKeys, guard: TrialGuard, attempt: int,
                  fetch_dir: Any) -> dict[str, Any]:
     import pandas as pd
 
