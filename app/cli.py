@@ -612,7 +612,7 @@ def _endpoint_status(params, as_json: bool) -> int:
         record = {"error": str(exc)}
     live = sagemaker.status(sagemaker.client(params.region), name)
     front = apigateway.leftovers(name, params.region)
-    mode = (record or {}).get("mode") if live["exists"] else None
+    mode = None if not live["exists"] else ("serverless" if live["serverless"] else "realtime")
     variant = (record or {}).get("variant") or {}
     cost = estimate_endpoint_cost(mode, **{k: v for k, v in variant.items() if k in ("memory_mb", "instance_type", "instance_count")},
                                   api=bool(front))

@@ -34,7 +34,7 @@ import pytest
 
 from blocks import apigateway, cloudformation, sagemaker
 from blocks.store import LocalStore, open_store
-from chronos_flows.champion.model_dir import ModelDirStore, open_model_dir
+from chronos_flows.champion.model_dir import open_model_dir
 from chronos_flows.champion.package import build_package, package_champion, read_record
 from chronos_flows.champion.registry import decide_champion, promote, read_champion
 from chronos_flows.config.endpoint import build_endpoint_params
@@ -360,7 +360,7 @@ def test_when_the_cli_deploys_updates_and_deletes_then_verify_cleanup_finds_what
 
     assert main(["endpoint", "status", *common]) == 0
     out = capsys.readouterr().out
-    assert f"endpoint {name}: InService" in out and "serverless" in out and f"REST API" in out
+    assert f"endpoint {name}: InService" in out and "serverless" in out and "REST API" in out
 
     # an endpoint the store records: verify-cleanup reports it (it is deployed), with the fix
     assert main(["verify-cleanup", "--store", s3_store_url]) == 1
@@ -387,7 +387,7 @@ def test_when_the_cli_deploys_updates_and_deletes_then_verify_cleanup_finds_what
             aws_env.client("apigateway").delete_rest_api(restApiId=api["id"])
     assert main(["endpoint", "delete", *common]) == 0
     assert "nothing left" in capsys.readouterr().out
-    assert main(["verify-cleanup", "--store", s3_store_url, "--endpoints", "--set", f"env=dev"]) == 0
+    assert main(["verify-cleanup", "--store", s3_store_url, "--endpoints", "--set", "env=dev"]) == 0
     assert main(["endpoint", "status", *common]) == 0
     assert "not deployed; idle cost $0.00/month" in capsys.readouterr().out
 
