@@ -30,12 +30,12 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from chronos_flows.core import layout
+from chronos_flows.runstate.statefile import training_turn_refusal
 from chronos_flows.core.errors import BadInputError, ChronosFlowsError, StoreError
 
 EXIT_OK, EXIT_ERROR, EXIT_ENV, EXIT_REFUSED = 0, 1, 2, 3
 #: ``module:function`` called as ``fn(run_id=..., store_url=..., env=...) -> dict`` when --train is not given.
 DEFAULT_TRAIN_ENTRYPOINT = "app.bootstrap:instance_train"
-REQUIRED_STATUS = "training"
 
 
 def result_key(env: str, run_id: str) -> str:
@@ -88,14 +88,14 @@ def run_instance_step(
     result or the error. Returns the exit code (see module doc).
     """
     if store is None:
-        from blocks.store import open_store
+        from blocks.store import open_url
 
         try:
-            store = open_store(store_url)
+            store = open_url(store_url)
         except StoreError as exc:
             print(f"chronos-flows bootstrap: {exc}", file=sys.stderr)
             return EXIT_ENV
-    from chronos_flows.runstate.lock import read_state
+    from chronos_flows.runstate.statefile import read_state
 
     started = time.monotonic()
     base: dict[str, Any] = {
@@ -108,7 +108,7 @@ def run_instance_step(
         "environment": environment or {},
     }
     snap = read_state(store, env)
-    reason = _refusal(snap, env, run_id, generation)
+    reason = training_turn_refusal(snap, env, run_id, generation)
     if reason:
         _write_result(store, env, run_id, {**base, "outcome": "refused", "reason": reason, "finished_at": _now(),
                                            "duration_seconds": round(time.monotonic() - started, 3)})
@@ -118,19 +118,6 @@ def run_instance_step(
         base["generation"] = snap.generation
     _write_result(store, env, run_id, {**base, "outcome": "running"})
     return _train_and_record(store, env, run_id, train, base, started)
-
-
-def _refusal(snap: Any, env: str, run_id: str, generation: int | None) -> str | None:
-    """Why the state file ``snap`` does not give ``run_id`` its training turn (None if it does)."""
-    if snap is None:
-        return f"no {env}/system-state.json: no run holds the lock"
-    if snap.run_id != run_id:
-        return f"the state file names run {snap.run_id}, not {run_id}"
-    if snap.status != REQUIRED_STATUS:
-        return f"run {run_id} is in status {snap.status}, not {REQUIRED_STATUS}"
-    if generation is not None and snap.generation != generation:
-        return f"lock generation is {snap.generation}, this instance was launched for {generation}"
-    return None
 
 
 def _train_and_record(store: Any, env: str, run_id: str, train: Callable[[], dict], base: dict[str, Any],
@@ -170,10 +157,10 @@ def _train_and_record(store: Any, env: str, run_id: str, train: Callable[[], dic
 def instance_train(run_id: str, store_url: str, env: str) -> dict:
     """The default training entry point: open the store, train this run there
     (:func:`chronos_flows.training.fit.train_on_instance`), return the training info. No Prefect."""
-    from blocks.store import download_prefix, open_store
+    from blocks.store import download_prefix, open_url
     from chronos_flows.training.fit import train_on_instance
 
-    return train_on_instance(open_store(store_url), env, run_id, fetch_dir=lambda uri, dest: download_prefix(uri, dest))
+    return train_on_instance(open_url(store_url), env, run_id, fetch_dir=lambda uri, dest: download_prefix(uri, dest))
 
 
 def load_entrypoint(spec: str) -> Callable[..., dict]:
@@ -212,11 +199,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_trial_mode(args: argparse.Namespace) -> int:
     """``--trial``: one tuning trial on this instance; a missing GPU is recorded in the trial's result."""
-    from blocks.store import download_prefix, open_store
+    from blocks.store import download_prefix, open_url
     from chronos_flows.tuning.remote import TrialKeys, put_json, run_trial_instance
 
     try:
-        store = open_store(args.store)
+        store = open_url(args.store)
     except StoreError as exc:
         print(f"chronos-flows bootstrap: {exc}", file=sys.stderr)
         return EXIT_ENV

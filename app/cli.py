@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from blocks.ec2 import Ec2Compute, instance_cleanup_steps, verify_instances
-from blocks.store import open_store, read_uri
+from blocks.store import read_uri
+from blocks.resolve import open_store
 from blocks import apigateway, cloudformation, sagemaker
 from chronos_flows.core import layout
 from chronos_flows.runstate import pending, runlog, workdirs
@@ -31,13 +32,16 @@ from chronos_flows.config.params import (
     resolve_store_url,
 )
 from chronos_flows.core.errors import BadInputError, ChronosFlowsError, LockedError
-from chronos_flows.runstate.lock import RunLock, abandon, hand_off, read_state
-from chronos_flows.runstate.cleanup import status_report, verify_cleanup
+from chronos_flows.runstate.lock import RunLock
+from chronos_flows.runstate.handoff import abandon, hand_off
+from chronos_flows.runstate.statefile import read_state
+from chronos_flows.runstate.cleanup import enter_cleanup, status_report, verify_cleanup
 from chronos_flows.champion.model_dir import open_model_dir
 from chronos_flows.champion.package import endpoint_names, read_record
 from chronos_flows.champion.registry import read_champion
 from chronos_flows.config.endpoint import build_endpoint_params
 from chronos_flows.runstate.runs import cleanup_dead_run, kill_run, list_runs, new_run_id
+from chronos_flows.core import atomic
 from chronos_flows.training.cost import estimate_endpoint_cost
 
 # Imports: at the top, except three groups that stay inside the commands that need them because
@@ -154,8 +158,7 @@ def _give_back(handle, reason: str) -> None:
     """Release a lock taken by a launch refused before its run started (bad data): the state file
     goes away and no training.json is written; only the lock's generation counter has moved."""
     try:
-        handle.fail(reason)
-        handle.transition("cleanup")
+        enter_cleanup(handle, "failed", record=False, reason=reason)
         handle.release()
     except ChronosFlowsError as exc:
         print(f"chronos-flows: could not release the lock of run {handle.run_id}: {exc}; "
@@ -322,9 +325,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         got = store.get(f"{layout.tuning_prefix(params.training.env, study['study'])}/best_config.yaml")
         if got is not None:
             out = Path(args.output)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_bytes(got[0])
-            os.replace(tmp, out)
+            atomic.write_bytes(out, got[0])
             if not args.json:
                 print(f"  written to {out}")
     if outcome.get("status") == "killed":

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from chronos_flows.evaluation.backtest import merge_results, run_backtest  # noqa: E402
 from chronos_flows.models.base import DEFAULT_QUANTILES  # noqa: E402
-from chronos_flows.models.ensemble import ENSEMBLE, add_ensemble  # noqa: E402
+from chronos_flows.evaluation.ensemble import add_ensemble  # noqa: E402
+from chronos_flows.models.ensemble import ENSEMBLE  # noqa: E402
 from chronos_flows.models.families import local_forecaster  # noqa: E402
 
 COLUMNS = ["mase", "wql", "wql_pooled", "coverage_80", "seconds", "failures"]

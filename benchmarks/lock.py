@@ -23,9 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blocks.store import S3Store, open_store  # noqa: E402
+from blocks.resolve import open_store  # noqa: E402
+from blocks.store import S3Store  # noqa: E402
 from chronos_flows.core.errors import LockedError  # noqa: E402
-from chronos_flows.runstate.lock import RunLock, read_state  # noqa: E402
+from chronos_flows.runstate.lock import RunLock  # noqa: E402
+from chronos_flows.runstate.statefile import read_state  # noqa: E402
 from tests.conftest import AwsServer  # noqa: E402
 from tests.lock_worker import spawn_holder  # noqa: E402
 

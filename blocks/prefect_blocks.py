@@ -7,7 +7,7 @@
   EC2 adapter of blocks/ec2.py with a client from the credentials.
 
 Register them for the UI with ``prefect block register -m blocks.prefect_blocks``. A flow uses a
-saved store as ``--store block:chronos-store/NAME`` (``open_store`` loads it). This module imports
+saved store as ``--store block:chronos-store/NAME`` (``blocks.resolve.open_store`` loads it). This module imports
 prefect and prefect-aws; the adapters (blocks/store.py, blocks/ec2.py) do not, and the EC2 instance
 imports only those.
 """
@@ -21,7 +21,7 @@ from prefect_aws import AwsCredentials
 from pydantic import Field, model_validator
 
 from blocks import ec2 as ec2_backend
-from blocks.store import BLOCK_SCHEME, open_store
+from blocks.store import BLOCK_SCHEME, open_url
 from chronos_flows.config.params import Ec2Config
 from chronos_flows.core.errors import StoreError
 
@@ -99,7 +99,7 @@ class ChronosStore(Block):
     def open(self, check: bool = True) -> Any:
         """The store adapter (S3Store or LocalStore); with ``check`` it is verified reachable."""
         session, params = _session_and_params(self.credentials)
-        return open_store(self.store_url, session=session, client_kwargs=params, check=check)
+        return open_url(self.store_url, session=session, client_kwargs=params, check=check)
 
 
 def load_store_block(name: str) -> ChronosStore:

@@ -28,19 +28,19 @@ import hashlib
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 from chronos_flows.core.errors import BadInputError, PreconditionFailed, StoreError, TransientStoreError
+from chronos_flows.core import atomic
 
 INTERNAL_DIR = ".chronos-store"
 
 __all__ = [
     "LocalStore",
     "S3Store",
-    "open_store",
+    "open_url",
     "check_store",
     "read_uri",
     "download_prefix",
@@ -113,13 +113,7 @@ class _Folders:
                 continue
             dest = local_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-            try:
-                self._fetch(key, tmp)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, dest)
+            atomic.write_with(dest, lambda tmp, key=key: self._fetch(key, tmp), suffix=".part")
             out.append(dest)
         return out
 
@@ -180,23 +174,10 @@ class LocalStore(_Folders):
             raise
         return tmp
 
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
     def _replace(self, tmp: Path, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
-        self._fsync_dir(path.parent)
+        atomic.fsync_dir(path.parent)
 
     def _current_etag(self, path: Path) -> str | None:
         try:
@@ -239,7 +220,7 @@ class LocalStore(_Folders):
                         os.link(tmp, path)  # atomic exclusive create of a complete file
                     except FileExistsError:
                         raise PreconditionFailed(f"{self.uri(key)} already exists") from None
-                    self._fsync_dir(path.parent)
+                    atomic.fsync_dir(path.parent)
             finally:
                 tmp.unlink(missing_ok=True)
         except OSError as e:
@@ -275,7 +256,7 @@ class LocalStore(_Folders):
                 path.unlink()
             except FileNotFoundError:
                 return False
-            self._fsync_dir(path.parent)
+            atomic.fsync_dir(path.parent)
         return True
 
     def delete_if_match(self, key: str, etag: str) -> None:
@@ -283,7 +264,7 @@ class LocalStore(_Folders):
         with self._key_lock(key):
             self._require_etag(key, path, etag)
             path.unlink()
-            self._fsync_dir(path.parent)
+            atomic.fsync_dir(path.parent)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -657,23 +638,20 @@ def store_block_name(url: str) -> str | None:
     return name
 
 
-def open_store(url: str | os.PathLike, *, endpoint_url: str | None = None, region: str | None = None,
+def open_url(url: str | os.PathLike, *, endpoint_url: str | None = None, region: str | None = None,
                profile: str | None = None, check: bool = True, session=None,
                client_kwargs: dict[str, Any] | None = None):
-    """Open ``s3://bucket/prefix`` (S3Store), ``file:///abs/path`` or a plain path (LocalStore), or
-    ``block:chronos-store/NAME``: the saved ChronosStore block of that name, loaded from the Prefect
-    API (Prefect and prefect-aws are imported only in that case).
+    """Open ``s3://bucket/prefix`` (S3Store), ``file:///abs/path`` or a plain path (LocalStore).
+    ``block:chronos-store/NAME`` URLs are opened by :func:`blocks.resolve.open_store`, which loads the
+    saved Prefect block (this module imports neither Prefect nor the block classes).
 
     With ``check`` (default) the store is verified reachable (bucket exists / directory writable)
     and a :class:`StoreError` naming it and the fix is raised otherwise."""
     url = os.fspath(url)
     if not url:
         raise StoreError("no store given: pass --store s3://BUCKET/PREFIX or a local directory path")
-    block_name = store_block_name(url)
-    if block_name is not None:
-        from blocks.prefect_blocks import load_store_block
-
-        return load_store_block(block_name).open(check=check)
+    if store_block_name(url) is not None:
+        raise StoreError(f"store {url!r} names a Prefect block: open it with blocks.resolve.open_store")
     scheme = urlparse(url).scheme
     if scheme == "s3":
         bucket, prefix = _parse_s3(url)

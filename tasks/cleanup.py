@@ -8,7 +8,6 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
 from prefect import task
-from prefect.cache_policies import NONE
 
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
@@ -17,27 +16,10 @@ from chronos_flows.training.cost import estimate_run_cost
 from chronos_flows.core.errors import ChronosFlowsError, LostLockError
 from chronos_flows.runstate.lock import LockHandle
 from chronos_flows.runstate.cleanup import run_cleanup
+from chronos_flows.runstate.cleanup import enter_cleanup
 from chronos_flows.training.specs import RunResults, RunSpec
 from blocks.ec2 import instance_cleanup_steps  # noqa: F401 - the cleanup of a dead run (used by tasks.state)
-from tasks.common import RETRY_DELAYS, logger, retry_transient
-
-
-def _to_terminal_then_cleanup(handle: LockHandle, status: str, error: str | None) -> str:
-    """failed/killed always lead to cleanup; a successful run is already in cleanup. Returns the
-    run's final status: ``killed`` when it was killed from outside meanwhile, else ``status``."""
-    current = handle.state.get("status")
-    if current == "cleanup":
-        return status
-    if current not in ("failed", "killed"):
-        target = "killed" if status == "killed" else "failed"
-        # killed from outside meanwhile: the handle now holds the killed state, and that is recorded
-        handle.record_transition(target, killed_ok=True, error=error)
-    if handle.state.get("status") == "killed":
-        status = "killed"
-    handle.record_transition("cleanup")
-    return status
-
-
+from tasks.common import ON_TRANSIENT, logger
 def cleanup_steps(spec: RunSpec, generation: int, instance_ids: Iterable[str] = ()) -> list[tuple[str, Callable[[], str]]]:
     """Terminate every instance launched for the run, remove this attempt's local work directory."""
     steps: list[tuple[str, Callable[[], str]]] = []
@@ -59,7 +41,7 @@ def cleanup_steps(spec: RunSpec, generation: int, instance_ids: Iterable[str] = 
     return steps
 
 
-@task(name="cleanup", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="cleanup", **ON_TRANSIENT)
 def cleanup_run(spec: RunSpec, handle: LockHandle, outcome: Mapping[str, Any], results: RunResults,
                 phases: Mapping[str, float]) -> dict[str, Any]:
     """Always runs (success or failure): the final transitions through ``handle`` (passed by the
@@ -67,7 +49,7 @@ def cleanup_run(spec: RunSpec, handle: LockHandle, outcome: Mapping[str, Any], r
     Idempotent: a retry skips what is already done."""
     status, error, lost = outcome["status"], outcome.get("error"), False
     try:
-        status = _to_terminal_then_cleanup(handle, status, error)
+        status = enter_cleanup(handle, status, error=error)
     except LostLockError as exc:
         lost = True
         logger().error("%s; skipping the state-file updates (the new holder owns them)", exc)
@@ -150,8 +132,8 @@ def release_after_abort(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect ``on_cancellation`` / ``on_crashed`` hook: the flow's own cleanup did not run (the
     process was cancelled or died), so mark the run killed, run its cleanup and release the lock —
     only if the state file still belongs to this flow run."""
-    from blocks.store import open_store
-    from chronos_flows.runstate.lock import read_state
+    from blocks.resolve import open_store
+    from chronos_flows.runstate.statefile import read_state
     from chronos_flows.runstate.runs import kill_run
 
     log = logging.getLogger("chronos_flows")

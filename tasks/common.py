@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
 from chronos_flows.core.errors import TransientStoreError
@@ -51,6 +52,17 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
         return is_transient(exc)
     return False
 
+
+
+#: The one set of options for a step that touches the store or AWS: Prefect retries it (after
+#: botocore's own retries of single requests) on transient errors only (RETRY_TRANSIENT), and
+#: ON_TRANSIENT: never caches it either.
+RETRY_TRANSIENT: dict[str, Any] = {
+    "retries": len(RETRY_DELAYS),
+    "retry_delay_seconds": RETRY_DELAYS,
+    "retry_condition_fn": retry_transient,
+}
+ON_TRANSIENT: dict[str, Any] = {**RETRY_TRANSIENT, "cache_policy": NONE}
 
 def logger() -> logging.Logger | logging.LoggerAdapter:
     try:

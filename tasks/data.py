@@ -10,7 +10,6 @@ from typing import Any
 
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NONE
 
 from blocks.store import read_uri
 from chronos_flows.data import cleaning as clean_module
@@ -22,9 +21,7 @@ from chronos_flows.config.params import TrainingParams, resolve_data_path
 from chronos_flows.data.ingest import fingerprint, load_dataset, to_parquet_bytes
 from chronos_flows.training.specs import DataSync, RunSpec
 from chronos_flows.evaluation.splits import min_series_length
-from tasks.common import CACHE_EXPIRATION, RETRY_DELAYS, logger, markdown_artifact, retry_transient
-
-
+from tasks.common import CACHE_EXPIRATION, ON_TRANSIENT, RETRY_TRANSIENT, logger, markdown_artifact
 def _ingest_key(context: Any, parameters: dict[str, Any]) -> str:
     """sha256 of the input file's bytes + how it is read (``data`` config)."""
     params: TrainingParams = parameters["params"]
@@ -48,7 +45,7 @@ of cleaning (chronos_flows.data.cleaning, .frequency and .ingest, whose notes go
     return "clean-" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-@task(name="ingest", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient,
+@task(name="ingest", **RETRY_TRANSIENT,
       cache_key_fn=_ingest_key, cache_expiration=CACHE_EXPIRATION, persist_result=True)
 def ingest(params: TrainingParams) -> pd.DataFrame:
     source = resolve_data_path(params.data.path)
@@ -76,7 +73,7 @@ def clean_data(df: pd.DataFrame, params: TrainingParams) -> tuple[pd.DataFrame, 
     return cleaned, report
 
 
-@task(name="sync-data", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="sync-data", **ON_TRANSIENT)
 def sync_data(spec: RunSpec, raw: pd.DataFrame, cleaned: pd.DataFrame, report: CleaningReport) -> DataSync:
     """Write the canonical dataset (content-addressed, once) and the run's cleaned data + report.
     Never cached: it writes this run's records (a retry rewrites the same keys)."""

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 
 from blocks import apigateway, sagemaker
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.champion.package import (
     package_champion,
     read_record,

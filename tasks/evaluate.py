@@ -31,7 +31,8 @@ from chronos_flows.training.specs import (
 from chronos_flows.champion.registry import read_champion
 from chronos_flows.evaluation.splits import backtest_windows, ensemble_fit_windows
 from tasks.common import (
-    CACHE_EXPIRATION, Progress, RETRY_DELAYS, cache_mode, embed_images, image_artifact, logger, markdown_artifact, retry_transient, table_artifact,
+    CACHE_EXPIRATION, ON_TRANSIENT, Progress, cache_mode, embed_images, image_artifact, logger, markdown_artifact,
+    table_artifact,
 )
 
 
@@ -108,7 +109,7 @@ def backtest_baseline(
                           chunks=len(chunks), cached_chunks=cached)
 
 
-@task(name="load-champion", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="load-champion", **ON_TRANSIENT)
 def load_champion(spec: RunSpec, season: int) -> ChampionInRun:
     """The current champion's document and, when it can be re-created, the model itself, so it is
     scored on exactly this run's windows instead of trusting a score measured on other data.
@@ -174,7 +175,7 @@ def evaluate(
     for other in baselines.values():
         result = merge_results(result, other.result)
     if spec.params.evaluation.ensemble:  # fitted on the extra first window; every model judged on the others
-        from chronos_flows.models.ensemble import add_ensemble
+        from chronos_flows.evaluation.ensemble import add_ensemble
 
         result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=["chronos", *spec.params.evaluation.baselines],
                               gate_metric=spec.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(spec.params.evaluation))
@@ -205,7 +206,7 @@ def evaluate(
     return result
 
 
-@task(name="results-sync", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="results-sync", **ON_TRANSIENT)
 def finalize_results(
     spec: RunSpec,
     result: BacktestResult,

@@ -22,7 +22,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NONE
 
-from blocks.store import open_store, read_uri
+from blocks.store import read_uri
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.data.cleaning import CleaningReport, clean
 from chronos_flows.config.params import ForecastParams, resolve_data_path
@@ -43,7 +44,7 @@ from chronos_flows.data.ingest import fingerprint, load_dataset
 from chronos_flows.models.base import Forecaster
 from chronos_flows.champion.registry import read_champion
 from chronos_flows.core.store import ObjectStore
-from tasks.common import RETRY_DELAYS, Progress, image_markdown, logger, markdown_artifact, retry_transient, table_artifact
+from tasks.common import ON_TRANSIENT, Progress, image_markdown, logger, markdown_artifact, table_artifact
 from tasks.runners import chunk_runner
 
 
@@ -59,7 +60,7 @@ def load_forecast_data(params: ForecastParams, champion: dict[str, Any]) -> tupl
     return inputs, cleaned, report
 
 
-@task(name="read-champion", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="read-champion", **ON_TRANSIENT)
 def read_champion_for_forecast(store: ObjectStore, env: str) -> dict[str, Any]:
     """One consistent read of champion.json (writes to it are atomic compare-and-swaps)."""
     doc, _ = read_champion(store, env)
@@ -69,7 +70,7 @@ def read_champion_for_forecast(store: ObjectStore, env: str) -> dict[str, Any]:
     return doc
 
 
-@task(name="load-forecast-data", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="load-forecast-data", **ON_TRANSIENT)
 def prepare_data(params: ForecastParams, champion: dict[str, Any]) -> tuple[ForecastInputs, pd.DataFrame, CleaningReport]:
     inputs, cleaned, report = load_forecast_data(params, champion)
     logger().info(
@@ -208,7 +209,7 @@ def _stream_chunks(runner: Any, plan: ChunkPlan, common: dict[str, Any], run: Fo
         logger().info("forecast: %d/%d series", done, plan.n_series)
 
 
-@task(name="publish-forecasts", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="publish-forecasts", **ON_TRANSIENT)
 def publish(
     store: ObjectStore, params: ForecastParams, champion: dict[str, Any], inputs: ForecastInputs, report: CleaningReport,
     cleaned: pd.DataFrame, path: Path, run: ForecastRun, forecast_id: str, started_at: str,

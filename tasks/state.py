@@ -6,19 +6,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from prefect import task
-from prefect.cache_policies import NONE
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.runstate import runlog
 from chronos_flows.config.params import TrainingParams
 from chronos_flows.core.errors import ChronosFlowsError, LockedError
-from chronos_flows.runstate.lock import LockHandle, RunLock, is_handed_off, take_handed_off
+from chronos_flows.runstate.lock import LockHandle, RunLock
+from chronos_flows.runstate.handoff import is_handed_off, take_handed_off
 from chronos_flows.runstate.cleanup import status_report
 from chronos_flows.training.specs import RunSpec
 from chronos_flows.core.store import ObjectStore
-from tasks.common import RETRY_DELAYS, logger, retry_transient
-
-
+from tasks.common import ON_TRANSIENT, logger
 class RunContext(Protocol):
     """What flow-level code driving a run reads of it (``flows.lifecycle.LockedRun`` is one; e.g.
     ``tasks.tuning.run_study``). Tasks never get it: they take a :class:`RunSpec` and values."""
@@ -33,12 +31,12 @@ class RunContext(Protocol):
     def env(self) -> str: ...
 
 
-@task(name="open-store", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="open-store", **ON_TRANSIENT)
 def open_run_store(url: str) -> ObjectStore:
     return open_store(url)  # verifies the bucket / directory is reachable
 
 
-@task(name="check-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="check-lock", **ON_TRANSIENT)
 def check_lock(store: ObjectStore, env: str, lease_seconds: float, run_id: str | None = None) -> str | None:
     """The refusal message when a live run holds the lock (the flow ends Cancelled "Locked"), else
     None; a stale holder is taken over by ``acquire``. The lock ``chronos-flows run`` took for this
@@ -58,7 +56,7 @@ def check_lock(store: ObjectStore, env: str, lease_seconds: float, run_id: str |
     return None
 
 
-@task(name="acquire-lock", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="acquire-lock", **ON_TRANSIENT)
 def acquire_lock(spec: RunSpec, flow_run_id: str | None = None, info: dict[str, Any] | None = None) -> LockHandle | str:
     """The lock handle for ``spec.run_id`` (``info`` and the Prefect flow run recorded in the state
     file), or the refusal message when another run holds it."""
@@ -99,7 +97,7 @@ def _acquire(spec: RunSpec, flow_run_id: str | None, info: dict[str, Any]) -> Lo
     return handle
 
 
-@task(name="set-status", retries=3, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="set-status", **ON_TRANSIENT)
 def set_status(handle: LockHandle, status: str, **details: Any) -> None:
     """Move the state file (compare-and-swap) and record the transition in ``training.json``: the
     lock handle's one writer, retried on transient store errors. Called by the flow's ``LockedRun``,

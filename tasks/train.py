@@ -14,15 +14,12 @@ from typing import Any, Callable
 
 import pandas as pd
 from prefect import task
-from prefect.cache_policies import NONE
 
 from blocks.store import download_prefix
 from chronos_flows.core import layout
 from chronos_flows.training.specs import Guard, RunSpec, TrainedChronos, no_guard
 from chronos_flows.training.fit import fit_and_store, follow_instance, instance_info
-from tasks.common import Progress, RETRY_DELAYS, image_artifact, logger, markdown_artifact, retry_transient
-
-
+from tasks.common import ON_TRANSIENT, Progress, image_artifact, logger, markdown_artifact
 def _publish_training(spec: RunSpec, info: dict) -> None:
     if info.get("loss_curve_uri"):
         # read back from the store: on the EC2 backend the instance drew it
@@ -44,7 +41,7 @@ def _not_recorded(**info: Any) -> None:
     """``on_instance`` outside a run (tests): the instance is not recorded anywhere."""
 
 
-@task(name="train-chronos", retries=2, retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=retry_transient, cache_policy=NONE)
+@task(name="train-chronos", **{**ON_TRANSIENT, "retries": 2})
 def train_chronos(spec: RunSpec, train: pd.DataFrame, freq: str, guard: Guard = no_guard, *, generation: int | None = None,
                   on_instance: Callable[..., None] = _not_recorded) -> TrainedChronos:
     """Train Chronos on the training part with the configured compute backend. ``guard`` stops it

@@ -43,6 +43,7 @@ from chronos_flows.tuning.study import (
 from chronos_flows.tuning.remote import data_key
 from tasks.common import Progress, image_markdown, logger, markdown_artifact, table_artifact
 from tasks.state import RunContext
+from chronos_flows.core import atomic
 
 
 def _threads_per_trial(params: TuningParams) -> int:
@@ -211,9 +212,7 @@ def _loop(ctx, params, study, study_name, journal, raw_path, stop_at, stop_file,
         finished = len(finished_trials(study))
         over = cost_reason(params, cost + _running_cost(ctx, running))
         if over and not budget_file.exists():  # the running trials' tasks stop them (recorded as failed)
-            tmp = budget_file.with_suffix(".tmp")
-            tmp.write_text(f"the study's cost budget ran out ({over})")
-            os.replace(tmp, budget_file)
+            atomic.write_text(budget_file, f"the study's cost budget ran out ({over})")
             stop_reason = over if (stop_reason is None or running) else stop_reason
         stop_reason = stop_reason or budget_reason(params, finished=finished + len(running), elapsed_s=time.monotonic() - t0, cost_usd=cost)
         if stop_reason is None and len(running) < params.budget.max_parallel:

@@ -13,8 +13,6 @@ result and, while it runs, in ``cost.json`` of its local directory for the study
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from chronos_flows.tuning.remote import (
     trial_prefix,
 )
 from tasks.common import logger
+from chronos_flows.core import atomic
 
 #: launches per trial: the first, and two replacements of a lost (reclaimed) instance
 MAX_ATTEMPTS = 3
@@ -79,9 +78,7 @@ class _Ledger:
         return instances_cost(self.cfg, self.seconds())
 
     def write(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"cost_usd": self.cost(), "instance_ids": list(self.started)}))
-        os.replace(tmp, self.path)
+        atomic.write_json(self.path, {"cost_usd": self.cost(), "instance_ids": list(self.started)})
 
 
 def _stop_reason(job: Ec2TrialJob, stop_at: float | None) -> str | None:

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _open(url: str, cache: dict):
-    from blocks.store import S3Store, make_s3_client, open_store
+    from blocks.store import S3Store, make_s3_client
+    from blocks.resolve import open_store
 
     if url not in cache:
         if url.startswith("s3://"):

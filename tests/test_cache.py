@@ -8,7 +8,7 @@ import sys
 
 import anyio
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.config.params import build_params
 from tests.test_flow_e2e import SMALL

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 from statsmodels.tsa.seasonal import STL
 
-from chronos_flows.data.cleaning import CleaningReport, clean, infer_frequency, normalize_freq, season_length
+from chronos_flows.data.cleaning import CleaningReport, clean, infer_frequency
+from chronos_flows.data.frequency import normalize_freq, season_length
 from chronos_flows.config.params import DEFAULT_DATA, CleaningConfig, DataConfig
 from chronos_flows.core.errors import BadInputError
 from chronos_flows.data.ingest import load_dataset

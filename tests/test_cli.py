@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.runstate.lock import RunLock
@@ -347,7 +347,7 @@ def test_when_chronos_flows_run_takes_over_a_dead_run_then_its_cleanup_is_record
 
 
 def test_when_a_run_died_without_cleanup_then_verify_cleanup_names_its_workdir_and_cleanup_finishes_it(store_dir, tmp_path):
-    from chronos_flows.runstate.lock import read_state
+    from chronos_flows.runstate.statefile import read_state
 
     workroot = tmp_path / "work"
     env = {"CHRONOS_FLOWS_WORKDIR": str(workroot)}

@@ -243,7 +243,7 @@ def _result(store, env, run_id) -> dict:
 
 
 def test_when_state_file_names_this_run_in_training_then_bootstrap_trains_and_records_ok(s3_store_url):
-    from blocks.store import open_store
+    from blocks.resolve import open_store
 
     store = open_store(s3_store_url)
     handle = _hold_training(store, "dev", "run-ok")
@@ -256,7 +256,7 @@ def test_when_state_file_names_this_run_in_training_then_bootstrap_trains_and_re
 
 
 def test_when_state_file_is_missing_or_names_another_run_then_bootstrap_refuses(s3_store_url):
-    from blocks.store import open_store
+    from blocks.resolve import open_store
 
     store = open_store(s3_store_url)
     never = []
@@ -272,7 +272,7 @@ def test_when_state_file_is_missing_or_names_another_run_then_bootstrap_refuses(
 
 
 def test_when_run_is_not_in_training_status_then_bootstrap_refuses(tmp_path):
-    from blocks.store import open_store
+    from blocks.resolve import open_store
     from chronos_flows.runstate.lock import RunLock
 
     store = open_store(tmp_path.as_uri())
@@ -282,7 +282,7 @@ def test_when_run_is_not_in_training_status_then_bootstrap_refuses(tmp_path):
 
 
 def test_when_training_raises_then_bootstrap_records_the_error_and_returns_its_exit_code(tmp_path):
-    from blocks.store import open_store
+    from blocks.resolve import open_store
 
     store = open_store(tmp_path.as_uri())
     _hold_training(store, "dev", "run-err")
@@ -302,7 +302,7 @@ def test_when_training_raises_then_bootstrap_records_the_error_and_returns_its_e
 
 
 def test_when_main_runs_without_gpu_then_it_records_the_error_unless_cpu_is_allowed(tmp_path, monkeypatch):
-    from blocks.store import open_store
+    from blocks.resolve import open_store
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no nvidia-smi on PATH
     store = open_store(tmp_path.as_uri())
@@ -320,7 +320,7 @@ def test_when_main_runs_without_gpu_then_it_records_the_error_unless_cpu_is_allo
 
 
 def test_when_nvidia_smi_lists_a_gpu_then_main_runs_the_training_entry_point(tmp_path, monkeypatch):
-    from blocks.store import open_store
+    from blocks.resolve import open_store
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -375,7 +375,8 @@ raise SystemExit(main(sys.argv[1:]))
 
 
 def test_when_prefect_cannot_be_imported_then_the_instance_training_step_stores_the_model_and_result(tmp_path):
-    from blocks.store import open_store, read_uri
+    from blocks.store import read_uri
+    from blocks.resolve import open_store
     from chronos_flows.core import layout
     from chronos_flows.runstate import runlog
     from chronos_flows.data.cleaning import clean

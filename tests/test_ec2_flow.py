@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from blocks.ec2 import Ec2Compute, verify_instances
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.config.params import build_params

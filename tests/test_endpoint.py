@@ -33,7 +33,8 @@ import httpx
 import pytest
 
 from blocks import apigateway, cloudformation, sagemaker
-from blocks.store import LocalStore, open_store
+from blocks.resolve import open_store
+from blocks.store import LocalStore
 from chronos_flows.champion.model_dir import open_model_dir
 from chronos_flows.champion.package import build_package, package_champion, read_record
 from chronos_flows.champion.registry import decide_champion, promote, read_champion

@@ -24,14 +24,8 @@ from chronos_flows.models.base import (
     future_index,
     quantile_column,
 )
-from chronos_flows.models.ensemble import (
-    EnsembleForecaster,
-    add_ensemble,
-    champion_config,
-    combine_forecasts,
-    greedy_weights,
-    pair_scores,
-)
+from chronos_flows.evaluation.ensemble import add_ensemble, greedy_weights, pair_scores
+from chronos_flows.models.ensemble import EnsembleForecaster, champion_config, combine_forecasts
 from chronos_flows.models.families import MIN_HISTORY, local_forecaster
 from chronos_flows.models.local.seasonal_naive import SeasonalNaive
 from chronos_flows.champion.registry import decide_champion, promote, read_champion

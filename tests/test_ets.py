@@ -87,7 +87,7 @@ def test_when_series_are_too_short_or_all_nan_then_they_are_reported_and_the_res
     assert "tiny datasets" in model.last_failures["short"]
     assert "missing values" in model.last_failures["missing"]
     assert sorted(fc["unique_id"].unique()) == ["a", "b"]
-    assert [d for d, _ in calls] == [1, 2, 3, 4] and calls[-1] == (4, 4)
+    assert calls == [(4, 4)]  # the panel is fitted by one StatsForecast call: done once it returns
 
 
 def test_when_the_context_is_empty_or_the_config_invalid_then_bad_input_is_raised(panel):
@@ -169,3 +169,19 @@ def test_when_tourism_last_8_quarters_held_out_then_autoets_matches_the_measured
     print(f"tourism AutoETS: MASE {mase:.4f}, pooled WQL {wql:.4f}, {seconds:.1f} s for 200 series")
     assert mase == pytest.approx(1.002, rel=0.03)
     assert wql == pytest.approx(0.158, rel=0.03)
+
+
+def test_when_a_panel_is_fitted_through_statsforecast_then_each_series_equals_its_own_fit(livestock_panel):
+    """The panel path (StatsForecast, 2 processes, the fallback for failed series) gives, per series,
+    exactly what fitting that series alone gives: the leaderboard cannot move with the engine."""
+    from chronos_flows.models.local.common import statsforecast_one
+    from chronos_flows.models.local.ets import build_model
+
+    model = AutoETSForecaster(12, n_jobs=2)
+    fc = model.predict(livestock_panel, 12, "MS")
+    for uid, g in livestock_panel.groupby("unique_id"):
+        _, ref, err = statsforecast_one(uid, g["y"].to_numpy(), 12, (0.1, 0.5, 0.9), "AutoETS",
+                                        lambda: build_model(model.settings()))
+        assert err is None
+        got = fc[fc["unique_id"] == uid][["mean", "0.1", "0.5", "0.9"]].to_numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-12)

@@ -9,7 +9,7 @@ import re
 import pandas as pd
 import pytest
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.config.params import build_params
 

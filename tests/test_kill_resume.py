@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from blocks.store import LocalStore, open_store
+from blocks.store import LocalStore
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
-from chronos_flows.runstate.lock import RunLock, abandon, read_state
+from chronos_flows.runstate.lock import RunLock
+from chronos_flows.runstate.handoff import abandon
+from chronos_flows.runstate.statefile import read_state
 from chronos_flows.runstate.runs import kill_run
 from tasks.cleanup import release_after_abort
 from tests.test_cli import cli
@@ -130,7 +133,7 @@ class ReleaseWatchingStore(LocalStore):
 #: a holder that takes the lock, goes to training and then stops heartbeating (its process hangs)
 HANGING_HOLDER = """
 import sys, time
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.runstate.lock import RunLock
 h = RunLock(open_store(sys.argv[1]), "dev", lease_seconds=600).acquire("hung-run")
 h.record_status({"generation": h.generation})

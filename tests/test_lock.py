@@ -15,21 +15,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.core.errors import BadInputError, LockedError, LostLockError, RunKilledError
-from chronos_flows.runstate.lock import (
-    ALLOWED,
-    STATES,
-    InvalidTransition,
-    LockHandle,
-    RunLock,
-    generation_key,
-    kill,
-    parse_iso,
-    read_state,
-)
+from chronos_flows.runstate.lock import LockHandle, RunLock
+from chronos_flows.runstate.statefile import ALLOWED, STATES, InvalidTransition
+from chronos_flows.runstate.statefile import mark_killed, read_state
+from chronos_flows.core.clock import parse_iso
+from chronos_flows.core.layout import generation_key
 from tests.lock_worker import WorkerPool, spawn_holder
 
 ENV = "dev"
@@ -283,7 +277,7 @@ def test_when_every_write_happens_then_seq_and_etag_change(store):
 def test_when_killed_by_another_process_then_holder_gets_run_killed_and_still_cleans_up(store):
     h = RunLock(store, ENV).acquire("run-1")
     h.transition("data_sync")
-    snap = kill(store, ENV, "run-1", reason="operator said so")
+    snap = mark_killed(store, ENV, "run-1", reason="operator said so")
     assert snap.status == "killed"
     with pytest.raises(RunKilledError, match="operator said so"):
         h.transition("training")
@@ -298,18 +292,18 @@ def test_when_killed_by_another_process_then_holder_gets_run_killed_and_still_cl
 
 
 def test_when_kill_is_repeated_or_misdirected_then_idempotent_or_refused(store):
-    assert kill(store, ENV) is None
+    assert mark_killed(store, ENV) is None
     h = RunLock(store, ENV).acquire("run-1")
     with pytest.raises(BadInputError, match="run-2.*run-1"):
-        kill(store, ENV, "run-2")
-    s1 = kill(store, ENV)
-    s2 = kill(store, ENV, "run-1")
+        mark_killed(store, ENV, "run-2")
+    s1 = mark_killed(store, ENV)
+    s2 = mark_killed(store, ENV, "run-1")
     assert s1.etag == s2.etag and s2.status == "killed"
     assert [x["status"] for x in s2.state["history"]] == ["initialization", "killed"]
     with pytest.raises(RunKilledError):
         h.heartbeat()
     h.transition("cleanup")
-    assert kill(store, ENV).status == "cleanup"
+    assert mark_killed(store, ENV).status == "cleanup"
 
 
 def test_when_heartbeat_thread_runs_then_the_lease_is_renewed_and_a_kill_surfaces(store):
@@ -319,7 +313,7 @@ def test_when_heartbeat_thread_runs_then_the_lease_is_renewed_and_a_kill_surface
         time.sleep(0.3)
         assert read_state(store, ENV).state["heartbeat_at"] > first
         h.check()
-        kill(store, ENV)
+        mark_killed(store, ENV)
         time.sleep(0.3)
         with pytest.raises(RunKilledError):
             h.check(refresh=False)
@@ -394,7 +388,7 @@ def test_when_transitions_are_recorded_then_the_state_file_and_training_json_agr
     h.record_transition("data_sync")
     h.record_transition("training", note="gpu")
     assert runlog.load_training_log(store, ENV, "run-rec").transitions[-1].at == read_state(store, ENV).state["updated_at"]
-    kill(store, ENV, "run-rec", reason="operator")  # from outside: recorded by the kill
+    mark_killed(store, ENV, "run-rec", reason="operator")  # from outside: recorded by the kill
     h.record_transition("failed", killed_ok=True, error="boom")  # the adopted kill is recorded
     h.record_transition("cleanup")
     state = read_state(store, ENV).state
@@ -407,7 +401,7 @@ def test_when_transitions_are_recorded_then_the_state_file_and_training_json_agr
 
     h.release()  # without killed_ok a kill is an error, and nothing is recorded for it
     h = RunLock(store, ENV).acquire("run-rec2")
-    kill(store, ENV, "run-rec2")
+    mark_killed(store, ENV, "run-rec2")
     with pytest.raises(RunKilledError):
         h.record_transition("data_sync")
     assert [t.status for t in runlog.load_training_log(store, ENV, "run-rec2").transitions] == ["killed"]

@@ -10,9 +10,11 @@ import json
 
 import pytest
 
-from blocks.store import S3Store, open_store
+from blocks.store import S3Store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
-from chronos_flows.runstate.lock import RunLock, read_state
+from chronos_flows.runstate.lock import RunLock
+from chronos_flows.runstate.statefile import read_state
 from tests.faultproxy import FaultProxy
 from tests.lock_worker import SerialMotoServer, WorkerPool
 from tests.test_lock import cas_scenario, crash_scenario, race_scenario, revive_scenario

@@ -6,11 +6,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.core.errors import BadInputError
-from chronos_flows.runstate.lock import RunLock, kill, read_state
+from chronos_flows.runstate.lock import RunLock
+from chronos_flows.runstate.statefile import mark_killed, read_state
 from chronos_flows.runstate.cleanup import RELEASE_STEP, run_cleanup, status_report, verify_cleanup
 from chronos_flows.runstate.runlog import ModelMetadata, TrainingLog
 
@@ -80,7 +81,7 @@ def test_when_a_dead_run_was_killed_then_cleanup_without_handle_deletes_its_stat
     st = run_cleanup(store, ENV, "dead-run", [], None)
     assert st.steps[RELEASE_STEP].outcome == "skipped" and "still active" in st.steps[RELEASE_STEP].detail
     assert read_state(store, ENV).run_id == "dead-run"
-    kill(store, ENV, "dead-run")
+    mark_killed(store, ENV, "dead-run")
     st = run_cleanup(store, ENV, "dead-run", [], None)
     assert st.steps[RELEASE_STEP].outcome == "done" and st.complete
     assert read_state(store, ENV) is None
@@ -88,7 +89,7 @@ def test_when_a_dead_run_was_killed_then_cleanup_without_handle_deletes_its_stat
 
 def test_when_cleanup_targets_another_run_then_the_state_file_is_left_alone(store):
     RunLock(store, ENV).acquire("current-run")
-    kill(store, ENV)
+    mark_killed(store, ENV)
     st = run_cleanup(store, ENV, "old-run", [], None)
     # the lock passed to another run: nothing of old-run's to release, and the new holder's file stays
     assert st.steps[RELEASE_STEP].outcome == "done" and "belongs to run current-run now" in st.steps[RELEASE_STEP].detail
@@ -98,7 +99,7 @@ def test_when_cleanup_targets_another_run_then_the_state_file_is_left_alone(stor
 def test_when_the_run_was_killed_while_cleaning_then_cleanup_still_releases(store):
     h = RunLock(store, ENV).acquire("run-1")
     h.transition("data_sync")
-    kill(store, ENV)  # the holder has not noticed yet
+    mark_killed(store, ENV)  # the holder has not noticed yet
     st = run_cleanup(store, ENV, "run-1", [Steps().step("a")], h)
     assert st.complete and read_state(store, ENV) is None
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from blocks.store import LocalStore, S3Store, open_store
+from blocks.store import LocalStore, S3Store
+from blocks.resolve import open_store
 from chronos_flows.config.params import TrainingParams, resolve_store_url
 from chronos_flows.core.errors import PreconditionFailed, StoreError
 from tests.test_ec2 import network  # noqa: F401  (a VPC, subnet, security group, profile and AMI)
@@ -187,7 +188,7 @@ def test_when_a_plain_url_is_opened_by_the_cli_then_prefect_aws_is_never_importe
     code = (
         "import sys\n"
         "import app.cli, flows.training\n"
-        "from blocks.store import open_store\n"
+        "from blocks.resolve import open_store\n"
         "from chronos_flows.config.params import resolve_store_url\n"
         f"open_store(resolve_store_url({str(tmp_path / 'st')!r}))\n"
         "bad = sorted(m for m in sys.modules if m.startswith(('prefect_aws', 'blocks.prefect_blocks')))\n"

@@ -29,7 +29,7 @@ from typing import Iterator
 
 import pytest
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.config.params import build_params, parse_overrides
 from tests.conftest import free_port

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from blocks.store import LocalStore, open_store
+from blocks.store import LocalStore
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.core.errors import BadInputError, ConfigError, PreconditionFailed
 from chronos_flows.champion.registry import decide_champion, promote, promote_outcome, read_champion

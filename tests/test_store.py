@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from blocks.store import LocalStore, S3Store, check_store, download_prefix, open_store, read_uri
+from blocks.store import LocalStore, S3Store, check_store, download_prefix, read_uri
+from blocks.resolve import open_store
 from chronos_flows.core.errors import BadInputError, PreconditionFailed, StoreError, TransientStoreError
 from chronos_flows.core.store import ObjectStore
 from tests.faultproxy import FaultProxy

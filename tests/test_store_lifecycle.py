@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 
 
 def test_when_models_and_checkpoints_are_written_to_s3_then_they_carry_the_lifecycle_tag(s3_store_url, aws_env, tmp_path):

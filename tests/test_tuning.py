@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.config.params import build_params
 from chronos_flows.core.errors import ChronosFlowsError

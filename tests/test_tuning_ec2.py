@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from blocks.ec2 import Ec2Compute, verify_instances
-from blocks.store import open_store
+from blocks.resolve import open_store
 from chronos_flows.core import layout
 from chronos_flows.core.errors import ChronosFlowsError
 from chronos_flows.tuning.study import build_tuning_params, open_study

@@ -45,6 +45,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from chronos_flows.core import layout
+from chronos_flows.core.cas import Keep, Write, compare_and_swap
 from chronos_flows.core.errors import BadInputError, ConfigError, PreconditionFailed
 from chronos_flows.core.store import ObjectStore
 
@@ -203,17 +204,20 @@ def read_champion(store: ObjectStore, env: str) -> tuple[dict[str, Any] | None, 
     got = store.get(key)
     if got is None:
         return None, None
-    data, etag = got
+    return _parse_champion(got[0], store.uri(key)), got[1]
+
+
+def _parse_champion(data: bytes, where: str) -> dict[str, Any]:
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInputError(
-            f"{store.uri(key)} is not valid JSON ({exc}); restore it from a run's model_metadata.json "
+            f"{where} is not valid JSON ({exc}); restore it from a run's model_metadata.json "
             f"or delete it to let the next run's best model become champion"
         ) from None
     if not isinstance(doc, dict):
-        raise BadInputError(f"{store.uri(key)} must hold a JSON object, not {type(doc).__name__}")
-    return normalize(doc), etag
+        raise BadInputError(f"{where} must hold a JSON object, not {type(doc).__name__}")
+    return normalize(doc)
 
 
 def champion_document(entry: Mapping[str, Any], decision: ChampionDecision, previous: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -280,35 +284,33 @@ def promote_outcome(
     key = layout.champion_key(env)
     if decision.promoted and entry.get("family") != decision.best:
         raise BadInputError(f"champion entry is {entry.get('family')!r} but the decision promotes {decision.best!r}")
-    for attempt in range(1, MAX_CAS_ATTEMPTS + 1):
-        current, etag = read_champion(store, env)
+    state = {"decision": decision, "expected": expected_etag, "attempt": 0}
+
+    def step(got):
+        state["attempt"] += 1
+        current, etag = (None, None) if got is None else (_parse_champion(got[0], store.uri(key)), got[1])
         if (
             current is not None
             and current.get("run_id") == entry.get("run_id")
             and current.get("family") == entry.get("family")
         ):
             # our own earlier write landed (e.g. the response of a retried request was lost)
-            return PromotionOutcome(True, decision, current, attempt)
-        if etag != expected_etag:
-            decision = decide_champion(
+            return Keep(PromotionOutcome(True, state["decision"], current, state["attempt"]))
+        if etag != state["expected"]:
+            state["decision"] = decide_champion(
                 decision.candidates, current, gate_metric=decision.gate_metric, margin=decision.margin
             )
-            expected_etag = etag
-        if not decision.promoted:
-            return PromotionOutcome(False, decision, current, attempt)
-        doc = champion_document(entry, decision, current)
-        data = json.dumps(doc, indent=2).encode("utf-8")
-        try:
-            if etag is None:
-                store.put_if_absent(key, data)
-            else:
-                store.put_if_match(key, data, etag)
-        except PreconditionFailed:
-            continue  # someone else promoted meanwhile: re-read and re-decide
-        return PromotionOutcome(True, decision, doc, attempt)
-    raise PreconditionFailed(
-        f"{store.uri(key)} kept changing during {MAX_CAS_ATTEMPTS} promotion attempts; run the promotion again"
-    )
+            state["expected"] = etag
+        if not state["decision"].promoted:
+            return Keep(PromotionOutcome(False, state["decision"], current, state["attempt"]))
+        doc = champion_document(entry, state["decision"], current)
+        return Write(json.dumps(doc, indent=2).encode("utf-8"), PromotionOutcome(True, state["decision"], doc, state["attempt"]))
+
+    return compare_and_swap(
+        store, key, step, attempts=MAX_CAS_ATTEMPTS,
+        exhausted=lambda uri: PreconditionFailed(
+            f"{uri} kept changing during {MAX_CAS_ATTEMPTS} promotion attempts; run the promotion again"),
+    )[0]
 
 
 def promote(

@@ -7,14 +7,15 @@ from typing import Literal, Optional
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from chronos_flows.config.params import _Frozen, resolve_store_url
+from chronos_flows.config.params import resolve_store_url
+from chronos_flows.config.sections import Frozen
 from chronos_flows.core.errors import BadInputError
 
 #: SageMaker serverless memory sizes (MB)
 SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
 
 
-class EndpointParams(_Frozen):
+class EndpointParams(Frozen):
     """One endpoint operation. Defaults: a serverless endpoint (costs $0 idle) named
     ``chronos-flows-{env}`` behind an API Gateway stage ``v1`` with an API key."""
 

@@ -29,7 +29,7 @@ from chronos_flows.config.sections import (
     LockConfig,
     ProphetConfig,
     ThetaConfig,
-    _Frozen,
+    Frozen,
 )
 from chronos_flows.core.errors import ConfigError
 
@@ -59,7 +59,7 @@ def resolve_data_path(path: str | None) -> str:
     return str(here if here.is_file() else DEFAULT_DATA)
 
 
-class TrainingParams(_Frozen):
+class TrainingParams(Frozen):
     """Parameters of one chronos-training run: the data, its cleaning, the Chronos model and the
     baselines, how they are evaluated, where training runs. Every field has a default."""
 
@@ -141,10 +141,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_trees(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_trees(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -168,7 +168,7 @@ def load_config_tree(config_file: str | Path | None) -> dict[str, Any]:
 
 def params_from_tree(tree: dict[str, Any], source: str | Path | None = None, **fields: Any) -> TrainingParams:
     """Validate a config mapping (plus explicit ``fields``) as TrainingParams; errors name ``source``."""
-    tree = _merge(tree, {k: v for k, v in fields.items() if v is not None})
+    tree = merge_trees(tree, {k: v for k, v in fields.items() if v is not None})
     try:
         return TrainingParams.model_validate(tree)
     except ValidationError as exc:
@@ -177,7 +177,7 @@ def params_from_tree(tree: dict[str, Any], source: str | Path | None = None, **f
 
 def build_params(config_file: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> TrainingParams:
     """Load a YAML config (optional), apply ``--set`` overrides and explicit fields, validate."""
-    tree = _merge(load_config_tree(config_file), parse_overrides(overrides or []))
+    tree = merge_trees(load_config_tree(config_file), parse_overrides(overrides or []))
     return params_from_tree(tree, config_file, **fields)
 
 
@@ -191,7 +191,7 @@ def format_validation_error(exc: ValidationError, source: str | Path | None = No
     return "\n".join(lines)
 
 
-class ForecastParams(_Frozen):
+class ForecastParams(Frozen):
     """Parameters of one chronos-forecast run: batch forecasts of every series from the environment's
     champion. Every field has a default (the champion's own settings where it recorded them)."""
 
@@ -262,8 +262,8 @@ def build_forecast_params(config_file: str | Path | None = None, overrides: list
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of fields (horizon:, data:, …)")
         tree = loaded
-    tree = _merge(tree, parse_overrides(overrides or []))
-    tree = _merge(tree, {k: v for k, v in fields.items() if v is not None})
+    tree = merge_trees(tree, parse_overrides(overrides or []))
+    tree = merge_trees(tree, {k: v for k, v in fields.items() if v is not None})
     try:
         return ForecastParams.model_validate(tree)
     except ValidationError as exc:
@@ -293,6 +293,6 @@ def build_resume_params(recorded: dict[str, Any], overrides: list[str], *, run_i
         )
     base = {k: v for k, v in recorded.items() if k not in ("run_id", "resume_from")}
     try:
-        return TrainingParams.model_validate(_merge(base, tree) | {"run_id": run_id, "resume_from": resume_from})
+        return TrainingParams.model_validate(merge_trees(base, tree) | {"run_id": run_id, "resume_from": resume_from})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, f"the recorded parameters of run {resume_from}")) from None

@@ -24,11 +24,11 @@ def _field_title(name: str, _info: Any) -> str:
     return text[:1].upper() + text[1:]
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", field_title_generator=_field_title)
 
 
-class DataConfig(_Frozen):
+class DataConfig(Frozen):
     """The input file and how to read it."""
 
     model_config = ConfigDict(title="Data")
@@ -54,7 +54,7 @@ class DataConfig(_Frozen):
     sheet: Optional[str] = Field(None, title="Excel sheet", description="Excel sheet name (first sheet when empty).")
 
 
-class CleaningConfig(_Frozen):
+class CleaningConfig(Frozen):
     """How the data is repaired before training and evaluation: frequency, duplicates, gaps, outliers."""
 
     model_config = ConfigDict(title="Cleaning")
@@ -84,7 +84,7 @@ class CleaningConfig(_Frozen):
     )
 
 
-class ChronosConfig(_Frozen):
+class ChronosConfig(Frozen):
     """The Chronos model: family, pretrained weights or a small random model, fine-tuning schedule."""
 
     model_config = ConfigDict(title="Chronos", protected_namespaces=())
@@ -129,7 +129,7 @@ class ChronosConfig(_Frozen):
     num_threads: Optional[int] = Field(None, ge=1, title="CPU threads", description="CPU threads for torch (default: all cores).")
 
 
-class ProphetConfig(_Frozen):
+class ProphetConfig(Frozen):
     """The Prophet baseline."""
 
     model_config = ConfigDict(title="Prophet")
@@ -138,7 +138,7 @@ class ProphetConfig(_Frozen):
     uncertainty_samples: int = Field(200, ge=10, title="Posterior samples", description="Prophet posterior samples used for the quantiles.")
 
 
-class AutoETSConfig(_Frozen):
+class AutoETSConfig(Frozen):
     """The AutoETS (exponential smoothing) baseline."""
 
     model_config = ConfigDict(title="AutoETS", protected_namespaces=())
@@ -153,7 +153,7 @@ class AutoETSConfig(_Frozen):
     damped: Optional[bool] = Field(None, title="Damped trend", description="Damped trend: true, false, or empty to let AICc choose.")
 
 
-class ThetaConfig(_Frozen):
+class ThetaConfig(Frozen):
     """The Theta baseline (statsforecast's AutoTheta)."""
 
     model_config = ConfigDict(title="Theta", protected_namespaces=())
@@ -176,7 +176,7 @@ class ThetaConfig(_Frozen):
 BASELINES = ("autoets", "theta", "prophet", "seasonal_naive")
 
 
-class EvaluationConfig(_Frozen):
+class EvaluationConfig(Frozen):
     """The rolling-origin backtest every candidate is scored on, and the champion gate."""
 
     model_config = ConfigDict(title="Evaluation")
@@ -220,7 +220,7 @@ class EvaluationConfig(_Frozen):
         return tuple(sorted(v))
 
 
-class Ec2Config(_Frozen):
+class Ec2Config(Frozen):
     """The ephemeral GPU instance of the 'ec2' backend."""
 
     model_config = ConfigDict(title="EC2")
@@ -244,7 +244,7 @@ class Ec2Config(_Frozen):
     )
 
 
-class ComputeConfig(_Frozen):
+class ComputeConfig(Frozen):
     """Where Chronos trains (the flow's process or an ephemeral GPU EC2 instance) and where the
     baselines' backtests run (local processes or a Dask cluster)."""
 
@@ -293,7 +293,7 @@ class ComputeConfig(_Frozen):
         return self
 
 
-class LockConfig(_Frozen):
+class LockConfig(Frozen):
     """The training lock: one training run per environment at a time."""
 
     model_config = ConfigDict(title="Lock")
@@ -302,7 +302,7 @@ class LockConfig(_Frozen):
     heartbeat_seconds: float = Field(20.0, gt=0, title="Heartbeat (seconds)", description="How often the holder renews its lease.")
 
 
-class ForecastComputeConfig(_Frozen):
+class ForecastComputeConfig(Frozen):
     """Where a batch forecast's chunks of series run: one after another in the flow's process
     (the default), or spread over a Dask cluster through prefect-dask's DaskTaskRunner."""
 

@@ -31,6 +31,16 @@ def state_key(env: str) -> str:
     return f"{env}/system-state.json"
 
 
+def generation_key(env: str) -> str:
+    """The lock's generation counter (fencing token), kept monotone across releases."""
+    return f"{env}/lock-generation.json"
+
+
+def logs_root(env: str) -> str:
+    """Where every run's records live: ``{env}/logs/{run_id}/...``."""
+    return f"{env}/logs/"
+
+
 def logs_prefix(env: str, run_id: str) -> str:
     return f"{env}/logs/{run_id}"
 

@@ -25,20 +25,18 @@ from pydantic import BaseModel, ConfigDict
 from chronos_flows.config.params import CleaningConfig
 from chronos_flows.core.errors import BadInputError
 from chronos_flows.data.frequency import (
-    AMBIGUOUS_SHARE,
-    _frame_freq,
-    _grids,
-    _listing,
-    _spacing_check,
+    frame_freq,
+    grids,
+    listing,
+    spacing_check,
     normalize_freq,
-    parse_freq,
     season_length,
 )
 from chronos_flows.data.ingest import ingest_notes
 
 __all__ = [
-    "AMBIGUOUS_SHARE", "HEAVY_FILL_SHARE", "ID", "MAX_ABS_VALUE", "MIN_STL_SEASONS", "OUTLIER", "TARGET", "TIME",
-    "CleaningReport", "clean", "infer_frequency", "normalize_freq", "parse_freq", "season_length", "stl_outliers",
+    "HEAVY_FILL_SHARE", "ID", "MAX_ABS_VALUE", "MIN_STL_SEASONS", "OUTLIER", "TARGET", "TIME",
+    "CleaningReport", "clean", "infer_frequency", "stl_outliers",
 ]  # fmt: skip
 
 ID, TIME, TARGET, OUTLIER = "unique_id", "ds", "y", "is_outlier"
@@ -124,7 +122,7 @@ def infer_frequency(df: pd.DataFrame) -> str:
     Raises BadInputError naming the series whose frequency cannot be inferred or disagrees.
     """
     _check_frame(df)
-    return _frame_freq(df)
+    return frame_freq(df)
 
 
 # --------------------------------------------------------------------------------------- cleaning
@@ -154,7 +152,7 @@ def _combine_duplicates(df: pd.DataFrame, rule: str) -> tuple[pd.DataFrame, pd.S
 
 def _regularise(df: pd.DataFrame, freq: str, explicit: bool, with_present: bool = False):
     bounds = df.groupby(ID, sort=True)[TIME].agg(["min", "max"])
-    owner, stamps = _grids(bounds["min"].to_numpy(), bounds["max"].to_numpy(), freq)
+    owner, stamps = grids(bounds["min"].to_numpy(), bounds["max"].to_numpy(), freq)
     full = pd.MultiIndex.from_arrays(
         [bounds.index.to_numpy(dtype=object)[owner], pd.DatetimeIndex(stamps)], names=[ID, TIME]
     )
@@ -252,7 +250,7 @@ def _drop_bad_values(frame: pd.DataFrame, notes: list[str]) -> tuple[pd.DataFram
     if dropped:
         frame = frame[~frame[ID].isin(list(dropped))].reset_index(drop=True)
     if frame.empty:
-        raise BadInputError(f"no usable series: {_listing([f'{k} ({v})' for k, v in dropped.items()])}; fix the data")
+        raise BadInputError(f"no usable series: {listing([f'{k} ({v})' for k, v in dropped.items()])}; fix the data")
     return frame, dropped
 
 
@@ -267,7 +265,7 @@ def _regular_frame(frame: pd.DataFrame, cfg: CleaningConfig, freq: str,
     if not cfg.freq:
         codes = pd.factorize(frame[ID])[0]
         pos = np.flatnonzero(present)
-        _spacing_check(pos, codes[pos], freq)
+        spacing_check(pos, codes[pos], freq)
     frame, gaps, trimmed = _fill(frame, cfg.fill_method)
     return frame, dups, gaps, trimmed
 
@@ -292,7 +290,7 @@ def _drop_short_or_sparse(frame: pd.DataFrame, gaps: pd.Series, cfg: CleaningCon
         )
     usable = [s for s in lengths.index if str(s) not in dropped]
     if not usable:
-        detail = _listing([f"{sid}: {why}" for sid, why in dropped.items()])
+        detail = listing([f"{sid}: {why}" for sid, why in dropped.items()])
         raise BadInputError(
             f"no usable series is left after cleaning: {detail}; lower evaluation.horizon / evaluation.n_windows, "
             f"supply longer or more complete series, or raise cleaning.max_fill_fraction"
@@ -349,7 +347,7 @@ def _warnings(frame: pd.DataFrame, cfg: CleaningConfig, gaps: pd.Series, dropped
     if len(frame) and kept_gaps / len(frame) > HEAVY_FILL_SHARE:
         warnings.append(f"heavy repair: {kept_gaps} of {len(frame)} points ({kept_gaps / len(frame):.0%}) were filled ({cfg.fill_method})")
     if dropped:
-        warnings.append(f"{len(dropped)} of {n_series} series dropped: {_listing([f'{k} ({v})' for k, v in dropped.items()], 3)}")
+        warnings.append(f"{len(dropped)} of {n_series} series dropped: {listing([f'{k} ({v})' for k, v in dropped.items()], 3)}")
     n_flagged = int(frame[OUTLIER].sum())
     if cfg.outliers == "replace" and len(frame) and n_flagged / len(frame) > HEAVY_FILL_SHARE:
         warnings.append(f"heavy repair: {n_flagged} of {len(frame)} points ({n_flagged / len(frame):.0%}) replaced as outliers")
@@ -368,7 +366,7 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
     series_ids = [str(s) for s in rows_in.index]
     frame, dropped = _drop_bad_values(frame, notes)
 
-    freq = normalize_freq(cfg.freq) if cfg.freq else _frame_freq(frame)
+    freq = normalize_freq(cfg.freq) if cfg.freq else frame_freq(frame)
     season = cfg.seasonal_period or season_length(freq)
     frame, dups, gaps, trimmed = _regular_frame(frame, cfg, freq, notes)
     frame = _drop_short_or_sparse(frame, gaps, cfg, dropped, min_length=min_length, horizon=horizon)

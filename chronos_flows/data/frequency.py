@@ -112,7 +112,7 @@ def _fixed_step(off: _off.BaseOffset) -> int | None:
     return None
 
 
-def _grids(lo: np.ndarray, hi: np.ndarray, freq: str) -> tuple[np.ndarray, np.ndarray]:
+def grids(lo: np.ndarray, hi: np.ndarray, freq: str) -> tuple[np.ndarray, np.ndarray]:
     """The ``freq`` grid from each ``lo`` to ``hi`` (datetime64[ns] arrays, like ``pd.date_range``).
 
     Returns ``(owner, stamps)``: for each grid point the position of its series in ``lo`` and its
@@ -147,7 +147,7 @@ def _grids(lo: np.ndarray, hi: np.ndarray, freq: str) -> tuple[np.ndarray, np.nd
 
 
 def _on_grid(idx: pd.DatetimeIndex, freq: str) -> bool:
-    _, grid = _grids(idx[:1].to_numpy(), idx[-1:].to_numpy(), freq)
+    _, grid = grids(idx[:1].to_numpy(), idx[-1:].to_numpy(), freq)
     return len(grid) > 0 and grid[0] == idx[0] and bool(idx.isin(grid).all())
 
 
@@ -170,13 +170,13 @@ def _series_freq(ds: np.ndarray) -> str | None:
     return None
 
 
-def _listing(items: Iterable[str], limit: int = _MAX_LISTED) -> str:
+def listing(items: Iterable[str], limit: int = _MAX_LISTED) -> str:
     items = list(items)
     shown = ", ".join(repr(i) for i in items[:limit])
     return shown + (f" … and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _frame_freq(df: pd.DataFrame) -> str:
+def frame_freq(df: pd.DataFrame) -> str:
     """The one frequency of the series of ``df`` with 3 or more distinct timestamps (shorter ones are
     skipped); BadInputError when one cannot be inferred, none is long enough, or they disagree."""
     per_series: dict[str, str | None] = {}
@@ -190,19 +190,19 @@ def _frame_freq(df: pd.DataFrame) -> str:
     unknown = [s for s, f in per_series.items() if f is None]
     if unknown:
         raise BadInputError(
-            f"cannot infer a regular frequency for series {_listing(unknown)} (irregular timestamps); "
+            f"cannot infer a regular frequency for series {listing(unknown)} (irregular timestamps); "
             "set it explicitly, e.g. `--set cleaning.freq=W-MON` (or D, MS, QS, h …)"
         )
     if not per_series:
         raise BadInputError(
-            f"cannot infer the frequency: every series has fewer than 3 distinct timestamps ({_listing(too_few)}); "
+            f"cannot infer the frequency: every series has fewer than 3 distinct timestamps ({listing(too_few)}); "
             "supply longer series or set `--set cleaning.freq=<alias>`"
         )
     groups: dict[str, list[str]] = {}
     for sid, f in per_series.items():
         groups.setdefault(f, []).append(sid)  # type: ignore[arg-type]
     if len(groups) > 1:
-        detail = "; ".join(f"{f}: {_listing(ids, 3)}" for f, ids in sorted(groups.items(), key=lambda kv: -len(kv[1])))
+        detail = "; ".join(f"{f}: {listing(ids, 3)}" for f, ids in sorted(groups.items(), key=lambda kv: -len(kv[1])))
         raise BadInputError(
             f"series have different frequencies ({detail}); one run needs one frequency: split the file, "
             "or resample the series and set `--set cleaning.freq=<alias>`"
@@ -210,7 +210,7 @@ def _frame_freq(df: pd.DataFrame) -> str:
     return next(iter(groups))
 
 
-def _spacing_check(present_pos: np.ndarray, owner: np.ndarray, freq: str) -> None:
+def spacing_check(present_pos: np.ndarray, owner: np.ndarray, freq: str) -> None:
     """Refuse an inferred frequency when the observed spacing is ambiguous: two or more spacings
     (in steps of ``freq``) each cover at least ``AMBIGUOUS_SHARE`` of the steps. ``present_pos``: grid positions of the
     observed rows, ``owner``: their series (both sorted by series, then time)."""

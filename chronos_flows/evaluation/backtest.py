@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -39,6 +37,7 @@ from chronos_flows.evaluation import metrics as M
 from chronos_flows.core.errors import BadInputError, ChronosFlowsError
 from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, Forecaster, quantile_column
 from chronos_flows.evaluation.windows import backtest_cutoffs, split_window
+from chronos_flows.core import atomic
 
 REFERENCE = M.REFERENCE_MODEL
 METRIC_NAMES = list(M.METRICS)
@@ -74,7 +73,7 @@ class BacktestResult:
         return {k: float(v) for k, v in row.items() if isinstance(v, (int, float, np.integer, np.floating))}
 
 
-def _check_history(history: pd.DataFrame) -> pd.DataFrame:
+def check_history(history: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in (ID, TIME, TARGET) if c not in history.columns]
     if missing:
         raise BadInputError(
@@ -115,7 +114,7 @@ def run_backtest(
     quantiles = tuple(sorted(float(q) for q in quantiles))
     qcols = [quantile_column(q) for q in quantiles]
     step = horizon if step is None else int(step)
-    df = _check_history(history)
+    df = check_history(history)
     cutoffs = backtest_cutoffs(df, horizon, n_windows, step, min_context=min_context)
 
     predict_seconds = {name: 0.0 for name in forecasters}
@@ -289,20 +288,6 @@ def merge_results(*results: BacktestResult) -> BacktestResult:
 # --------------------------------------------------------------------------- outputs
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
 
 def _parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO()
@@ -369,7 +354,7 @@ def plot_forecast(
 
     q = result.settings["quantiles"]
     lo_col, hi_col = quantile_column(0.1 if 0.1 in q else min(q)), quantile_column(0.9 if 0.9 in q else max(q))
-    hist = _check_history(history)
+    hist = check_history(history)
     hist = hist[hist[ID] == uid]
     fc = result.forecasts[result.forecasts[ID] == uid]
     horizon = result.settings["horizon"]
@@ -400,7 +385,7 @@ def plot_forecast(
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _atomic_write(path, buf.getvalue())
+    return atomic.write_bytes(path, buf.getvalue())
 
 
 def _final_cutoffs_line(cutoffs: pd.DataFrame, n_windows: int) -> str:
@@ -413,9 +398,28 @@ def _final_cutoffs_line(cutoffs: pd.DataFrame, n_windows: int) -> str:
 
 
 def _ensemble_report_lines(settings: Mapping[str, Any]) -> list[str]:
-    from chronos_flows.models.ensemble import report_lines
-
-    return report_lines(settings)
+    """Markdown lines of the evaluation report's ensemble section (empty without an ensemble run)."""
+    if "judge_windows" not in settings:
+        return []
+    fit = settings.get("ensemble")
+    judge = settings["judge_windows"]
+    span = f"window {judge[0]}" if len(judge) == 1 else f"windows {judge[0]}–{judge[-1]}"
+    lines = ["## Ensemble", ""]
+    if not fit:
+        return lines + [f"No ensemble (fewer than two candidates); the leaderboard judges on {span}.", ""]
+    fw = ", ".join(str(w) for w in fit["fit_windows"])
+    lines += [
+        f"Weights by greedy forward selection with replacement (Caruana et al. 2004, {fit['iterations']} additions) "
+        f"optimising mean `{fit['gate_metric']}` on window {fw} ({fit['n_fit_pairs']} series); the leaderboard "
+        f"above ranks every model on {span} only, which the weights never saw.",
+        "",
+        f"| member | weight | {fit['gate_metric']} on the fitting window |",
+        "|---|---:|---:|",
+    ]
+    for m in fit["members"]:
+        lines.append(f"| {m} | {fit['weights'][m]:.2f} | {fit['member_fit_scores'][m]:.4g} |")
+    lines += [f"| **ensemble** | 1.00 | {fit['fit_score']:.4g} |", ""]
+    return lines
 
 
 def render_report(result: BacktestResult, plots: Mapping[str, Path] | None = None) -> str:
@@ -474,9 +478,9 @@ def write_outputs(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    paths["metrics"] = _atomic_write(out_dir / "metrics.parquet", _parquet_bytes(result.metrics))
-    paths["forecasts"] = _atomic_write(out_dir / "forecasts.parquet", _parquet_bytes(result.forecasts))
-    paths["leaderboard"] = _atomic_write(
+    paths["metrics"] = atomic.write_bytes(out_dir / "metrics.parquet", _parquet_bytes(result.metrics))
+    paths["forecasts"] = atomic.write_bytes(out_dir / "forecasts.parquet", _parquet_bytes(result.forecasts))
+    paths["leaderboard"] = atomic.write_bytes(
         out_dir / "leaderboard.csv", result.leaderboard.reset_index().to_csv(index=False).encode()
     )
     plots: dict[str, Path] = {}
@@ -488,5 +492,5 @@ def write_outputs(
                 result, history, uid, best, out_dir / "plots" / f"{label}_{_safe_name(uid)}.png", title
             )
     paths.update(plots)
-    paths["report"] = _atomic_write(out_dir / "report.md", render_report(result, plots).encode())
+    paths["report"] = atomic.write_bytes(out_dir / "report.md", render_report(result, plots).encode())
     return paths

@@ -76,12 +76,12 @@ def forecast_panel(
     Series go out in ``unique_id`` order. The panel itself is not copied when each series' rows
     are contiguous and time-sorted (what ingest and cleaning produce): the model reads views of one
     float32 copy of ``y``; only an unsorted panel is sorted (into arrays, not a frame)."""
-    quantiles = _check_request(horizon, chunk_size, quantiles)
+    quantiles = check_request(horizon, chunk_size, quantiles)
     t_start = time.perf_counter()
     qcols = [quantile_column(q) for q in quantiles]
-    series = _split_series(history)
+    series = split_series(history)
     run = ForecastRun()
-    eligible = _eligible_series(series, run, min_history, family)
+    eligible = eligible_series(series, run, min_history, family)
     futures: dict[int, np.ndarray] = {}  # future timestamps (int ns) per distinct last observation
     done = 0
     for start in range(0, len(eligible), chunk_size):
@@ -105,7 +105,7 @@ def forecast_panel(
     return run
 
 
-def _check_request(horizon: int, chunk_size: int, quantiles: Sequence[float]) -> tuple[float, ...]:
+def check_request(horizon: int, chunk_size: int, quantiles: Sequence[float]) -> tuple[float, ...]:
     """BadInputError for a horizon or chunk size below 1 or a quantile level outside (0, 1);
     returns the levels sorted."""
     if horizon < 1:
@@ -118,7 +118,7 @@ def _check_request(horizon: int, chunk_size: int, quantiles: Sequence[float]) ->
     return quantiles
 
 
-def _eligible_series(series: _Series, run: ForecastRun, min_history: int, family: str) -> np.ndarray:
+def eligible_series(series: SeriesSplit, run: ForecastRun, min_history: int, family: str) -> np.ndarray:
     """The indices of the series with at least ``min_history`` observations; the others go to
     ``run.skipped`` with the reason. BadInputError if no series is long enough."""
     counts = series.counts
@@ -133,7 +133,7 @@ def _eligible_series(series: _Series, run: ForecastRun, min_history: int, family
     return eligible
 
 
-def _predict_arrays_chunk(model: Any, series: _Series, chunk: np.ndarray, run: ForecastRun, horizon: int, freq: str,
+def _predict_arrays_chunk(model: Any, series: SeriesSplit, chunk: np.ndarray, run: ForecastRun, horizon: int, freq: str,
                           quantiles: tuple[float, ...], qcols: list[str], futures: dict[int, np.ndarray], *,
                           family: str, champion_run_id: str) -> tuple[pd.DataFrame, int]:
     """Forecast the series ``chunk`` with one ``predict_arrays`` call on views of ``series.y``;
@@ -159,7 +159,7 @@ def _predict_arrays_chunk(model: Any, series: _Series, chunk: np.ndarray, run: F
     return fc, n
 
 
-def _predict_frame_chunk(model: Forecaster, history: pd.DataFrame, series: _Series, chunk: np.ndarray,
+def _predict_frame_chunk(model: Forecaster, history: pd.DataFrame, series: SeriesSplit, chunk: np.ndarray,
                          run: ForecastRun, horizon: int, freq: str, quantiles: tuple[float, ...], qcols: list[str],
                          *, family: str, champion_run_id: str) -> tuple[pd.DataFrame, int]:
     """Forecast the series ``chunk`` with ``predict_series`` (the split series) or ``predict`` (their
@@ -191,7 +191,7 @@ def _predict_frame_chunk(model: Forecaster, history: pd.DataFrame, series: _Seri
 
 
 @dataclass
-class _Series:
+class SeriesSplit:
     """The panel split into series: series ``k`` (``uniques`` sorted) is rows ``starts[k]:ends[k]``
     of the time-sorted arrays ``y`` (float32) and ``t`` (int64 ns; UTC for tz-aware data);
     ``perm`` maps those rows to the rows of the input frame (``None``: the same rows)."""
@@ -234,8 +234,8 @@ class _Series:
                              TARGET: history[TARGET].to_numpy()[src]})
 
 
-def _split_series(history: pd.DataFrame) -> _Series:
-    """Split ``history`` into series without copying the frame (see :class:`_Series`)."""
+def split_series(history: pd.DataFrame) -> SeriesSplit:
+    """Split ``history`` into series without copying the frame (see :class:`SeriesSplit`)."""
     times = pd.DatetimeIndex(history[TIME])
     if times.unit != "ns":
         times = times.as_unit("ns")
@@ -261,7 +261,7 @@ def _split_series(history: pd.DataFrame) -> _Series:
         else:
             run_counts = np.add.reduceat(finite.astype(np.int64), run_starts) if n else run_starts
         order = np.argsort(run_ids, kind="stable")
-        return _Series(run_ids[order], run_starts[order], run_ends[order], np.asarray(run_counts[order], dtype=int),
+        return SeriesSplit(run_ids[order], run_starts[order], run_ends[order], np.asarray(run_counts[order], dtype=int),
                        y, t, None, times.tz, times)
     codes, uniques = pd.factorize(history[ID].astype(str), sort=True)
     perm = np.lexsort((t, codes))
@@ -271,7 +271,7 @@ def _split_series(history: pd.DataFrame) -> _Series:
     starts = np.searchsorted(codes, keys, side="left")
     ends = np.searchsorted(codes, keys, side="right")
     counts = np.bincount(codes, weights=np.isfinite(y), minlength=len(uniques)).astype(int)
-    return _Series(np.asarray(uniques, dtype=object), starts, ends, counts, y, t[perm], perm, times.tz, times)
+    return SeriesSplit(np.asarray(uniques, dtype=object), starts, ends, counts, y, t[perm], perm, times.tz, times)
 
 
 class ParquetSink:

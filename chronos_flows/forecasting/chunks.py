@@ -23,10 +23,10 @@ import pandas as pd
 
 from chronos_flows.forecasting.batch import (
     ForecastRun,
-    _check_request,
-    _eligible_series,
-    _Series,
-    _split_series,
+    check_request,
+    eligible_series,
+    SeriesSplit,
+    split_series,
     forecast_columns,
     forecast_panel,
 )
@@ -38,7 +38,7 @@ class ChunkPlan:
     """The eligible series of a panel cut into chunks; ``skipped``: the series too short to forecast."""
 
     history: pd.DataFrame
-    series: _Series
+    series: SeriesSplit
     chunks: list[np.ndarray]
     skipped: dict[str, str]
     quantiles: tuple[float, ...]
@@ -68,10 +68,10 @@ def plan_chunks(history: pd.DataFrame, *, horizon: int, quantiles: Sequence[floa
                 chunk_size: int) -> ChunkPlan:
     """The chunks :func:`forecast_panel` would forecast; BadInputError for a bad request or a panel
     without a series long enough (the same messages as :func:`forecast_panel`)."""
-    levels = _check_request(horizon, chunk_size, quantiles)
-    series = _split_series(history)
+    levels = check_request(horizon, chunk_size, quantiles)
+    series = split_series(history)
     short = ForecastRun()
-    eligible = _eligible_series(series, short, min_history, family)
+    eligible = eligible_series(series, short, min_history, family)
     chunks = [eligible[s : s + chunk_size] for s in range(0, len(eligible), chunk_size)]
     return ChunkPlan(history, series, chunks, dict(short.skipped), levels)
 

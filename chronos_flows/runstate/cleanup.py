@@ -1,4 +1,8 @@
-"""Operations on the run state: idempotent cleanup, status report, cleanup verification. Pure."""
+"""The end of a run: the one way a holder moves its run to ``cleanup`` (:func:`enter_cleanup`), the
+one cleanup entry (:func:`run_cleanup`: idempotent steps recorded in ``cleanup_status.json``, then
+the lock released — used by the run itself, by ``kill`` of a dead process, by the cleanup of a
+taken-over run and by a launcher giving its lock back), the status report and the verification that
+nothing is left behind. Pure."""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ from typing import Callable, Iterable, Sequence
 
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
+from chronos_flows.core.clock import iso, parse_iso, utc_now
 from chronos_flows.core.errors import LostLockError, PreconditionFailed, RunKilledError
-from chronos_flows.runstate.lock import LockHandle, iso, parse_iso, read_state, utc_now
+from chronos_flows.runstate.lock import LockHandle
+from chronos_flows.runstate.statefile import read_state
 from chronos_flows.runstate.runlog import CleanupStatus, CleanupStep
 from chronos_flows.core.store import ObjectStore
 
@@ -42,7 +48,7 @@ def run_cleanup(
         runlog.save_cleanup_status(store, status)
 
     if handle is not None:
-        _enter_cleanup(handle)
+        _holder_to_cleanup(handle)
     runlog.save_cleanup_status(store, status)
 
     for name, fn in steps:
@@ -68,21 +74,46 @@ def run_cleanup(
     return status
 
 
-def _enter_cleanup(handle: LockHandle) -> None:
-    """Move the holder to ``cleanup`` (``failed`` first if it was still running), each transition
-    through the handle's one writer: the state file, then training.json."""
-    if handle.released or handle.status == "cleanup":
-        return
+def enter_cleanup(handle: LockHandle, outcome: str = "failed", *, record: bool = True, **details) -> str:
+    """THE way a holder ends its run: a run still active moves to ``outcome`` first (``failed`` or
+    ``killed``, with ``details``; a run that ``succeeded`` from ``results_sync`` goes straight on),
+    then to ``cleanup`` — each move through the handle's one writer: the state file, then (with
+    ``record``) training.json. A kill from outside meanwhile wins: the ``killed`` state the handle
+    adopted is what is recorded. Idempotent. Returns ``killed`` when the run ended killed, else
+    ``outcome``. A lost lock raises :class:`LostLockError` (the new holder owns the state file)."""
+    move = handle.record_transition if record else (lambda status, killed_ok=False, **d: _move(handle, status, killed_ok, **d))
+    killed = any(h.get("status") == "killed" for h in handle.state.get("history", []))
     for _ in range(3):
         try:
-            if handle.status not in ("failed", "killed", "results_sync"):
-                handle.record_transition("failed", killed_ok=True, reason="cleanup started before the run finished")
-            handle.record_transition("cleanup")
-            return
+            if handle.released or handle.status == "cleanup":
+                break
+            active = handle.status not in ("failed", "killed")
+            if active and not (outcome == "succeeded" and handle.status == "results_sync"):
+                move("killed" if outcome == "killed" else "failed", killed_ok=True, **details)
+            killed = killed or handle.status == "killed"
+            move("cleanup")
+            break
         except RunKilledError:
             continue  # adopted the killed state: killed -> cleanup next time round
-        except LostLockError:
-            return
+    return "killed" if killed else outcome
+
+
+def _move(handle: LockHandle, status: str, killed_ok: bool, **details) -> None:
+    try:
+        handle.transition(status, **details)
+    except RunKilledError:
+        if not killed_ok:
+            raise
+
+
+def _holder_to_cleanup(handle: LockHandle) -> None:
+    """The holder's run into ``cleanup`` when the cleanup starts (a run that lost its lock is left to
+    the new holder)."""
+    try:
+        enter_cleanup(handle, "succeeded" if handle.status == "results_sync" else "failed",
+                      reason="cleanup started before the run finished")
+    except LostLockError:
+        return
 
 
 def _release(store: ObjectStore, env: str, run_id: str, handle: LockHandle | None,
@@ -91,7 +122,7 @@ def _release(store: ObjectStore, env: str, run_id: str, handle: LockHandle | Non
     if handle is not None:
         try:
             if handle.status != "cleanup":
-                _enter_cleanup(handle)
+                _holder_to_cleanup(handle)
             handle.release()
             return "done", f"released {store.uri(key)} (generation {handle.generation})"
         except LostLockError as e:
@@ -173,7 +204,7 @@ def verify_cleanup(store: ObjectStore, env: str,
             f"{kind} state file {store.uri(layout.state_key(env))}: run {rep['run_id']} status {rep['status']} "
             f"generation {rep['generation']}, heartbeat {rep['heartbeat_age_s']:.0f}s ago"
         )
-    prefix = f"{env}/logs/"
+    prefix = layout.logs_root(env)
     run_ids = sorted({k[len(prefix):].split("/", 1)[0] for k in store.list(prefix) if k.endswith("/training.json")})
     for rid in run_ids:
         log = runlog.load_training_log(store, env, rid)

@@ -8,6 +8,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from chronos_flows.runstate import runlog
+from chronos_flows.runstate.cleanup import enter_cleanup
 
 if TYPE_CHECKING:
     from chronos_flows.runstate.lock import LockHandle
@@ -39,11 +40,7 @@ def abandon(handle: LockHandle, reason: str) -> None:
         _HANDOFF.pop((handle.store.url, handle.env, handle.run_id), None)
     if handle.released:
         return
-    if handle.status not in ("failed", "killed", "cleanup"):
-        handle.record_transition("failed", killed_ok=True, reason=reason)  # killed meanwhile: that is recorded
-    final = "killed" if handle.status == "killed" else "failed"
-    if handle.status in ("failed", "killed"):
-        handle.record_transition("cleanup")
+    final = enter_cleanup(handle, "failed", reason=reason)  # killed meanwhile: that is recorded
     handle.release()
     runlog.finish_training_log(handle.store, handle.env, handle.run_id, final, reason)
 

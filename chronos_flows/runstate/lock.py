@@ -18,8 +18,7 @@ Protocol (after litestream's S3 leaser):
   release); another run/generation or gone → :class:`LostLockError`.
 
 The state file's codec, :class:`StateSnapshot`, :func:`read_state` and :func:`kill` live in
-:mod:`chronos_flows.runstate.statefile`, the launcher→flow hand-off in :mod:`chronos_flows.runstate.handoff`; both are
-re-exported here, so ``from chronos_flows.runstate.lock import ...`` names them all.
+:mod:`chronos_flows.runstate.statefile`, the launcher→flow hand-off in :mod:`chronos_flows.runstate.handoff`.
 """
 
 from __future__ import annotations
@@ -44,56 +43,31 @@ from chronos_flows.core.errors import (
     RunKilledError,
     TransientStoreError,
 )
-from chronos_flows.runstate.handoff import abandon, hand_off, is_handed_off, take_handed_off
+from chronos_flows.core.cas import Write, compare_and_swap
+from chronos_flows.core.clock import iso, utc_now
 from chronos_flows.runstate.statefile import (
+    TERMINAL_STATES,
+    InvalidTransition,
     StateSnapshot,
+    check_transition,
     dump_state,
-    generation_key,
-    iso,
-    kill,
-    parse_iso,
     read_state,
-    utc_now,
     write_transition,
 )
 from chronos_flows.core.store import ObjectStore
 
-__all__ = [
-    "ACTIVE_STATES", "ALLOWED", "SCHEMA_VERSION", "STATES", "TERMINAL_STATES", "InvalidTransition",
-    "LockHandle", "RunLock", "StateSnapshot", "abandon", "generation_key", "hand_off", "is_handed_off",
-    "iso", "kill", "parse_iso", "read_state", "take_handed_off", "utc_now", "write_transition",
-]
 
 SCHEMA_VERSION = 1
 
-STATES = ("initialization", "data_sync", "training", "results_sync", "cleanup", "failed", "killed")
-ACTIVE_STATES = ("initialization", "data_sync", "training", "results_sync")
-TERMINAL_STATES = ("failed", "killed", "cleanup")
 
-ALLOWED: dict[str, tuple[str, ...]] = {
-    "initialization": ("data_sync", "failed", "killed"),
-    "data_sync": ("training", "failed", "killed"),
-    "training": ("results_sync", "failed", "killed"),
-    "results_sync": ("cleanup", "failed", "killed"),
-    "failed": ("cleanup",),
-    "killed": ("cleanup",),
-    "cleanup": (),
-}
-
-
-class InvalidTransition(ChronosFlowsError):
-    """A state-machine transition that is not allowed."""
-
-    exit_code = 1
-
-    def __init__(self, current: str, target: str) -> None:
-        self.current = current
-        self.target = target
-        allowed = ", ".join(ALLOWED.get(current, ())) or "none (release the lock)"
-        super().__init__(
-            f"invalid run-state transition {current} -> {target}; allowed from {current}: {allowed}"
-        )
-
+def _counter_value(got: tuple[bytes, str] | None) -> int:
+    """The generation the counter object holds (0 when absent or unreadable)."""
+    if got is None:
+        return 0
+    try:
+        return int(json.loads(got[0])["generation"])
+    except (ValueError, KeyError, TypeError):
+        return 0
 
 
 class RunLock:
@@ -146,31 +120,21 @@ class RunLock:
             return self.lease_seconds
 
     # -- generation counter ----------------------------------------------------------------------
-    def _read_counter(self) -> tuple[int, str | None]:
-        got = self.store.get(generation_key(self.env))
-        if got is None:
-            return 0, None
-        try:
-            return int(json.loads(got[0])["generation"]), got[1]
-        except (ValueError, KeyError, TypeError):
-            return 0, got[1]
+    def _read_counter(self) -> int:
+        return _counter_value(self.store.get(layout.generation_key(self.env)))
 
-    def _advance_counter(self, generation: int, counter_etag: str | None) -> int:
-        """Set the counter to ``generation`` (CAS). If it moved meanwhile, pick a larger generation.
-        Returns the generation actually claimed."""
-        key = generation_key(self.env)
-        for _ in range(50):
-            body = json.dumps({"generation": generation, "env": self.env, "at": iso(self.wall())}).encode()
-            try:
-                if counter_etag is None:
-                    self.store.put_if_absent(key, body)
-                else:
-                    self.store.put_if_match(key, body, counter_etag)
-                return generation
-            except PreconditionFailed:
-                current, counter_etag = self._read_counter()
-                generation = max(generation, current + 1)
-        raise TransientStoreError(f"could not advance {self.store.uri(key)}: too much contention; retry")
+    def _advance_counter(self, generation: int) -> int:
+        """Set the counter to ``generation`` (compare-and-swap). If it reached ``generation`` meanwhile,
+        claim the next free one. Returns the generation actually claimed."""
+        def step(current):
+            claimed = max(generation, _counter_value(current) + 1)
+            body = json.dumps({"generation": claimed, "env": self.env, "at": iso(self.wall())}).encode()
+            return Write(body, claimed)
+
+        claimed, _ = compare_and_swap(
+            self.store, layout.generation_key(self.env), step,
+            exhausted=lambda uri: TransientStoreError(f"could not advance {uri}: too much contention; retry"))
+        return claimed
 
     # -- acquiring -------------------------------------------------------------------------------
     def _new_state(self, run_id: str, generation: int, flow_run_id: str | None, info: dict | None,
@@ -243,7 +207,7 @@ class RunLock:
         raise TransientStoreError(f"could not acquire {self.store.uri(self.key)}: the state file keeps changing; retry")
 
     def _try_create(self, run_id: str, flow_run_id: str | None, info: dict | None) -> "LockHandle | None":
-        counter, counter_etag = self._read_counter()
+        counter = self._read_counter()
         state = self._new_state(run_id, counter + 1, flow_run_id, info)
         try:
             etag = self.store.put_if_absent(self.key, dump_state(state))
@@ -255,12 +219,12 @@ class RunLock:
                 raise self._locked(snap)
             etag = snap.etag  # our create landed (seen through a retry)
         handle = LockHandle(self.store, self.env, state, etag, wall=self.wall)
-        handle._claim_generation(self, counter_etag)
+        handle._claim_generation(self)
         return handle
 
     def _takeover(self, snap: StateSnapshot, run_id: str, flow_run_id: str | None, info: dict | None,
                   unchanged_for: float) -> "LockHandle":
-        counter, counter_etag = self._read_counter()
+        counter = self._read_counter()
         generation = max(counter, snap.generation) + 1
         prev = snap.state
         reason = (
@@ -282,7 +246,7 @@ class RunLock:
             else:
                 raise self._locked(current) from None
         handle = LockHandle(self.store, self.env, state, etag, wall=self.wall)
-        handle._claim_generation(self, counter_etag)
+        handle._claim_generation(self)
         handle.previous = snap
         runlog.mark_failed(self.store, self.env, prev["run_id"], reason, at=self.wall(), generation=snap.generation)
         return handle
@@ -339,20 +303,26 @@ class LockHandle:
         return err
 
     def _write(self, mutate: Callable[[dict], None]) -> None:
-        """CAS-write a modified copy of the state. Raises RunKilledError / LostLockError."""
+        """CAS-write a modified copy of the state (not its status). Raises RunKilledError / LostLockError."""
+        self._fenced(lambda: self._put(mutate))
+
+    def _fenced(self, attempt: Callable[[], None]) -> None:
+        """Run one write ``attempt`` conditional on the ETag this handle holds; after a lost
+        condition re-read: another run/generation or gone → LostLockError, ``killed`` →
+        RunKilledError (adopted), otherwise retry once on the adopted version."""
         with self._mutex:
             if isinstance(self._fatal, LostLockError):
                 raise self._fatal
             if self.released:
                 raise LostLockError(f"run {self.run_id} already released the lock; it must stop writing")
             try:
-                self._put(mutate)
+                attempt()
                 return
             except PreconditionFailed:
                 self._adopt_after_lost_cas()
                 # Changed but not killed (should not happen): retry once on the adopted version.
                 try:
-                    self._put(mutate)
+                    attempt()
                 except PreconditionFailed:
                     self._adopt_after_lost_cas()
                     raise TransientStoreError(f"state file {self.store.uri(self.key)} keeps changing; retry") from None
@@ -384,28 +354,25 @@ class LockHandle:
                 break
         return f"run {self.run_id} was killed{': ' + reason if reason else ''}; stop work and clean up"
 
-    def _claim_generation(self, lock: RunLock, counter_etag: str | None) -> None:
-        claimed = lock._advance_counter(self.generation, counter_etag)
+    def _claim_generation(self, lock: RunLock) -> None:
+        claimed = lock._advance_counter(self.generation)
         if claimed != self.generation:
             self._write(lambda s: s.__setitem__("generation", claimed))
 
     # -- public operations -----------------------------------------------------------------------
     def transition(self, status: str, **details: Any) -> None:
-        if status not in STATES:
-            raise InvalidTransition(self.status, status)
+        """Move the run to ``status`` through :func:`~chronos_flows.runstate.statefile.write_transition`
+        (the allowed table, a write fenced on the ETag this handle holds); training.json is not
+        touched (:meth:`record_transition` appends it)."""
         with self._mutex:
-            if status not in ALLOWED.get(self.status, ()):
-                raise InvalidTransition(self.status, status)
-            at = iso(self.wall())
+            check_transition(self.status, status)
 
-            def mutate(s: dict) -> None:
-                if status not in ALLOWED.get(s["status"], ()):
-                    raise InvalidTransition(s["status"], status)
-                s["status"] = status
-                s["heartbeat_at"] = at
-                s.setdefault("history", []).append({"status": status, "at": at, "details": details})
+            def attempt() -> None:
+                snap = write_transition(self.store, self.env, self.run_id, status, details,
+                                        held=StateSnapshot(self.state, self.etag), record=False, wall=self.wall)
+                self.state, self.etag = snap.state, snap.etag
 
-            self._write(mutate)
+            self._fenced(attempt)
 
     def record_transition(self, status: str, *, killed_ok: bool = False, **details: Any) -> None:
         """The one writer of a run's transition: move the state file to ``status`` (CAS), then

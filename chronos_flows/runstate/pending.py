@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from chronos_flows.runstate import runlog, workdirs
+from chronos_flows.core import atomic
 
 
 def _dir(store_url: str) -> Path:
@@ -31,12 +30,7 @@ def keep(store_url: str, env: str, run_id: str, error: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"store": store_url, "env": env, "run_id": run_id, "error": error,
               "at": datetime.now(timezone.utc).isoformat()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
-    path = folder / f"{run_id}.json"
-    os.replace(tmp, path)
-    return path
+    return atomic.write_json(folder / f"{run_id}.json", record)
 
 
 def flush(store: Any) -> list[dict[str, Any]]:

@@ -10,29 +10,19 @@ loops, so a takeover marking an old run failed cannot lose a concurrent update.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chronos_flows.core import layout
-from chronos_flows.core.errors import BadInputError, PreconditionFailed, TransientStoreError
+from chronos_flows.core.cas import Write, compare_and_swap
+from chronos_flows.core.clock import iso
+from chronos_flows.core.errors import BadInputError
 from chronos_flows.core.store import ObjectStore
 
 SCHEMA_VERSION = 1
 FINISHED_STATUSES = ("succeeded", "failed", "killed")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _iso(at: datetime | str | None) -> str:
-    if at is None:
-        at = _now()
-    if isinstance(at, str):
-        return at
-    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class _Model(BaseModel):
@@ -88,7 +78,7 @@ class CleanupStatus(_Model):
 class ModelMetadata(_Model):
     run_id: str
     env: str
-    created_at: str = Field(default_factory=lambda: _iso(None))
+    created_at: str = Field(default_factory=lambda: iso(None))
     params: dict[str, Any] = Field(default_factory=dict)
     data_fingerprint: Optional[str] = None
     models: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -129,27 +119,18 @@ def save_training_log(store: ObjectStore, log: TrainingLog) -> None:
 def update_training_log(store: ObjectStore, env: str, run_id: str, mutate) -> TrainingLog:
     """Compare-and-swap read-modify-write of training.json (created if missing)."""
     key = layout.training_log_key(env, run_id)
-    for _ in range(20):
-        got = store.get(key)
-        if got is None:
-            log = TrainingLog(run_id=run_id, env=env)
-        else:
-            log = _decode(TrainingLog, got[0], store.uri(key))
+
+    def step(current):
+        log = TrainingLog(run_id=run_id, env=env) if current is None else _decode(TrainingLog, current[0], store.uri(key))
         mutate(log)
-        try:
-            if got is None:
-                store.put_if_absent(key, _encode(log))
-            else:
-                store.put_if_match(key, _encode(log), got[1])
-            return log
-        except PreconditionFailed:
-            continue
-    raise TransientStoreError(f"{store.uri(key)} keeps changing; retry")
+        return Write(_encode(log), log)
+
+    return compare_and_swap(store, key, step, attempts=20)[0]
 
 
 def record_transition(store: ObjectStore, env: str, run_id: str, status: str,
                       at: datetime | str | None = None, details: dict | None = None) -> TrainingLog:
-    at_s = _iso(at)
+    at_s = iso(at)
 
     def mutate(log: TrainingLog) -> None:
         log.transitions.append(Transition(status=status, at=at_s, details=dict(details or {})))
@@ -164,7 +145,7 @@ def mark_failed(store: ObjectStore, env: str, run_id: str, reason: str,
                 at: datetime | str | None = None, generation: int | None = None) -> TrainingLog:
     """Record that ``run_id`` failed (e.g. its lock was taken over). Creates the log if missing;
     a run already finished (succeeded/failed/killed) keeps its status but gets the note."""
-    at_s = _iso(at)
+    at_s = iso(at)
 
     def mutate(log: TrainingLog) -> None:
         log.transitions.append(Transition(status="failed", at=at_s, details={"reason": reason}))
@@ -184,7 +165,7 @@ def finish_training_log(store: ObjectStore, env: str, run_id: str, status: str, 
     """The final ``status`` and cause of a run finished by another process (``kill`` of a dead run,
     a lock given back by its launcher) — no transition: those come from the one writer. A cause
     recorded earlier (e.g. the store outage that stopped it) is kept, not overwritten."""
-    at_s = _iso(at)
+    at_s = iso(at)
 
     def mutate(log: TrainingLog) -> None:
         log.error = f"{log.error}; then {reason}" if log.error and reason not in log.error else (log.error or reason)

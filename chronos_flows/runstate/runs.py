@@ -7,9 +7,11 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from chronos_flows.runstate import runlog
+from chronos_flows.core import layout
+from chronos_flows.runstate import runlog, workdirs
 from chronos_flows.core.errors import BadInputError
-from chronos_flows.runstate.lock import RunLock, kill, write_transition
+from chronos_flows.runstate.lock import RunLock
+from chronos_flows.runstate.statefile import mark_killed, write_transition
 from chronos_flows.runstate.cleanup import run_cleanup
 
 CleanupSteps = Callable[[str], list[tuple[str, Callable[[], str]]]]
@@ -31,7 +33,7 @@ def _duration(start: str | None, end: str | None) -> float | None:
 def list_runs(store, env: str) -> list[dict[str, Any]]:
     """Every run with a training.json under ``{env}/logs/``, newest first."""
     runs: list[dict[str, Any]] = []
-    for key in store.list(f"{env}/logs/"):
+    for key in store.list(layout.logs_root(env)):
         if not key.endswith("/training.json"):
             continue
         run_id = key.split("/")[-2]
@@ -86,7 +88,7 @@ def kill_run(
     if run_id and state["run_id"] != run_id:
         raise BadInputError(f"the active run is {state['run_id']}, not {run_id}; check `chronos-flows status`")
     run_id = state["run_id"]
-    kill(store, env, run_id, reason=reason)  # the state file and training.json, when it moves the run
+    mark_killed(store, env, run_id, reason=reason)  # the state file and training.json, when it moves the run
     notes = [f"run {run_id} marked killed"]
     if cancel_flow_run and state.get("flow_run_id"):
         try:
@@ -129,10 +131,7 @@ def _clean_up_for_dead_process(store, env: str, run_id: str, reason: str, wait_s
     """The cleanup of a killed run whose process did not respond: ``killed`` with the reason (an
     earlier cause kept) in training.json, then its cleanup steps — the local work directory and
     ``extra_cleanup`` — run and recorded. Returns whether the cleanup completed."""
-    from chronos_flows.runstate import workdirs
-
-    steps = [(f"remove-local-workdir-{run_id}", lambda: workdirs.remove_for(run_id))]
-    steps += list(extra_cleanup(run_id) if extra_cleanup else [])
+    steps = _dead_run_steps(run_id, extra_cleanup)
     reason = f"{reason}; its process did not respond, cleaned up by `chronos-flows kill`" if wait_seconds > 0 else reason
 
     try:  # killed -> cleanup: the state file, then training.json (the one writer for an outside process)
@@ -142,6 +141,13 @@ def _clean_up_for_dead_process(store, env: str, run_id: str, reason: str, wait_s
     runlog.finish_training_log(store, env, run_id, "killed", reason)
     status = run_cleanup(store, env, run_id, steps, None)
     return status.complete
+
+
+def _dead_run_steps(run_id: str, extra_cleanup: CleanupSteps | None) -> list[tuple[str, Callable[[], str]]]:
+    """The cleanup steps of a run whose process is gone: its local work directories on this machine,
+    then ``extra_cleanup`` (e.g. instances still tagged with it)."""
+    steps = [(f"remove-local-workdir-{run_id}", lambda: workdirs.remove_for(run_id))]
+    return steps + list(extra_cleanup(run_id) if extra_cleanup else [])
 
 
 def cleanup_dead_run(
@@ -156,8 +162,6 @@ def cleanup_dead_run(
     over, or its lock already removed): final status and cause in training.json (an earlier final
     status and cause are kept), its cleanup steps — local work directories, ``extra_cleanup`` (e.g.
     instances still tagged with it) — run and recorded in cleanup_status.json. Idempotent."""
-    from chronos_flows.runstate import workdirs
-
     snap = RunLock(store, env).read()
     if snap is not None and snap.run_id == run_id and snap.status not in ("killed", "failed", "cleanup"):
         raise BadInputError(
@@ -169,9 +173,7 @@ def cleanup_dead_run(
         raise BadInputError(f"no run {run_id} in {store.url} env {env}; `chronos-flows runs` lists the runs")
     if log.status not in runlog.FINISHED_STATUSES:
         runlog.mark_failed(store, env, run_id, reason)
-    steps = [(f"remove-local-workdir-{run_id}", lambda: workdirs.remove_for(run_id))]
-    steps += list(extra_cleanup(run_id) if extra_cleanup else [])
-    status = run_cleanup(store, env, run_id, steps, None)
+    status = run_cleanup(store, env, run_id, _dead_run_steps(run_id, extra_cleanup), None)
     final = runlog.load_training_log(store, env, run_id)
     return {"run_id": run_id, "status": final.status if final else None, "error": final.error if final else None,
             "cleanup_complete": status.complete,

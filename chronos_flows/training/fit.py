@@ -271,7 +271,7 @@ def train_on_instance(store: ObjectStore, env: str, run_id: str, *, fetch_dir: F
     """
     from chronos_flows.data.cleaning import CleaningReport
     from chronos_flows.data.ingest import from_parquet_bytes
-    from chronos_flows.runstate.lock import read_state
+    from chronos_flows.runstate.statefile import read_state
     from chronos_flows.evaluation.splits import split_for_training
 
     record = runlog.load_training_log(store, env, run_id)

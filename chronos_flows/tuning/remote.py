@@ -88,13 +88,12 @@ class TrialGuard:
     def __call__(self, refresh: bool) -> None:
         if not refresh:
             return
-        from app.bootstrap import _refusal
-        from chronos_flows.runstate.lock import read_state
+        from chronos_flows.runstate.statefile import read_state, training_turn_refusal
 
         stop = read_json(self.store, self.keys.stop)
         if stop is not None:
             raise TrialStopped(f"stopped by the tuning flow: {stop.get('reason', 'no reason given')}")
-        reason = _refusal(read_state(self.store, self.env), self.env, self.run_id, self.generation)
+        reason = training_turn_refusal(read_state(self.store, self.env), self.env, self.run_id, self.generation)
         if reason:
             raise LostLockError(f"tuning run {self.run_id} no longer owns the training step ({reason}); stopping")
 

@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from chronos_flows.config.params import TrainingParams, _merge, format_validation_error
+from chronos_flows.config.params import TrainingParams, merge_trees, format_validation_error
 from chronos_flows.core.errors import BadInputError, ConfigError
 
 #: the settings a study may search (dotted keys of TrainingParams); anything else is refused
@@ -116,7 +116,7 @@ def build_tuning_params(config_file: str | Path | None = None, overrides: list[s
     overrides reach both (``--set tuning.budget.max_trials=4``). Errors name the field (exit 2)."""
     from chronos_flows.config.params import load_config_tree, parse_overrides, params_from_tree
 
-    tree = _merge(load_config_tree(config_file), parse_overrides(overrides or []))
+    tree = merge_trees(load_config_tree(config_file), parse_overrides(overrides or []))
     tuning = tree.pop("tuning", None) or {}
     if not isinstance(tuning, dict):
         raise ConfigError(f"the tuning: section{f' of {config_file}' if config_file else ''} must be a mapping "
@@ -159,7 +159,7 @@ def apply_overrides(base: TrainingParams, overrides: dict[str, Any]) -> Training
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     try:
-        return TrainingParams.model_validate(_merge(base.model_dump(mode="json"), tree))
+        return TrainingParams.model_validate(merge_trees(base.model_dump(mode="json"), tree))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, "the trial's settings")) from None
 

@@ -16,18 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
+from chronos_flows.core import atomic
 
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, default=str))
-    os.replace(tmp, path)
 
 
 def prepare(spec: dict[str, Any], raw: Any) -> dict[str, Any]:
@@ -113,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         result = {"state": "FAIL", "error": f"{type(exc).__name__}: {exc}"}
     result["seconds"] = round(time.monotonic() - t0, 2)
-    _write_json(result_path, result)
+    atomic.write_json(result_path, result)
     return 0
 
 

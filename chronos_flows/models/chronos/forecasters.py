@@ -19,8 +19,6 @@ The saved directory loads with ``chronos.BaseChronosPipeline.from_pretrained(pat
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +32,7 @@ from chronos_flows.models.chronos.forecaster import (
     validate_training_config,
 )
 from chronos_flows.models.chronos.trainer_loop import train_loop
+from chronos_flows.core import atomic
 
 __all__ = [
     "ChronosForecaster",
@@ -76,11 +75,10 @@ def plot_loss_curve(history: Sequence[dict], path: Path, title: str = "Chronos t
     if tr or va:
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic.write_with(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".png")
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------- the families

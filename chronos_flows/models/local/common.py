@@ -9,11 +9,15 @@ frame, the argument checks, and the statsforecast-backed forecaster (AutoETS, Au
   level ``q`` is the bound of statsforecast's ``100·|1-2q|`` % interval (lower below 0.5, upper
   above), ``0.5`` the point forecast; quantile columns are sorted per step so they never cross.
 * :class:`StatsForecastForecaster` is the forecaster of such a family: subclasses name the family,
-  the module-level fit function and the settings that determine the forecasts.
+  the statsforecast model (``build``) and the settings that determine the forecasts. A panel is
+  fitted by ``statsforecast.StatsForecast(models, freq, n_jobs, fallback_model)``; the fallback
+  (:class:`NoForecast`) answers a series whose fit raised with NaNs, so one bad series never fails
+  the panel, and each such series is then refitted alone here to record why it failed.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 import warnings
 from typing import Any, Callable, Mapping, Sequence
@@ -22,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from chronos_flows.core.errors import BadInputError
-from chronos_flows.models.local.parallel import Progress, map_series
+from chronos_flows.models.local.parallel import Progress
 from chronos_flows.models.base import (
     DEFAULT_QUANTILES,
     ID,
@@ -113,6 +117,27 @@ def statsforecast_one(uid: str, y: np.ndarray, horizon: int, quantiles: Sequence
         return uid, None, msg[:500]
 
 
+class NoForecast:
+    """statsforecast's ``fallback_model`` for a series whose fit raised: NaN forecasts (mean and every
+    requested interval), which :meth:`StatsForecastForecaster.predict` recognises as a failure."""
+
+    alias = "NoForecast"
+
+    def __repr__(self) -> str:
+        return self.alias
+
+    def new(self) -> "NoForecast":
+        return NoForecast()
+
+    def forecast(self, h: int, y: Any = None, X: Any = None, X_future: Any = None, level: Any = (), fitted: bool = False):
+        nan = np.full(int(h), np.nan)
+        out = {"mean": nan}
+        for lv in level or ():
+            out[f"lo-{lv}"] = nan
+            out[f"hi-{lv}"] = nan
+        return out
+
+
 def check_season_and_jobs(label: str, season_length: Any, n_jobs: Any) -> int:
     """The validated season length (an integer >= 1); ``n_jobs`` must be at least 1."""
     try:
@@ -127,14 +152,15 @@ def check_season_and_jobs(label: str, season_length: Any, n_jobs: Any) -> int:
 
 
 class StatsForecastForecaster(Forecaster):
-    """A statsforecast model fitted per series in ``n_jobs`` processes; subclasses set ``label``
-    (used in messages), ``fit_one`` (a module-level ``fn(uid, ds, y, horizon, quantiles, settings)``)
-    and ``defaults`` (their settings besides ``season_length``, with the value an absent one takes),
-    and validate those in ``__init__``. A series whose fit fails is left out of the frame and
-    recorded in ``last_failures``; ``last_seconds`` is the wall time of the last call."""
+    """A statsforecast model fitted per series by ``StatsForecast`` in ``n_jobs`` processes;
+    subclasses set ``label`` (used in messages), ``build`` (a static ``fn(settings)`` returning the
+    statsforecast model) and ``defaults`` (their settings besides ``season_length``, with the value
+    an absent one takes), and validate those in ``__init__``. A series whose fit fails (or gives
+    non-finite forecasts) is left out of the frame and recorded in ``last_failures`` with the
+    model's own message; ``last_seconds`` is the wall time of the last call."""
 
     label = "statsforecast"
-    fit_one: Callable[..., tuple[str, np.ndarray | None, str | None]]
+    build: Callable[[Mapping[str, Any]], Any]
     #: the model's own settings besides ``season_length`` and their defaults (attributes of the instance)
     defaults: Mapping[str, Any] = {}
 
@@ -172,22 +198,53 @@ class StatsForecastForecaster(Forecaster):
 
     def predict(self, context: pd.DataFrame, horizon: int, freq: str,
                 quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.DataFrame:
+        from statsforecast import StatsForecast
+
         check_predict_args(self.label, context, horizon, freq, quantiles)
         t0 = time.perf_counter()
         horizon = int(horizon)
-        jobs, last = series_jobs(context)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import statsforecast.models  # noqa: F401 - once here, so forked workers inherit it (pyflakes: unused)
-
+        quantiles = tuple(float(q) for q in quantiles)
+        keys = [interval_key(q) for q in quantiles]
+        levels = sorted({k[1] for k in keys if k is not None})
+        frame = context[[ID, TIME, TARGET]].astype({TARGET: "float64"}).sort_values([ID, TIME], kind="stable")  # as fitted alone
+        # statsforecast refuses a whole panel with a missing value: such series are fitted alone below
+        finite = frame.groupby(ID, sort=False)[TARGET].transform(lambda s: bool(np.isfinite(s.to_numpy(dtype=float)).all()))
+        good, bad_ids = frame[finite.astype(bool)], sorted(frame.loc[~finite.astype(bool), ID].unique())
         settings = self.settings()
-        results, failures = map_series(
-            type(self).fit_one,
-            [(uid, ds, y, horizon, tuple(float(q) for q in quantiles), settings) for uid, ds, y in jobs],
-            n_jobs=self.n_jobs,
-            progress=self.progress,
-        )
+        n_series = frame[ID].nunique()
+        # a daemonic process (a Dask worker, a pool worker) may not start children
+        n_jobs = 1 if multiprocessing.current_process().daemon else self.n_jobs
+        parts: list[pd.DataFrame] = []
+        qcols = [quantile_column(q) for q in quantiles]
+        if len(good):
+            model = type(self).build(settings)
+            sf = StatsForecast(models=[model], freq=freq, n_jobs=min(n_jobs, good[ID].nunique()), fallback_model=NoForecast())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # statsforecast's divide-by-zero RuntimeWarnings on tiny fits
+                fc = sf.forecast(df=good, h=horizon, level=levels or None)
+            fc = fc.reset_index() if ID not in fc.columns else fc
+            alias = repr(model)
+            cols = [alias if k is None else f"{alias}-{k[0]}-{k[1]}" for k in keys]
+            mean = fc[alias].to_numpy(dtype=float)
+            qs = fc[cols].to_numpy(dtype=float).reshape(-1, len(cols))
+            order = np.argsort(np.asarray(quantiles), kind="stable")
+            ordered = np.empty_like(qs)
+            ordered[:, order] = np.sort(qs, axis=1)  # never crossing, whatever order quantiles come in
+            ok_row = np.isfinite(mean) & np.isfinite(qs).all(axis=1)
+            ok_series = pd.Series(ok_row).groupby(fc[ID].to_numpy()).transform("all").to_numpy()
+            bad_ids.extend(str(u) for u in pd.unique(fc.loc[~ok_series, ID]))
+            out = pd.DataFrame({ID: fc[ID].astype(str).to_numpy(), TIME: fc[TIME].to_numpy(), "mean": mean})
+            out[qcols] = ordered
+            parts.append(out[ok_series])
+        failures: dict[str, str] = {}
+        for uid in sorted(set(bad_ids)):  # why each failed, in the model's own words
+            y = frame.loc[frame[ID] == uid, TARGET].to_numpy(dtype=float)
+            _, out, err = statsforecast_one(uid, y, horizon, quantiles, self.label, lambda: type(self).build(settings))
+            failures[uid] = err or f"{self.label} produced non-finite forecasts"
+        if self.progress is not None:
+            self.progress(n_series, n_series)
         self.last_failures = failures
-        out = assemble(results, last, horizon, freq, [quantile_column(q) for q in quantiles])
+        out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[ID, TIME, "mean", *qcols])
+        out = out.sort_values([ID, TIME], kind="stable", ignore_index=True)
         self.last_seconds = time.perf_counter() - t0
         return out

@@ -27,8 +27,9 @@ Method (statsforecast's ``AutoETS``, a port of R forecast's ``ets``; Hyndman et 
   sorted per step so they never cross. The fit is deterministic, so parallel and serial runs and a
   forecaster re-created from :meth:`AutoETSForecaster.settings` give identical forecasts.
 
-Series are fitted in parallel processes (:func:`chronos_flows.models.local.parallel.map_series`, fork,
-``n_jobs``), ``progress(done, total)`` is called as series finish. A series whose fit fails (an
+Series are fitted by ``statsforecast.StatsForecast`` in ``n_jobs`` processes
+(:class:`~chronos_flows.models.local.common.StatsForecastForecaster`); ``progress(done, total)`` is
+called when the panel is done. A series whose fit fails (an
 exception, too short, NaN in its context, non-finite forecasts) is left out of the returned frame
 and recorded in ``last_failures`` (``{unique_id: message}``); it never fails the call. An empty
 context raises :class:`BadInputError`. statsforecast is imported lazily.
@@ -36,36 +37,23 @@ context raises :class:`BadInputError`. statsforecast is imported lazily.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from chronos_flows.core.errors import BadInputError
-from chronos_flows.models.local.common import StatsForecastForecaster, interval_key, statsforecast_one
+from chronos_flows.models.local.common import StatsForecastForecaster, interval_key
 from chronos_flows.models.local.parallel import Progress
 
-__all__ = ["AutoETSForecaster", "SETTING_KEYS", "fit_predict_one", "interval_key"]
+__all__ = ["AutoETSForecaster", "SETTING_KEYS", "build_model", "interval_key"]
 
 
 
-def fit_predict_one(
-    uid: str,
-    ds: np.ndarray,
-    y: np.ndarray,
-    horizon: int,
-    quantiles: Sequence[float],
-    settings: Mapping[str, Any],
-) -> tuple[str, np.ndarray | None, str | None]:
-    """Fit AutoETS on one series; return ``(uid, array[h, 1+Q] = mean + quantiles, None)`` or
-    ``(uid, None, error message)``. Never raises (runs inside worker processes); ``ds`` is unused
-    (ETS needs only the order of the values)."""
+def build_model(settings: Mapping[str, Any]) -> Any:
+    """The statsforecast ``AutoETS`` of ``settings`` (imported lazily)."""
+    from statsforecast.models import AutoETS
 
-    def make():
-        from statsforecast.models import AutoETS
-
-        return AutoETS(season_length=int(settings["season_length"]), model=str(settings["model"]), damped=settings["damped"])
-
-    return statsforecast_one(uid, y, horizon, quantiles, "AutoETS", make)
+    return AutoETS(season_length=int(settings["season_length"]), model=str(settings["model"]), damped=settings["damped"])
 
 
 def _check_model(model: str, damped: bool | None) -> None:
@@ -84,7 +72,7 @@ def _check_model(model: str, damped: bool | None) -> None:
 class AutoETSForecaster(StatsForecastForecaster):
     name = "autoets"
     label = "AutoETS"
-    fit_one = staticmethod(fit_predict_one)
+    build = staticmethod(build_model)
     defaults = {"model": "ZZZ", "damped": None}
 
     def __init__(

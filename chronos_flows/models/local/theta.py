@@ -23,50 +23,37 @@ dynamic variants of Fiorucci et al. 2016):
   and serial runs and a forecaster re-created from :meth:`AutoThetaForecaster.settings` give
   identical forecasts.
 
-Series are fitted in parallel processes (:func:`chronos_flows.models.local.parallel.map_series`, fork,
-``n_jobs``), ``progress(done, total)`` is called as series finish. A series whose fit fails is left
+Series are fitted by ``statsforecast.StatsForecast`` in ``n_jobs`` processes
+(:class:`~chronos_flows.models.local.common.StatsForecastForecaster`); ``progress(done, total)`` is
+called when the panel is done. A series whose fit fails is left
 out of the returned frame and recorded in ``last_failures`` (``{unique_id: message}``); it never
 fails the call. An empty context raises :class:`BadInputError`. statsforecast is imported lazily.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
-import numpy as np
+from typing import Any, Mapping
 
 from chronos_flows.core.errors import BadInputError
-from chronos_flows.models.local.common import StatsForecastForecaster, statsforecast_one
+from chronos_flows.models.local.common import StatsForecastForecaster
 from chronos_flows.models.local.parallel import Progress
 
 THETA_MODELS = ("STM", "OTM", "DSTM", "DOTM")
 DECOMPOSITIONS = ("multiplicative", "additive")
 
 
-def fit_predict_one(
-    uid: str,
-    ds: np.ndarray,
-    y: np.ndarray,
-    horizon: int,
-    quantiles: Sequence[float],
-    settings: Mapping[str, Any],
-) -> tuple[str, np.ndarray | None, str | None]:
-    """Fit AutoTheta on one series; return ``(uid, array[h, 1+Q] = mean + quantiles, None)`` or
-    ``(uid, None, error message)``. Never raises (runs inside worker processes)."""
+def build_model(settings: Mapping[str, Any]) -> Any:
+    """The statsforecast ``AutoTheta`` of ``settings`` (imported lazily)."""
+    from statsforecast.models import AutoTheta
 
-    def make():
-        from statsforecast.models import AutoTheta
-
-        return AutoTheta(season_length=int(settings["season_length"]),
-                         decomposition_type=str(settings["decomposition_type"]), model=settings["model"])
-
-    return statsforecast_one(uid, y, horizon, quantiles, "AutoTheta", make)
+    return AutoTheta(season_length=int(settings["season_length"]),
+                     decomposition_type=str(settings["decomposition_type"]), model=settings["model"])
 
 
 class AutoThetaForecaster(StatsForecastForecaster):
     name = "theta"
     label = "Theta"
-    fit_one = staticmethod(fit_predict_one)
+    build = staticmethod(build_model)
     defaults = {"decomposition_type": "multiplicative", "model": None}
 
     def __init__(

@@ -1,0 +1,268 @@
+"""Fitting the weighted ensemble on a backtest: greedy forward selection with replacement (Caruana
+et al. 2004, the method behind AutoGluon's WeightedEnsemble) on windows that do not judge the
+champion, then the leaderboard of every model on the judging windows only. The combination itself
+and the champion it becomes live in :mod:`chronos_flows.models.ensemble`. Pure: no Prefect, no boto3.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from chronos_flows.core.errors import BadInputError
+from chronos_flows.evaluation import metrics as M
+from chronos_flows.evaluation.backtest import BacktestResult, build_leaderboard, check_history
+from chronos_flows.evaluation.windows import split_window
+from chronos_flows.models.base import ID, TARGET, TIME, quantile_column
+from chronos_flows.models.ensemble import DEFAULT_ITERATIONS, ENSEMBLE, GATE_METRICS, combine_forecasts
+
+
+def pair_scores(metric: str, y: np.ndarray, mean: np.ndarray, qs: np.ndarray, quantiles: Sequence[float],
+                scale: np.ndarray | None = None) -> np.ndarray:
+    """``metric`` per forecast (row) of arrays ``y``/``mean`` (forecasts × steps) and ``qs``
+    (forecasts × steps × levels), with :mod:`chronos_flows.evaluation.metrics`' definitions (NaN actuals
+    ignored; ``scale``: the MASE denominators)."""
+    ok = np.isfinite(y)
+    n = ok.sum(axis=1).astype(float)
+    n[n == 0] = np.nan
+    err = np.where(ok, y - mean, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric in ("mae", "mase"):
+            mae = np.abs(err).sum(axis=1) / n
+            if metric == "mae":
+                return mae
+            if scale is None:
+                raise BadInputError("MASE needs the in-sample scales")
+            return mae / np.where(scale > 0, scale, np.nan)
+        if metric == "rmse":
+            return np.sqrt((err ** 2).sum(axis=1) / n)
+        if metric == "smape":
+            denom = np.abs(y) + np.abs(mean)
+            r = np.where(ok & (denom > 0), 2.0 * np.abs(err) / np.where(denom > 0, denom, 1.0), 0.0)
+            return r.sum(axis=1) / n
+        if metric == "mape":
+            nz = ok & (y != 0)
+            ape = np.where(nz, np.abs(err) / np.where(nz, np.abs(y), 1.0), 0.0)
+            cnt = nz.sum(axis=1).astype(float)
+            return ape.sum(axis=1) / np.where(cnt > 0, cnt, np.nan)
+        if metric == "wql":
+            q = np.asarray([float(x) for x in quantiles])
+            diff = np.where(ok[..., None], y[..., None] - qs, 0.0)
+            loss = np.maximum(q * diff, (q - 1.0) * diff).sum(axis=1)  # forecasts × levels
+            denom = np.where(ok, np.abs(y), 0.0).sum(axis=1)
+            return (2.0 * loss / np.where(denom > 0, denom, np.nan)[:, None]).mean(axis=1)
+    raise BadInputError(f"the ensemble cannot optimise {metric!r}; choose one of {list(GATE_METRICS)}")
+
+
+def greedy_weights(objective: Callable[[np.ndarray], float], n_members: int,
+                   iterations: int = DEFAULT_ITERATIONS) -> tuple[np.ndarray, float, list[float]]:
+    """Forward selection with replacement: ``(weights, best score, score after each addition)``.
+    ``objective(weights)`` is the score (lower is better) of the combination with ``weights``."""
+    if n_members < 1:
+        raise BadInputError("greedy selection needs at least one member")
+    if iterations < 1:
+        raise BadInputError(f"ensemble iterations must be at least 1, got {iterations}")
+    counts = np.zeros(n_members)
+    best_counts: np.ndarray | None = None
+    best = math.inf
+    trace: list[float] = []
+    for _ in range(int(iterations)):
+        scores = []
+        for m in range(n_members):
+            c = counts.copy()
+            c[m] += 1
+            s = float(objective(c / c.sum()))
+            scores.append(s if math.isfinite(s) else math.inf)
+        m = int(np.argmin(scores))  # the first of equal scores
+        if not math.isfinite(scores[m]):
+            break
+        counts[m] += 1
+        trace.append(scores[m])
+        if scores[m] < best:
+            best, best_counts = scores[m], counts.copy()
+    if best_counts is None:
+        raise BadInputError("no combination of the ensemble members has a valid score")
+    return best_counts / best_counts.sum(), best, trace
+
+
+@dataclass
+class EnsembleFit:
+    """The fitted ensemble: every candidate's weight (0 if never selected) and how it was fitted."""
+
+    members: list[str]
+    weights: dict[str, float]
+    gate_metric: str
+    fit_windows: list[int]
+    judge_windows: list[int]
+    fit_score: float
+    member_fit_scores: dict[str, float]
+    iterations: int
+    n_fit_pairs: int
+    trace: list[float] = field(default_factory=list, repr=False)
+
+    def selected(self) -> dict[str, float]:
+        """The members with a positive weight, in candidate order."""
+        return {m: w for m, w in self.weights.items() if w > 0}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("trace")
+        return d
+
+
+def _member_arrays(forecasts: pd.DataFrame, members: Sequence[str], qcols: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """``(pairs, y, mean, qs)`` over the (series, window) pairs every member forecast: ``pairs``
+    (unique_id, window), ``y`` pairs × h, ``mean`` members × pairs × h, ``qs`` members × pairs × h × Q."""
+    key = [ID, "window"]
+    sub = forecasts[forecasts["model"].isin(members)]
+    per = {m: sub[sub["model"] == m].sort_values([ID, "window", TIME], kind="stable") for m in members}
+    sizes = {m: per[m].groupby(key).size() for m in members}
+    idx = sizes[members[0]].index
+    for m in members[1:]:
+        idx = idx.intersection(sizes[m].index)
+    h = int(max(sizes[m].reindex(idx).max() for m in members)) if len(idx) else 0
+    full = np.logical_and.reduce([sizes[m].reindex(idx).to_numpy() == h for m in members]) if len(idx) else []
+    common = pd.Series(1, index=idx[full] if len(idx) else idx).sort_index()
+    pairs = common.index.to_frame(index=False)
+    if pairs.empty:
+        return pairs, np.empty((0, 0)), np.empty((len(members), 0, 0)), np.empty((len(members), 0, 0, len(qcols)))
+    means, qs, y = [], [], None
+    for m in members:
+        f = per[m]
+        f = f[pd.MultiIndex.from_frame(f[key]).isin(common.index)]
+        if y is None:
+            y = f[TARGET].to_numpy(dtype=float).reshape(len(pairs), h)
+        means.append(f["mean"].to_numpy(dtype=float).reshape(len(pairs), h))
+        qs.append(f[list(qcols)].to_numpy(dtype=float).reshape(len(pairs), h, len(qcols)))
+    return pairs, y, np.stack(means), np.stack(qs)
+
+
+def _scales(history: pd.DataFrame, cutoffs: pd.DataFrame, pairs: pd.DataFrame, season_length: int) -> np.ndarray:
+    """MASE denominators of ``pairs`` (unique_id, window) from each window's context."""
+    out = pd.Series(np.nan, index=pd.MultiIndex.from_frame(pairs))
+    for w in sorted(pairs["window"].unique()):
+        ids = pairs.loc[pairs["window"] == w, ID]
+        cut = cutoffs[(cutoffs["window"] == w) & cutoffs[ID].isin(ids)]
+        context, _ = split_window(history, cut)
+        sc = M.seasonal_scale(context, season_length)
+        for uid, v in sc.items():
+            out.loc[(uid, w)] = v
+    return out.to_numpy(dtype=float)
+
+
+def fit_weights(result: BacktestResult, history: pd.DataFrame, members: Sequence[str], *, gate_metric: str,
+                fit_windows: Sequence[int], iterations: int = DEFAULT_ITERATIONS) -> EnsembleFit:
+    """Greedy weights of ``members`` (models of the backtest ``result``) on ``fit_windows``,
+    optimising the mean ``gate_metric`` over the (series, window) pairs every member forecast."""
+    s = result.settings
+    quantiles = s["quantiles"]
+    qcols = [quantile_column(q) for q in quantiles]
+    fc = result.forecasts[result.forecasts["window"].isin(list(fit_windows))]
+    pairs, y, mean, qs = _member_arrays(fc, members, qcols)
+    if pairs.empty:
+        raise BadInputError(f"no series was forecast by every ensemble member {list(members)} in window(s) {list(fit_windows)}")
+    scale = _scales(history, result.cutoffs, pairs, s["season_length"]) if gate_metric == "mase" else None
+
+    def objective(w: np.ndarray) -> float:
+        m = np.tensordot(w, mean, axes=1)
+        q = np.sort(np.tensordot(w, qs, axes=1), axis=-1)
+        per = pair_scores(gate_metric, y, m, q, quantiles, scale)
+        return float(np.nanmean(per)) if np.isfinite(per).any() else math.nan
+
+    weights, best, trace = greedy_weights(objective, len(members), iterations)
+    singles = {}
+    for i, m in enumerate(members):
+        one = np.zeros(len(members))
+        one[i] = 1.0
+        singles[m] = objective(one)
+    judge = [w for w in range(int(s["n_windows"])) if w not in set(fit_windows)]
+    return EnsembleFit(
+        members=list(members),
+        weights={m: float(w) for m, w in zip(members, weights)},
+        gate_metric=gate_metric,
+        fit_windows=sorted(int(w) for w in fit_windows),
+        judge_windows=judge,
+        fit_score=float(best),
+        member_fit_scores=singles,
+        iterations=int(iterations),
+        n_fit_pairs=int(len(pairs)),
+        trace=trace,
+    )
+
+
+# ----------------------------------------------------------------------------- backtest candidate
+
+
+def restrict_windows(result: BacktestResult, windows: Sequence[int], extra_settings: Mapping[str, Any] | None = None) -> BacktestResult:
+    """``result`` with its leaderboard rebuilt on ``windows`` only (forecasts and metrics of the
+    other windows are kept: they are what the ensemble was fitted on)."""
+    keep_m = result.metrics["window"].isin(list(windows))
+    keep_f = result.forecasts["window"].isin(list(windows))
+    models = list(result.failures)
+    board = build_leaderboard(result.metrics[keep_m], result.forecasts[keep_f], models, result.failures,
+                              result.settings["quantiles"])
+    settings = {**result.settings, "judge_windows": [int(w) for w in windows], **dict(extra_settings or {})}
+    return BacktestResult(result.forecasts, result.metrics, board, result.failures, result.cutoffs, settings,
+                          dict(result.timings))
+
+
+def add_ensemble(result: BacktestResult, history: pd.DataFrame, *, candidates: Sequence[str], gate_metric: str,
+                 fit_windows: Sequence[int], iterations: int = DEFAULT_ITERATIONS) -> BacktestResult:
+    """The backtest ``result`` plus the ``ensemble`` model: weights fitted on ``fit_windows``
+    (:func:`fit_weights`) over the ``candidates`` present in it, forecasts and scores on the other
+    windows, and the leaderboard of every model on those judging windows only. With fewer than two
+    candidates there is no ensemble (``settings["ensemble"]`` is None), but the leaderboard still
+    judges on the same windows. ``settings["ensemble"]`` holds :meth:`EnsembleFit.to_dict`."""
+    t0 = time.perf_counter()
+    s = result.settings
+    judge = [w for w in range(int(s["n_windows"])) if w not in set(fit_windows)]
+    if not judge:
+        raise BadInputError(f"the ensemble is fitted on windows {list(fit_windows)}: no window is left to judge the models on")
+    fitted = set(result.forecasts.loc[result.forecasts["window"].isin(list(fit_windows)), "model"])
+    members = [c for c in dict.fromkeys(candidates) if c in result.failures and c in fitted and c != ENSEMBLE]
+    if len(members) < 2:
+        return restrict_windows(result, judge, {"ensemble": None})
+    fit = fit_weights(result, history, members, gate_metric=gate_metric, fit_windows=fit_windows, iterations=iterations)
+    chosen = fit.selected()
+    quantiles = s["quantiles"]
+    qcols = [quantile_column(q) for q in quantiles]
+    df = check_history(history)
+    fc_parts, metric_parts, failures = [], [], {}
+    for w in judge:
+        cut = result.cutoffs[result.cutoffs["window"] == w]
+        context, actuals = split_window(df, cut)
+        cutoff_of = cut.set_index(ID)["cutoff"]
+        fw = result.forecasts[result.forecasts["window"] == w]
+        frames = [fw.loc[fw["model"] == m, [ID, TIME, "mean", *qcols]] for m in chosen]
+        comb = combine_forecasts(frames, list(chosen.values()), qcols)
+        got = set(comb[ID])
+        for uid in cut[ID]:
+            if str(uid) not in got:
+                failures.setdefault(str(uid), []).append(f"window {w}: no ensemble member forecast it")
+        if comb.empty:
+            continue
+        act = actuals[actuals[ID].astype(str).isin(got)].copy()
+        act[ID] = act[ID].astype(str)
+        merged = act.merge(comb, on=[ID, TIME], how="left", validate="one_to_one")
+        scores = M.evaluate_all(merged, season_length=s["season_length"], insample=context[context[ID].astype(str).isin(got)],
+                                quantiles=quantiles).reset_index()
+        for frame in (merged, scores):
+            frame.insert(1, "window", w)
+            frame.insert(2, "cutoff", frame[ID].map(cutoff_of).to_numpy())
+            frame.insert(3, "model", ENSEMBLE)
+        fc_parts.append(merged)
+        metric_parts.append(scores)
+    forecasts = pd.concat([result.forecasts, *fc_parts], ignore_index=True) if fc_parts else result.forecasts
+    metrics_df = pd.concat([result.metrics, *metric_parts], ignore_index=True) if metric_parts else result.metrics
+    all_failures = {**result.failures, ENSEMBLE: {u: "; ".join(m) for u, m in failures.items()}}
+    timings = {**result.timings, "ensemble": round(time.perf_counter() - t0, 4)}
+    merged_result = BacktestResult(forecasts, metrics_df, result.leaderboard, all_failures, result.cutoffs, dict(s), timings)
+    return restrict_windows(merged_result, judge, {"ensemble": fit.to_dict()})
+
+
+# ------------------------------------------------------------------------------------ the champion
