@@ -1,4 +1,4 @@
-"""The ``chronos-flows`` command: run, forecast, serve, status, kill, cleanup, verify-cleanup, runs, infra.
+"""The ``chronos-flows`` command: run, forecast, serve, status, kill, cleanup, verify-cleanup, runs, infra, endpoint.
 
 Exit codes: 0 success, 1 run failed (including a store that vanished mid-run), 2 bad input or
 configuration (refused before the run started), 3 another run holds the lock, 4 the run was killed
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from blocks.ec2 import Ec2Compute, instance_cleanup_steps, verify_instances
 from blocks.store import read_uri
 from blocks.resolve import open_store
-from blocks import cloudformation
+from blocks import apigateway, cloudformation, sagemaker
 from chronos_flows.core import layout
 from chronos_flows.runstate import pending, runlog, workdirs
 from chronos_flows.config.params import (
@@ -36,9 +36,13 @@ from chronos_flows.runstate.lock import RunLock
 from chronos_flows.runstate.handoff import abandon, hand_off
 from chronos_flows.runstate.statefile import read_state
 from chronos_flows.runstate.cleanup import enter_cleanup, status_report, verify_cleanup
+from chronos_flows.champion.model_dir import open_model_dir
+from chronos_flows.champion.package import endpoint_names, read_record
 from chronos_flows.champion.registry import read_champion
+from chronos_flows.config.endpoint import build_endpoint_params
 from chronos_flows.runstate.runs import cleanup_dead_run, kill_run, list_runs, new_run_id
 from chronos_flows.core import atomic
+from chronos_flows.training.cost import estimate_endpoint_cost
 
 # Imports: at the top, except three groups that stay inside the commands that need them because
 # they measurably slow the commands that do not (2-core machine, python -c "import M"):
@@ -428,6 +432,9 @@ def cmd_verify_cleanup(args: argparse.Namespace) -> int:
         ec2 = Ec2Compute(params.compute.ec2, env=params.env, cost_center=params.cost_center)
         extra.append(lambda: verify_instances(ec2))
     extra.append(lambda: _leftover_workdirs(store, params.env))
+    names = endpoint_names(store, params.env)
+    if args.endpoints or names:
+        extra.append(lambda: _leftover_endpoints(params.env, names or [f"chronos-flows-{params.env}"], args.region))
     ok, findings = verify_cleanup(store, params.env, extra=extra)
     if ok:
         print(f"clean: no active or stale state file, no leftover resources ({store.url}, env {params.env})")
@@ -436,6 +443,20 @@ def cmd_verify_cleanup(args: argparse.Namespace) -> int:
     for f in findings:
         print(f"  - {f}")
     return EXIT_FAILED
+
+
+def _leftover_endpoints(env: str, names: list[str], region: str | None) -> list[str]:
+    """SageMaker and API Gateway resources of ``env``'s endpoints (an endpoint that is deployed costs
+    money: a real-time one while it exists, any while it serves), and their records in the store."""
+    sm = sagemaker.client(region)
+    found = []
+    for name in names:
+        left = sagemaker.leftovers(sm, name)
+        found += [f"SageMaker {kind[:-1].replace('_', ' ')} {n} of env {env}" for kind, items in left.items() for n in items]
+        found += [f"{what} of endpoint {name}" for what in apigateway.leftovers(name, region)]
+        if found:
+            found.append(f"remove endpoint {name} with `chronos-flows endpoint delete --env {env} --name {name}`")
+    return found
 
 
 def _leftover_workdirs(store, env: str) -> list[str]:
@@ -519,6 +540,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_batch_wait_ms < 0 or args.max_batch_series < 1:
         raise BadInputError("--max-batch-wait-ms must be >= 0 and --max-batch-series >= 1")
     keys = api_keys_from_environment(args.api_keys_file)
+    model_dir = args.model_dir or os.environ.get(sagemaker.MODEL_DIR_ENV)
+    if model_dir:  # a packaged champion (SageMaker's /opt/ml/model): no store, nothing to poll for
+        store, env, _ = open_model_dir(model_dir)
+        return serve(store=store, env=env, host=args.host, port=args.port, poll_seconds=max(args.poll_seconds, 60.0),
+                     api_keys=keys, device=args.device, max_batch_wait_seconds=args.max_batch_wait_ms / 1000.0,
+                     max_batch_series=args.max_batch_series)
     store = open_store(resolve_store_url(args.store), check=False)
     try:
         _flush_pending(store)
@@ -527,6 +554,88 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(store=store, env=args.env or "dev", host=args.host, port=args.port, poll_seconds=args.poll_seconds,
                  api_keys=keys, device=args.device, max_batch_wait_seconds=args.max_batch_wait_ms / 1000.0,
                  max_batch_series=args.max_batch_series)
+
+
+def _endpoint_params(args: argparse.Namespace):
+    return build_endpoint_params(
+        action=args.action if args.action != "status" else "delete", env=args.env, store=args.store, name=args.name,
+        image_uri=args.image_uri, role_arn=args.role_arn, mode=args.mode, memory_mb=args.memory_mb,
+        max_concurrency=args.max_concurrency, instance_type=args.instance_type, instance_count=args.instance_count,
+        capture=args.capture or None, capture_percent=args.capture_percent, api=False if args.no_api else None,
+        stage=args.stage, rate_limit=args.rate_limit, burst_limit=args.burst_limit, quota_limit=args.quota_limit,
+        quota_period=args.quota_period, manage_account_logging=False if args.no_account_logging else None,
+        region=args.region, timeout_seconds=args.timeout_seconds, poll_seconds=args.poll_seconds,
+    )
+
+
+def cmd_endpoint(args: argparse.Namespace) -> int:
+    """``endpoint deploy|update|status|delete``: the champion on SageMaker behind API Gateway (the
+    chronos-endpoint flow; ``status`` reads without Prefect)."""
+    params = _endpoint_params(args)
+    if args.action == "status":
+        return _endpoint_status(params, args.json)
+    _embedded_prefect_defaults()
+    if params.action != "delete":
+        open_store(params.store_url())  # refuse an unreachable store before Prefect starts
+    from flows.endpoint import chronos_endpoint
+
+    out = chronos_endpoint(params=params)
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return EXIT_OK
+    name = params.endpoint_name
+    if params.action == "delete":
+        print(f"endpoint {name} deleted: {', '.join(out['removed']) or 'nothing was deployed'}; "
+              f"{out['store_objects_removed']} store object(s) removed; nothing left")
+        return EXIT_OK
+    champ = out["champion"]
+    print(f"endpoint {name} {out['action']}: config {out['endpoint_config']} serves champion {champ['run_id']} "
+          f"({champ['family']}), {params.mode}")
+    if out.get("removed"):
+        print(f"  removed after InService: {', '.join(out['removed'])}")
+    print(f"  package: {out['package']['uri']}")
+    api = out.get("api") or {}
+    if api:
+        print(f"  invoke: POST {api.get('InvokeUrl')} with header x-api-key"
+              + (f" (value: aws apigateway get-api-key --include-value --api-key {api['ApiKeyId']})" if api.get("ApiKeyId") else ""))
+    cost = estimate_endpoint_cost(params.mode, memory_mb=params.memory_mb, instance_type=params.instance_type,
+                                  instance_count=params.instance_count, api=params.api)
+    print(f"  idle cost: ${cost['idle_usd_per_month']:.2f}/month ({cost['assumptions'][0]})")
+    return EXIT_OK
+
+
+def _endpoint_status(params, as_json: bool) -> int:
+    name = params.endpoint_name
+    store = open_store(params.store_url(), check=False)
+    try:
+        record = read_record(store, params.env, name)
+    except ChronosFlowsError as exc:
+        record = {"error": str(exc)}
+    live = sagemaker.status(sagemaker.client(params.region), name)
+    front = apigateway.leftovers(name, params.region)
+    mode = None if not live["exists"] else ("serverless" if live["serverless"] else "realtime")
+    variant = (record or {}).get("variant") or {}
+    cost = estimate_endpoint_cost(mode, **{k: v for k, v in variant.items() if k in ("memory_mb", "instance_type", "instance_count")},
+                                  api=bool(front))
+    report = {**live, "record": record, "front_door": front, "cost_estimate": cost}
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return EXIT_OK
+    if not live["exists"]:
+        print(f"endpoint {name}: not deployed" + (f"; left behind: {', '.join(front)}" if front else "")
+              + "; idle cost $0.00/month")
+        return EXIT_OK
+    print(f"endpoint {name}: {live['status']}" + (f" ({live['failure_reason']})" if live.get("failure_reason") else ""))
+    print(f"  config {live['endpoint_config']}, model(s) {', '.join(live['models'])}, champion run(s) "
+          f"{', '.join(str(r) for r in live['champion_run_ids'])}, {'serverless' if live['serverless'] else 'real-time'}"
+          + (f", capturing into {live['capture_uri']}" if live["data_capture"] else ""))
+    for what in front:
+        print(f"  front door: {what}")
+    api = (record or {}).get("api") or {}
+    if api.get("InvokeUrl"):
+        print(f"  invoke: POST {api['InvokeUrl']} with header x-api-key")
+    print(f"  idle cost: ${cost['idle_usd_per_month']:.2f}/month")
+    return EXIT_OK
 
 
 def _add_common(sp: argparse.ArgumentParser) -> None:
@@ -638,6 +747,9 @@ def _add_verify_cleanup(sub) -> None:
     )
     _add_common(v)
     v.add_argument("--instances", action="store_true", help="also check EC2 instances (always on with compute.backend=ec2)")
+    v.add_argument("--endpoints", action="store_true", help="also check SageMaker endpoints, configs, models and their "
+                   "API Gateway front doors (always on when the store records an endpoint of the env)")
+    v.add_argument("--region", help="AWS region of the endpoints (default: the AWS configuration's)")
     v.set_defaults(func=cmd_verify_cleanup)
 
 
@@ -702,6 +814,8 @@ def _add_serve(sub) -> None:
     sv.add_argument("--env", help="environment prefix whose champion to serve (default dev)")
     sv.add_argument("--poll-seconds", type=float, default=10.0, help="how often to check champion.json's ETag (default 10)")
     sv.add_argument("--api-keys-file", help="file with one API key per line (added to $CHRONOS_FLOWS_API_KEYS)")
+    sv.add_argument("--model-dir", help="serve the champion packaged by `chronos-flows endpoint deploy` (an unpacked "
+                    "model.tar.gz, SageMaker's /opt/ml/model; default $CHRONOS_FLOWS_MODEL_DIR) instead of the store's")
     sv.add_argument("--device", default="auto", help="device for a Chronos champion: auto (default), cpu, cuda, mps")
     sv.add_argument("--max-batch-wait-ms", type=float, default=3.0,
                     help="under load, how long a model call waits for more requests to join it (default 3 ms)")
@@ -710,9 +824,47 @@ def _add_serve(sub) -> None:
     sv.set_defaults(func=cmd_serve)
 
 
+def _add_endpoint(sub) -> None:
+    e = sub.add_parser(
+        "endpoint",
+        help="deploy, update, show or delete the champion's SageMaker endpoint and its API Gateway front door",
+        description="deploy: package the env's champion (model.tar.gz in the store, read by the serving image from "
+        "/opt/ml/model), create the SageMaker model, endpoint config and endpoint (serverless or real-time, optional "
+        "data capture) or update it blue/green, and deploy the API Gateway stack NAME-api (infra/endpoint.yaml: API "
+        "key, usage plan, logging). update: the same for an existing endpoint (a new champion). status: what serves, "
+        "and its idle cost. delete: the stack, the endpoint, every config and model, the packages; nothing is left.",
+    )
+    e.add_argument("action", choices=["deploy", "update", "status", "delete"], help="what to do")
+    e.add_argument("--store", help="store URL (s3://BUCKET/PREFIX; default $CHRONOS_FLOWS_STORE)")
+    e.add_argument("--env", help="environment whose champion serves (default dev)")
+    e.add_argument("--name", help="endpoint name (default chronos-flows-ENV)")
+    e.add_argument("--image-uri", help="ECR URI of the serving image (docker/Dockerfile.serve); deploy/update")
+    e.add_argument("--role-arn", help="SageMaker execution role ARN (reads the store's bucket); deploy/update")
+    e.add_argument("--mode", choices=["serverless", "realtime"], help="serverless (default, $0 idle) or realtime")
+    e.add_argument("--memory-mb", type=int, help="serverless memory: 1024..6144 in steps of 1024 (default 2048)")
+    e.add_argument("--max-concurrency", type=int, help="serverless concurrent invocations (default 5)")
+    e.add_argument("--instance-type", help="real-time instance type (default ml.m5.large)")
+    e.add_argument("--instance-count", type=int, help="real-time instances (default 1)")
+    e.add_argument("--capture", action="store_true", help="capture requests and responses into {env}/capture/sagemaker/ (realtime)")
+    e.add_argument("--capture-percent", type=int, help="share of requests captured (default 100)")
+    e.add_argument("--no-api", action="store_true", help="no API Gateway front door")
+    e.add_argument("--stage", help="API stage (default v1)")
+    e.add_argument("--rate-limit", type=float, help="usage plan: steady requests/s per API key (default 20)")
+    e.add_argument("--burst-limit", type=int, help="usage plan: burst per API key (default 40)")
+    e.add_argument("--quota-limit", type=int, help="usage plan: requests per key per period (default 100000)")
+    e.add_argument("--quota-period", choices=["DAY", "WEEK", "MONTH"], help="usage plan quota period (default MONTH)")
+    e.add_argument("--no-account-logging", action="store_true",
+                   help="do not set API Gateway's account CloudWatch role (another stack manages it)")
+    e.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    e.add_argument("--poll-seconds", type=float, help="seconds between status polls (default 15)")
+    e.add_argument("--timeout-seconds", type=float, help="longest wait for the endpoint to settle (default 1800)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(func=cmd_endpoint)
+
+
 #: the subcommands in the order ``--help`` lists them
 SUBCOMMANDS = (_add_run, _add_forecast, _add_tune, _add_status, _add_kill, _add_verify_cleanup, _add_cleanup, _add_runs,
-               _add_infra, _add_serve)
+               _add_infra, _add_serve, _add_endpoint)
 
 
 def build_parser() -> argparse.ArgumentParser:

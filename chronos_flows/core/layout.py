@@ -19,6 +19,7 @@
     {env}/tuning/{study}/                             a tuning study: journal.log, trials.csv, study.json, best_config.yaml
     {env}/capture/{YYYY-MM-DD}/{batch}.parquet        served requests and their forecasts (opt-in data capture)
     {env}/monitoring/                                 live accuracy of published forecasts (scored history)
+    {env}/endpoint/{name}/                            a SageMaker endpoint: endpoint.json, packages/{tag}/model.tar.gz
 """
 
 from __future__ import annotations
@@ -145,3 +146,18 @@ def capture_key(env: str, day: str, batch: str) -> str:
 def monitoring_prefix(env: str) -> str:
     """Live accuracy of published forecasts: the scored history and degradation records."""
     return f"{env}/monitoring"
+
+
+def endpoint_prefix(env: str, endpoint: str) -> str:
+    """A SageMaker endpoint's deployment: its record ``endpoint.json`` and the packaged champions."""
+    return f"{env}/endpoint/{endpoint}"
+
+
+def endpoint_record_key(env: str, endpoint: str) -> str:
+    """What is deployed: the endpoint's mode, current config/model, champion, API stack outputs."""
+    return f"{endpoint_prefix(env, endpoint)}/endpoint.json"
+
+
+def endpoint_package_key(env: str, endpoint: str, tag: str) -> str:
+    """One packaged champion (``model.tar.gz``, the layout the container reads from /opt/ml/model)."""
+    return f"{endpoint_prefix(env, endpoint)}/packages/{tag}/model.tar.gz"

@@ -101,3 +101,52 @@ def run_cost(compute: Any, instance_seconds: float | None) -> dict[str, Any]:
     """The estimate for a run with ``compute`` settings whose instance ran ``instance_seconds``
     (None or 0: none ran, e.g. the local backend)."""
     return estimate_run_cost(compute.ec2, float(instance_seconds or 0.0) / 3600.0, compute.backend)
+
+
+# --------------------------------------------------------------------------- serving endpoints
+
+#: us-east-1 list prices used by the endpoint estimate (inputs, not measurements; pass ``prices`` to override)
+ENDPOINT_PRICES: dict[str, Any] = {
+    "serverless_usd_per_gb_second": 0.00002,  # SageMaker serverless inference compute, per GB of memory-second
+    "realtime_hourly": {"ml.t2.medium": 0.056, "ml.c5.large": 0.102, "ml.m5.large": 0.115, "ml.c5.xlarge": 0.204,
+                        "ml.m5.xlarge": 0.23, "ml.g4dn.xlarge": 0.736},
+    "api_gateway_usd_per_million": 3.50,  # REST API requests
+}
+
+
+def estimate_endpoint_cost(mode: str | None, *, memory_mb: int = 2048, instance_type: str = "ml.m5.large",
+                           instance_count: int = 1, requests_per_month: float = 0.0, seconds_per_request: float = 0.1,
+                           api: bool = True, prices: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Monthly cost of an endpoint: ``idle_usd_per_month`` (what it costs with no traffic) and the
+    usage at ``requests_per_month``. ``mode`` None: no endpoint deployed, $0.
+
+    Serverless bills memory × compute seconds per request (idle: $0); real-time bills its instances
+    every hour they exist (idle: hourly price × count × 730 h). The REST API bills per request."""
+    p = {**ENDPOINT_PRICES, **(prices or {})}
+    if requests_per_month < 0 or seconds_per_request < 0:
+        raise BadInputError("requests_per_month and seconds_per_request must be non-negative")
+    api_usd = requests_per_month / 1e6 * float(p["api_gateway_usd_per_million"]) if api else 0.0
+    if mode is None:
+        return {"mode": None, "idle_usd_per_month": 0.0, "usage_usd_per_month": 0.0, "total_usd_per_month": 0.0,
+                "assumptions": ["no endpoint deployed: nothing billed"]}
+    if mode == "serverless":
+        gb_seconds = memory_mb / 1024.0 * seconds_per_request * requests_per_month
+        idle, usage = 0.0, gb_seconds * float(p["serverless_usd_per_gb_second"]) + api_usd
+        assumptions = [f"serverless {memory_mb} MB at ${p['serverless_usd_per_gb_second']}/GB-second, "
+                       f"{seconds_per_request}s per request; $0 while idle"]
+    elif mode == "realtime":
+        hourly = p["realtime_hourly"]
+        if instance_type not in hourly:
+            raise ConfigError(f"no hourly price for {instance_type!r} (known: {', '.join(sorted(hourly))}); pass "
+                              f"prices={{'realtime_hourly': {{'{instance_type}': 0.1}}}}")
+        idle = float(hourly[instance_type]) * instance_count * HOURS_PER_MONTH
+        usage = api_usd
+        assumptions = [f"real-time {instance_count} × {instance_type} at ${hourly[instance_type]}/h, billed every hour "
+                       f"the endpoint exists ({HOURS_PER_MONTH:.0f} h/month), traffic or not; delete it to stop"]
+    else:
+        raise BadInputError(f"endpoint mode {mode!r}: expected serverless or realtime")
+    if api:
+        assumptions.append(f"API Gateway REST at ${p['api_gateway_usd_per_million']}/million requests; $0 while idle")
+    assumptions.append("S3 storage of the package, CloudWatch logs and data transfer are not included")
+    return {"mode": mode, "idle_usd_per_month": round(idle, 4), "usage_usd_per_month": round(usage, 4),
+            "total_usd_per_month": round(idle + usage, 4), "assumptions": assumptions}
