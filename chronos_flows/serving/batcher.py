@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -23,6 +24,8 @@ class _Job:
     key: Optional[tuple]
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
+    #: called in the worker thread with the result (the event loop's hand-off), instead of ``done``
+    on_done: Optional[Callable[[Any], None]] = None
 
 
 class MicroBatcher:
@@ -51,6 +54,19 @@ class MicroBatcher:
         if isinstance(job.result, BaseException):
             raise job.result
         return job.result
+
+    async def submit_async(self, champ: LoadedChampion, parsed: ParsedRequest) -> dict[str, Any]:
+        """:meth:`submit` for a coroutine on an event loop: the loop is woken once with the answer
+        (no thread of a pool waits for it)."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def settle(result: Any) -> None:
+            if not fut.done():
+                (fut.set_exception if isinstance(result, BaseException) else fut.set_result)(result)
+
+        self._queue.put(_Job(champ, parsed, batch_key(parsed), on_done=lambda res: loop.call_soon_threadsafe(settle, res)))
+        return await fut
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -101,4 +117,10 @@ class MicroBatcher:
                         logger.exception("batch observer failed")
                 for job, res in zip(group, results):
                     job.result = res
-                    job.done.set()
+                    if job.on_done is None:
+                        job.done.set()
+                        continue
+                    try:
+                        job.on_done(res)
+                    except RuntimeError:  # the loop is closed: nobody waits for this answer any more
+                        logger.warning("an answer came after the server's event loop closed")
