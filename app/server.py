@@ -36,6 +36,7 @@ from typing import Any, Iterable, Optional
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from chronos_flows.core import layout
 from chronos_flows.core.errors import BadInputError
 from chronos_flows.serving import ChampionHolder, MicroBatcher, ModelError, RequestError, parse_request
 
@@ -92,6 +93,9 @@ class ServerMetrics:
         self.load_seconds = Gauge("chronos_serve_champion_load_seconds", "time the serving champion took to load", registry=r)
         self.swaps = Gauge("chronos_serve_champion_swaps", "champions loaded since the server started", registry=r)
         self.champion = Gauge("chronos_serve_champion", "the serving champion (value 1)", ["run_id", "family"], registry=r)
+        self.capture_stats = Gauge("chronos_serve_capture", "data capture: requests captured, rows and objects written, "
+                                   "store write failures, rows held for a retry, rows dropped", ["what"], registry=r)
+        self.capture: Any = None
         self._holder = holder
         self._shown: Optional[tuple[str, str]] = None
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
@@ -122,6 +126,9 @@ class ServerMetrics:
                 self._shown = shown
             self.load_seconds.set(champ.load_seconds)
         self.swaps.set(self._holder.swaps)
+        if self.capture is not None:
+            for name, value in self.capture.stats.items():
+                self.capture_stats.labels(name).set(value)
         return generate_latest(self.registry)
 
 
@@ -159,6 +166,7 @@ class ServeApp:
         self.batcher = MicroBatcher(max_wait_seconds=batch_wait_seconds, max_series=batch_series,
                                     on_batch=self.metrics.on_batch)
         self.capture = capture
+        self.metrics.capture = capture
         self._closed = False
 
     async def __call__(self, scope, receive, send) -> None:
@@ -319,8 +327,12 @@ def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body
 
 def serve(*, store: Any, env: str, host: str = "0.0.0.0", port: int = 8080, poll_seconds: float = 10.0,
           api_keys: Iterable[str] = (), device: str = "auto", max_batch_wait_seconds: float = 0.003,
-          max_batch_series: int = 1024) -> int:
-    """Run the server until SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, exits 0."""
+          max_batch_series: int = 1024, capture: bool = False, capture_max_requests: int = 1000,
+          capture_max_seconds: float = 60.0) -> int:
+    """Run the server until SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests,
+    writes what data capture holds, exits 0."""
+    from chronos_flows.serving import CaptureWriter
+
     import uvicorn
 
     keys = list(api_keys)
@@ -328,12 +340,19 @@ def serve(*, store: Any, env: str, host: str = "0.0.0.0", port: int = 8080, poll
     holder = ChampionHolder(store, env, poll_seconds=poll_seconds, device=device).start()
     logger.info("serving env %s of %s on %s:%d; %s", env, getattr(store, "url", store), host, port,
                 f"{len(keys)} API key(s) required" if keys else "no API key required")
-    app = create_app(holder, api_keys=keys, batch_wait_seconds=max_batch_wait_seconds, batch_series=max_batch_series)
+    writer = None
+    if capture:
+        writer = CaptureWriter(store, env, max_requests=capture_max_requests, max_seconds=capture_max_seconds).start()
+        logger.info("data capture on: requests with item_id, start and freq go to %s/ every %d requests or %gs",
+                    layout.capture_prefix(env), capture_max_requests, capture_max_seconds)
+    app = create_app(holder, api_keys=keys, batch_wait_seconds=max_batch_wait_seconds, batch_series=max_batch_series,
+                     capture=writer)
     config = uvicorn.Config(app, host=host, port=port, log_level="info",
                             access_log=False, timeout_graceful_shutdown=30)
     try:
         _DrainingServer(config).run()
     finally:
+        app.close()  # after the lifespan's own close: idempotent
         holder.stop()
     logger.info("stopped")
     return 0
