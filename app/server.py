@@ -26,10 +26,10 @@ import hmac
 import json
 import logging
 import os
+import random
 import signal
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -133,6 +133,9 @@ class ServerMetrics:
 
 
 _JSON = b"application/json"
+#: request ids need to be unique, not secret: a seeded generator, not os.urandom per request (a system
+#: call that costs more than the rest of the envelope on some hosts)
+_ids = random.Random()
 
 
 class _Exchange:
@@ -201,7 +204,7 @@ class ServeApp:
         t0 = time.perf_counter()
         headers = dict(scope["headers"])
         given_id = headers.get(b"x-amzn-requestid")
-        ex = _Exchange(given_id.decode("latin-1") if given_id else uuid.uuid4().hex)
+        ex = _Exchange(given_id.decode("latin-1") if given_id else f"{_ids.getrandbits(128):032x}")
         path, method = scope["path"], scope["method"]
         try:
             answer = self._refusal(path, headers) or await self._route(method, path, headers, receive, ex)

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi import Request  # at module level: FastAPI resolves the handler's (string) annotation here
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -130,7 +131,7 @@ def batch_stats(url: str) -> tuple[float, float]:
 
 def floor_app():
     """The framework's floor: FastAPI, the same body parsed, a same-sized answer, no model."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
