@@ -83,6 +83,26 @@ def test_when_requests_carry_item_id_start_and_freq_then_the_captured_rows_follo
     assert (got["captured_at"] <= pd.Timestamp.fromtimestamp(before, tz="UTC").tz_localize(None)).all()
 
 
+def test_when_the_frequency_has_months_or_the_start_a_time_zone_then_the_timestamps_are_the_calendars_in_naive_utc():
+    from chronos_flows.serving import capture_frame
+
+    champ = _champ()
+    monthly = {"inputs": [{"target": series(14), "item_id": "m", "start": "2023-11-01"}],
+               "parameters": {"prediction_length": 3, "freq": "MS"}}
+    hourly = {"inputs": [{"target": series(10), "item_id": "h", "start": "2024-03-31T00:00:00+02:00"}],
+              "parameters": {"prediction_length": 2, "freq": "h", "quantile_levels": [0.5]}}
+    records = []
+    for rid, body in (("m", monthly), ("h", hourly)):
+        parsed = parse_request(body)
+        records.append((time.time(), rid, "run", "seasonal_naive", parsed, predict(champ, parsed)))
+    got = capture_frame(records)
+    m, h = got[got["unique_id"] == "m"], got[got["unique_id"] == "h"]
+    assert m["ds"].tolist() == list(pd.date_range("2025-01-01", periods=3, freq="MS"))  # 14 months from Nov 2023
+    assert (m["origin"] == pd.Timestamp("2024-12-01")).all()
+    assert h["ds"].tolist() == [pd.Timestamp("2024-03-31T08:00"), pd.Timestamp("2024-03-31T09:00")]  # 22:00 UTC + 10 h
+    assert h["0.1"].isna().all() and h["0.5"].notna().all() and h["step"].tolist() == [1, 2]
+
+
 def test_when_many_requests_are_captured_then_objects_hold_batches_of_n_never_one_per_request(tmp_path):
     store = LocalStore(tmp_path / "store")
     champ = _champ()

@@ -29,11 +29,14 @@ import time
 import uuid
 from collections import deque
 from datetime import datetime, timezone
+from functools import lru_cache
+from itertools import chain
 from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
+from pandas.tseries.offsets import Tick, Week
 
 from chronos_flows.core import layout
 from chronos_flows.models.base import quantile_column
@@ -184,52 +187,92 @@ class CaptureWriter:
                 logger.info("data capture: %d rows written to %s", rows, key)
 
 
+def _fixed_step(offset: Any) -> Optional[int]:
+    """Nanoseconds between consecutive timestamps of ``offset`` when that is constant (hours, days,
+    weeks...; not months or business days): forecast timestamps are then one vector sum."""
+    if isinstance(offset, Tick):
+        return int(pd.Timedelta(offset).value)
+    if isinstance(offset, Week):
+        return int(pd.Timedelta(weeks=offset.n).value)
+    return None
+
+
+@lru_cache(maxsize=65536)
+def _first_and_origin(start: pd.Timestamp, n: int, freq: str) -> tuple[int, int]:
+    """(first forecast timestamp, last observed timestamp) in naive-UTC nanoseconds of a series of
+    ``n`` points from ``start`` (cached: a client's requests tend to share their windows)."""
+    if start.tz is not None:
+        start = start.tz_convert("UTC").tz_localize(None)
+    offset = to_offset(freq)
+    first = start + n * offset
+    return first.as_unit("ns").value, (first - offset).as_unit("ns").value
+
+
 def capture_frame(records: list[tuple]) -> pd.DataFrame:
     """The capture rows of ``records`` = ``(captured_at epoch s, request_id, run_id, family, parsed,
-    response)``: one per (series with an item_id, forecast step)."""
-    cols: dict[str, list] = {k: [] for k in ("unique_id", "ds", "step", "origin", "freq", "mean", "family",
-                                             "champion_run_id", "request_id", "captured_at")}
+    response)``: one per (series with an item_id, forecast step). Built per series, then repeated
+    over the steps in vectors (the writer thread shares the interpreter with the request path)."""
+    uid, freq_of, family_of, run_of, rid_of, at_of, origin_ns, first_ns, steps_ns, hs = ([] for _ in range(10))
+    means: list = []
     quantiles: dict[str, list] = {}
     n_rows = 0
     for captured_at, request_id, run_id, family, parsed, response in records:
         params = parsed.request.parameters
         freq, H = params.freq, params.prediction_length
         offset = to_offset(freq)
+        step = _fixed_step(offset)
         for i, (s, entry) in enumerate(zip(parsed.request.inputs, response["predictions"])):
             start = parsed.starts[i]
             if s.item_id is None or start is None:
                 continue
-            if start.tz is not None:
-                start = start.tz_convert("UTC").tz_localize(None)
-            first = start + len(parsed.targets[i]) * offset
-            cols["ds"].append(pd.date_range(first, periods=H, freq=offset).as_unit("ns").asi8)
-            cols["origin"].append(np.full(H, (first - offset).as_unit("ns").value, dtype="int64"))
-            cols["mean"].append(entry["mean"])
+            first, origin = _first_and_origin(start, len(parsed.targets[i]), freq)
+            origin_ns.append(origin)
+            if step is None:
+                first_ns.append(pd.date_range(pd.Timestamp(first), periods=H, freq=offset).as_unit("ns").asi8)
+                steps_ns.append(None)
+            else:
+                first_ns.append(first)
+                steps_ns.append(step)
+            means.append(entry["mean"])
             for q in parsed.quantiles:
                 quantiles.setdefault(quantile_column(q), []).append((n_rows, entry[str(q)]))
-            for name, value in (("unique_id", s.item_id), ("freq", freq), ("family", family),
-                                ("champion_run_id", run_id), ("request_id", request_id), ("captured_at", captured_at)):
-                cols[name].append([value] * H)
-            cols["step"].append(np.arange(1, H + 1, dtype="int64"))
+            uid.append(s.item_id)
+            freq_of.append(freq)
+            family_of.append(family)
+            run_of.append(run_id)
+            rid_of.append(request_id)
+            at_of.append(captured_at)
+            hs.append(H)
             n_rows += H
     if not n_rows:
         return pd.DataFrame(columns=[*CAPTURE_COLUMNS, *CAPTURE_TRAILER])
-    flat = {k: np.concatenate([np.asarray(v) for v in vs]) for k, vs in cols.items()}
+    reps = np.asarray(hs, dtype=np.int64)
+    begins = np.cumsum(reps) - reps
+    step_no = np.arange(n_rows, dtype=np.int64) - np.repeat(begins, reps) + 1
+
+    def rep(values: list, dtype: Any = object) -> np.ndarray:
+        return np.repeat(np.asarray(values, dtype=dtype), reps)
+
+    if all(st is not None for st in steps_ns):
+        ds = rep(first_ns, np.int64) + (step_no - 1) * rep(steps_ns, np.int64)
+    else:
+        ds = np.concatenate([np.asarray(f) if st is None else f + st * np.arange(h, dtype=np.int64)
+                             for f, st, h in zip(first_ns, steps_ns, hs)])
     frame = pd.DataFrame({
-        "unique_id": flat["unique_id"].astype(str),
-        "ds": flat["ds"].astype("datetime64[ns]"),
-        "step": flat["step"],
-        "origin": flat["origin"].astype("datetime64[ns]"),
-        "freq": flat["freq"].astype(str),
-        "mean": flat["mean"].astype(float),
+        "unique_id": rep(uid),
+        "ds": ds.astype("datetime64[ns]"),
+        "step": step_no,
+        "origin": rep(origin_ns, np.int64).astype("datetime64[ns]"),
+        "freq": rep(freq_of),
+        "mean": np.fromiter(chain.from_iterable(means), dtype=float, count=n_rows),
     })
     for col in sorted(quantiles, key=float):
         values = np.full(n_rows, np.nan)
         for at, got in quantiles[col]:
             values[at:at + len(got)] = got
         frame[col] = values
-    frame["family"] = flat["family"].astype(str)
-    frame["champion_run_id"] = flat["champion_run_id"].astype(str)
-    frame["request_id"] = flat["request_id"].astype(str)
-    frame["captured_at"] = pd.to_datetime(flat["captured_at"].astype(float), unit="s").astype("datetime64[ns]")
+    frame["family"] = rep(family_of)
+    frame["champion_run_id"] = rep(run_of)
+    frame["request_id"] = rep(rid_of)
+    frame["captured_at"] = (rep(at_of, float) * 1e9).astype(np.int64).astype("datetime64[ns]")
     return frame
