@@ -622,3 +622,17 @@ def test_when_a_body_is_unusual_then_pydantic_validates_it(body):
 def test_when_a_target_holds_an_integer_too_large_for_a_float_then_400_names_it(sn_server):
     r = invoke(sn_server, b'{"inputs": [{"target": [1, 2, 3, 4, 5, ' + str(10**400).encode() + b']}]}')
     assert r.status_code == 400 and "inputs[0].target[5]: an integer too large" in r.json()["error"]
+
+
+def test_when_a_route_or_method_is_unknown_then_404_or_405_in_json_with_the_request_id():
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+
+    with TestClient(create_app(_Holder(_champion_of(SeasonalNaive(7))))) as client:
+        missing = client.get("/nowhere", headers={"x-amzn-requestid": "req-123"})
+        wrong = client.get("/invocations")
+    assert missing.status_code == 404 and "GET /ping, POST /invocations" in missing.json()["error"]
+    assert missing.headers["X-Request-Id"] == "req-123" and missing.headers["X-Champion-Run-Id"] == "broken-run"
+    assert wrong.status_code == 405 and wrong.json() == {"error": "/invocations answers POST, not GET"}
+    assert len(wrong.headers["X-Request-Id"]) == 32
