@@ -133,20 +133,25 @@ class CaptureWriter:
                 logger.exception("data capture: building a batch failed")
 
     def flush(self, force: bool = False) -> int:
-        """Turn pending requests into a batch when one is due (``force``: now) and write what is
-        unwritten; the number of rows put in a new batch."""
-        with self._lock:
-            due = self._pending and (force or len(self._pending) >= self.max_requests
-                                     or time.monotonic() - (self._first_at or 0.0) >= self.max_seconds)
-            taken, self._pending = (self._pending, []) if due else ([], self._pending)
-        rows = 0
-        if taken:
+        """Turn pending requests into batches of at most ``max_requests`` when one is due (``force``:
+        now) and write what is unwritten; the number of rows put in new batches."""
+        rows, made = 0, False
+        while True:
+            with self._lock:
+                due = self._pending and (force or len(self._pending) >= self.max_requests
+                                         or time.monotonic() - (self._first_at or 0.0) >= self.max_seconds)
+                if not due:
+                    break
+                taken, self._pending = self._pending[:self.max_requests], self._pending[self.max_requests:]
+                if self._pending:
+                    self._first_at = time.monotonic()
             frame = capture_frame(taken)
-            rows = len(frame)
             self.stats["requests"] += len(taken)
-            if rows:
+            if len(frame):
                 self._hold(self._batch_key(taken[0][0]), frame)
-        self._write_unwritten(force=force or bool(taken))
+                rows += len(frame)
+                made = True
+        self._write_unwritten(force=force or made)
         return rows
 
     def _batch_key(self, first_at: float) -> str:
