@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -161,13 +162,15 @@ class ServeApp:
     every answered request (data capture); it is flushed when the app shuts down."""
 
     def __init__(self, holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-                 batch_wait_seconds: float = 0.003, batch_series: int = 1024, capture: Any = None):
+                 batch_wait_seconds: float = 0.003, batch_series: int = 1024, capture: Any = None,
+                 model_threads: Optional[int] = None):
         self.holder = holder
         self.keys = [k.encode("utf-8", "surrogateescape") for k in api_keys]
         self.max_body_bytes = max_body_bytes
         self.metrics = ServerMetrics(holder)
         self.batcher = MicroBatcher(max_wait_seconds=batch_wait_seconds, max_series=batch_series,
-                                    on_batch=self.metrics.on_batch)
+                                    on_batch=self.metrics.on_batch,
+                                    before_call=_torch_threads(model_threads) if model_threads else None)
         self.capture = capture
         self.metrics.capture = capture
         self._closed = False
@@ -321,17 +324,32 @@ class ServeApp:
 _METHODS = {"/ping": "GET", "/invocations": "POST", "/metrics": "GET"}
 
 
+def _torch_threads(n: int):
+    """A hook for the model thread: torch's intra-op threads set to ``n`` before each call (after a
+    champion load, which sets them to every core for training and batch forecasts). Torch is never
+    imported for it: a champion without torch has nothing to set."""
+
+    def set_threads() -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+    return set_threads
+
+
 def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-               batch_wait_seconds: float = 0.003, batch_series: int = 1024, capture: Any = None) -> ServeApp:
-    """The ASGI app serving ``holder``'s champion (see :class:`ServeApp`)."""
+               batch_wait_seconds: float = 0.003, batch_series: int = 1024, capture: Any = None,
+               model_threads: Optional[int] = None) -> ServeApp:
+    """The ASGI app serving ``holder``'s champion (see :class:`ServeApp`); ``model_threads``: torch's
+    intra-op threads for the model calls (None: torch's own setting)."""
     return ServeApp(holder, api_keys=api_keys, max_body_bytes=max_body_bytes, batch_wait_seconds=batch_wait_seconds,
-                    batch_series=batch_series, capture=capture)
+                    batch_series=batch_series, capture=capture, model_threads=model_threads)
 
 
 def serve(*, store: Any, env: str, host: str = "0.0.0.0", port: int = 8080, poll_seconds: float = 10.0,
           api_keys: Iterable[str] = (), device: str = "auto", max_batch_wait_seconds: float = 0.003,
           max_batch_series: int = 1024, capture: bool = False, capture_max_requests: int = 1000,
-          capture_max_seconds: float = 60.0) -> int:
+          capture_max_seconds: float = 60.0, model_threads: Optional[int] = 1) -> int:
     """Run the server until SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests,
     writes what data capture holds, exits 0."""
     from chronos_flows.serving import CaptureWriter
@@ -349,7 +367,7 @@ def serve(*, store: Any, env: str, host: str = "0.0.0.0", port: int = 8080, poll
         logger.info("data capture on: requests with item_id, start and freq go to %s/ every %d requests or %gs",
                     layout.capture_prefix(env), capture_max_requests, capture_max_seconds)
     app = create_app(holder, api_keys=keys, batch_wait_seconds=max_batch_wait_seconds, batch_series=max_batch_series,
-                     capture=writer)
+                     capture=writer, model_threads=model_threads)
     config = uvicorn.Config(app, host=host, port=port, log_level="info",
                             access_log=False, timeout_graceful_shutdown=30)
     try:

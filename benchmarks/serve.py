@@ -14,8 +14,9 @@ horizon ``--horizon`` 13, quantiles 0.1/0.5/0.9):
 
 Printed per server and concurrency: requests/s, p50 and p99 latency, the mean number of requests a
 model call answered (from /metrics) and the server's memory; then the bare model in this process
-(upstream ``predict_quantiles``: one call per request, and one batched call over all the inputs),
-and the ratios of this one run:
+(upstream ``predict_quantiles`` with the torch threads the server gives a model call,
+``--model-threads``: one call per request, and one batched call over all the inputs), and the
+ratios of this one run:
 
 * ours / floor requests/s at each concurrency (target >= 0.8 at 32 clients, tiny)
 * p50 at 1 client - bare single-call p50 (target <= +1 ms)
@@ -240,6 +241,8 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--inputs", type=int, default=256, help="distinct single-series requests cycled through")
     ap.add_argument("--no-capture", action="store_true", help="skip the capture-on run")
+    ap.add_argument("--model-threads", type=int, default=None,
+                    help="passed to chronos-flows serve (default: serve's own default, 1; 0: every core)")
     ap.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -257,7 +260,9 @@ def main() -> None:
 
     from chronos_flows.models.chronos.configs import build_random_pipeline
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    # the bare model runs with the threads the server gives a model call (serve's default: 1)
+    bare_threads = (args.model_threads if args.model_threads is not None else 1) or os.cpu_count() or 1
+    torch.set_num_threads(bare_threads)
     clients = [int(x) for x in args.clients.split(",")]
     ctx = contexts(args.inputs, args.context)
     start = "2020-01-06T00:00:00"  # a Monday: on W-MON
@@ -293,10 +298,13 @@ def main() -> None:
         del pipe
 
         print(f"chronos-2 {args.size}, context {args.context}, horizon {args.horizon}, quantiles {LEVELS}, "
-              f"{os.cpu_count()} cores, {args.seconds:g} s per load")
+              f"{os.cpu_count()} cores, {args.seconds:g} s per load, serve --model-threads "
+              f"{args.model_threads if args.model_threads is not None else '1 (default)'}")
         print(f"{'server':<22} {'clients':>7}  {'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'req/call':>8}  "
               f"{'RSS MB':>7}  errors", flush=True)
         serve = ["-m", "app.cli", "serve", "--store", str(tmp / "store"), "--device", "cpu"]
+        if args.model_threads is not None:
+            serve += ["--model-threads", str(args.model_threads)]
         runs: dict[str, dict[int, tuple[float, float]]] = {}
         floor = Served([str(Path(__file__).resolve()), "--floor-server"], tmp / "floor.log")
         try:
@@ -321,7 +329,7 @@ def main() -> None:
             rows = sum(len(pd.read_parquet(f)) for f in files)
             captured = (len(files), rows)
 
-        print(f"bare upstream predict_quantiles: one call per request {bare_single_rps:.1f} req/s, "
+        print(f"bare upstream predict_quantiles ({bare_threads} torch thread(s)): one call per request {bare_single_rps:.1f} req/s, "
               f"p50 {bare_single_p50 * 1000:.2f} ms; one batched call {bare_batched_sps:.1f} series/s")
         for c in clients:
             print(f"ours / floor at {c:>2} clients: {runs['ours'][c][0] / runs['floor'][c][0]:.2f}"

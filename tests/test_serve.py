@@ -636,3 +636,28 @@ def test_when_a_route_or_method_is_unknown_then_404_or_405_in_json_with_the_requ
     assert missing.headers["X-Request-Id"] == "req-123" and missing.headers["X-Champion-Run-Id"] == "broken-run"
     assert wrong.status_code == 405 and wrong.json() == {"error": "/invocations answers POST, not GET"}
     assert len(wrong.headers["X-Request-Id"]) == 32
+
+
+def test_when_model_threads_are_given_then_each_model_call_runs_with_that_many_torch_threads():
+    import torch
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+
+    seen: list[int] = []
+
+    class Counting(SeasonalNaive):
+        def predict(self, context, horizon, freq, quantiles):
+            seen.append(torch.get_num_threads())
+            return super().predict(context, horizon, freq, quantiles)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # what a champion load sets (every core)
+        with TestClient(create_app(_Holder(_champion_of(Counting(7))), model_threads=1)) as client:
+            assert client.post("/invocations", json={"inputs": [{"target": GOOD}]}).status_code == 200
+        with TestClient(create_app(_Holder(_champion_of(Counting(7))), model_threads=2)) as client:
+            assert client.post("/invocations", json={"inputs": [{"target": GOOD}]}).status_code == 200
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]

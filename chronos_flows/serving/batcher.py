@@ -41,7 +41,9 @@ class MicroBatcher:
     per call, not per request) and :meth:`submit` for threads."""
 
     def __init__(self, *, max_wait_seconds: float = 0.003, max_series: int = 1024,
-                 on_batch: Optional[Callable[[int, int, float], None]] = None):
+                 on_batch: Optional[Callable[[int, int, float], None]] = None,
+                 before_call: Optional[Callable[[], None]] = None):
+        self.before_call = before_call  # run in the model thread before each call (e.g. its torch threads)
         self.max_wait_seconds = max(0.0, float(max_wait_seconds))
         self.max_series = max(1, int(max_series))
         self.on_batch = on_batch
@@ -106,6 +108,11 @@ class MicroBatcher:
 
     def _answer(self, jobs: list[_Job]) -> None:
         """One model call per (champion, batch key) group of ``jobs``; each job's ``result`` set."""
+        if self.before_call is not None:
+            try:
+                self.before_call()
+            except Exception:  # noqa: BLE001 - a tuning hook never fails a request
+                logger.exception("the batcher's before_call hook failed")
         groups: dict[Any, list[_Job]] = {}
         for job in jobs:
             groups.setdefault((id(job.champ), job.key if job.key is not None else id(job)), []).append(job)
