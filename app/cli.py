@@ -45,7 +45,7 @@ from chronos_flows.runstate.runs import cleanup_dead_run, kill_run, list_runs, n
 #     `cleanup` and every refusal (exit 2 bad input, exit 3 locked) run without it;
 #   - the pandas-based data modules (cleaning, ingest, splits, forecasting, tuning): ~0.5 s; a launch
 #     that loses the lock exits 3 before the data is read (tests/test_cli.py times the losers);
-#   - app.server (FastAPI, uvicorn): only `serve` needs it.
+#   - app.server (uvicorn, orjson): only `serve` needs it.
 # These light modules (store, lock, config, records) cost ~0.15 s together.
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_KILLED = 0, 1, 2, 3, 4

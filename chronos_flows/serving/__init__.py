@@ -1,6 +1,6 @@
 """Real-time serving core: the SageMaker JumpStart Chronos request/response contract over the
 environment's champion, with hot swap. Framework-free (pydantic, pandas; no HTTP library): the app
-layer (:mod:`app.server`) mounts it on FastAPI/uvicorn.
+layer (:mod:`app.server`) mounts it as a plain ASGI app on uvicorn.
 
 Request (FACTS.md "Serving contract of Chronos endpoints")::
 
