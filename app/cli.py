@@ -50,7 +50,7 @@ from chronos_flows.training.cost import estimate_endpoint_cost
 #     `cleanup` and every refusal (exit 2 bad input, exit 3 locked) run without it;
 #   - the pandas-based data modules (cleaning, ingest, splits, forecasting, tuning): ~0.5 s; a launch
 #     that loses the lock exits 3 before the data is read (tests/test_cli.py times the losers);
-#   - app.server (FastAPI, uvicorn): only `serve` needs it.
+#   - app.server (uvicorn, orjson): only `serve` needs it.
 # These light modules (store, lock, config, records) cost ~0.15 s together.
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED, EXIT_KILLED = 0, 1, 2, 3, 4
@@ -539,6 +539,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise BadInputError(f"--poll-seconds must be positive, got {args.poll_seconds}")
     if args.max_batch_wait_ms < 0 or args.max_batch_series < 1:
         raise BadInputError("--max-batch-wait-ms must be >= 0 and --max-batch-series >= 1")
+    if args.model_threads < 0:
+        raise BadInputError(f"--model-threads must be >= 0 (0: every core), got {args.model_threads}")
+    if args.capture_max_requests < 1 or args.capture_max_seconds <= 0:
+        raise BadInputError("--capture-max-requests must be >= 1 and --capture-max-seconds > 0")
     keys = api_keys_from_environment(args.api_keys_file)
     model_dir = args.model_dir or os.environ.get(sagemaker.MODEL_DIR_ENV)
     if model_dir:  # a packaged champion (SageMaker's /opt/ml/model): no store, nothing to poll for
@@ -553,7 +557,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"chronos-flows: kept failure records not written yet, the store cannot be reached: {exc}", file=sys.stderr)
     return serve(store=store, env=args.env or "dev", host=args.host, port=args.port, poll_seconds=args.poll_seconds,
                  api_keys=keys, device=args.device, max_batch_wait_seconds=args.max_batch_wait_ms / 1000.0,
-                 max_batch_series=args.max_batch_series)
+                 max_batch_series=args.max_batch_series, capture=args.capture,
+                 capture_max_requests=args.capture_max_requests, capture_max_seconds=args.capture_max_seconds,
+                 model_threads=args.model_threads or None)
 
 
 def _endpoint_params(args: argparse.Namespace):
@@ -821,6 +827,16 @@ def _add_serve(sub) -> None:
                     help="under load, how long a model call waits for more requests to join it (default 3 ms)")
     sv.add_argument("--max-batch-series", type=int, default=1024,
                     help="most series one model call gathers from concurrent requests (default 1024)")
+    sv.add_argument("--model-threads", type=int, default=1,
+                    help="torch threads of a model call on CPU (default 1: the HTTP side and concurrent requests use "
+                    "the other cores, and a busy core never stalls a multi-threaded call; 0: every core)")
+    sv.add_argument("--capture", action="store_true",
+                    help="data capture: answered requests that carry item_id, start and freq, with their forecasts, "
+                    "are written to {env}/capture/ in batched Parquet files for the monitor (off by default)")
+    sv.add_argument("--capture-max-requests", type=int, default=1000,
+                    help="with --capture: one Parquet object per this many captured requests at most (default 1000)")
+    sv.add_argument("--capture-max-seconds", type=float, default=60.0,
+                    help="with --capture: ... or per this many seconds, whichever comes first (default 60)")
     sv.set_defaults(func=cmd_serve)
 
 

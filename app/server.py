@@ -1,5 +1,7 @@
-"""The HTTP server of ``chronos-flows serve`` (app layer): the SageMaker hosting contract on
-FastAPI/uvicorn over the framework-free core in :mod:`chronos_flows.serving`.
+"""The HTTP server of ``chronos-flows serve`` (app layer): the SageMaker hosting contract as a plain
+ASGI app on uvicorn over the framework-free core in :mod:`chronos_flows.serving` (no web framework
+on the request path: three routes do not need one, and its per-request objects cost more than the
+tiny model's share of a batched call).
 
 * ``GET /ping``: 200 when a champion is loaded, 503 while none is (never needs an API key).
 * ``POST /invocations``: the JumpStart Chronos request/response format.
@@ -10,28 +12,32 @@ FastAPI/uvicorn over the framework-free core in :mod:`chronos_flows.serving`.
 * One JSON access-log line per request on the ``chronos_flows.access`` logger.
 * ``GET /metrics``: Prometheus text format (requests by route and status, latency histogram, model
   calls and their sizes in requests and series, champion load time and swaps, the serving champion).
-* Concurrent requests are micro-batched into one model call (:class:`~chronos_flows.serving.MicroBatcher`).
+* Concurrent requests are micro-batched into one model call (:class:`~chronos_flows.serving.MicroBatcher`);
+  the event loop hands a request to the batcher's thread and is woken once with its answer.
+* Bodies are read by orjson (Python's json only for what orjson refuses: NaN, huge integers), so
+  the validator still names such values.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
 import logging
 import os
+import random
 import signal
+import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.concurrency import run_in_threadpool
 
+from chronos_flows.core import layout
 from chronos_flows.core.errors import BadInputError
 from chronos_flows.serving import ChampionHolder, MicroBatcher, ModelError, RequestError, parse_request
 
@@ -88,8 +94,21 @@ class ServerMetrics:
         self.load_seconds = Gauge("chronos_serve_champion_load_seconds", "time the serving champion took to load", registry=r)
         self.swaps = Gauge("chronos_serve_champion_swaps", "champions loaded since the server started", registry=r)
         self.champion = Gauge("chronos_serve_champion", "the serving champion (value 1)", ["run_id", "family"], registry=r)
+        self.capture_stats = Gauge("chronos_serve_capture", "data capture: requests captured, rows and objects written, "
+                                   "store write failures, rows held for a retry, rows dropped", ["what"], registry=r)
+        self.capture: Any = None
         self._holder = holder
         self._shown: Optional[tuple[str, str]] = None
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        """One answered request (label children cached: no label lookup per request)."""
+        key = (path, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = (self.requests.labels(path, str(status)), self.latency.labels(path))
+        child[0].inc()
+        child[1].observe(seconds)
 
     def on_batch(self, n_requests: int, n_series: int, seconds: float) -> None:
         self.batch_requests.observe(n_requests)
@@ -108,125 +127,187 @@ class ServerMetrics:
                 self._shown = shown
             self.load_seconds.set(champ.load_seconds)
         self.swaps.set(self._holder.swaps)
+        if self.capture is not None:
+            for name, value in self.capture.stats.items():
+                self.capture_stats.labels(name).set(value)
         return generate_latest(self.registry)
 
 
-def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-               batch_wait_seconds: float = 0.003, batch_series: int = 1024):
-    """The FastAPI app serving ``holder``'s champion; concurrent requests share model calls through a
-    :class:`MicroBatcher` (``batch_wait_seconds``, ``batch_series``) stopped with the app."""
-    keys = [k.encode("utf-8", "surrogateescape") for k in api_keys]
-    metrics = ServerMetrics(holder)
-    batcher = MicroBatcher(max_wait_seconds=batch_wait_seconds, max_series=batch_series, on_batch=metrics.on_batch)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app):
-        yield
-        batcher.stop()
-
-    app = FastAPI(title="chronos-flows serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.metrics = metrics
-    _add_envelope(app, holder, keys, metrics)
-    _add_status_routes(app, holder, metrics)
-    _add_invocations(app, holder, batcher, max_body_bytes)
-    return app
+_JSON = b"application/json"
+#: request ids need to be unique, not secret: a seeded generator, not os.urandom per request (a system
+#: call that costs more than the rest of the envelope on some hosts)
+_ids = random.Random()
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+class _Exchange:
+    """What the envelope learns about one request while it is answered."""
+
+    __slots__ = ("champion", "n_series", "request_id")
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.champion = None
+        self.n_series: Optional[int] = None
 
 
-def _refusal(request: Request, keys: list[bytes]) -> Optional[JSONResponse]:
-    """401/403 for a request without the right API key (when keys are configured; /ping is open)."""
-    if not keys or request.url.path == "/ping":
-        return None
-    given = request.headers.get("x-api-key")
-    if given is None:
-        return _error(401, "missing x-api-key header")
-    if not _key_ok(given, keys):
-        return _error(403, "invalid API key")
-    return None
+def _error(status: int, message: str, **extra: Any) -> tuple[int, bytes, bytes]:
+    return status, orjson.dumps({"error": message, **extra}), _JSON
 
 
-def _add_envelope(app: FastAPI, holder: ChampionHolder, keys: list[bytes], metrics: ServerMetrics) -> None:
-    """The middleware around every request: API keys, champion and request-id headers, metrics, access log."""
+class ServeApp:
+    """The ASGI application of ``chronos-flows serve``: three routes answered directly on the event
+    loop (no per-request framework objects, JSON by orjson), every request through one envelope
+    (API keys, champion and request-id headers, metrics, access log); ``/invocations`` waits for its
+    answer from the :class:`MicroBatcher` without a thread of its own. ``capture`` (optional) gets
+    every answered request (data capture); it is flushed when the app shuts down."""
 
-    @app.middleware("http")
-    async def envelope(request: Request, call_next):
+    def __init__(self, holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
+                 batch_wait_seconds: float = 0.003, batch_series: int = 1024, capture: Any = None,
+                 model_threads: Optional[int] = None):
+        self.holder = holder
+        self.keys = [k.encode("utf-8", "surrogateescape") for k in api_keys]
+        self.max_body_bytes = max_body_bytes
+        self.metrics = ServerMetrics(holder)
+        self.batcher = MicroBatcher(max_wait_seconds=batch_wait_seconds, max_series=batch_series,
+                                    on_batch=self.metrics.on_batch,
+                                    before_call=_torch_threads(model_threads) if model_threads else None)
+        self.capture = capture
+        self.metrics.capture = capture
+        self._closed = False
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    def close(self) -> None:
+        """Stop the batcher and flush the capture (idempotent; after the last request is answered)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.batcher.stop()
+        if self.capture is not None:
+            self.capture.stop()
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.close)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------------------------ the envelope
+
+    async def _http(self, scope, receive, send) -> None:
         t0 = time.perf_counter()
-        rid = request.headers.get("x-amzn-requestid") or uuid.uuid4().hex
-        request.state.request_id = rid
-        request.state.n_series = None
-        response = _refusal(request, keys)
-        if response is None:
-            response = await call_next(request)
-        champ = getattr(request.state, "champion", None) or holder.current
+        headers = dict(scope["headers"])
+        given_id = headers.get(b"x-amzn-requestid")
+        ex = _Exchange(given_id.decode("latin-1") if given_id else f"{_ids.getrandbits(128):032x}")
+        path, method = scope["path"], scope["method"]
+        try:
+            answer = self._refusal(path, headers) or await self._route(method, path, headers, receive, ex)
+        except Exception:  # noqa: BLE001 - the traceback goes to the log, never to the client
+            logger.exception("request %s: %s %s failed", ex.request_id, method, path)
+            answer = _error(500, f"the server failed on this request; request id {ex.request_id}",
+                            request_id=ex.request_id)
+        status, body, ctype = answer
+        champ = ex.champion or self.holder.current
+        out = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
         if champ is not None:
-            for k, v in champ.headers().items():
-                response.headers.setdefault(k, v)
-        response.headers["X-Request-Id"] = rid
+            out += [(b"x-champion-run-id", str(champ.run_id).encode()), (b"x-champion-family", str(champ.family).encode())]
+        out.append((b"x-request-id", ex.request_id.encode("latin-1", "replace")))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": body})
         latency = time.perf_counter() - t0
-        path = request.url.path if request.url.path in ROUTES else "other"
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(latency)
+        label = path if path in ROUTES else "other"
+        self.metrics.observe(label, status, latency)
         access_log.info(json.dumps({
-            "request_id": rid, "method": request.method, "path": request.url.path, "status": response.status_code,
-            "latency_ms": round(latency * 1000, 2), "series": request.state.n_series,
+            "request_id": ex.request_id, "method": method, "path": path, "status": status,
+            "latency_ms": round(latency * 1000, 2), "series": ex.n_series,
             "champion_run_id": champ.run_id if champ else None, "champion_family": champ.family if champ else None,
         }))
-        return response
 
+    def _refusal(self, path: str, headers: dict) -> Optional[tuple[int, bytes, bytes]]:
+        """401/403 for a request without the right API key (when keys are configured; /ping is open)."""
+        if not self.keys or path == "/ping":
+            return None
+        given = headers.get(b"x-api-key")
+        if given is None:
+            return _error(401, "missing x-api-key header")
+        if not _key_ok(given.decode("latin-1"), self.keys):
+            return _error(403, "invalid API key")
+        return None
 
-def _add_status_routes(app: FastAPI, holder: ChampionHolder, metrics: ServerMetrics) -> None:
-    """``GET /ping`` and ``GET /metrics``."""
+    async def _route(self, method: str, path: str, headers: dict, receive, ex: _Exchange) -> tuple[int, bytes, bytes]:
+        want = _METHODS.get(path)
+        if want is None:
+            return _error(404, f"no route {path}; the routes are GET /ping, POST /invocations and GET /metrics")
+        if method != want:
+            return _error(405, f"{path} answers {want}, not {method}")
+        if path == "/invocations":
+            return await self._invocations(headers, receive, ex)
+        if path == "/ping":
+            return self._ping()
+        return 200, self.metrics.render(), CONTENT_TYPE_LATEST.encode()
 
-    @app.get("/ping")
-    async def ping():
-        champ = holder.current
+    def _ping(self) -> tuple[int, bytes, bytes]:
+        champ = self.holder.current
         if champ is None:
-            detail = "no champion loaded yet" + (f" (last error: {holder.last_error})" if holder.last_error else "")
-            return _error(503, detail)
-        return JSONResponse({"status": "ok", "champion_run_id": champ.run_id, "family": champ.family})
+            last = self.holder.last_error
+            return _error(503, "no champion loaded yet" + (f" (last error: {last})" if last else ""))
+        return 200, orjson.dumps({"status": "ok", "champion_run_id": champ.run_id, "family": champ.family}), _JSON
 
-    @app.get("/metrics")
-    async def prometheus_metrics():
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    # ---------------------------------------------------------------------------- /invocations
 
+    async def _read_json(self, headers: dict, receive) -> tuple[Any, Optional[tuple[int, bytes, bytes]]]:
+        """The request's JSON body, or the 415/413/400 answer refusing it."""
+        ctype = headers.get(b"content-type", b"application/json").decode("latin-1").split(";")[0].strip().lower()
+        if ctype not in ("application/json", "*/*", ""):
+            return None, _error(415, f"content type {ctype!r} is not supported; send application/json")
+        limit = self.max_body_bytes
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        if length.isdigit() and int(length) > limit:
+            return None, _error(413, f"body of {int(length)} bytes is over the {limit}-byte limit; split the request")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None, _error(400, "the client went away before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None, _error(413, f"body of over {limit} bytes is over the {limit}-byte limit; split the request")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            return orjson.loads(body), None
+        except orjson.JSONDecodeError:
+            pass  # NaN/Infinity, integers over 64 bits: JSON as Python reads it, so validation names the value
+        try:
+            return json.loads(body), None
+        except (ValueError, UnicodeDecodeError) as exc:
+            return None, _error(400, f"body is not valid JSON: {exc}")
 
-async def _read_json(request: Request, max_body_bytes: int) -> tuple[Any, Optional[JSONResponse]]:
-    """The request's JSON body, or the 415/413/400 response refusing it."""
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype not in ("application/json", "*/*", ""):
-        return None, _error(415, f"content type {ctype!r} is not supported; send application/json")
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > max_body_bytes:
-        return None, _error(413, f"body of {int(length)} bytes is over the {max_body_bytes}-byte limit; split the request")
-    body = await request.body()
-    if len(body) > max_body_bytes:
-        return None, _error(413, f"body of {len(body)} bytes is over the {max_body_bytes}-byte limit; split the request")
-    try:
-        return json.loads(body), None
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, _error(400, f"body is not valid JSON: {exc}")
-
-
-def _add_invocations(app: FastAPI, holder: ChampionHolder, batcher: MicroBatcher, max_body_bytes: int) -> None:
-    """``POST /invocations``: parse, forecast with the champion current when the request arrived (micro-batched)."""
-
-    @app.post("/invocations")
-    async def invocations(request: Request):
-        rid = request.state.request_id
-        raw, refused = await _read_json(request, max_body_bytes)
+    async def _invocations(self, headers: dict, receive, ex: _Exchange) -> tuple[int, bytes, bytes]:
+        """Parse, forecast with the champion current when the request arrived (micro-batched)."""
+        raw, refused = await self._read_json(headers, receive)
         if refused is not None:
             return refused
-        champ = holder.current  # this request's champion, whatever swaps happen meanwhile
+        champ = self.holder.current  # this request's champion, whatever swaps happen meanwhile
         if champ is None:
             return _error(503, "no champion loaded yet; retry when GET /ping answers 200")
-        request.state.champion = champ
+        ex.champion = champ
+        rid = ex.request_id
         try:
             parsed = parse_request(raw)
-            request.state.n_series = parsed.n_series
-            out = await run_in_threadpool(batcher.submit, champ, parsed)
+            ex.n_series = parsed.n_series
+            out = await self.batcher.submit_async(champ, parsed)
         except RequestError as exc:
             return _error(exc.status, exc.message)
         except ModelError as exc:
@@ -235,13 +316,44 @@ def _add_invocations(app: FastAPI, holder: ChampionHolder, batcher: MicroBatcher
         except Exception:  # noqa: BLE001 - the traceback goes to the log, never to the client
             logger.exception("request %s: the model failed", rid)
             return _error(500, f"the model failed on this request; request id {rid}", request_id=rid)
-        return JSONResponse(out)
+        if self.capture is not None:
+            self.capture.add(champ, parsed, out, rid)
+        return 200, orjson.dumps(out), _JSON
+
+
+_METHODS = {"/ping": "GET", "/invocations": "POST", "/metrics": "GET"}
+
+
+def _torch_threads(n: int):
+    """A hook for the model thread: torch's intra-op threads set to ``n`` before each call (after a
+    champion load, which sets them to every core for training and batch forecasts). Torch is never
+    imported for it: a champion without torch has nothing to set."""
+
+    def set_threads() -> None:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+    return set_threads
+
+
+def create_app(holder: ChampionHolder, *, api_keys: Iterable[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
+               batch_wait_seconds: float = 0.003, batch_series: int = 1024, capture: Any = None,
+               model_threads: Optional[int] = None) -> ServeApp:
+    """The ASGI app serving ``holder``'s champion (see :class:`ServeApp`); ``model_threads``: torch's
+    intra-op threads for the model calls (None: torch's own setting)."""
+    return ServeApp(holder, api_keys=api_keys, max_body_bytes=max_body_bytes, batch_wait_seconds=batch_wait_seconds,
+                    batch_series=batch_series, capture=capture, model_threads=model_threads)
 
 
 def serve(*, store: Any, env: str, host: str = "0.0.0.0", port: int = 8080, poll_seconds: float = 10.0,
           api_keys: Iterable[str] = (), device: str = "auto", max_batch_wait_seconds: float = 0.003,
-          max_batch_series: int = 1024) -> int:
-    """Run the server until SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, exits 0."""
+          max_batch_series: int = 1024, capture: bool = False, capture_max_requests: int = 1000,
+          capture_max_seconds: float = 60.0, model_threads: Optional[int] = 1) -> int:
+    """Run the server until SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests,
+    writes what data capture holds, exits 0."""
+    from chronos_flows.serving import CaptureWriter
+
     import uvicorn
 
     keys = list(api_keys)
@@ -249,12 +361,19 @@ def serve(*, store: Any, env: str, host: str = "0.0.0.0", port: int = 8080, poll
     holder = ChampionHolder(store, env, poll_seconds=poll_seconds, device=device).start()
     logger.info("serving env %s of %s on %s:%d; %s", env, getattr(store, "url", store), host, port,
                 f"{len(keys)} API key(s) required" if keys else "no API key required")
-    app = create_app(holder, api_keys=keys, batch_wait_seconds=max_batch_wait_seconds, batch_series=max_batch_series)
+    writer = None
+    if capture:
+        writer = CaptureWriter(store, env, max_requests=capture_max_requests, max_seconds=capture_max_seconds).start()
+        logger.info("data capture on: requests with item_id, start and freq go to %s/ every %d requests or %gs",
+                    layout.capture_prefix(env), capture_max_requests, capture_max_seconds)
+    app = create_app(holder, api_keys=keys, batch_wait_seconds=max_batch_wait_seconds, batch_series=max_batch_series,
+                     capture=writer, model_threads=model_threads)
     config = uvicorn.Config(app, host=host, port=port, log_level="info",
                             access_log=False, timeout_graceful_shutdown=30)
     try:
         _DrainingServer(config).run()
     finally:
+        app.close()  # after the lifespan's own close: idempotent
         holder.stop()
     logger.info("stopped")
     return 0

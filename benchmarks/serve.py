@@ -1,24 +1,33 @@
-"""Benchmark the real-time endpoint (``chronos-flows serve``) against the bare pipeline (offline, CPU).
+"""Benchmark the real-time endpoint (``chronos-flows serve``) against the web framework's floor
+and the bare model, in one run (offline, CPU).
 
-A random-initialised Chronos-2 (``--size``, no weights can be downloaded here) is promoted as the
-champion of a throw-away local store; the real server process serves it on 127.0.0.1. Clients send
-single-series JumpStart requests (``--context`` 256 points, horizon ``--horizon`` 13, quantiles
-0.1/0.5/0.9) for ``--seconds`` at 1, 8 and 32 concurrent clients (threads, one HTTP connection
-each). Printed per concurrency: requests/s, p50 and p99 latency, and the mean number of requests a
-model call answered (from the server's /metrics).
+A random-initialised Chronos-2 (``--size`` tiny or small, no weights can be downloaded here) is
+promoted as the champion of a throw-away local store. Three servers are loaded in turn by the same
+clients (threads of httpx, one keep-alive connection each) for ``--seconds`` at 1, 8 and 32 clients,
+with single-series JumpStart requests (``--context`` 256 points, ``item_id``/``start``/``freq``,
+horizon ``--horizon`` 13, quantiles 0.1/0.5/0.9):
 
-The bare side, in this process on the same model and inputs: upstream ``predict_quantiles`` with
-one call per request (requests/s, p50), and one batched call over all the distinct inputs
-(series/s). Ratios measured in this one run:
+* the floor: a FastAPI app under uvicorn (1 worker) with no model that parses the same body and
+  answers a same-sized forecast (``--floor-server``, this file);
+* ``chronos-flows serve`` (the real server process, capture off);
+* ``chronos-flows serve --capture`` (data capture on; at the highest concurrency only).
 
-* throughput at 32 clients / bare batched throughput (target >= 0.8)
-* p50 at 1 client - bare single-call p50 (target <= 10 ms)
+Printed per server and concurrency: requests/s, p50 and p99 latency, the mean number of requests a
+model call answered (from /metrics) and the server's memory; then the bare model in this process
+(upstream ``predict_quantiles`` with the torch threads the server gives a model call,
+``--model-threads``: one call per request, and one batched call over all the inputs), and the
+ratios of this one run:
+
+* ours / floor requests/s at each concurrency (target >= 0.8 at 32 clients, tiny)
+* p50 at 1 client - bare single-call p50 (target <= +1 ms)
+* capture on / capture off requests/s at 32 clients (target >= 0.95)
+* ours at 32 clients / bare batched series/s (the small model: the model should dominate)
 
 Usage::
 
-    python benchmarks/serve.py [--size tiny] [--seconds 8] [--clients 1,8,32]
+    python benchmarks/serve.py [--size tiny|small] [--seconds 8] [--clients 1,8,32]
 
-Run it on a quiet machine: client threads, the server and the bare model share the cores.
+Run it on a quiet machine: client threads, the servers and the bare model share the cores.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi import Request  # at module level: FastAPI resolves the handler's (string) annotation here
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -120,6 +130,108 @@ def batch_stats(url: str) -> tuple[float, float]:
     return calls, answered
 
 
+def floor_app():
+    """The framework's floor: FastAPI, the same body parsed, a same-sized answer, no model."""
+    from fastapi import FastAPI
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/ping")
+    async def ping():
+        return {"status": "ok"}
+
+    @app.post("/invocations")
+    async def invocations(request: Request):
+        body = await request.json()
+        params = body.get("parameters", {})
+        horizon = int(params.get("prediction_length", 1))
+        levels = params.get("quantile_levels", LEVELS)
+        preds = []
+        for s in body["inputs"]:
+            last = float(s["target"][-1])
+            entry = {"mean": [last] * horizon, **{str(q): [last] * horizon for q in levels}}
+            for key in ("item_id", "start"):
+                if key in s:
+                    entry[key] = s[key]
+            preds.append(entry)
+        return {"predictions": preds}
+
+    return app
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (MB), from /proc."""
+    total = 0.0
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
+
+
+class Served:
+    """A server process on a free port, ready when /ping answers 200."""
+
+    def __init__(self, argv: list[str], log_path: Path):
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        env.pop("CHRONOS_FLOWS_API_KEYS", None)
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, *argv, "--host", "127.0.0.1", "--port", str(self.port)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise SystemExit(f"server {argv} did not become ready:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+def run_loads(name: str, served: Served, bodies: list[dict], clients: list[int], seconds: float,
+              model: bool) -> dict[int, tuple[float, float]]:
+    load(served.url, bodies, 4, 1.0)  # warm-up
+    results = {}
+    for c in clients:
+        if model:
+            calls0, answered0 = batch_stats(served.url)
+        rps, lat, errors = load(served.url, bodies, c, seconds)
+        per_call = "-"
+        if model:
+            calls1, answered1 = batch_stats(served.url)
+            per_call = f"{(answered1 - answered0) / max(calls1 - calls0, 1):.1f}"
+        p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
+        results[c] = (rps, p50)
+        print(f"{name:<22} {c:>7}  {rps:>8.1f}  {p50 * 1000:>8.2f}  {p99 * 1000:>8.2f}  {per_call:>8}  "
+              f"{rss_mb(served.proc.pid):>7.0f}  {errors}", flush=True)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="tiny", choices=["tiny", "mini", "small"])
@@ -128,25 +240,42 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--inputs", type=int, default=256, help="distinct single-series requests cycled through")
+    ap.add_argument("--no-capture", action="store_true", help="skip the capture-on run")
+    ap.add_argument("--model-threads", type=int, default=None,
+                    help="passed to chronos-flows serve (default: serve's own default, 1; 0: every core)")
+    ap.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
-    import httpx
+    if args.floor_server:
+        import uvicorn
+
+        uvicorn.run(floor_app(), host=args.host, port=args.port, log_level="warning")
+        return
+
+    import pandas as pd
     import torch
     from chronos import BaseChronosPipeline
 
     from chronos_flows.models.chronos.configs import build_random_pipeline
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    # the bare model runs with the threads the server gives a model call (serve's default: 1)
+    bare_threads = (args.model_threads if args.model_threads is not None else 1) or os.cpu_count() or 1
+    torch.set_num_threads(bare_threads)
+    clients = [int(x) for x in args.clients.split(",")]
     ctx = contexts(args.inputs, args.context)
-    bodies = [{"inputs": [{"target": y}], "parameters": {"prediction_length": args.horizon, "quantile_levels": LEVELS}}
-              for y in ctx]
+    start = "2020-01-06T00:00:00"  # a Monday: on W-MON
+    bodies = [{"inputs": [{"target": y, "item_id": f"item-{i:04d}", "start": start}],
+               "parameters": {"prediction_length": args.horizon, "quantile_levels": LEVELS, "freq": "W-MON"}}
+              for i, y in enumerate(ctx)]
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         tmp = Path(tmp)
         build_random_pipeline("chronos-2", args.size, args.context, args.horizon, seed=0).save_pretrained(tmp / "model")
         seed_store(tmp / "store", tmp / "model", args.context)
 
-        # bare pipeline, in this process (before the server starts: nothing else on the cores)
+        # bare pipeline, in this process (before the servers start: nothing else on the cores)
         pipe = BaseChronosPipeline.from_pretrained(str(tmp / "model"), device_map="cpu", dtype=torch.float32)
         tensors = [torch.tensor(y, dtype=torch.float32) for y in ctx]
         pipe.predict_quantiles(tensors[:8], prediction_length=args.horizon, quantile_levels=LEVELS)  # warm-up
@@ -168,51 +297,51 @@ def main() -> None:
         bare_batched_sps = len(tensors) / min(batched)
         del pipe
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        env.pop("CHRONOS_FLOWS_API_KEYS", None)
-        log = open(tmp / "server.log", "w")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--store", str(tmp / "store"), "--device", "cpu"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        print(f"chronos-2 {args.size}, context {args.context}, horizon {args.horizon}, quantiles {LEVELS}, "
+              f"{os.cpu_count()} cores, {args.seconds:g} s per load, serve --model-threads "
+              f"{args.model_threads if args.model_threads is not None else '1 (default)'}")
+        print(f"{'server':<22} {'clients':>7}  {'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'req/call':>8}  "
+              f"{'RSS MB':>7}  errors", flush=True)
+        serve = ["-m", "app.cli", "serve", "--store", str(tmp / "store"), "--device", "cpu"]
+        if args.model_threads is not None:
+            serve += ["--model-threads", str(args.model_threads)]
+        runs: dict[str, dict[int, tuple[float, float]]] = {}
+        floor = Served([str(Path(__file__).resolve()), "--floor-server"], tmp / "floor.log")
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit(f"server did not become ready:\n{(tmp / 'server.log').read_text()[-2000:]}")
-                time.sleep(0.2)
-            load(url, bodies, 4, 1.0)  # warm-up
-
-            print(f"chronos-2 {args.size}, context {args.context}, horizon {args.horizon}, quantiles {LEVELS}, "
-                  f"{os.cpu_count()} cores")
-            print(f"bare upstream predict_quantiles: one call per request {bare_single_rps:.1f} req/s, "
-                  f"p50 {bare_single_p50 * 1000:.2f} ms; one batched call {bare_batched_sps:.1f} series/s")
-            print(f"{'clients':>7}  {'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'req/call':>8}  errors")
-            results = {}
-            for c in [int(x) for x in args.clients.split(",")]:
-                calls0, answered0 = batch_stats(url)
-                rps, lat, errors = load(url, bodies, c, args.seconds)
-                calls1, answered1 = batch_stats(url)
-                per_call = (answered1 - answered0) / max(calls1 - calls0, 1)
-                p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
-                results[c] = (rps, p50)
-                print(f"{c:>7}  {rps:>8.1f}  {p50 * 1000:>8.2f}  {p99 * 1000:>8.2f}  {per_call:>8.1f}  {errors}")
-            if max(results) >= 32 or len(results) > 1:
-                top = max(results)
-                print(f"throughput at {top} clients / bare batched: {results[top][0] / bare_batched_sps:.2f} (target >= 0.8)")
-            if 1 in results:
-                print(f"p50 at 1 client - bare single call: {(results[1][1] - bare_single_p50) * 1000:+.2f} ms (target <= +10 ms)")
+            runs["floor"] = run_loads("floor (FastAPI, no model)", floor, bodies, clients, args.seconds, model=False)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
-            log.close()
+            floor.stop()
+        ours = Served(serve, tmp / "serve.log")
+        try:
+            runs["ours"] = run_loads("chronos-flows serve", ours, bodies, clients, args.seconds, model=True)
+        finally:
+            ours.stop()
+        top = max(clients)
+        captured = None
+        if not args.no_capture:
+            cap = Served([*serve, "--capture", "--capture-max-requests", "1000", "--capture-max-seconds", "5"],
+                         tmp / "capture.log")
+            try:
+                runs["capture"] = run_loads("serve --capture", cap, bodies, [top], args.seconds, model=True)
+            finally:
+                cap.stop()
+            files = sorted((tmp / "store" / "dev" / "capture").rglob("*.parquet"))
+            rows = sum(len(pd.read_parquet(f)) for f in files)
+            captured = (len(files), rows)
+
+        print(f"bare upstream predict_quantiles ({bare_threads} torch thread(s)): one call per request {bare_single_rps:.1f} req/s, "
+              f"p50 {bare_single_p50 * 1000:.2f} ms; one batched call {bare_batched_sps:.1f} series/s")
+        for c in clients:
+            print(f"ours / floor at {c:>2} clients: {runs['ours'][c][0] / runs['floor'][c][0]:.2f}"
+                  + ("  (target >= 0.8)" if c == top else ""))
+        if 1 in clients:
+            print(f"p50 at 1 client - bare single call: {(runs['ours'][1][1] - bare_single_p50) * 1000:+.2f} ms "
+                  "(target <= +1 ms)")
+        if captured is not None:
+            print(f"capture on / off at {top} clients: {runs['capture'][top][0] / runs['ours'][top][0]:.2f} "
+                  f"(target >= 0.95); {captured[1]} rows captured in {captured[0]} Parquet files")
+        print(f"ours at {top} clients / bare batched: {runs['ours'][top][0] / bare_batched_sps:.2f} "
+              "(the model's share: near 1 when the model dominates)")
 
 
 if __name__ == "__main__":

@@ -554,3 +554,110 @@ def test_when_a_chronos_champion_answers_requests_together_then_each_equals_its_
             for key in ("mean", "0.1", "0.5", "0.9"):
                 np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5)
             assert all(x <= y <= z for x, y, z in zip(a["0.1"], a["0.5"], a["0.9"]))  # never crossing
+
+
+def test_when_requests_await_the_batcher_on_the_event_loop_then_those_waiting_share_one_call_and_get_their_own_answers():
+    """The server's door (``submit_async``): requests gather on the event loop while the model is
+    busy and go to it in one call; a failure stays with the request that caused it."""
+    import asyncio
+
+    from chronos_flows.serving import MicroBatcher, parse_request, predict
+
+    model = _Gated(7)
+    champ = _champion_of(model)
+    seen: list[tuple[int, int]] = []
+    batcher = MicroBatcher(max_wait_seconds=0.0, on_batch=lambda r, n, _s: seen.append((r, n)))
+    bodies = [{"inputs": [{"target": series(30 + i, seed=i), "item_id": f"i{i}"}], "parameters": {"prediction_length": 4}}
+              for i in range(9)]
+    bodies[4]["inputs"][0]["target"][-1] = -1e9  # one request the model refuses
+    bodies[7]["parameters"]["prediction_length"] = 6  # another horizon: its own call
+
+    async def scenario():
+        first = asyncio.ensure_future(batcher.submit_async(champ, parse_request(bodies[0])))
+        while not model.entered.is_set():
+            await asyncio.sleep(0.01)  # request 0 is inside the model: the others gather behind it
+        rest = [asyncio.ensure_future(batcher.submit_async(champ, parse_request(bodies[i]))) for i in range(1, 9)]
+        await asyncio.sleep(0.2)
+        model.gate.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    try:
+        answers = asyncio.run(scenario())
+    finally:
+        batcher.stop()
+    assert seen[0] == (1, 1) and sorted(seen[1:]) == [(1, 1), (7, 7)], seen
+    assert type(answers[4]).__name__ == "RequestError" and "item_id 'i4'" in str(answers[4])
+    for i in (0, 1, 2, 3, 5, 6, 7, 8):
+        assert answers[i] == predict(_champion_of(SeasonalNaive(7)), parse_request(bodies[i])), i
+
+
+@pytest.mark.parametrize("body", [
+    {"inputs": [{"target": [1, 2.5, 3, 4, 5, 6], "item_id": "a", "start": "2024-01-01"}, {"target": GOOD, "item_id": "b",
+                "start": "2024-01-08"}], "parameters": {"prediction_length": 3, "quantile_levels": [0.9, 0.1], "freq": "W-MON",
+                                                         "batch_size": 8, "predict_batches_jointly": True}},
+    {"inputs": [{"target": GOOD}]},
+], ids=["every-field", "defaults"])
+def test_when_a_body_takes_the_fast_validation_then_the_request_equals_pydantics(body):
+    from chronos_flows.serving import InvocationRequest
+    from chronos_flows.serving.schema import _well_formed
+
+    fast = _well_formed(body)
+    assert fast is not None  # the common shape skips pydantic's per-value validation ...
+    assert fast.model_dump() == InvocationRequest.model_validate(body).model_dump()  # ... and means the same
+
+
+@pytest.mark.parametrize("body", [
+    {"inputs": [{"target": [1, 2, True, 4, 5]}]},  # a bool is not a number
+    {"inputs": [{"target": GOOD}], "parameters": {"prediction_length": True}},
+    {"inputs": [{"target": GOOD, "past_covariates": {"p": GOOD}}]},
+    {"inputs": [{"target": GOOD}], "parameters": {"prediction_length": 0}},
+    {"inputs": [{"target": GOOD, "item_id": 7}]},
+], ids=["bool-value", "bool-length", "covariates", "length-0", "int-item-id"])
+def test_when_a_body_is_unusual_then_pydantic_validates_it(body):
+    from chronos_flows.serving.schema import _well_formed
+
+    assert _well_formed(body) is None
+
+
+def test_when_a_target_holds_an_integer_too_large_for_a_float_then_400_names_it(sn_server):
+    r = invoke(sn_server, b'{"inputs": [{"target": [1, 2, 3, 4, 5, ' + str(10**400).encode() + b']}]}')
+    assert r.status_code == 400 and "inputs[0].target[5]: an integer too large" in r.json()["error"]
+
+
+def test_when_a_route_or_method_is_unknown_then_404_or_405_in_json_with_the_request_id():
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+
+    with TestClient(create_app(_Holder(_champion_of(SeasonalNaive(7))))) as client:
+        missing = client.get("/nowhere", headers={"x-amzn-requestid": "req-123"})
+        wrong = client.get("/invocations")
+    assert missing.status_code == 404 and "GET /ping, POST /invocations" in missing.json()["error"]
+    assert missing.headers["X-Request-Id"] == "req-123" and missing.headers["X-Champion-Run-Id"] == "broken-run"
+    assert wrong.status_code == 405 and wrong.json() == {"error": "/invocations answers POST, not GET"}
+    assert len(wrong.headers["X-Request-Id"]) == 32
+
+
+def test_when_model_threads_are_given_then_each_model_call_runs_with_that_many_torch_threads():
+    import torch
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+
+    seen: list[int] = []
+
+    class Counting(SeasonalNaive):
+        def predict(self, context, horizon, freq, quantiles):
+            seen.append(torch.get_num_threads())
+            return super().predict(context, horizon, freq, quantiles)
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # what a champion load sets (every core)
+        with TestClient(create_app(_Holder(_champion_of(Counting(7))), model_threads=1)) as client:
+            assert client.post("/invocations", json={"inputs": [{"target": GOOD}]}).status_code == 200
+        with TestClient(create_app(_Holder(_champion_of(Counting(7))), model_threads=2)) as client:
+            assert client.post("/invocations", json={"inputs": [{"target": GOOD}]}).status_code == 200
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]

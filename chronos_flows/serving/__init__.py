@@ -1,6 +1,6 @@
 """Real-time serving core: the SageMaker JumpStart Chronos request/response contract over the
 environment's champion, with hot swap. Framework-free (pydantic, pandas; no HTTP library): the app
-layer (:mod:`app.server`) mounts it on FastAPI/uvicorn.
+layer (:mod:`app.server`) mounts it as a plain ASGI app on uvicorn.
 
 Request (FACTS.md "Serving contract of Chronos endpoints")::
 
@@ -22,10 +22,13 @@ forecast timestamp>"}, ...]}`` in input order; ``item_id`` / ``start`` only when
   a background thread, loads a new champion in the background and swaps it in with one reference
   assignment. A request takes :attr:`ChampionHolder.current` once and uses that object throughout,
   so requests in flight finish on the model they started with.
+* :class:`CaptureWriter` (opt-in data capture): answered requests with item_id/start/freq and
+  their forecasts, batched into Parquet objects under ``{env}/capture/`` for the monitor.
 
 May import: core, config, data, models, champion, forecasting."""
 
 from chronos_flows.serving.batcher import MicroBatcher
+from chronos_flows.serving.capture import CaptureWriter, capture_frame
 from chronos_flows.serving.champion import ChampionHolder, LoadedChampion, load_champion
 from chronos_flows.serving.predict import batch_key, covariates_supported, predict, predict_batch
 from chronos_flows.serving.schema import (
@@ -44,8 +47,8 @@ from chronos_flows.serving.schema import (
 )
 
 __all__ = [
-    "DEFAULT_QUANTILES", "MAX_PREDICTION_LENGTH", "MAX_SERIES", "MIN_OBSERVATIONS", "ChampionHolder",
+    "DEFAULT_QUANTILES", "MAX_PREDICTION_LENGTH", "MAX_SERIES", "MIN_OBSERVATIONS", "CaptureWriter", "ChampionHolder",
     "InvocationRequest", "LoadedChampion", "MicroBatcher", "ModelError", "Parameters", "ParsedRequest",
     "RequestError", "SeriesInput", "batch_key", "covariates_supported", "load_champion", "parse_request",
-    "predict", "predict_batch", "series_label",
+    "capture_frame", "predict", "predict_batch", "series_label",
 ]

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.frequencies import to_offset
 
 from chronos_flows.core.errors import BadInputError
 from chronos_flows.models.base import ID, TARGET, TIME, quantile_column
@@ -179,20 +180,21 @@ def _forecast_alone(champ: LoadedChampion, parsed: ParsedRequest) -> Any:
 def _response(champ: LoadedChampion, parsed: ParsedRequest, means: list, quants: list) -> dict[str, Any]:
     params = parsed.request.parameters
     order = {q: j for j, q in enumerate(sorted(parsed.quantiles))}
+    offset = None
     preds = []
     for i, s in enumerate(parsed.request.inputs):
-        mean, qs = means[i], quants[i]
+        mean, qs = np.asarray(means[i], dtype=float), np.asarray(quants[i], dtype=float)
         if not (np.isfinite(mean).all() and np.isfinite(qs).all()):
             raise ModelError(f"{series_label(i, s.item_id)}: the {champ.family} champion produced non-finite forecasts")
-        entry: dict[str, Any] = {"mean": [float(v) for v in mean]}
+        entry: dict[str, Any] = {"mean": mean.tolist()}
         for q in parsed.quantiles:
-            entry[str(q)] = [float(v) for v in qs[:, order[q]]]
+            entry[str(q)] = qs[:, order[q]].tolist()
         if s.item_id is not None:
             entry["item_id"] = s.item_id
         start = parsed.starts[i]
         if start is not None:
-            first = pd.date_range(start=start, periods=len(parsed.targets[i]) + 1, freq=params.freq)[-1]
-            entry["start"] = first.isoformat()
+            offset = offset or to_offset(params.freq)
+            entry["start"] = (start + len(parsed.targets[i]) * offset).isoformat()  # the start is on the offset
         preds.append(entry)
     return {"predictions": preds}
 

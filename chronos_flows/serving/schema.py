@@ -134,6 +134,49 @@ def _validation_message(exc: ValidationError, raw: Any) -> str:
     return "; ".join(parts) + more
 
 
+_INPUT_KEYS = frozenset(("target", "item_id", "start"))
+_PARAMETER_KEYS = frozenset(Parameters.model_fields)
+_BODY_KEYS = frozenset(("inputs", "parameters"))
+_NUMBER_TYPES = frozenset((int, float))
+_PARAMETER_TYPES: dict[str, Any] = {"prediction_length": int, "freq": (str, type(None)), "batch_size": int,
+                                    "predict_batches_jointly": bool}
+
+
+def _well_formed(raw: dict) -> Optional[InvocationRequest]:
+    """The request of a body in the common shape (no covariates; every value of the type the schema
+    asks for), built without pydantic's per-value validation; None for any other body, which
+    :meth:`InvocationRequest.model_validate` then checks (and names what is wrong). Range checks
+    (``prediction_length``, ``batch_size``) are left to the caller when the types are right."""
+    if not _BODY_KEYS.issuperset(raw):
+        return None
+    inputs = raw.get("inputs")
+    if type(inputs) is not list or not inputs:
+        return None
+    given = raw.get("parameters", {})
+    if type(given) is not dict or not _PARAMETER_KEYS.issuperset(given):
+        return None
+    for name, value in given.items():
+        if name == "quantile_levels":
+            if type(value) is not list or not value or not _NUMBER_TYPES.issuperset(map(type, value)):
+                return None
+        elif not isinstance(value, _PARAMETER_TYPES[name]) or (name != "predict_batches_jointly" and type(value) is bool):
+            return None
+    length, size = given.get("prediction_length", 1), given.get("batch_size", 256)
+    if not (1 <= length <= MAX_PREDICTION_LENGTH and size >= 1):
+        return None
+    series = []
+    for s in inputs:
+        if type(s) is not dict or not _INPUT_KEYS.issuperset(s):
+            return None
+        target, item_id, start = s.get("target"), s.get("item_id"), s.get("start")
+        if type(target) is not list or not _NUMBER_TYPES.issuperset(map(type, target)):
+            return None
+        if (item_id is not None and type(item_id) is not str) or (start is not None and type(start) is not str):
+            return None
+        series.append(SeriesInput.model_construct(target=target, item_id=item_id, start=start))
+    return InvocationRequest.model_construct(inputs=series, parameters=Parameters.model_construct(**given))
+
+
 def parse_request(raw: Any) -> ParsedRequest:
     """Validate a decoded JSON body against the contract; :class:`RequestError` names the problem."""
     if not isinstance(raw, dict):
@@ -141,10 +184,12 @@ def parse_request(raw: Any) -> ParsedRequest:
     inputs = raw.get("inputs")
     if isinstance(inputs, list) and len(inputs) > MAX_SERIES:
         raise RequestError(f"inputs: {len(inputs)} series; at most {MAX_SERIES} per request (split the request)")
-    try:
-        req = InvocationRequest.model_validate(raw)
-    except ValidationError as exc:
-        raise RequestError(_validation_message(exc, raw)) from None
+    req = _well_formed(raw)
+    if req is None:  # something unusual: pydantic says what (its messages name the field)
+        try:
+            req = InvocationRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise RequestError(_validation_message(exc, raw)) from None
     params = req.parameters
     levels = [float(q) for q in params.quantile_levels]
     for j, q in enumerate(levels):
@@ -178,7 +223,11 @@ def parse_request(raw: Any) -> ParsedRequest:
 def _check_series(i: int, s: SeriesInput, params: Parameters, offset: Any) -> tuple[np.ndarray, Optional[pd.Timestamp]]:
     """One input's target (float array) and start, or the RequestError naming the series and field."""
     label = series_label(i, s.item_id)
-    y = np.asarray(s.target, dtype=float)
+    try:
+        y = np.asarray(s.target, dtype=float)
+    except OverflowError:
+        j = next(j for j, v in enumerate(s.target) if isinstance(v, int) and abs(v) > 2**1023)
+        raise RequestError(f"{label}.target[{j}]: an integer too large for a float") from None
     if len(y) < MIN_OBSERVATIONS:
         raise RequestError(f"{label}.target: {len(y)} observations; at least {MIN_OBSERVATIONS} are needed (30+ recommended)")
     bad = np.flatnonzero(~np.isfinite(y))
