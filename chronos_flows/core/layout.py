@@ -19,6 +19,8 @@
     {env}/tuning/{study}/                             a tuning study: journal.log, trials.csv, study.json, best_config.yaml
     {env}/capture/{YYYY-MM-DD}/{batch}.parquet        served requests and their forecasts (opt-in data capture)
     {env}/monitoring/                                 live accuracy of published forecasts (scored history)
+    {env}/monitoring/history/{forecast_id}/{through}-{sha}.parquet   one scoring of one forecast (append-only)
+    {env}/monitoring/degradations/{champion_run_id}.json             a champion found degraded in live use
 """
 
 from __future__ import annotations
@@ -113,3 +115,19 @@ def capture_key(env: str, day: str, batch: str) -> str:
 def monitoring_prefix(env: str) -> str:
     """Live accuracy of published forecasts: the scored history and degradation records."""
     return f"{env}/monitoring"
+
+
+def monitoring_history_prefix(env: str) -> str:
+    """The scored history: one Parquet object per (forecast, scoring), never rewritten."""
+    return f"{monitoring_prefix(env)}/history"
+
+
+def monitoring_history_key(env: str, forecast_id: str, scored_through: str, actuals_sha: str) -> str:
+    """One scoring of ``forecast_id`` on actuals up to ``scored_through`` (compact UTC timestamp) whose
+    content hash is ``actuals_sha``: the same scoring always has the same key (re-scoring is idempotent)."""
+    return f"{monitoring_history_prefix(env)}/{forecast_id}/{scored_through}-{actuals_sha[:16]}.parquet"
+
+
+def degradation_key(env: str, champion_run_id: str) -> str:
+    """The degradation record of a champion (created once: the event is emitted once per champion)."""
+    return f"{monitoring_prefix(env)}/degradations/{champion_run_id}.json"
