@@ -39,6 +39,7 @@ __all__ = [
     "Ec2Config", "EvaluationConfig", "ForecastComputeConfig", "ForecastParams", "LockConfig", "ProphetConfig", "ThetaConfig",
     "TrainingParams", "build_forecast_params", "build_params", "build_resume_params", "format_validation_error",
     "load_config_tree", "params_from_tree", "parse_overrides", "resolve_data_path", "resolve_store_url",
+    "DegradationConfig", "MonitorParams", "build_monitor_params",
 ]  # fmt: skip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -296,3 +297,70 @@ def build_resume_params(recorded: dict[str, Any], overrides: list[str], *, run_i
         return TrainingParams.model_validate(_merge(base, tree) | {"run_id": run_id, "resume_from": resume_from})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, f"the recorded parameters of run {resume_from}")) from None
+
+
+class DegradationConfig(_Frozen):
+    """When the serving champion counts as degraded in live use (README "Monitoring"): live WQL above its
+    backtest WQL x (1 + tolerance) on `consecutive` scored forecasts, or their pooled 80% coverage
+    outside [coverage_low, coverage_high]."""
+
+    model_config = ConfigDict(title="Degradation rule")
+
+    tolerance: float = Field(1.0, ge=0, description="How much worse than the backtest WQL live WQL may be (1.0: twice the backtest WQL).")
+    consecutive: int = Field(2, ge=1, title="Consecutive forecasts", description="Scored forecasts in a row that must all exceed the threshold.")
+    coverage_low: float = Field(0.4, ge=0, le=1, title="Coverage low", description="Pooled 80% coverage below this fires the rule.")
+    coverage_high: float = Field(1.0, ge=0, le=1, title="Coverage high", description="Pooled 80% coverage above this fires the rule (1.0: never).")
+    min_points: int = Field(4, ge=1, title="Minimum points", description="A forecast counts once it has this many scored points.")
+
+
+class MonitorParams(_Frozen):
+    """Parameters of one chronos-monitor run: score every published forecast against the newest data,
+    append the scored history, raise chronos-flows.champion.degraded when the rule fires."""
+
+    model_config = ConfigDict(title="Monitor parameters")
+
+    env: str = Field("dev", pattern=r"^[a-z0-9][a-z0-9_-]*$", title="Environment", description="Environment whose forecasts to score.")
+    store: Optional[str] = Field(
+        None, title="Store",
+        description="Store URL: local directory, file:// URL, s3://bucket/prefix, or block:chronos-store/NAME. "
+        "Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
+    )
+    data: DataConfig = Field(
+        default_factory=DataConfig, title="Data",
+        description="The newest data (actuals), read as training reads it. Empty path: the shipped example, as in training.",
+    )
+    cleaning: Optional[CleaningConfig] = Field(
+        None, title="Cleaning", description="Cleaning of the history that scales MASE. Empty: the champion's own settings."
+    )
+    unknown_ids: Literal["error", "ignore"] = Field(
+        "error", title="Unknown series",
+        description="Series in the data that no published forecast knows: 'error' refuses the data, 'ignore' leaves them out (reported).",
+    )
+    include_capture: bool = Field(True, title="Score captured requests", description="Also score the endpoint's captured requests ({env}/capture/).")
+    degradation: DegradationConfig = Field(default_factory=DegradationConfig, title="Degradation rule", description=DegradationConfig.__doc__)
+    emit_events: bool = Field(True, title="Emit events", description="Emit chronos-flows.champion.degraded when the rule fires (the training deployment's trigger).")
+
+    def store_url(self) -> str:
+        return resolve_store_url(self.store)
+
+
+def build_monitor_params(config_file: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> MonitorParams:
+    """:func:`build_params` for the monitor flow's parameters."""
+    tree: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of fields (data:, degradation:, …)")
+        tree = loaded
+    tree = _merge(tree, parse_overrides(overrides or []))
+    tree = _merge(tree, {k: v for k, v in fields.items() if v is not None})
+    try:
+        return MonitorParams.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, config_file)) from None

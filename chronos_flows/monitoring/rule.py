@@ -8,9 +8,13 @@ origin, and the last ``consecutive`` of them (K):
 * **coverage**: the 80 % interval's coverage pooled over the K outside
   [``coverage_low``, ``coverage_high``].
 
-Defaults (:class:`DegradationRule`): tolerance 0.5 (50 % worse than promised), K = 2, coverage band
-[0.5, 1.0] (the upper end 1.0 never fires: an interval wider than promised is not a degradation),
-min_points 4. Fewer than K scored forecasts: no verdict.
+Defaults (:class:`DegradationRule`): tolerance 1.0 (live WQL more than twice the backtest WQL), K = 2,
+coverage band [0.4, 1.0] (the upper end 1.0 never fires: an interval wider than promised is not a
+degradation), min_points 4. Fewer than K scored forecasts: no verdict. Why not tighter: one forecast
+origin is noisy — on the shipped gasoline data an unchanged champion (Theta, backtest WQL 0.013 on 2
+windows) scored 0.032 (2.4x) on one 13-week forecast with 6 of 13 actuals in its 80 % interval,
+while a 30 % level shift scores an order of magnitude worse; K = 2 consecutive forecasts and ×2
+keep a single unlucky origin from retraining.
 
 When the rule fires, :func:`record_degradation` creates ``{env}/monitoring/degradations/{run_id}.json``
 with ``put_if_absent``: one record per champion, so two monitors (or every later monitor run) never
@@ -43,9 +47,9 @@ EVENT = "chronos-flows.champion.degraded"
 class DegradationRule:
     """When a champion counts as degraded in live use (see the module docstring)."""
 
-    tolerance: float = 0.5
+    tolerance: float = 1.0
     consecutive: int = 2
-    coverage_low: float = 0.5
+    coverage_low: float = 0.4
     coverage_high: float = 1.0
     min_points: int = 4
 
