@@ -258,3 +258,19 @@ def test_when_requests_were_captured_then_they_are_scored_as_forecasts_by_champi
     assert first.n_points == 8 and first.source == "capture" and np.isfinite(first.coverage_80)
     assert any("requested again at the same origin" in i for i in res.issues)
     assert np.isfinite(second.wql) and np.isnan(second.coverage_80)  # only the median was captured: no 80% band
+
+
+def test_when_the_cli_monitor_gets_overlapping_revisions_then_it_exits_2_before_prefect_and_writes_nothing(tmp_path, capsys):
+    from app.cli import main
+
+    store = open_store(str(tmp_path / "store"))
+    data = panel()
+    cut = pd.Timestamp(data["ds"].iloc[100])
+    publish_batch(store, data, cut, forecast_id="fc-1")
+    broken = pd.concat([data, data[data["ds"] == cut + pd.Timedelta(weeks=1)].assign(y=0.0)], ignore_index=True)
+    path = tmp_path / "actuals.csv"
+    broken.to_csv(path, index=False)
+    assert main(["monitor", "--store", str(tmp_path / "store"), "--data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "overlapping revisions" in err and f"s0 {cut + pd.Timedelta(weeks=1):%Y-%m-%d}" in err
+    assert store.list("dev/monitoring/") == []

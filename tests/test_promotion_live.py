@@ -3,7 +3,6 @@ its old backtest; live scores are reported next to the backtest scores."""
 
 from __future__ import annotations
 
-import pytest
 
 from chronos_flows.champion.registry import decide_champion
 
