@@ -1,4 +1,4 @@
-"""The ``chronos-flows`` command: run, forecast, serve, status, kill, cleanup, verify-cleanup, runs, infra, endpoint.
+"""The ``chronos-flows`` command: run, forecast, monitor, accuracy, serve, status, kill, cleanup, verify-cleanup, runs, infra, endpoint.
 
 Exit codes: 0 success, 1 run failed (including a store that vanished mid-run), 2 bad input or
 configuration (refused before the run started), 3 another run holds the lock, 4 the run was killed
@@ -26,6 +26,7 @@ from chronos_flows.runstate import pending, runlog, workdirs
 from chronos_flows.config.params import (
     REPO_ROOT,
     build_forecast_params,
+    build_monitor_params,
     build_params,
     build_resume_params,
     params_from_tree,
@@ -491,10 +492,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if not match:
             raise BadInputError(f"no run {args.run_id} in {store.url} env {params.env}; `chronos-flows runs` lists them")
         run = match[0]
+        live = _live_accuracy(store, params.env, args.run_id)
         if args.json:
-            print(json.dumps(run, indent=2, default=str))
+            print(json.dumps({**run, "live_accuracy": live}, indent=2, default=str))
         else:
             _print_summary(run.get("summary") or run)
+            _print_live(live)
         return EXIT_OK
     if args.json:
         print(json.dumps(runs, indent=2, default=str))
@@ -511,6 +514,86 @@ def cmd_runs(args: argparse.Namespace) -> int:
             f"{(f'{dur:.0f}s' if dur is not None else '-'):>9}  {str(r.get('gate_metric') or '-'):<5} "
             f"{scores or '-'}  {'yes' if r.get('promoted') else 'no'}"
         )
+    return EXIT_OK
+
+
+def _live_accuracy(store, env: str, run_id: str) -> dict[str, Any] | None:
+    """Live accuracy of the forecasts made by ``run_id``'s champion (None when none was scored)."""
+    from chronos_flows.monitoring.rule import live_status
+
+    status = live_status(store, env, run_id)
+    return status if status["n_forecasts"] else None
+
+
+def _print_live(live: dict[str, Any] | None) -> None:
+    if live is None:
+        print("live accuracy: no published forecast of this run's champion has been scored yet")
+        return
+    state = f"DEGRADED ({live['reason']})" if live["degraded"] else "not degraded"
+    print(f"live accuracy: {live['n_forecasts']} scored forecast(s), mean live WQL {_fmt(live['live_wql'])} vs backtest "
+          f"{_fmt(live['promised_wql'])}, 80% coverage {_fmt(live['live_coverage_80'])}; {state}")
+
+
+def _monitor_params(args: argparse.Namespace):
+    overrides = list(getattr(args, "set", None) or [])
+    if args.data:
+        overrides.insert(0, f"data.path={args.data}")
+    return build_monitor_params(args.config, overrides, store=args.store, env=args.env)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    """Score every published forecast against the newest data (the chronos-monitor flow). The store and
+    the data are read before Prefect starts: bad data exits 2 at once and writes nothing."""
+    _embedded_prefect_defaults()
+    from chronos_flows.monitoring.monitor import published_forecasts
+    from chronos_flows.monitoring.sources import check_actuals
+    from tasks.monitor import load_monitor_data
+
+    params = _monitor_params(args)
+    store = open_store(params.store_url())
+    champion, _ = read_champion(store, params.env)
+    source, raw, _, _, _ = load_monitor_data(params, champion)
+    known: set[str] = set()
+    for p in published_forecasts(store, params.env, include_capture=params.include_capture):
+        known |= p.series
+    check_actuals(raw, known, source=source, unknown_ids=params.unknown_ids)
+    from flows.monitor import chronos_monitor
+
+    summary = chronos_monitor(params=params)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return EXIT_OK
+    print(f"monitor {params.env}: {summary['published']} published forecast(s), {summary['scored']} scored, "
+          f"{summary['rows_written']} history row(s) written ({summary['rows_already_recorded']} already recorded)")
+    from chronos_flows.monitoring.report import table_text
+
+    print(table_text(summary["accuracy"]))
+    for issue in summary["issues"][:20]:
+        print(f"  reported: {issue}")
+    if summary["degraded"]:
+        deg = summary["degradation"] or {}
+        print(f"DEGRADED: champion {deg.get('champion_run_id')}: {deg.get('reason')}"
+              + (" (event emitted)" if summary.get("event_emitted") else ""))
+    return EXIT_OK
+
+
+def cmd_accuracy(args: argparse.Namespace) -> int:
+    """The scored history: the newest scoring of each published forecast, live vs promised."""
+    from chronos_flows.monitoring.history import read_history
+    from chronos_flows.monitoring.report import accuracy_rows, table_text
+    from chronos_flows.monitoring.rule import live_status
+
+    params, store = _store_for(args)
+    history = read_history(store, params.env)
+    rows = accuracy_rows(history)
+    champion, _ = read_champion(store, params.env)
+    live = live_status(store, params.env, str(champion["run_id"]), history) if champion else None
+    if args.json:
+        print(json.dumps({"env": params.env, "forecasts": rows, "champion": live}, indent=2, default=str))
+        return EXIT_OK
+    print(table_text(rows))
+    if live is not None:
+        print(f"champion {live['champion_run_id']}: " + (f"DEGRADED ({live['reason']})" if live["degraded"] else "not degraded"))
     return EXIT_OK
 
 
@@ -689,6 +772,38 @@ def _add_forecast(sub) -> None:
                    "compute.dask_address=tcp://HOST:8786 (or compute.dask_cluster_class/compute.dask_cluster_kwargs)")
     f.add_argument("--json", action="store_true", help="print forecast.json instead of the summary")
     f.set_defaults(func=cmd_forecast)
+
+
+def _add_monitor(sub) -> None:
+    m = sub.add_parser(
+        "monitor",
+        help="score every published forecast against the newest data (the chronos-monitor flow)",
+        description="Read the newest data (as training reads it, or --data), score every published batch forecast and "
+        "captured request that now has actuals (MASE, WQL, 80%% coverage, bias), append the history under "
+        "{env}/monitoring/ and, when the serving champion breaks the degradation rule, record it and emit the "
+        "chronos-flows.champion.degraded event. Bad data (non-numeric values, unknown series, overlapping revisions) "
+        "exits 2 and writes nothing.",
+    )
+    m.add_argument("--data", help="the newest data (path, file:// or s3://); default: the training data")
+    m.add_argument("--config", help="YAML file with the monitor parameters (data:, degradation:, …)")
+    m.add_argument("--store", help="store URL or directory (default $CHRONOS_FLOWS_STORE or ./.chronos-flows)")
+    m.add_argument("--env", help="environment prefix (default dev)")
+    m.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field, e.g. degradation.tolerance=0.3, degradation.consecutive=3 or unknown_ids=ignore")
+    m.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    m.set_defaults(func=cmd_monitor)
+
+
+def _add_accuracy(sub) -> None:
+    a = sub.add_parser(
+        "accuracy",
+        help="live accuracy of published forecasts (the scored history), live vs promised",
+        description="Print the newest scoring of each published forecast (live WQL, the champion's backtest WQL, "
+        "MASE, 80%% coverage, bias) and whether the serving champion is degraded.",
+    )
+    _add_common(a)
+    a.add_argument("--json", action="store_true", help="print the history as JSON")
+    a.set_defaults(func=cmd_accuracy)
 
 
 def _add_tune(sub) -> None:
@@ -879,8 +994,8 @@ def _add_endpoint(sub) -> None:
 
 
 #: the subcommands in the order ``--help`` lists them
-SUBCOMMANDS = (_add_run, _add_forecast, _add_tune, _add_status, _add_kill, _add_verify_cleanup, _add_cleanup, _add_runs,
-               _add_infra, _add_serve, _add_endpoint)
+SUBCOMMANDS = (_add_run, _add_forecast, _add_monitor, _add_accuracy, _add_tune, _add_status, _add_kill, _add_verify_cleanup,
+               _add_cleanup, _add_runs, _add_infra, _add_serve, _add_endpoint)
 
 
 def build_parser() -> argparse.ArgumentParser:

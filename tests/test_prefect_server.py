@@ -604,3 +604,54 @@ def test_when_a_running_training_run_is_cancelled_from_prefect_then_it_ends_canc
     assert store.get(layout.state_key(params.env)) is None
     cleanup = json.loads(store.get(layout.cleanup_status_key(params.env, CANCEL_RUN_ID))[0])
     assert cleanup["complete"] is True
+
+
+# Kept last in this module: the run the trigger creates is deleted at the end, so no worker of the
+# tests above can pick it up.
+def test_when_the_monitor_finds_the_champion_degraded_then_the_trigger_creates_a_training_run(deployed, tmp_path):
+    """Issue 22: `chronos-flows monitor` (a level shift breaks a seasonal-naive champion's promise) emits
+    chronos-flows.champion.degraded to this server; the automation that `prefect deploy` made from the
+    trigger in prefect.yaml creates a flow run of chronos-training/adhoc."""
+    import pandas as pd
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from tests.test_monitoring import panel, publish_batch
+
+    store_dir = tmp_path / "store"
+    store = open_store(str(store_dir))
+    cut = pd.Timestamp("2021-12-27")
+    publish_batch(store, panel(), cut, forecast_id="fc-srv", run_id="srv-champion")
+    store.put(layout.champion_key("dev"), json.dumps({
+        "schema_version": 2, "run_id": "srv-champion", "family": "seasonal_naive", "model": "seasonal_naive",
+        "config": {}, "gate_metric": "wql", "score": 0.01, "scores": {"wql": 0.01, "mase": 1.0},
+        "judged_on": {"freq": "W-MON", "season_length": 52, "horizon": 8}}).encode())
+    data = tmp_path / "shifted.csv"
+    panel(shift_from=cut, shift=5.0).to_csv(data, index=False)
+
+    with deployed.client() as client:
+        adhoc = client.read_deployment_by_name("chronos-training/adhoc")
+        dep_filter = DeploymentFilter(id=DeploymentFilterId(any_=[adhoc.id]))
+        before = {r.id for r in client.read_flow_runs(deployment_filter=dep_filter)}
+
+    env = dict(deployed.env, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "monitor", "--store", str(store_dir), "--data", str(data),
+                           "--set", "degradation.consecutive=1", "--json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    record = json.loads(store.get(layout.degradation_key("dev", "srv-champion"))[0])
+    assert record["event_emitted_at"] and record["event_id"] != "not-emitted", record
+
+    created = []
+    deadline = time.monotonic() + 90
+    with deployed.client() as client:
+        while not created and time.monotonic() < deadline:
+            created = [r for r in client.read_flow_runs(deployment_filter=dep_filter) if r.id not in before]
+            if not created:
+                time.sleep(1)
+        try:
+            assert len(created) == 1, f"the trigger created no training run\n{_tail(deployed.log_path, 40)}"
+            run = created[0]
+            assert run.created_by is None or run.created_by.type == "AUTOMATION", run.created_by
+        finally:
+            for r in created:
+                client.delete_flow_run(r.id)

@@ -186,6 +186,17 @@ def model_metadata(spec: RunSpec, result: BacktestResult, report: CleaningReport
     )
 
 
+def champion_live_evidence(store: ObjectStore, env: str, current: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The monitor's live evidence about the current champion (README "Monitoring"), or None when its
+    published forecasts were never scored and it was never found degraded."""
+    if current is None or not current.get("run_id"):
+        return None
+    from chronos_flows.monitoring.rule import live_status
+
+    status = live_status(store, env, str(current["run_id"]))
+    return status if status["n_forecasts"] or status["degraded"] else None
+
+
 def promote_run(spec: RunSpec, result: BacktestResult, report: CleaningReport, data: DataSync, chronos: TrainedChronos,
                 baselines: Mapping[str, BaselineRecord], champion: ChampionInRun | None = None,
                 guard: Guard = no_guard) -> Promotion:
@@ -195,7 +206,8 @@ def promote_run(spec: RunSpec, result: BacktestResult, report: CleaningReport, d
     ev = spec.params.evaluation
     current, etag = read_champion(spec.store, spec.env)
     decision = decide_champion(candidates(spec.params, result), current, champion_scores=rescored_champion(result, champion, current),
-                               gate_metric=ev.gate_metric, margin=ev.promotion_margin)
+                               gate_metric=ev.gate_metric, margin=ev.promotion_margin,
+                               champion_live=champion_live_evidence(spec.store, spec.env, current))
     entry = champion_entry(spec, decision.best, result, report, data, chronos.info)
     guard()
     promoted, final = promote_champion(spec.store, spec.env, entry, decision, etag, spec.workdir / "models" / "chronos")

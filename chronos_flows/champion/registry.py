@@ -14,6 +14,14 @@ The rule (:func:`decide_champion`), on the gate metric (lower is better) of the 
 
 A NaN candidate score is never promoted; a champion with a NaN or missing score counts as beaten.
 
+Live evidence (``champion_live``, from :func:`chronos_flows.monitoring.rule.live_status`): when the
+monitor has scored the champion's published forecasts, the reason reports its live WQL next to its
+backtest score. A champion that has **degraded in live use** (a degradation record exists) does not
+keep its place on the strength of its old backtest: with only its stored score (not re-scored on
+this run's windows) it counts as beaten, so the best valid candidate replaces it; re-scored on this
+run's windows (which hold the data that degraded it) it is compared without the margin's protection
+(margin 0: the candidate must still be strictly better).
+
 Promotion is a compare-and-swap on the champion file: ``put_if_absent`` when there is none,
 ``put_if_match`` on the ETag that was read otherwise. When the condition fails (someone else
 promoted meanwhile) the champion is re-read and the decision made again against its stored score;
@@ -71,6 +79,8 @@ class ChampionDecision:
     champion_rescored: bool = False
     #: {candidate: gate score} of every candidate, in the order given
     candidate_scores: dict[str, float] = field(default_factory=dict)
+    #: the champion's live evidence the decision used (None: none)
+    champion_live: dict[str, Any] | None = None
     #: every candidate's full scores, kept so the decision can be re-made against a newer champion
     candidates: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
 
@@ -91,6 +101,7 @@ class ChampionDecision:
             "champion_family": self.champion_family,
             "champion_rescored": self.champion_rescored,
             "candidate_scores": {k: clean(v) for k, v in self.candidate_scores.items()},
+            **({"champion_live": self.champion_live} if self.champion_live is not None else {}),
         }
 
 
@@ -132,10 +143,13 @@ def decide_champion(
     champion_scores: Mapping[str, float] | None = None,
     gate_metric: str = "wql",
     margin: float = 0.0,
+    champion_live: Mapping[str, Any] | None = None,
 ) -> ChampionDecision:
     """Whether the best of ``candidates`` (``{name: scores}``, lower is better) replaces
     ``champion`` (its champion.json, or None). ``champion_scores``: the champion re-scored on the
-    run's windows; without them its stored score is used."""
+    run's windows; without them its stored score is used. ``champion_live``: the champion's live
+    evidence (``degraded``, ``live_wql``, ``n_forecasts``, ``reason``), ignored when it is about
+    another run than the champion's."""
     if not 0 <= margin < 1:
         raise ConfigError(f"promotion margin must be in [0, 1), got {margin}")
     if not candidates:
@@ -157,9 +171,19 @@ def decide_champion(
             champ_score = _score(src, gate_metric, "current champion")
         except ConfigError:
             champ_score = float("nan")  # nothing valid to protect: counts as beaten
+    live = None
+    if champion_live is not None and doc is not None and str(champion_live.get("champion_run_id") or champ_run) == champ_run:
+        live = dict(champion_live)
+    degraded = bool(live and live.get("degraded"))
+    if degraded and not rescored and champ_score is not None:
+        champ_score_for_rule = float("nan")  # the old backtest does not protect a champion degraded in live use
+    else:
+        champ_score_for_rule = champ_score
+    rule_margin = 0.0 if degraded else margin
     common = dict(gate_metric=gate_metric, margin=float(margin), best=best, best_score=best_score,
                   champion_score=champ_score, champion_run_id=champ_run, champion_family=champ_family,
-                  champion_rescored=rescored and doc is not None, candidate_scores=gate, candidates=full)
+                  champion_rescored=rescored and doc is not None, candidate_scores=gate, candidates=full,
+                  champion_live=live)
     need = f"by {margin:.1%}" if margin > 0 else "(equal keeps the champion)"
     if best is None:
         what = f"kept {champ_family} from run {champ_run}" if doc is not None else "no champion"
@@ -169,9 +193,15 @@ def decide_champion(
         reason = f"no champion yet: promoted {best} ({gate_metric} {_fmt(best_score)}" + (f"; {rest})" if rest else ")")
         return ChampionDecision(True, reason, **common)
     how = "re-scored on this run's windows" if rescored else "stored score"
+    if live and live.get("n_forecasts"):
+        how += f"; live wql {_fmt(live.get('live_wql'))} over {live['n_forecasts']} scored forecast(s)"
+    if degraded:
+        how += ", DEGRADED in live use" + (": its stored score does not protect it" if not rescored else ": no margin")
     champ_txt = f"{champ_family} from run {champ_run} ({gate_metric} {_fmt(champ_score)}, {how})"
-    if _beats(best_score, champ_score, margin):
+    if _beats(best_score, champ_score_for_rule, rule_margin):
         gain = "" if math.isnan(champ_score) or champ_score == 0 else f", {1 - best_score / champ_score:.1%} better"
+        if degraded and best_score >= champ_score:
+            gain = ""
         reason = f"replaced {champ_txt} with {best} ({_fmt(best_score)}{gain}; candidates: {others})"
         return ChampionDecision(True, reason, **common)
     reason = f"kept {champ_txt}: best candidate {best} {_fmt(best_score)} does not beat it {need} (candidates: {others})"

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chronos_flows.config.sections import (
     BASELINES,
@@ -39,7 +39,10 @@ __all__ = [
     "Ec2Config", "EvaluationConfig", "ForecastComputeConfig", "ForecastParams", "LockConfig", "ProphetConfig", "ThetaConfig",
     "TrainingParams", "build_forecast_params", "build_params", "build_resume_params", "format_validation_error",
     "load_config_tree", "params_from_tree", "parse_overrides", "resolve_data_path", "resolve_store_url",
+    "DegradationConfig", "MonitorParams", "build_monitor_params",
 ]  # fmt: skip
+
+M = TypeVar("M", bound=BaseModel)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: the shipped example data (EIA weekly US gasoline product supplied), relative to a checkout
@@ -162,8 +165,18 @@ def load_config_tree(config_file: str | Path | None) -> dict[str, Any]:
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections (data:, chronos:, …)")
+        raise ConfigError(f"config file {path} must hold a mapping of sections or fields (data:, horizon:, …)")
     return loaded
+
+
+def _validated(model: type[M], config_file: str | Path | None, overrides: list[str] | None, fields: dict[str, Any]) -> M:
+    """A flow's parameter model from a YAML file, ``--set`` overrides and explicit fields (in that order of precedence, lowest first)."""
+    tree = merge_trees(load_config_tree(config_file), parse_overrides(overrides or []))
+    tree = merge_trees(tree, {k: v for k, v in fields.items() if v is not None})
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, config_file)) from None
 
 
 def params_from_tree(tree: dict[str, Any], source: str | Path | None = None, **fields: Any) -> TrainingParams:
@@ -250,24 +263,7 @@ class ForecastParams(Frozen):
 
 def build_forecast_params(config_file: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> ForecastParams:
     """:func:`build_params` for the forecast flow's parameters."""
-    tree: dict[str, Any] = {}
-    if config_file:
-        path = Path(config_file)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file to --config") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of fields (horizon:, data:, …)")
-        tree = loaded
-    tree = merge_trees(tree, parse_overrides(overrides or []))
-    tree = merge_trees(tree, {k: v for k, v in fields.items() if v is not None})
-    try:
-        return ForecastParams.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, config_file)) from None
+    return _validated(ForecastParams, config_file, overrides, fields)
 
 
 #: What ``run --resume`` may change: where and how the work runs, not what is trained or judged.
@@ -296,3 +292,53 @@ def build_resume_params(recorded: dict[str, Any], overrides: list[str], *, run_i
         return TrainingParams.model_validate(merge_trees(base, tree) | {"run_id": run_id, "resume_from": resume_from})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, f"the recorded parameters of run {resume_from}")) from None
+
+
+class DegradationConfig(Frozen):
+    """When the serving champion counts as degraded in live use (README "Monitoring"): live WQL above its
+    backtest WQL x (1 + tolerance) on `consecutive` scored forecasts, or their pooled 80% coverage
+    outside [coverage_low, coverage_high]."""
+
+    model_config = ConfigDict(title="Degradation rule")
+
+    tolerance: float = Field(1.0, ge=0, description="How much worse than the backtest WQL live WQL may be (1.0: twice the backtest WQL).")
+    consecutive: int = Field(2, ge=1, title="Consecutive forecasts", description="Scored forecasts in a row that must all exceed the threshold.")
+    coverage_low: float = Field(0.4, ge=0, le=1, title="Coverage low", description="Pooled 80% coverage below this fires the rule.")
+    coverage_high: float = Field(1.0, ge=0, le=1, title="Coverage high", description="Pooled 80% coverage above this fires the rule (1.0: never).")
+    min_points: int = Field(4, ge=1, title="Minimum points", description="A forecast counts once it has this many scored points.")
+
+
+class MonitorParams(Frozen):
+    """Parameters of one chronos-monitor run: score every published forecast against the newest data,
+    append the scored history, raise chronos-flows.champion.degraded when the rule fires."""
+
+    model_config = ConfigDict(title="Monitor parameters")
+
+    env: str = Field("dev", pattern=r"^[a-z0-9][a-z0-9_-]*$", title="Environment", description="Environment whose forecasts to score.")
+    store: Optional[str] = Field(
+        None, title="Store",
+        description="Store URL: local directory, file:// URL, s3://bucket/prefix, or block:chronos-store/NAME. "
+        "Default: $CHRONOS_FLOWS_STORE or ./.chronos-flows.",
+    )
+    data: DataConfig = Field(
+        default_factory=DataConfig, title="Data",
+        description="The newest data (actuals), read as training reads it. Empty path: the shipped example, as in training.",
+    )
+    cleaning: Optional[CleaningConfig] = Field(
+        None, title="Cleaning", description="Cleaning of the history that scales MASE. Empty: the champion's own settings."
+    )
+    unknown_ids: Literal["error", "ignore"] = Field(
+        "error", title="Unknown series",
+        description="Series in the data that no published forecast knows: 'error' refuses the data, 'ignore' leaves them out (reported).",
+    )
+    include_capture: bool = Field(True, title="Score captured requests", description="Also score the endpoint's captured requests ({env}/capture/).")
+    degradation: DegradationConfig = Field(default_factory=DegradationConfig, title="Degradation rule", description=DegradationConfig.__doc__)
+    emit_events: bool = Field(True, title="Emit events", description="Emit chronos-flows.champion.degraded when the rule fires (the training deployment's trigger).")
+
+    def store_url(self) -> str:
+        return resolve_store_url(self.store)
+
+
+def build_monitor_params(config_file: str | Path | None = None, overrides: list[str] | None = None, **fields: Any) -> MonitorParams:
+    """:func:`build_params` for the monitor flow's parameters."""
+    return _validated(MonitorParams, config_file, overrides, fields)

@@ -20,6 +20,8 @@
     {env}/capture/{YYYY-MM-DD}/{batch}.parquet        served requests and their forecasts (opt-in data capture)
     {env}/monitoring/                                 live accuracy of published forecasts (scored history)
     {env}/endpoint/{name}/                            a SageMaker endpoint: endpoint.json, packages/{tag}/model.tar.gz
+    {env}/monitoring/history/{forecast_id}/{through}-{sha}.parquet   one scoring of one forecast (append-only)
+    {env}/monitoring/degradations/{champion_run_id}.json             a champion found degraded in live use
 """
 
 from __future__ import annotations
@@ -161,3 +163,19 @@ def endpoint_record_key(env: str, endpoint: str) -> str:
 def endpoint_package_key(env: str, endpoint: str, tag: str) -> str:
     """One packaged champion (``model.tar.gz``, the layout the container reads from /opt/ml/model)."""
     return f"{endpoint_prefix(env, endpoint)}/packages/{tag}/model.tar.gz"
+
+
+def monitoring_history_prefix(env: str) -> str:
+    """The scored history: one Parquet object per (forecast, scoring), never rewritten."""
+    return f"{monitoring_prefix(env)}/history"
+
+
+def monitoring_history_key(env: str, forecast_id: str, scored_through: str, actuals_sha: str) -> str:
+    """One scoring of ``forecast_id`` on actuals up to ``scored_through`` (compact UTC timestamp) whose
+    content hash is ``actuals_sha``: the same scoring always has the same key (re-scoring is idempotent)."""
+    return f"{monitoring_history_prefix(env)}/{forecast_id}/{scored_through}-{actuals_sha[:16]}.parquet"
+
+
+def degradation_key(env: str, champion_run_id: str) -> str:
+    """The degradation record of a champion (created once: the event is emitted once per champion)."""
+    return f"{monitoring_prefix(env)}/degradations/{champion_run_id}.json"
