@@ -9,6 +9,7 @@ import time
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 
 from blocks.store import LocalStore
 from chronos_flows.core import layout
@@ -252,3 +253,38 @@ def test_when_sigterm_reaches_the_server_then_no_captured_request_is_lost(tmp_pa
 
 def store_objects(root) -> int:
     return len(list((root / "store" / "dev" / "capture").rglob("*.parquet")))
+
+
+def test_when_served_requests_are_captured_and_actuals_arrive_then_the_monitor_scores_them(tmp_path):
+    """Serve (capture on) -> reveal actuals -> monitor: the captured format is the one the monitor reads,
+    each (champion, origin) becomes one scored forecast, and its live WQL is the served answer's."""
+    from chronos_flows.monitoring.history import read_history
+    from tests.test_monitoring import champion, panel, run
+
+    store = LocalStore(tmp_path / "store")
+    data = panel(n_series=3)
+    cut = pd.Timestamp(data["ds"].iloc[100])
+    history = data[data["ds"] <= cut]
+    champ = _champ()
+    writer = CaptureWriter(store, "dev", max_requests=1000, max_seconds=3600)
+    served = {}
+    for uid, g in history.groupby("unique_id"):
+        body = {"inputs": [{"target": g["y"].tolist(), "item_id": uid, "start": str(g["ds"].iloc[0].date())}],
+                "parameters": {"prediction_length": 4, "quantile_levels": [0.1, 0.5, 0.9], "freq": "W-MON"}}
+        parsed = parse_request(body)
+        answer = predict(champ, parsed)
+        writer.add(champ, parsed, answer, f"req-{uid}")
+        served[uid] = answer["predictions"][0]
+    assert writer.flush(force=True) == 3 * 4
+
+    res = run(store, data, champion(run_id="sn-run"))
+    [score] = res.scores
+    assert score.source == "capture" and score.n_points == 12
+    assert score.forecast_id == f"capture-sn-run-{cut:%Y%m%dT%H%M%S}"
+    truth = data[(data["ds"] > cut)].groupby("unique_id").head(4).sort_values(["unique_id", "ds"])
+    act = truth["y"].to_numpy()
+    qs = {float(lvl): np.concatenate([served[u][lvl] for u in sorted(served)]) for lvl in ("0.1", "0.5", "0.9")}
+    want = np.mean([2 * np.sum(np.maximum(q * (act - f), (q - 1) * (act - f))) / np.sum(np.abs(act)) for q, f in qs.items()])
+    assert score.wql == pytest.approx(want, rel=1e-9)
+    hist = read_history(store, "dev")
+    assert list(hist["forecast_id"]) == [score.forecast_id] and set(hist["champion_run_id"]) == {"sn-run"}
