@@ -269,10 +269,10 @@ def publish(ctx: RunContext, study: Any, frame: pd.DataFrame, out: dict[str, Any
         parts += [f"Best: trial {out['best_trial']}, validation WQL {out['best_value']:.5g}: "
                   + ", ".join(f"`{k}={v}`" for k, v in out["best_params"].items()), "",
                   f"Best settings as a config file: `{out['best_config_uri']}` (`chronos-flows run --config FILE`).", ""]
-    parts.append(image_markdown("Optimization history", plot_history_png(frame)))
+    parts.append(image_markdown("Optimization history", plot_history_png(study)))
     importances = param_importances(study)
     if importances:
-        parts.append(image_markdown("Parameter importance", plot_importance_png(importances)))
+        parts.append(image_markdown("Parameter importance", plot_importance_png(study)))
     else:
         parts.append("Parameter importance needs at least two completed trials that vary a parameter.")
     markdown_artifact(f"tuning-report-{ctx.run_id}", "\n".join(parts), f"study {out['study']}: history and importances")

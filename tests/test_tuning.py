@@ -156,3 +156,25 @@ def _worker_processes() -> list[str]:
         if "chronos_flows.tuning.worker" in text:
             out.append(text)
     return out
+
+
+def test_when_a_study_is_plotted_then_optunas_history_and_importance_plots_are_pngs_and_closed():
+    import io
+
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+    import optuna
+
+    from chronos_flows.tuning.study import plot_history_png, plot_importance_png
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("lr", 1e-4, 1e-2, log=True) - 3e-3) ** 2 + 0.1 * t.suggest_int("steps", 1, 5),
+                   n_trials=8)
+    open_before = plt.get_fignums()
+    for png in (plot_history_png(study), plot_importance_png(study)):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(io.BytesIO(png))
+        assert img.shape[:2] == (240, 480)  # 6 x 3 inches at 80 dpi
+        assert img[..., :3].std() > 0.05  # something is drawn, not a blank canvas
+    assert plt.get_fignums() == open_before  # the pyplot figures are closed

@@ -25,38 +25,23 @@ from chronos_flows.models.ensemble import DEFAULT_ITERATIONS, ENSEMBLE, GATE_MET
 def pair_scores(metric: str, y: np.ndarray, mean: np.ndarray, qs: np.ndarray, quantiles: Sequence[float],
                 scale: np.ndarray | None = None) -> np.ndarray:
     """``metric`` per forecast (row) of arrays ``y``/``mean`` (forecasts × steps) and ``qs``
-    (forecasts × steps × levels), with :mod:`chronos_flows.evaluation.metrics`' definitions (NaN actuals
-    ignored; ``scale``: the MASE denominators)."""
-    ok = np.isfinite(y)
-    n = ok.sum(axis=1).astype(float)
-    n[n == 0] = np.nan
-    err = np.where(ok, y - mean, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if metric in ("mae", "mase"):
-            mae = np.abs(err).sum(axis=1) / n
-            if metric == "mae":
-                return mae
-            if scale is None:
-                raise BadInputError("MASE needs the in-sample scales")
-            return mae / np.where(scale > 0, scale, np.nan)
-        if metric == "rmse":
-            return np.sqrt((err ** 2).sum(axis=1) / n)
-        if metric == "smape":
-            denom = np.abs(y) + np.abs(mean)
-            r = np.where(ok & (denom > 0), 2.0 * np.abs(err) / np.where(denom > 0, denom, 1.0), 0.0)
-            return r.sum(axis=1) / n
-        if metric == "mape":
-            nz = ok & (y != 0)
-            ape = np.where(nz, np.abs(err) / np.where(nz, np.abs(y), 1.0), 0.0)
-            cnt = nz.sum(axis=1).astype(float)
-            return ape.sum(axis=1) / np.where(cnt > 0, cnt, np.nan)
-        if metric == "wql":
-            q = np.asarray([float(x) for x in quantiles])
-            diff = np.where(ok[..., None], y[..., None] - qs, 0.0)
-            loss = np.maximum(q * diff, (q - 1.0) * diff).sum(axis=1)  # forecasts × levels
-            denom = np.where(ok, np.abs(y), 0.0).sum(axis=1)
-            return (2.0 * loss / np.where(denom > 0, denom, np.nan)[:, None]).mean(axis=1)
-    raise BadInputError(f"the ensemble cannot optimise {metric!r}; choose one of {list(GATE_METRICS)}")
+    (forecasts × steps × levels), computed by :mod:`chronos_flows.evaluation.metrics` on the rows
+    taken as one series each (NaN actuals ignored; ``scale``: the MASE denominators)."""
+    if metric not in GATE_METRICS:
+        raise BadInputError(f"the ensemble cannot optimise {metric!r}; choose one of {list(GATE_METRICS)}")
+    n, h = y.shape
+    qcols = [quantile_column(q) for q in quantiles]
+    frame = pd.DataFrame(qs.reshape(n * h, len(qcols)), columns=qcols)
+    frame.insert(0, "mean", mean.reshape(n * h))
+    frame.insert(0, TARGET, y.reshape(n * h))
+    frame.insert(0, ID, np.repeat(np.arange(n), h))
+    if metric == "mase":
+        if scale is None:
+            raise BadInputError("MASE needs the in-sample scales")
+        out = M.scaled_mae(frame, pd.Series(np.asarray(scale, dtype=float), index=np.arange(n)))
+    else:
+        out = M.METRICS[metric](frame, quantiles=quantiles)
+    return out.reindex(np.arange(n)).to_numpy(dtype=float)
 
 
 def greedy_weights(objective: Callable[[np.ndarray], float], n_members: int,

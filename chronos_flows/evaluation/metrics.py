@@ -133,14 +133,22 @@ def seasonal_scale(insample: pd.DataFrame, season_length: int) -> pd.Series:
     return pd.Series(out, name="scale", dtype=float).rename_axis(ID)
 
 
+def scaled_mae(df: pd.DataFrame, scale: pd.Series) -> pd.Series:
+    """MAE per series divided by that series' ``scale`` (indexed by ``unique_id``); a zero or
+    missing scale gives NaN. :func:`mase` with the denominators given (the ensemble's optimiser
+    reuses the scales of its fixed (series, window) pairs)."""
+    err = mae(df)
+    scale = scale.astype(float).reindex(err.index)
+    return (err / scale.where(scale > 0)).rename("mase")
+
+
 def mase(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
          quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Mean absolute scaled error: MAE / in-sample seasonal naive MAE (needs ``insample``)."""
     if insample is None:
         raise BadInputError("MASE needs the in-sample context (insample=...) to compute its seasonal naive scale")
-    err = mae(df)
-    scale = seasonal_scale(insample[insample[ID].isin(err.index)], season_length).reindex(err.index)
-    return (err / scale.where(scale > 0)).rename("mase")
+    ids = df[ID].unique()
+    return scaled_mae(df, seasonal_scale(insample[insample[ID].isin(ids)], season_length))
 
 
 def _quantile_frame(df: pd.DataFrame, quantiles: Sequence[float]) -> tuple[pd.DataFrame, list[str]]:
@@ -164,14 +172,10 @@ def wql(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | No
 
 
 def wql_pooled(df: pd.DataFrame, *, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> float:
-    """WQL over all rows of ``df`` at once (the per-dataset figure of the Chronos papers)."""
-    f, cols = _quantile_frame(df, quantiles)
-    y = f[TARGET].to_numpy()
-    q = np.asarray([float(x) for x in quantiles])
-    diff = y[:, None] - f[cols].to_numpy(dtype=float)
-    loss = np.maximum(q * diff, (q - 1.0) * diff).sum(axis=0)
-    denom = np.abs(y).sum()
-    return float(np.mean(2.0 * loss / denom)) if denom > 0 else float("nan")
+    """WQL over all rows of ``df`` at once (the per-dataset figure of the Chronos papers):
+    :func:`wql` of the rows taken as one series."""
+    pooled = wql(df.assign(**{ID: "pooled"}), quantiles=quantiles)
+    return float(pooled.iloc[0]) if len(pooled) else float("nan")
 
 
 def coverage_80(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,

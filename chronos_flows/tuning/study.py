@@ -357,51 +357,42 @@ def validation_score(forecaster: Any, history: pd.DataFrame, reference: pd.DataF
 # ------------------------------------------------------------------------------------------ plots
 
 
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+def _optuna_png(draw, study) -> bytes:
+    """PNG of one of optuna's matplotlib plots (``optuna.visualization.matplotlib``) of ``study``;
+    the figure is closed afterwards (pyplot keeps every open figure)."""
+    import warnings
 
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    import matplotlib.pyplot as plt
+    import optuna
 
-
-def plot_history_png(frame: pd.DataFrame) -> bytes:
-    """Each completed trial's validation WQL and the best so far, by trial number."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 3), dpi=80)
-    ax = fig.add_subplot(1, 1, 1)
-    done = frame[frame["state"] == "COMPLETE"].sort_values("trial")
-    if len(done):
-        ax.plot(done["trial"], done["value"], "o", label="trial")
-        ax.plot(done["trial"], done["value"].cummin(), "-", label="best so far")
-        ax.legend(loc="upper right", fontsize=8)
-    pruned = frame[frame["state"] == "PRUNED"]
-    for n in pruned["trial"]:
-        ax.axvline(n, color="0.8", lw=0.8)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
-    ax.set_xlabel("trial (grey: pruned)")
-    ax.set_ylabel("validation WQL")
-    ax.set_title("Optimization history", fontsize=10)
-    fig.tight_layout()
-    return _png(fig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = draw(study)
+    fig = ax.figure
+    try:
+        fig.set_size_inches(6, 3)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
 
 
-def plot_importance_png(importances: dict[str, float]) -> bytes:
-    """Horizontal bars of the parameter importances (fANOVA over completed trials)."""
-    from matplotlib.figure import Figure
+def plot_history_png(study) -> bytes:
+    """Each completed trial's validation WQL and the best so far, by trial number (optuna's
+    ``plot_optimization_history``)."""
+    from optuna.visualization.matplotlib import plot_optimization_history
 
-    fig = Figure(figsize=(6, 3), dpi=80)
-    ax = fig.add_subplot(1, 1, 1)
-    names = list(importances)[::-1]
-    ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance")
-    ax.set_title("Parameter importance", fontsize=10)
-    fig.tight_layout()
-    return _png(fig)
+    return _optuna_png(lambda st: plot_optimization_history(st, target_name="validation WQL"), study)
+
+
+def plot_importance_png(study) -> bytes:
+    """Horizontal bars of the parameter importances (optuna's ``plot_param_importances``, fANOVA
+    over completed trials)."""
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    return _optuna_png(plot_param_importances, study)
 
 
 def param_importances(study) -> dict[str, float]:
