@@ -534,8 +534,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_eda(args: argparse.Namespace) -> int:
     """The exploratory report of a data file, cleaned as ``run`` cleans it; no run, no lock, nothing
     written. Bad input fails as ``run``'s preflight does (exit 2)."""
-    from chronos_flows.data import eda
     from chronos_flows.data.cleaning import clean
+    from chronos_flows.data.eda import panel_report, summary_text
     from chronos_flows.data.ingest import load_dataset
     from chronos_flows.evaluation.splits import min_series_length
 
@@ -545,11 +545,11 @@ def cmd_eda(args: argparse.Namespace) -> int:
     params = build_params(args.config, overrides)
     df = load_dataset(params.data.path, params.data, fetch=read_uri)
     cleaned, report = clean(df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon)
-    doc = eda.panel_report(cleaned, report)
+    doc = panel_report(cleaned, report)
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     else:
-        print(eda.summary_text(doc))
+        print(summary_text(doc))
     return EXIT_OK
 
 
