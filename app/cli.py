@@ -1,4 +1,4 @@
-"""The ``chronos-flows`` command: run, forecast, monitor, accuracy, serve, status, kill, cleanup, verify-cleanup, runs, infra, endpoint.
+"""The ``chronos-flows`` command: run, forecast, monitor, accuracy, eda, serve, status, kill, cleanup, verify-cleanup, runs, infra, endpoint.
 
 Exit codes: 0 success, 1 run failed (including a store that vanished mid-run), 2 bad input or
 configuration (refused before the run started), 3 another run holds the lock, 4 the run was killed
@@ -727,6 +727,45 @@ def _endpoint_status(params, as_json: bool) -> int:
     return EXIT_OK
 
 
+def cmd_eda(args: argparse.Namespace) -> int:
+    """The exploratory report of a data file, cleaned as ``run`` cleans it; no run, no lock, nothing
+    written. Bad input fails as ``run``'s preflight does (exit 2)."""
+    from chronos_flows.data.cleaning import clean
+    from chronos_flows.data.eda import panel_report, summary_text
+    from chronos_flows.data.ingest import load_dataset
+    from chronos_flows.evaluation.splits import min_series_length
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.insert(0, f"data.path={args.data}")
+    params = build_params(args.config, overrides)
+    df = load_dataset(params.data.path, params.data, fetch=read_uri)
+    cleaned, report = clean(df, params.cleaning, min_length=min_series_length(params), horizon=params.evaluation.horizon)
+    doc = panel_report(cleaned, report)
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(summary_text(doc))
+    return EXIT_OK
+
+
+def _add_eda(sub) -> None:
+    e = sub.add_parser(
+        "eda",
+        help="exploratory report of a data file (no run, no lock, nothing written)",
+        description="Load and clean a data file exactly as `run` does and print its exploratory report: per-series "
+        "length, missing and zero shares, intermittency (ADI, CV²), trend and seasonal strength, outliers; the panel's "
+        "distributions, unusual series and which model families suit it. Takes no lock and writes nothing. "
+        "Exit codes: 0 printed, 2 bad input or configuration.",
+    )
+    e.add_argument("--data", help="data file: path, file:// or s3:// (CSV, Parquet or Excel); default the shipped gasoline data")
+    e.add_argument("--config", help="YAML config file (its data: and cleaning: sections apply)")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a field (repeatable), e.g. data.layout=wide or cleaning.outlier_method=stl_iqr")
+    e.add_argument("--json", action="store_true", help="print the whole report (every series) as JSON")
+    e.set_defaults(func=cmd_eda)
+
+
 def _add_common(sp: argparse.ArgumentParser) -> None:
     """--config, --store, --env and --set, shared by run, status, kill, verify-cleanup and runs."""
     sp.add_argument("--config", help="YAML config file with the training flow's parameters (README 'Configuration'); "
@@ -994,8 +1033,8 @@ def _add_endpoint(sub) -> None:
 
 
 #: the subcommands in the order ``--help`` lists them
-SUBCOMMANDS = (_add_run, _add_forecast, _add_monitor, _add_accuracy, _add_tune, _add_status, _add_kill, _add_verify_cleanup,
-               _add_cleanup, _add_runs, _add_infra, _add_serve, _add_endpoint)
+SUBCOMMANDS = (_add_run, _add_forecast, _add_monitor, _add_accuracy, _add_eda, _add_tune, _add_status, _add_kill,
+               _add_verify_cleanup, _add_cleanup, _add_runs, _add_infra, _add_serve, _add_endpoint)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from flows.lifecycle import LockedRun, Phases, refused
 from tasks.cleanup import release_after_abort
 from tasks.common import cache_mode, quiet_routine_task_logs
 from tasks.data import clean_data, ingest, sync_data
+from tasks.eda import explore_data
 from tasks.evaluate import backtest_baseline, evaluate, finalize_results, load_champion
 from tasks.runners import chunk_runner
 from tasks.state import check_lock, open_run_store
@@ -55,6 +56,7 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
         with phases("data_sync"):
             run.transition("data_sync")
             run.data = sync_data(spec, raw, cleaned, report)
+            explore_data(spec, cleaned, report)  # eda.json + the eda-<run_id> artifact
         with phases("training"):
             run.transition("training")
             train_df, freq = split_for_training(cleaned, report.freq, params.evaluation)

@@ -113,6 +113,8 @@ def _existing_artifacts(spec: RunSpec) -> dict[str, str]:
             out["model_metadata"] = store.uri(layout.metadata_key(env, run_id))
         if store.list(layout.evaluation_prefix(env, run_id) + "/"):
             out["evaluation"] = store.uri(layout.evaluation_prefix(env, run_id))
+        if store.exists(layout.eda_key(env, run_id)):
+            out["eda"] = store.uri(layout.eda_key(env, run_id))
     except ChronosFlowsError:  # the store is unreachable: list only the paths that are always written
         pass
     return out

@@ -67,7 +67,7 @@ def test_when_spikes_injected_in_gasoline_then_flagged_like_statsmodels_referenc
     spiked = gasoline.copy()
     for pos, delta in SPIKES.items():
         spiked.loc[pos, "y"] += delta
-    cleaned, report = clean(spiked, CleaningConfig(outliers="flag", outlier_iqr_k=3.0), min_length=39, horizon=13)
+    cleaned, report = clean(spiked, CleaningConfig(outliers="flag", outlier_method="stl_iqr", outlier_iqr_k=3.0), min_length=39, horizon=13)
     flags = cleaned["is_outlier"].to_numpy()
     assert flags[list(SPIKES)].all()
     expected, _ = reference_outliers(spiked["y"].to_numpy(), 52, 3.0)
@@ -81,7 +81,7 @@ def test_when_outliers_replace_then_flagged_values_become_trend_plus_seasonal(ga
     for pos, delta in SPIKES.items():
         spiked.loc[pos, "y"] += delta
     before = spiked.copy()
-    cleaned, _ = clean(spiked, CleaningConfig(outliers="replace"), min_length=39, horizon=13)
+    cleaned, _ = clean(spiked, CleaningConfig(outliers="replace", outlier_method="stl_iqr", outlier_max_share=1.0), min_length=39, horizon=13)
     pd.testing.assert_frame_equal(spiked, before)  # the input is not modified
     flags, fit = reference_outliers(spiked["y"].to_numpy(), 52, 3.0)
     np.testing.assert_allclose(cleaned["y"].to_numpy()[flags], fit[flags])
@@ -99,7 +99,7 @@ def test_when_outliers_off_then_nothing_flagged(gasoline):
 
 def test_when_shipped_livestock_panel_cleaned_then_42_monthly_series():
     df = load_dataset(str(DEFAULT_DATA.with_name("aus_livestock.csv")), DataConfig())
-    cleaned, report = clean(df, CleaningConfig(), min_length=24, horizon=12)
+    cleaned, report = clean(df, CleaningConfig(outlier_method="stl_iqr"), min_length=24, horizon=12)
     assert report.freq == "MS" and report.season_length == 12
     assert report.series_out == 42 and len(cleaned) == 42 * 120 and not report.dropped
     assert sum(s["outliers"] for s in report.per_series.values()) == int(cleaned["is_outlier"].sum()) > 0
@@ -300,7 +300,7 @@ def test_when_spike_in_monthly_panel_series_then_only_that_point_flagged_there()
     spiked = noisy.copy()
     spiked[60] += 40
     df = frame({"clean": ("2010-01-01", list(noisy)), "spiked": ("2010-01-01", list(spiked))}, freq="MS")
-    cleaned, report = clean(df, CleaningConfig(outliers="flag"), min_length=24, horizon=12)
+    cleaned, report = clean(df, CleaningConfig(outliers="flag", outlier_method="stl_iqr"), min_length=24, horizon=12)
     got = cleaned[cleaned["unique_id"] == "spiked"]["is_outlier"].to_numpy()
     assert got[60]
     np.testing.assert_array_equal(got, reference_outliers(spiked, 12, 3.0)[0])

@@ -67,6 +67,14 @@ def test_when_the_default_flow_runs_then_the_store_holds_a_complete_run(prefect_
     assert board["mae"].max() < 5.0
     assert summary["leaderboard"] and summary["promotion"] is not None
 
+    # the exploratory report (issue 25): eda.json in the run's data, linked from the summary, and its artifact
+    eda = json.loads(store.get(layout.eda_key(env, run))[0])
+    assert eda["series"] == 1 and eda["season_length"] == 52 and eda["per_series"][0]["unique_id"] == "us_gasoline"
+    assert summary["artifacts"]["eda"] == store.uri(layout.eda_key(env, run))
+    from tasks.common import artifact_key
+
+    assert _artifact_markdown(artifact_key(f"eda-{run}")).count("data:image/png;base64,") >= 2
+
     from chronos_flows.runstate.cleanup import verify_cleanup
 
     ok, findings = verify_cleanup(store, env)

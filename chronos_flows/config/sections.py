@@ -69,9 +69,25 @@ class CleaningConfig(Frozen):
     outliers: Literal["flag", "replace", "off"] = Field(
         "flag",
         title="Outlier handling",
-        description="Robust-STL + IQR outliers: 'flag' marks them, 'replace' swaps them for the STL fit, 'off' skips detection.",
+        description="Outliers (rule: `outlier_method`): 'flag' marks them, 'replace' swaps them for the STL fit, 'off' skips detection.",
+    )
+    outlier_method: Literal["robust", "stl_iqr"] = Field(
+        "robust",
+        title="Outlier rule",
+        description="'robust': STL on the log scale for positive series whose seasonal swing grows with the level, "
+        "residuals beyond `outlier_z` local (rolling) robust standard deviations, no flags in the first season "
+        "nor on intermittent series; 'stl_iqr': the seed's robust STL + `outlier_iqr_k` × IQR rule.",
+    )
+    outlier_z: float = Field(
+        4.5, gt=0, title="Outlier threshold (robust SDs)",
+        description="'robust' rule: residuals beyond this many local robust standard deviations are outliers.",
     )
     outlier_iqr_k: float = Field(3.0, gt=0, title="Outlier IQR multiplier", description="Residuals beyond k × IQR from the quartiles are outliers.")
+    outlier_max_share: float = Field(
+        0.05, ge=0, le=1, title="Maximum replaced share",
+        description="'replace' rewrites at most this share of a series' points; a series with more flags keeps "
+        "its values (flags stay) and is named in the cleaning report's warnings.",
+    )
     seasonal_period: Optional[int] = Field(
         None, ge=2, title="Season length", description="Season length for STL and MASE; derived from the frequency when empty."
     )

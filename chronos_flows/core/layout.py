@@ -12,6 +12,7 @@
     {env}/{run_id}/model_metadata.json                config, data fingerprint, metrics, promotion
     {env}/{run_id}/evaluation/                        leaderboard, per-series metrics, report, plots
     {env}/{run_id}/data/                              the run's cleaned data and cleaning report
+    {env}/{run_id}/data/eda.json                      the run's exploratory report of its data
     {env}/{run_id}/instance/                          EC2 backend: progress.json, result.json
     {env}/registry/champion.json                      the model that serves
     {env}/registry/{run_id}/{model}/                  promoted models (outside the 60-day expiry)
@@ -78,6 +79,11 @@ def evaluation_prefix(env: str, run_id: str) -> str:
 
 def run_data_prefix(env: str, run_id: str) -> str:
     return f"{run_prefix(env, run_id)}/data"
+
+
+def eda_key(env: str, run_id: str) -> str:
+    """The run's exploratory report of its cleaned data (``chronos_flows.data.eda``)."""
+    return f"{run_data_prefix(env, run_id)}/eda.json"
 
 
 def champion_key(env: str) -> str:

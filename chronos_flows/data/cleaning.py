@@ -6,16 +6,20 @@ the helpers live in :mod:`chronos_flows.data.frequency`) → combine duplicate t
 (``cleaning.duplicates``) → regularise to the frequency (missing timestamps inserted; an inferred
 frequency must not be ambiguous) → trim leading/trailing missing values and fill interior gaps
 (``cleaning.fill_method``) → length checks (shorter than ``max(min_length, horizon + 1)`` or filled
-beyond ``cleaning.max_fill_fraction``: dropped and reported; none left: error) → robust-STL outlier
-detection (residuals beyond ``outlier_iqr_k`` × IQR from the quartiles, flagged in ``is_outlier``;
-``replace`` swaps them for trend + seasonal). Everything done is counted per series in a
-:class:`CleaningReport`.
+beyond ``cleaning.max_fill_fraction``: dropped and reported; none left: error) → outlier detection
+flagged in ``is_outlier`` (``cleaning.outlier_method``: 'robust', the default — robust STL, on the log
+scale for positive series whose seasonal swing grows with the level, residuals beyond ``outlier_z``
+local rolling robust SDs, no flags in the first season nor on intermittent series; or 'stl_iqr', the
+seed's robust STL + ``outlier_iqr_k`` × IQR rule; ``replace`` swaps flagged points for trend +
+seasonal, never on a series flagged beyond ``outlier_max_share``). Everything done is counted per
+series in a :class:`CleaningReport`.
 
 Pure pandas / statsmodels; no I/O.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,7 +40,9 @@ from chronos_flows.data.ingest import ingest_notes
 
 __all__ = [
     "HEAVY_FILL_SHARE", "ID", "MAX_ABS_VALUE", "MIN_STL_SEASONS", "OUTLIER", "TARGET", "TIME",
-    "CleaningReport", "clean", "infer_frequency", "stl_outliers",
+    "CleaningReport", "INTERMITTENT_ZERO_SHARE", "OutlierFit", "clean", "detect_outliers", "infer_frequency",
+    "local_scale", "outlier_method_text", "outlier_skip_reason", "robust_outliers", "stl_outliers",
+    "swing_grows_with_level",
 ]  # fmt: skip
 
 from chronos_flows.core.columns import ID, TARGET, TIME  # noqa: E402 - the one definition
@@ -69,6 +75,8 @@ class CleaningReport(BaseModel):
     outlier_method: str
     #: series on which outlier detection did not run → reason
     outlier_skipped: dict[str, str] = {}
+    #: series ``replace`` left as they were because more than ``outlier_max_share`` was flagged → reason
+    outlier_not_replaced: dict[str, str] = {}
     #: every normalisation applied to the input (sorting, timezone, duplicates, non-finite values …)
     notes: list[str] = []
     #: heavy repairs a reviewer must see (quoted in the run summary and the champion decision)
@@ -214,6 +222,142 @@ def stl_outliers(y: np.ndarray, period: int, k: float) -> tuple[np.ndarray, np.n
     return flags, np.asarray(res.trend) + np.asarray(res.seasonal)
 
 
+#: 'robust' rule: a series with more than this share of zeros is intermittent (its spikes are the
+#: demand, not errors): no outlier check on it, reported.
+INTERMITTENT_ZERO_SHARE = 0.3
+#: 'robust' rule: a positive series is decomposed on the log scale when the Spearman correlation of
+#: its per-season level and seasonal swing is at least this (the swing grows with the level).
+LOG_SCALE_CORRELATION = 0.5
+#: 'robust' rule: the rolling window of the local residual scale, in points: ``max(2·period + 1, this)``.
+MIN_SCALE_WINDOW = 25
+#: 'robust' rule: the local scale is never below this share of the series' whole-history robust scale
+#: (a calm stretch must not turn ordinary noise into flags).
+SCALE_FLOOR_SHARE = 0.5
+#: 'robust' rule: STL's seasonal smoother spans this many seasons (statsmodels' default 7 lets a
+#: robust fit follow the noise of short series: most residuals ~0, the rest flagged).
+ROBUST_SEASONAL_WINDOW = 13
+#: 'robust' rule: the trend smoother spans ``max(TREND_SEASONS · period, MIN_TREND_WINDOW)`` points.
+TREND_SEASONS, MIN_TREND_WINDOW = 4, 13
+_MAD_TO_SD = 1.4826  # 1 / Φ⁻¹(0.75): MAD → standard deviation for Gaussian noise
+
+
+@dataclass(frozen=True)
+class OutlierFit:
+    """One series' outlier check: ``flags``, the STL ``fit`` (trend + seasonal, on the data's scale),
+    ``score`` (|residual| / scale: local robust SDs for 'robust', IQRs beyond the quartiles for
+    'stl_iqr'), whether the decomposition ran on the log scale, the STL components for plots."""
+
+    flags: np.ndarray
+    fit: np.ndarray
+    score: np.ndarray
+    log_scale: bool = False
+    trend: np.ndarray | None = None
+    seasonal: np.ndarray | None = None
+    resid: np.ndarray | None = None
+
+
+def robust_trend_window(period: int) -> int:
+    """The 'robust' rule's STL trend window: odd, longer than ``period``, about four seasons."""
+    w = max(TREND_SEASONS * period, MIN_TREND_WINDOW, period + 1)
+    return w if w % 2 else w + 1
+
+
+def swing_grows_with_level(y: np.ndarray, period: int) -> bool:
+    """True when ``y`` is positive and its seasonal swing grows with its level: the Spearman correlation
+    over whole seasons of the mean (level) and the standard deviation around a straight line (swing)
+    is at least :data:`LOG_SCALE_CORRELATION`; needs 3 whole seasons."""
+    y = np.asarray(y, dtype="float64")
+    n_cycles = len(y) // period
+    if n_cycles < 3 or not bool(np.all(y > 0)):
+        return False
+    cycles = y[len(y) - n_cycles * period:].reshape(n_cycles, period)  # the most recent whole seasons
+    t = np.arange(period, dtype="float64")
+    slope = np.polyfit(t, cycles.T, 1)  # (2, n_cycles): a straight line through each season
+    detrended = cycles - (slope[0][:, None] * t + slope[1][:, None])
+    level, swing = cycles.mean(axis=1), detrended.std(axis=1)
+    if np.ptp(level) <= 0 or np.ptp(swing) <= 0:
+        return False
+    rho = pd.Series(level).corr(pd.Series(swing), method="spearman")
+    return bool(rho >= LOG_SCALE_CORRELATION)
+
+
+def local_scale(resid: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(centre, scale)`` of ``resid`` in a centred rolling window: the rolling median and 1.4826 × the
+    rolling median absolute deviation, floored at :data:`SCALE_FLOOR_SHARE` of the whole-history one."""
+    r = pd.Series(np.asarray(resid, dtype="float64"))
+    kw = dict(window=window, center=True, min_periods=window // 2 + 1)
+    centre = r.rolling(**kw).median()
+    scale = (r - centre).abs().rolling(**kw).median() * _MAD_TO_SD
+    whole = float(np.median(np.abs(r - r.median()))) * _MAD_TO_SD
+    tiny = np.finfo("float64").eps * 1e3 * max(1.0, float(np.abs(r).max()))
+    return centre.to_numpy(), np.maximum(scale.to_numpy(), max(SCALE_FLOOR_SHARE * whole, tiny))
+
+
+def robust_outliers(y: np.ndarray, period: int, z: float, *, log_scale: bool | None = None,
+                    min_history: int | None = None) -> OutlierFit:
+    """The default ('robust') rule for one regular, gap-free series.
+
+    Robust STL of ``log y`` when the series is positive and its seasonal swing grows with its level
+    (:func:`swing_grows_with_level`; ``log_scale`` forces the choice), else of ``y``; a point is an
+    outlier when its residual is more than ``z`` local robust standard deviations (:func:`local_scale`,
+    window ``max(2·period + 1, MIN_SCALE_WINDOW)``) from the local median, and it lies after the
+    first ``min_history`` points (default: one season, where the decomposition has no history)."""
+    from statsmodels.tsa.seasonal import STL
+
+    y = np.asarray(y, dtype="float64")
+    use_log = swing_grows_with_level(y, period) if log_scale is None else bool(log_scale and np.all(y > 0))
+    x = np.log(y) if use_log else y
+    res = STL(x, period=period, seasonal=ROBUST_SEASONAL_WINDOW, trend=robust_trend_window(period), robust=True).fit()
+    trend, seasonal, resid = np.asarray(res.trend), np.asarray(res.seasonal), np.asarray(res.resid)
+    centre, scale = local_scale(resid, max(2 * period + 1, MIN_SCALE_WINDOW))
+    score = np.abs(resid - centre) / scale
+    flags = score > z
+    flags[: period if min_history is None else min_history] = False
+    fit = np.exp(trend + seasonal) if use_log else trend + seasonal
+    return OutlierFit(flags=flags, fit=fit, score=score, log_scale=use_log, trend=trend, seasonal=seasonal, resid=resid)
+
+
+def detect_outliers(y: np.ndarray, period: int, cfg: CleaningConfig) -> OutlierFit:
+    """The configured rule (``cleaning.outlier_method``) on one series of at least MIN_STL_SEASONS seasons."""
+    if cfg.outlier_method == "stl_iqr":
+        from statsmodels.tsa.seasonal import STL
+
+        y = np.asarray(y, dtype="float64")
+        res = STL(y, period=period, robust=True).fit()
+        resid = np.asarray(res.resid)
+        flags, fit = stl_outliers(y, period, cfg.outlier_iqr_k)
+        q25, q75 = np.quantile(resid, 0.25), np.quantile(resid, 0.75)
+        iqr = max(q75 - q25, np.finfo("float64").eps)
+        score = np.maximum(resid - q75, q25 - resid).clip(min=0) / iqr
+        return OutlierFit(flags=flags, fit=fit, score=score, trend=np.asarray(res.trend),
+                          seasonal=np.asarray(res.seasonal), resid=resid)
+    return robust_outliers(y, period, cfg.outlier_z)
+
+
+def outlier_skip_reason(y: np.ndarray, period: int, freq: str, cfg: CleaningConfig) -> str | None:
+    """Why the configured rule does not check this series (too short, no seasonality, intermittent), or None."""
+    if period < 2:
+        return f"no seasonality at frequency {freq} (season length {period})"
+    if len(y) < MIN_STL_SEASONS * period:
+        return f"{len(y)} points < {MIN_STL_SEASONS} seasons ({MIN_STL_SEASONS * period})"
+    if cfg.outlier_method == "robust":
+        zeros = float(np.mean(np.asarray(y) == 0))
+        if zeros > INTERMITTENT_ZERO_SHARE:
+            return f"intermittent: {zeros:.0%} zeros > {INTERMITTENT_ZERO_SHARE:.0%} (its spikes are the demand)"
+    return None
+
+
+def outlier_method_text(cfg: CleaningConfig, season: int) -> str:
+    """How the report names the rule."""
+    if cfg.outliers == "off":
+        return "off"
+    if cfg.outlier_method == "stl_iqr":
+        return f"robust STL (period {season}) residuals beyond {cfg.outlier_iqr_k:g}×IQR from the quartiles: {cfg.outliers}"
+    cap = f", at most {cfg.outlier_max_share:.0%} of a series replaced" if cfg.outliers == "replace" else ""
+    return (f"robust STL (period {season}; log scale where the seasonal swing grows with the level) residuals beyond "
+            f"{cfg.outlier_z:g} local robust SDs, none in the first season or on intermittent series: {cfg.outliers}{cap}")
+
+
 #: |y| at or above this is not a measurement: float32 (Chronos) overflows at 3.4e38 and scaling
 #: squares values, so such a series is dropped as non-finite.
 MAX_ABS_VALUE = 1e30
@@ -303,26 +447,36 @@ def _drop_short_or_sparse(frame: pd.DataFrame, gaps: pd.Series, cfg: CleaningCon
 
 
 def _mark_outliers(frame: pd.DataFrame, cfg: CleaningConfig, freq: str, season: int,
-                   detect: bool) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Add ``is_outlier`` (robust STL on each series long enough; ``replace`` swaps the values for the
-    fit) and sort; ``(frame, skipped)``. With ``cleaning.outliers`` 'off' or ``detect`` false, no fits."""
+                   detect: bool) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+    """Add ``is_outlier`` (the configured rule on each series it can check; ``replace`` swaps the values
+    for the fit unless more than ``cleaning.outlier_max_share`` of the series is flagged) and sort;
+    ``(frame, skipped, not_replaced)``. With ``cleaning.outliers`` 'off' or ``detect`` false, no fits."""
     outliers = np.zeros(len(frame), dtype=bool)
     skipped: dict[str, str] = {}
+    not_replaced: dict[str, str] = {}
     if cfg.outliers != "off" and detect:  # a preflight validates without the STL fits
         y = frame[TARGET].to_numpy(copy=True)
         for sid, pos in frame.groupby(ID, sort=False).indices.items():
-            if season < 2:
-                skipped[str(sid)] = f"no seasonality at frequency {freq} (season length {season})"
-            elif len(pos) < MIN_STL_SEASONS * season:
-                skipped[str(sid)] = f"{len(pos)} points < {MIN_STL_SEASONS} seasons ({MIN_STL_SEASONS * season})"
-            else:
-                flags, fit = stl_outliers(y[pos], season, cfg.outlier_iqr_k)
-                outliers[pos] = flags
-                if cfg.outliers == "replace":
-                    y[pos[flags]] = fit[flags]
+            why = outlier_skip_reason(y[pos], season, freq, cfg)
+            if why is not None:
+                skipped[str(sid)] = why
+                continue
+            found = detect_outliers(y[pos], season, cfg)
+            flags = found.flags
+            outliers[pos] = flags
+            if cfg.outliers == "replace":
+                share = float(flags.mean()) if len(flags) else 0.0
+                if share > cfg.outlier_max_share:
+                    not_replaced[str(sid)] = (
+                        f"{int(flags.sum())} of {len(flags)} points ({share:.1%}) flagged > cleaning.outlier_max_share "
+                        f"{cfg.outlier_max_share:g}: values kept, flags stay; look at the series"
+                    )
+                else:
+                    y[pos[flags]] = found.fit[flags]
         frame[TARGET] = y
     frame[OUTLIER] = outliers
-    return frame[[ID, TIME, TARGET, OUTLIER]].sort_values([ID, TIME], kind="mergesort", ignore_index=True), skipped
+    out = frame[[ID, TIME, TARGET, OUTLIER]].sort_values([ID, TIME], kind="mergesort", ignore_index=True)
+    return out, skipped, not_replaced
 
 
 def _per_series(frame: pd.DataFrame, series_ids: list[str], counts: dict[str, pd.Series]) -> dict[str, dict[str, int]]:
@@ -372,17 +526,17 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
     season = cfg.seasonal_period or season_length(freq)
     frame, dups, gaps, trimmed = _regular_frame(frame, cfg, freq, notes)
     frame = _drop_short_or_sparse(frame, gaps, cfg, dropped, min_length=min_length, horizon=horizon)
-    frame, skipped = _mark_outliers(frame, cfg, freq, season, detect_outliers)
+    frame, skipped, not_replaced = _mark_outliers(frame, cfg, freq, season, detect_outliers)
 
     counts = {"rows_in": rows_in, "duplicates": dups, "gaps_filled": gaps, "trimmed": trimmed}
-    method = (
-        "off"
-        if cfg.outliers == "off"
-        else f"robust STL (period {season}) residuals beyond {cfg.outlier_iqr_k:g}×IQR from the quartiles: {cfg.outliers}"
-    )
+    method = outlier_method_text(cfg, season)
+    warnings = _warnings(frame, cfg, gaps, dropped, len(series_ids))
+    if not_replaced:
+        warnings.append(f"{len(not_replaced)} series not rewritten by cleaning.outliers=replace (too many flags): "
+                        + listing([f"{k} ({v})" for k, v in not_replaced.items()], 3))
     report = CleaningReport(
         notes=notes,
-        warnings=_warnings(frame, cfg, gaps, dropped, len(series_ids)),
+        warnings=warnings,
         freq=freq,
         season_length=int(season),
         rows_in=int(len(df)),
@@ -395,5 +549,6 @@ def clean(df: pd.DataFrame, cfg: CleaningConfig, *, min_length: int, horizon: in
         dropped=dropped,
         outlier_method=method,
         outlier_skipped=skipped,
+        outlier_not_replaced=not_replaced,
     )
     return frame, report
