@@ -74,6 +74,13 @@ class Forecaster(ABC):
         frame = self.predict(context, horizon, freq, quantiles)
         return Forecast(frame, dict(self.last_failures))
 
+    def forecast_windows(self, history: pd.DataFrame, cutoffs: pd.DataFrame, horizon: int, step: int, freq: str,
+                         quantiles: Sequence[float] = DEFAULT_QUANTILES) -> "dict[int, Forecast] | None":
+        """Every backtest window at once (``cutoffs``: rows of ``evaluation.windows.backtest_cutoffs``),
+        ``{window: Forecast}``, for a model that does it faster than one :meth:`forecast` per window with
+        the same forecasts; ``None`` (the default): the backtest calls :meth:`forecast` window by window."""
+        return None
+
     def fit(self, train: pd.DataFrame, freq: str, horizon: int) -> "Forecaster":
         """Return a forecaster trained on ``train``; local models return ``self`` unchanged."""
         return self

@@ -32,6 +32,7 @@ from chronos_flows.models.base import (
     ID,
     TARGET,
     TIME,
+    Forecast,
     Forecaster,
     future_index,
     quantile_column,
@@ -115,6 +116,28 @@ def statsforecast_one(uid: str, y: np.ndarray, horizon: int, quantiles: Sequence
     except Exception as exc:  # noqa: BLE001 - a failing series is reported, never fatal
         msg = f"{type(exc).__name__}: {exc}".strip()
         return uid, None, msg[:500]
+
+
+def _statsforecast_frame(fc: pd.DataFrame, alias: str, quantiles: Sequence[float]) -> tuple[pd.DataFrame, list[str]]:
+    """StatsForecast's output (``forecast`` or ``cross_validation``) as our long frame (``cutoff`` kept
+    when present), quantile columns sorted per step so they never cross; and the series with a
+    non-finite value (in that cutoff), which are left out of the frame."""
+    fc = fc.reset_index() if ID not in fc.columns else fc
+    keys = [interval_key(q) for q in quantiles]
+    cols = [alias if k is None else f"{alias}-{k[0]}-{k[1]}" for k in keys]
+    mean = fc[alias].to_numpy(dtype=float)
+    qs = fc[cols].to_numpy(dtype=float).reshape(-1, len(cols))
+    order = np.argsort(np.asarray(quantiles), kind="stable")
+    ordered = np.empty_like(qs)
+    ordered[:, order] = np.sort(qs, axis=1)
+    group = [fc[ID].to_numpy()] + ([fc["cutoff"].to_numpy()] if "cutoff" in fc.columns else [])
+    ok_row = np.isfinite(mean) & np.isfinite(qs).all(axis=1)
+    ok = pd.Series(ok_row).groupby(group).transform("all").to_numpy()
+    out = pd.DataFrame({ID: fc[ID].astype(str).to_numpy(), TIME: fc[TIME].to_numpy(), "mean": mean})
+    if "cutoff" in fc.columns:
+        out["cutoff"] = fc["cutoff"].to_numpy()
+    out[[quantile_column(q) for q in quantiles]] = ordered
+    return out[ok], [str(u) for u in pd.unique(fc.loc[~ok, ID])]
 
 
 class NoForecast:
@@ -222,20 +245,9 @@ class StatsForecastForecaster(Forecaster):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # statsforecast's divide-by-zero RuntimeWarnings on tiny fits
                 fc = sf.forecast(df=good, h=horizon, level=levels or None)
-            fc = fc.reset_index() if ID not in fc.columns else fc
-            alias = repr(model)
-            cols = [alias if k is None else f"{alias}-{k[0]}-{k[1]}" for k in keys]
-            mean = fc[alias].to_numpy(dtype=float)
-            qs = fc[cols].to_numpy(dtype=float).reshape(-1, len(cols))
-            order = np.argsort(np.asarray(quantiles), kind="stable")
-            ordered = np.empty_like(qs)
-            ordered[:, order] = np.sort(qs, axis=1)  # never crossing, whatever order quantiles come in
-            ok_row = np.isfinite(mean) & np.isfinite(qs).all(axis=1)
-            ok_series = pd.Series(ok_row).groupby(fc[ID].to_numpy()).transform("all").to_numpy()
-            bad_ids.extend(str(u) for u in pd.unique(fc.loc[~ok_series, ID]))
-            out = pd.DataFrame({ID: fc[ID].astype(str).to_numpy(), TIME: fc[TIME].to_numpy(), "mean": mean})
-            out[qcols] = ordered
-            parts.append(out[ok_series])
+            out, failed = _statsforecast_frame(fc, repr(model), quantiles)
+            bad_ids.extend(failed)
+            parts.append(out)
         failures: dict[str, str] = {}
         for uid in sorted(set(bad_ids)):  # why each failed, in the model's own words
             y = frame.loc[frame[ID] == uid, TARGET].to_numpy(dtype=float)
@@ -248,3 +260,54 @@ class StatsForecastForecaster(Forecaster):
         out = out.sort_values([ID, TIME], kind="stable", ignore_index=True)
         self.last_seconds = time.perf_counter() - t0
         return out
+
+    def forecast_windows(self, history: pd.DataFrame, cutoffs: pd.DataFrame, horizon: int, step: int, freq: str,
+                         quantiles: Sequence[float] = DEFAULT_QUANTILES) -> dict[int, Forecast] | None:
+        """Every backtest window in one ``StatsForecast.cross_validation`` call (one process pool, the
+        panel split once per process) instead of one ``forecast`` per window: the same fits on the same
+        histories, so the same forecasts. ``None`` (the caller goes window by window) when a series has a
+        missing value or the windows are not the last ``n_windows`` spaced ``step`` apart at every series' end."""
+        from statsforecast import StatsForecast
+
+        check_predict_args(self.label, history, horizon, freq, quantiles)
+        t0 = time.perf_counter()
+        horizon, quantiles = int(horizon), tuple(float(q) for q in quantiles)
+        frame = history[[ID, TIME, TARGET]].astype({TARGET: "float64"}).sort_values([ID, TIME], kind="stable")
+        if not np.isfinite(frame[TARGET].to_numpy()).all():
+            return None
+        n_windows = int(cutoffs["window"].max()) + 1
+        sizes = frame.groupby(ID, sort=True).size()
+        want = cutoffs.set_index([ID, "window"])["n_context"]
+        expect = {(uid, w): n - horizon - (n_windows - 1 - w) * step for uid, n in sizes.items() for w in range(n_windows)}
+        if len(want) != len(expect) or any(int(want.get(k, -1)) != v for k, v in expect.items()):
+            return None
+        keys = [interval_key(q) for q in quantiles]
+        levels = sorted({k[1] for k in keys if k is not None})
+        n_jobs = 1 if multiprocessing.current_process().daemon else self.n_jobs
+        model = type(self).build(self.settings())
+        sf = StatsForecast(models=[model], freq=freq, n_jobs=min(n_jobs, len(sizes)), fallback_model=NoForecast())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # statsforecast's divide-by-zero RuntimeWarnings on tiny fits
+            fc = sf.cross_validation(df=frame, h=horizon, n_windows=n_windows, step_size=step,
+                                     level=levels or None, refit=True)
+        out, _ = _statsforecast_frame(fc, repr(model), quantiles)
+        window_of = cutoffs.set_index([ID, "cutoff"])["window"]
+        out["window"] = window_of.reindex(pd.MultiIndex.from_arrays([out[ID], pd.to_datetime(out["cutoff"])])).to_numpy()
+        if out["window"].isna().any():
+            return None  # statsforecast cut elsewhere than our windows: go window by window
+        qcols = [quantile_column(q) for q in quantiles]
+        result: dict[int, Forecast] = {}
+        for w in range(n_windows):
+            cut = cutoffs[cutoffs["window"] == w]
+            got = out.loc[out["window"] == w, [ID, TIME, "mean", *qcols]].reset_index(drop=True)
+            failures: dict[str, str] = {}
+            for uid in sorted(set(cut[ID].astype(str)) - set(got[ID])):  # why each failed, in the model's own words
+                c = int(cut.loc[cut[ID].astype(str) == uid, "n_context"].iloc[0])
+                y = frame.loc[frame[ID].astype(str) == uid, TARGET].to_numpy(dtype=float)[:c]
+                _, _, err = statsforecast_one(uid, y, horizon, quantiles, self.label, lambda: type(self).build(self.settings()))
+                failures[uid] = err or f"{self.label} produced non-finite forecasts"
+            result[w] = Forecast(got.sort_values([ID, TIME], kind="stable", ignore_index=True), failures)
+        if self.progress is not None:
+            self.progress(len(sizes), len(sizes))
+        self.last_seconds = time.perf_counter() - t0
+        return result
