@@ -126,3 +126,40 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+#: the shipped data sets
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def livestock(n_series: int):
+    """The first ``n_series`` series (file order) of the shipped monthly aus_livestock panel."""
+    import pandas as pd
+
+    df = pd.read_csv(DATA / "aus_livestock.csv", parse_dates=["ds"])
+    ids = df["unique_id"].unique()[:n_series]
+    return df[df["unique_id"].isin(ids)].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def livestock_panel():
+    """Four monthly series of the shipped livestock panel."""
+    return livestock(4)
+
+
+def quarterly(uid: str, start: str, n: int, seed: int):
+    """A quarterly series with a trend, a fixed seasonal pattern and Gaussian noise."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = 100 + 0.5 * np.arange(n) + np.tile([8.0, -3.0, -9.0, 4.0], n // 4 + 1)[:n] + rng.normal(0, 1.5, n)
+    return pd.DataFrame({"unique_id": uid, "ds": pd.date_range(start, periods=n, freq="QS"), "y": y})
+
+
+@pytest.fixture(scope="module")
+def quarterly_panel():
+    """Two quarterly series ending at different quarters."""
+    import pandas as pd
+
+    return pd.concat([quarterly("a", "2000-01-01", 40, 1), quarterly("b", "2003-07-01", 30, 2)], ignore_index=True)

@@ -11,7 +11,7 @@ import pytest
 from chronos_flows.evaluation.backtest import run_backtest
 from chronos_flows.evaluation.windows import backtest_cutoffs, split_window
 from chronos_flows.models.families import local_forecaster
-from tests.test_ets import DATA
+from tests.conftest import livestock as livestock_series
 
 CONFIGS = {
     "autoets": {"season_length": 12, "model": "ZZZ", "damped": None},
@@ -21,9 +21,7 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def livestock() -> pd.DataFrame:
-    df = pd.read_csv(DATA / "aus_livestock.csv", parse_dates=["ds"])
-    ids = sorted(df["unique_id"].unique())[:6]
-    return df[df["unique_id"].isin(ids)].reset_index(drop=True)
+    return livestock_series(6)
 
 
 class OneWindowAtATime:

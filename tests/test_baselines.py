@@ -30,13 +30,6 @@ def gasoline_split(gasoline):
     return split_window(gasoline, cut)
 
 
-@pytest.fixture(scope="module")
-def livestock_panel() -> pd.DataFrame:
-    df = pd.read_csv(DATA / "aus_livestock.csv", parse_dates=["ds"])
-    ids = df["unique_id"].unique()[:4]
-    return df[df["unique_id"].isin(ids)].reset_index(drop=True)
-
-
 def test_when_seasonal_naive_forecasts_then_it_repeats_the_last_season(gasoline_split):
     context, actuals = gasoline_split
     fc = SeasonalNaive(52).predict(context, 26, "W-MON")

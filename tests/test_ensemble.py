@@ -206,7 +206,7 @@ def test_when_the_ensemble_scores_best_then_it_is_promoted_with_its_members_and_
 
 
 def test_when_the_champion_is_an_ensemble_then_batch_forecasts_equal_the_weighted_member_forecasts(tmp_path):
-    from tests.test_ets import quarterly
+    from tests.conftest import quarterly
     from tests.test_forecast import seed_champion
 
     df = pd.concat([quarterly(f"q{i}", "2000-01-01", 40 + 2 * i, i) for i in range(5)], ignore_index=True)

@@ -6,7 +6,6 @@ import json
 import os
 import time
 from importlib.resources import files
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,36 +17,17 @@ from chronos_flows.models.local.parallel import map_series
 from chronos_flows.models.base import DEFAULT_QUANTILES, quantile_column
 from chronos_flows.models.local.ets import AutoETSForecaster
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+from tests.conftest import quarterly
 QCOLS = [quantile_column(q) for q in DEFAULT_QUANTILES]
 
 
-def quarterly(uid: str, start: str, n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    y = 100 + 0.5 * np.arange(n) + np.tile([8.0, -3.0, -9.0, 4.0], n // 4 + 1)[:n] + rng.normal(0, 1.5, n)
-    return pd.DataFrame({"unique_id": uid, "ds": pd.date_range(start, periods=n, freq="QS"), "y": y})
-
-
-@pytest.fixture(scope="module")
-def panel() -> pd.DataFrame:
-    # two series ending at different quarters
-    return pd.concat([quarterly("a", "2000-01-01", 40, 1), quarterly("b", "2003-07-01", 30, 2)], ignore_index=True)
-
-
-@pytest.fixture(scope="module")
-def livestock_panel() -> pd.DataFrame:
-    df = pd.read_csv(DATA / "aus_livestock.csv", parse_dates=["ds"])
-    ids = df["unique_id"].unique()[:4]
-    return df[df["unique_id"].isin(ids)].reset_index(drop=True)
-
-
-def test_when_a_two_series_panel_is_forecast_then_each_gets_horizon_rows_after_its_own_end(panel):
+def test_when_a_two_series_panel_is_forecast_then_each_gets_horizon_rows_after_its_own_end(quarterly_panel):
     model = AutoETSForecaster(4, n_jobs=1)
-    fc = model.predict(panel, 6, "QS")
+    fc = model.predict(quarterly_panel, 6, "QS")
     assert list(fc.columns) == ["unique_id", "ds", "mean", *QCOLS]
     assert model.last_failures == {}
     assert fc.groupby("unique_id").size().to_dict() == {"a": 6, "b": 6}
-    for uid, g in panel.groupby("unique_id"):
+    for uid, g in quarterly_panel.groupby("unique_id"):
         expected = pd.date_range(g["ds"].max(), periods=7, freq="QS")[1:]
         assert list(fc.loc[fc["unique_id"] == uid, "ds"]) == list(expected)
     assert np.isfinite(fc[["mean", *QCOLS]].to_numpy(dtype=float)).all()
@@ -56,8 +36,8 @@ def test_when_a_two_series_panel_is_forecast_then_each_gets_horizon_rows_after_i
     assert a[a.index.quarter == 1].min() > a[a.index.quarter == 3].max()
 
 
-def test_when_quantiles_are_requested_then_they_are_ordered_and_the_median_is_the_mean(panel):
-    fc = AutoETSForecaster(4, n_jobs=1).predict(panel, 6, "QS")
+def test_when_quantiles_are_requested_then_they_are_ordered_and_the_median_is_the_mean(quarterly_panel):
+    fc = AutoETSForecaster(4, n_jobs=1).predict(quarterly_panel, 6, "QS")
     q = fc[QCOLS].to_numpy(dtype=float)
     assert (np.diff(q, axis=1) >= 0).all()
     assert (fc["0.9"] > fc["0.1"]).all()  # real intervals, not a collapsed point
@@ -65,21 +45,21 @@ def test_when_quantiles_are_requested_then_they_are_ordered_and_the_median_is_th
     # 0.1 / 0.9 are statsforecast's 80 % interval bounds
     from statsforecast.models import AutoETS
 
-    y = panel.loc[panel["unique_id"] == "a", "y"].to_numpy()
+    y = quarterly_panel.loc[quarterly_panel["unique_id"] == "a", "y"].to_numpy()
     ref = AutoETS(season_length=4).forecast(y=y, h=6, level=[80])
     a = fc[fc["unique_id"] == "a"]
     np.testing.assert_allclose(a["0.1"].to_numpy(), ref["lo-80"])
     np.testing.assert_allclose(a["0.9"].to_numpy(), ref["hi-80"])
     # levels given out of order land in their own columns
-    shuffled = AutoETSForecaster(4, n_jobs=1).predict(panel, 6, "QS", quantiles=(0.9, 0.1, 0.5))
+    shuffled = AutoETSForecaster(4, n_jobs=1).predict(quarterly_panel, 6, "QS", quantiles=(0.9, 0.1, 0.5))
     np.testing.assert_allclose(shuffled["0.9"].to_numpy(), fc["0.9"].to_numpy())
     np.testing.assert_allclose(shuffled["0.1"].to_numpy(), fc["0.1"].to_numpy())
 
 
-def test_when_series_are_too_short_or_all_nan_then_they_are_reported_and_the_rest_forecast(panel):
+def test_when_series_are_too_short_or_all_nan_then_they_are_reported_and_the_rest_forecast(quarterly_panel):
     short = quarterly("short", "2010-01-01", 5, 3)
     missing = quarterly("missing", "2000-01-01", 40, 4).assign(y=np.nan)
-    context = pd.concat([panel, short, missing], ignore_index=True)
+    context = pd.concat([quarterly_panel, short, missing], ignore_index=True)
     calls: list[tuple[int, int]] = []
     model = AutoETSForecaster(4, n_jobs=2, progress=lambda d, t: calls.append((d, t)))
     fc = model.predict(context, 4, "QS")
@@ -90,9 +70,9 @@ def test_when_series_are_too_short_or_all_nan_then_they_are_reported_and_the_res
     assert calls == [(4, 4)]  # the panel is fitted by one StatsForecast call: done once it returns
 
 
-def test_when_the_context_is_empty_or_the_config_invalid_then_bad_input_is_raised(panel):
+def test_when_the_context_is_empty_or_the_config_invalid_then_bad_input_is_raised(quarterly_panel):
     with pytest.raises(BadInputError, match="empty context"):
-        AutoETSForecaster(4).predict(panel.iloc[:0], 4, "QS")
+        AutoETSForecaster(4).predict(quarterly_panel.iloc[:0], 4, "QS")
     with pytest.raises(BadInputError, match="model must be 3 letters"):
         AutoETSForecaster(4, model="XYZ")
     with pytest.raises(BadInputError, match="season_length"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -17,15 +16,13 @@ from chronos_flows.models.local.prophet import ProphetForecaster
 from chronos_flows.models.local.seasonal_naive import SeasonalNaive
 from chronos_flows.evaluation.windows import backtest_cutoffs, split_window
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+from tests.conftest import livestock
 QCOLS = [quantile_column(q) for q in DEFAULT_QUANTILES]
 
 
 @pytest.fixture(scope="module")
 def panel() -> pd.DataFrame:
-    df = pd.read_csv(DATA / "aus_livestock.csv", parse_dates=["ds"])
-    ids = df["unique_id"].unique()[:5]
-    return df[df["unique_id"].isin(ids)].reset_index(drop=True)
+    return livestock(5)
 
 
 class Oracle(Forecaster):

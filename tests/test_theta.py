@@ -21,29 +21,18 @@ from chronos_flows.models.families import (
     local_forecaster,
 )
 from chronos_flows.models.local.theta import AutoThetaForecaster
-from tests.test_ets import DATA, quarterly, tourism_panel
+from tests.conftest import quarterly
+from tests.test_ets import tourism_panel
 
 QCOLS = [quantile_column(q) for q in DEFAULT_QUANTILES]
 
 
-@pytest.fixture(scope="module")
-def panel() -> pd.DataFrame:
-    return pd.concat([quarterly("a", "2000-01-01", 40, 1), quarterly("b", "2003-07-01", 30, 2)], ignore_index=True)
-
-
-@pytest.fixture(scope="module")
-def livestock_panel() -> pd.DataFrame:
-    df = pd.read_csv(DATA / "aus_livestock.csv", parse_dates=["ds"])
-    ids = df["unique_id"].unique()[:4]
-    return df[df["unique_id"].isin(ids)].reset_index(drop=True)
-
-
-def test_when_a_two_series_panel_is_forecast_then_each_gets_horizon_rows_after_its_own_end(panel):
+def test_when_a_two_series_panel_is_forecast_then_each_gets_horizon_rows_after_its_own_end(quarterly_panel):
     model = AutoThetaForecaster(4, n_jobs=1)
-    fc = model.predict(panel, 6, "QS")
+    fc = model.predict(quarterly_panel, 6, "QS")
     assert list(fc.columns) == ["unique_id", "ds", "mean", *QCOLS]
     assert model.last_failures == {} and fc.groupby("unique_id").size().to_dict() == {"a": 6, "b": 6}
-    for uid, g in panel.groupby("unique_id"):
+    for uid, g in quarterly_panel.groupby("unique_id"):
         expected = pd.date_range(g["ds"].max(), periods=7, freq="QS")[1:]
         assert list(fc.loc[fc["unique_id"] == uid, "ds"]) == list(expected)
     # the seasonal pattern (seasonally adjusted, then re-applied) is in the forecast: Q1 above Q3
@@ -51,15 +40,15 @@ def test_when_a_two_series_panel_is_forecast_then_each_gets_horizon_rows_after_i
     assert a[a.index.quarter == 1].min() > a[a.index.quarter == 3].max()
 
 
-def test_when_quantiles_are_requested_then_they_are_ordered_and_equal_statsforecasts_intervals(panel):
-    fc = AutoThetaForecaster(4, n_jobs=1).predict(panel, 6, "QS")
+def test_when_quantiles_are_requested_then_they_are_ordered_and_equal_statsforecasts_intervals(quarterly_panel):
+    fc = AutoThetaForecaster(4, n_jobs=1).predict(quarterly_panel, 6, "QS")
     q = fc[QCOLS].to_numpy(dtype=float)
     assert (np.diff(q, axis=1) >= 0).all() and (fc["0.9"] > fc["0.1"]).all()
     # 0.5 is the point forecast, moved only where a simulated narrow bound fell across it (sorted)
     np.testing.assert_allclose(fc["0.5"].to_numpy(), fc["mean"].to_numpy(), rtol=5e-3)
     from statsforecast.models import AutoTheta
 
-    y = panel.loc[panel["unique_id"] == "a", "y"].to_numpy()
+    y = quarterly_panel.loc[quarterly_panel["unique_id"] == "a", "y"].to_numpy()
     ref = AutoTheta(season_length=4).forecast(y=y, h=6, level=[80])
     a = fc[fc["unique_id"] == "a"]
     np.testing.assert_allclose(a["mean"].to_numpy(), ref["mean"])
@@ -67,12 +56,12 @@ def test_when_quantiles_are_requested_then_they_are_ordered_and_equal_statsforec
     np.testing.assert_allclose(a["0.9"].to_numpy(), ref["hi-80"], rtol=1e-6)
 
 
-def test_when_series_are_too_short_or_all_nan_then_they_are_reported_and_the_rest_forecast(panel):
+def test_when_series_are_too_short_or_all_nan_then_they_are_reported_and_the_rest_forecast(quarterly_panel):
     short = quarterly("short", "2010-01-01", 3, 3)
     missing = quarterly("missing", "2000-01-01", 40, 4).assign(y=np.nan)
     calls: list[tuple[int, int]] = []
     model = AutoThetaForecaster(4, n_jobs=2, progress=lambda d, t: calls.append((d, t)))
-    fc = model.predict(pd.concat([panel, short, missing], ignore_index=True), 4, "QS")
+    fc = model.predict(pd.concat([quarterly_panel, short, missing], ignore_index=True), 4, "QS")
     assert set(model.last_failures) == {"short", "missing"}
     assert "tiny datasets" in model.last_failures["short"]
     assert sorted(fc["unique_id"].unique()) == ["a", "b"]
@@ -83,9 +72,9 @@ def test_when_series_are_too_short_or_all_nan_then_they_are_reported_and_the_res
     assert len(four.predict(quarterly("four", "2010-01-01", 4, 5), 2, "QS")) == 2 and four.last_failures == {}
 
 
-def test_when_the_context_is_empty_or_the_config_invalid_then_bad_input_is_raised(panel):
+def test_when_the_context_is_empty_or_the_config_invalid_then_bad_input_is_raised(quarterly_panel):
     with pytest.raises(BadInputError, match="empty context"):
-        AutoThetaForecaster(4).predict(panel.iloc[:0], 4, "QS")
+        AutoThetaForecaster(4).predict(quarterly_panel.iloc[:0], 4, "QS")
     with pytest.raises(BadInputError, match="Theta model must be one of"):
         AutoThetaForecaster(4, model="XYZ")
     with pytest.raises(BadInputError, match="decomposition_type"):
