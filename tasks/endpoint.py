@@ -55,7 +55,8 @@ def roll_out(params: EndpointParams, pkg: dict[str, Any]) -> dict[str, Any]:
         logger().info("endpoint %s already serves champion %s; nothing to update", name, pkg["run_id"])
         return {"action": "unchanged", "endpoint": name, "endpoint_config": current["endpoint_config"],
                 "model": record.get("model"), "previous_config": None, "removed": []}
-    capture_uri = store.uri(f"{layout.capture_prefix(params.env)}/sagemaker") if params.capture else None
+    capture_uri = (store.uri(layout.sagemaker_capture_prefix(params.env, pkg["family"], pkg["run_id"]))
+                   if params.capture else None)
     deployment = sagemaker.Deployment(
         name=name, env=params.env, image_uri=params.image_uri or "", role_arn=params.role_arn or "",
         model_data_url=pkg["uri"], run_id=pkg["run_id"], capture_uri=capture_uri, capture_percent=params.capture_percent,

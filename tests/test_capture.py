@@ -288,3 +288,59 @@ def test_when_served_requests_are_captured_and_actuals_arrive_then_the_monitor_s
     assert score.wql == pytest.approx(want, rel=1e-9)
     hist = read_history(store, "dev")
     assert list(hist["forecast_id"]) == [score.forecast_id] and set(hist["champion_run_id"]) == {"sn-run"}
+
+
+def sagemaker_record(request: dict, response: dict, event_id: str, at: str, *, base64_output: bool = False) -> str:
+    """One line of SageMaker's data capture (JSON Lines), as its documentation shows it."""
+    import base64
+    import json
+
+    out = json.dumps(response)
+    return json.dumps({
+        "captureData": {
+            "endpointInput": {"observedContentType": "application/json", "mode": "INPUT", "data": json.dumps(request),
+                              "encoding": "JSON"},
+            "endpointOutput": {"observedContentType": "application/json", "mode": "OUTPUT",
+                               "data": base64.b64encode(out.encode()).decode() if base64_output else out,
+                               "encoding": "BASE64" if base64_output else "JSON"},
+        },
+        "eventMetadata": {"eventId": event_id, "inferenceTime": at},
+        "eventVersion": "0",
+    })
+
+
+def test_when_a_sagemaker_endpoint_captured_requests_then_the_monitor_scores_them_under_the_champion_that_answered(tmp_path):
+    """The endpoint's deployment points SageMaker's capture at {env}/capture/sagemaker/{family}/{run_id}/;
+    the monitor reads those JSON Lines like the server's own Parquet capture, and names what it skipped."""
+    from chronos_flows.monitoring.history import read_history
+    from tests.test_monitoring import champion, panel, run
+
+    store = LocalStore(tmp_path / "store")
+    data = panel(n_series=2)
+    cut = pd.Timestamp(data["ds"].iloc[100])
+    champ = _champ()
+    lines, served = [], {}
+    for k, (uid, g) in enumerate(data[data["ds"] <= cut].groupby("unique_id")):
+        body = {"inputs": [{"target": g["y"].tolist(), "item_id": uid, "start": str(g["ds"].iloc[0].date())}],
+                "parameters": {"prediction_length": 4, "quantile_levels": [0.1, 0.5, 0.9], "freq": "W-MON"}}
+        answer = predict(champ, parse_request(body))
+        served[uid] = answer["predictions"][0]
+        lines.append(sagemaker_record(body, answer, f"ev-{k}", "2024-01-01T00:00:0%dZ" % k, base64_output=k == 1))
+    lines.append(sagemaker_record({"inputs": [{"target": [1, 2, 3, 4, 5]}]}, {"predictions": [{"mean": [1.0]}]}, "ev-x",
+                                  "2024-01-01T00:00:09Z"))  # no item_id: nothing to score
+    lines.append("not json")
+    prefix = layout.sagemaker_capture_prefix("dev", "seasonal_naive", "sm-run")
+    assert prefix == "dev/capture/sagemaker/seasonal_naive/sm-run"
+    store.put(f"{prefix}/chronos-flows-dev/AllTraffic/2024/01/01/00/00-00-000-abcd.jsonl", "\n".join(lines).encode())
+
+    res = run(store, data, champion(run_id="sm-run"))
+    [score] = res.scores
+    assert score.source == "capture" and score.champion_run_id == "sm-run" and score.n_points == 8
+    truth = data[data["ds"] > cut].groupby("unique_id").head(4).sort_values(["unique_id", "ds"])
+    act = truth["y"].to_numpy()
+    qs = {float(lvl): np.concatenate([served[u][lvl] for u in sorted(served)]) for lvl in ("0.1", "0.5", "0.9")}
+    want = np.mean([2 * np.sum(np.maximum(q * (act - f), (q - 1) * (act - f))) / np.sum(np.abs(act)) for q, f in qs.items()])
+    assert score.wql == pytest.approx(want, rel=1e-9)
+    assert any("2 SageMaker capture record(s) not scorable" in i and "line 4: not a SageMaker capture record" in i
+               for i in res.issues), res.issues
+    assert list(read_history(store, "dev")["family"]) == ["seasonal_naive"]

@@ -420,6 +420,21 @@ def test_when_endpoint_settings_are_wrong_then_the_error_names_the_setting_and_t
     assert p.endpoint_name == "chronos-flows-prod" and p.capture
 
 
+def test_when_the_roll_out_captures_then_each_champion_captures_into_its_own_prefix_the_monitor_reads(aws_env, s3_store_url):
+    from tasks.endpoint import roll_out
+
+    name = f"ep-{os.urandom(3).hex()}"
+    params = _params(s3_store_url, name, mode="realtime", capture=True, api=False)
+    pkg = {"uri": "s3://b/k/model.tar.gz", "run_id": "run-7", "family": "theta", "tag": "run-7-w", "write_id": "w"}
+    out = roll_out.fn(params, pkg)
+    sm = aws_env.client("sagemaker")
+    cap = sm.describe_endpoint_config(EndpointConfigName=out["endpoint_config"])["DataCaptureConfig"]
+    assert cap["DestinationS3Uri"] == f"{s3_store_url}/dev/capture/sagemaker/theta/run-7"
+    key = "dev/capture/sagemaker/theta/run-7/" + name + "/AllTraffic/2024/01/01/00/x.jsonl"
+    assert layout.sagemaker_capture_owner("dev", key) == ("theta", "run-7")
+    sagemaker.delete(sm, name, poll_seconds=0.1)
+
+
 def test_when_capture_is_on_then_the_config_captures_into_the_env_capture_prefix(aws_env, s3_store_url):
     store = open_store(s3_store_url)
     sm = aws_env.client("sagemaker")

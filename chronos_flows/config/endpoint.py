@@ -38,7 +38,7 @@ class EndpointParams(Frozen):
     max_concurrency: int = Field(5, ge=1, le=200, description="Serverless concurrent invocations")
     instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$", description="Real-time instance type")
     instance_count: int = Field(1, ge=1, le=20, description="Real-time instances")
-    capture: bool = Field(False, description="Capture requests and responses into {env}/capture/sagemaker/ (real-time only)")
+    capture: bool = Field(False, description="Capture requests and responses into {env}/capture/sagemaker/{family}/{champion run id}/, which the monitor scores (real-time only)")
     capture_percent: int = Field(100, ge=1, le=100, description="Share of requests captured")
     api: bool = Field(True, description="Deploy the API Gateway front door (stack NAME-api)")
     stage: str = Field("v1", pattern=r"^[A-Za-z0-9_]{1,64}$", description="API stage")

@@ -19,6 +19,7 @@
     {env}/forecasts/{forecast_id}/                    batch forecasts: forecasts.parquet, forecast.json
     {env}/tuning/{study}/                             a tuning study: journal.log, trials.csv, study.json, best_config.yaml
     {env}/capture/{YYYY-MM-DD}/{batch}.parquet        served requests and their forecasts (opt-in data capture)
+    {env}/capture/sagemaker/{family}/{run_id}/        a SageMaker endpoint's own capture (JSON Lines) of that champion
     {env}/monitoring/                                 live accuracy of published forecasts (scored history)
     {env}/endpoint/{name}/                            a SageMaker endpoint: endpoint.json, packages/{tag}/model.tar.gz
     {env}/monitoring/history/{forecast_id}/{through}-{sha}.parquet   one scoring of one forecast (append-only)
@@ -144,6 +145,25 @@ class TrialKeys:
 def capture_prefix(env: str) -> str:
     """Data capture of the endpoint: batched Parquet files of requests and their forecasts."""
     return f"{env}/capture"
+
+
+def sagemaker_capture_prefix(env: str, family: str | None = None, champion_run_id: str | None = None) -> str:
+    """Where a SageMaker endpoint's own data capture lands (its JSON Lines, under
+    ``{endpoint}/{variant}/YYYY/MM/DD/HH/``): one prefix per deployed champion, ``{env}/capture/sagemaker/
+    {family}/{champion_run_id}``, so a captured record says which champion answered it."""
+    base = f"{capture_prefix(env)}/sagemaker"
+    if family is None or champion_run_id is None:
+        return base
+    return f"{base}/{family}/{champion_run_id}"
+
+
+def sagemaker_capture_owner(env: str, key: str) -> tuple[str, str] | None:
+    """``(family, champion_run_id)`` of an object under :func:`sagemaker_capture_prefix`, else None."""
+    head = sagemaker_capture_prefix(env) + "/"
+    if not key.startswith(head):
+        return None
+    parts = key[len(head):].split("/")
+    return (parts[0], parts[1]) if len(parts) > 2 and parts[0] and parts[1] else None
 
 
 def capture_key(env: str, day: str, batch: str) -> str:

@@ -5,4 +5,4 @@ step), the scored history under ``{env}/monitoring/`` (append-only, conditional 
 degradation rule and its records, the engineer's report (markdown table and PNG). Pure: pandas and
 the store protocol, no Prefect, no boto3.
 
-May import: core, config, data, evaluation, models, forecasting."""
+May import: core, config, data, evaluation, models, forecasting, serving."""

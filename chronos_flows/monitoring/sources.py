@@ -26,6 +26,7 @@ from chronos_flows.core import layout
 from chronos_flows.core.errors import BadInputError
 from chronos_flows.core.store import ObjectStore
 from chronos_flows.models.base import ID, TARGET, TIME, quantile_column
+from chronos_flows.serving.capture import sagemaker_capture_frame
 
 #: how many examples an error or a report names
 EXAMPLES = 5
@@ -117,10 +118,9 @@ def captured_forecasts(store: ObjectStore, env: str) -> list[Published]:
 
     A series requested more than once at the same origin keeps its latest captured forecast (the
     others are counted in the forecast's notes). Quantile levels are those present for every row."""
-    keys = [k for k in store.list(layout.capture_prefix(env) + "/") if k.endswith(".parquet")]
-    if not keys:
-        return []
-    frames = []
+    listed = store.list(layout.capture_prefix(env) + "/")
+    keys = [k for k in listed if k.endswith(".parquet")]
+    frames, skipped = [], []
     for key in keys:
         f = _parquet(store, key)
         missing = [c for c in CAPTURE_COLUMNS if c not in f.columns]
@@ -128,6 +128,20 @@ def captured_forecasts(store: ObjectStore, env: str) -> list[Published]:
             raise BadInputError(f"captured batch {store.uri(key)} lacks column(s) {missing}; it is not in the capture "
                                 f"format (README 'Data capture'): move it out of {layout.capture_prefix(env)}/")
         frames.append(f)
+    for key in listed:  # a SageMaker endpoint's own capture (JSON Lines), one prefix per champion
+        owner = layout.sagemaker_capture_owner(env, key)
+        if owner is None or not key.endswith(".jsonl"):
+            continue
+        got = store.get(key)
+        if got is None:  # removed since it was listed
+            continue
+        f, why = sagemaker_capture_frame(got[0].decode("utf-8", errors="replace"), family=owner[0],
+                                         champion_run_id=owner[1])
+        skipped.extend(f"{store.uri(key)} {w}" for w in why)
+        if len(f):
+            frames.append(f)
+    if not frames:
+        return []
     cap = pd.concat(frames, ignore_index=True)
     cap[ID] = cap[ID].astype(str)
     for col in (TIME, "origin", "captured_at"):
@@ -142,6 +156,8 @@ def captured_forecasts(store: ObjectStore, env: str) -> list[Published]:
         levels = tuple(sorted(float(c) for c in qcols))
         frame = latest[[ID, TIME, "step", "origin", "mean", *qcols]].sort_values([ID, TIME]).reset_index(drop=True)
         notes = [f"{n_requests} captured request(s)"]
+        if skipped:
+            notes.append(f"{len(skipped)} SageMaker capture record(s) not scorable: {'; '.join(skipped[:EXAMPLES])}")
         if repeated:
             notes.append(f"{repeated} row(s) of series requested again at the same origin: the latest request is scored")
         out.append(Published(

@@ -281,3 +281,48 @@ def capture_frame(records: list[tuple]) -> pd.DataFrame:
     frame["request_id"] = rep(rid_of)
     frame["captured_at"] = (rep(at_of, float) * 1e9).astype(np.int64).astype("datetime64[ns]")
     return frame
+
+
+def sagemaker_capture_frame(text: str, *, family: str, champion_run_id: str) -> tuple[pd.DataFrame, list[str]]:
+    """The capture rows (the format above) of one SageMaker data-capture object (JSON Lines: one
+    record per invocation, ``captureData.endpointInput/endpointOutput`` with ``data`` as JSON text or
+    base64, ``eventMetadata.eventId/inferenceTime``) of a champion's endpoint; and why records were
+    left out (not JSON, a request the contract refuses, an error answer, no item_id/start/freq)."""
+    import base64
+    import json
+
+    from chronos_flows.serving.schema import RequestError, parse_request
+
+    records: list[tuple] = []
+    skipped: list[str] = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            data = rec["captureData"]
+            bodies = []
+            for side in ("endpointInput", "endpointOutput"):
+                part = data[side]
+                raw = part["data"]
+                if str(part.get("encoding", "JSON")).upper() == "BASE64":
+                    raw = base64.b64decode(raw).decode("utf-8")
+                bodies.append(json.loads(raw))
+            meta = rec.get("eventMetadata") or {}
+            at = pd.Timestamp(meta.get("inferenceTime") or 0, tz="UTC").timestamp()
+            parsed = parse_request(bodies[0])
+            response = bodies[1]
+            if not isinstance(response, dict) or len(response.get("predictions") or []) != len(parsed.targets):
+                skipped.append(f"line {n}: the answer is not a forecast of every series (an error answer?)")
+                continue
+        except RequestError as exc:
+            skipped.append(f"line {n}: a request the endpoint refuses: {exc}")
+            continue
+        except (ValueError, KeyError, TypeError) as exc:
+            skipped.append(f"line {n}: not a SageMaker capture record ({type(exc).__name__}: {exc})")
+            continue
+        if parsed.request.parameters.freq is None or not any(s.item_id is not None for s in parsed.request.inputs):
+            skipped.append(f"line {n}: no item_id/start/freq: nothing to score it against")
+            continue
+        records.append((at, str(meta.get("eventId") or f"line-{n}"), champion_run_id, family, parsed, response))
+    return capture_frame(records), skipped
