@@ -517,15 +517,21 @@ IMAGES_JS = (
 )
 
 
-def test_when_the_report_artifact_page_opens_in_a_browser_then_its_plot_image_has_loaded(deployed, adhoc_run, tmp_path):
-    """What a user sees: the Prefect UI's artifact page of the evaluation report, in real Chromium."""
+@pytest.mark.parametrize("artifact, n_images", [("evaluation-report", 1), ("eda", 2)])
+def test_when_the_report_artifact_page_opens_in_a_browser_then_its_plot_images_have_loaded(deployed, adhoc_run, tmp_path,
+                                                                                          artifact, n_images):
+    """What a user sees: the Prefect UI's artifact pages of the evaluation report and of the exploratory
+    report, in real Chromium: the embedded plots have loaded."""
     if _chromium() is None:
         if os.environ.get("CHRONOS_FLOWS_REQUIRE_BROWSER"):
             pytest.fail("no chromium on PATH; .ci/run installs Debian's chromium (apt-get install -y chromium)")
         pytest.skip("no chromium on PATH (apt-get install -y chromium; .ci/run installs it)")
     assert adhoc_run["state"] is not None and adhoc_run["state"].is_completed(), _failure_context(deployed, adhoc_run)
-    report = _run_artifacts(deployed, adhoc_run["flow_run_id"])[f"evaluation-report-{RUN_ID}"]
+    report = _run_artifacts(deployed, adhoc_run["flow_run_id"])[f"{artifact}-{RUN_ID}"]
     url = f"http://127.0.0.1:{deployed.port}/artifacts/artifact/{report.id}"
+
+    def loaded_pngs(images: list[dict]) -> list[dict]:
+        return [i for i in images if i["src"].startswith("data:image/png") and i["complete"] and i["width"] > 0]
 
     images: list[dict] = []
     with headless_chromium(tmp_path) as page:
@@ -534,16 +540,17 @@ def test_when_the_report_artifact_page_opens_in_a_browser_then_its_plot_image_ha
         deadline = time.monotonic() + 120  # the UI's bundle loads, then it fetches the artifact
         while time.monotonic() < deadline:
             images = json.loads(page.evaluate(IMAGES_JS) or "[]")
-            if any(i["src"].startswith("data:image/png") and i["complete"] and i["width"] > 0 for i in images):
+            if len(loaded_pngs(images)) >= n_images:
                 break
             time.sleep(1)
         text = page.evaluate("document.body ? document.body.innerText.slice(0, 600) : ''")
-        shot = tmp_path / "report-artifact.png"  # what the page looked like, for a failure
+        shot = tmp_path / f"{artifact}-artifact.png"  # what the page looked like, for a failure
         shot.write_bytes(base64.b64decode(page.call("Page.captureScreenshot", format="png")["data"]))
-    loaded = [i for i in images if i["src"].startswith("data:image/png") and i["width"] > 0]
-    assert loaded, f"no loaded PNG image on {url}: images {[dict(i, src=i['src'][:40]) for i in images]}\npage text: {text!r}\nscreenshot: {shot}"
+    loaded = loaded_pngs(images)
+    assert len(loaded) >= n_images, (f"{len(loaded)} loaded PNG image(s) on {url}, want {n_images}: images "
+                                     f"{[dict(i, src=i['src'][:40]) for i in images]}\npage text: {text!r}\nscreenshot: {shot}")
     assert all(i["src"] in report.data for i in loaded)  # the report's own plots
-    assert loaded[0]["width"] >= 400  # the 10 x 4.2 in forecast plot at 100 dpi, not a placeholder icon
+    assert loaded[0]["width"] >= 400  # a plot at 100 dpi, not a placeholder icon
 
 
 # ----------------------------------------------------------------------------------- cancel
