@@ -82,6 +82,8 @@ def test_when_a_series_is_positive_with_constant_swing_then_it_is_decomposed_add
     assert not swing_grows_with_level(y, 12)
     assert swing_grows_with_level(growing_seasonal(), 12)
     assert not swing_grows_with_level(growing_seasonal() - 500, 12)  # not positive
+    near_zero = growing_seasonal() * np.where(np.arange(144) % 12 == 3, 0.05, 1.0)  # dips to 1/20 of the level
+    assert near_zero.min() < 0.3 * np.median(near_zero) and not swing_grows_with_level(near_zero, 12)
 
 
 def test_when_a_series_is_intermittent_then_the_robust_rule_skips_it_and_says_why():

@@ -228,6 +228,11 @@ INTERMITTENT_ZERO_SHARE = 0.3
 #: 'robust' rule: a positive series is decomposed on the log scale when the Spearman correlation of
 #: its per-season level and seasonal swing is at least this (the swing grows with the level).
 LOG_SCALE_CORRELATION = 0.5
+#: 'robust' rule: ... and its minimum is at least this share of its median. Near zero a log turns small
+#: absolute noise into huge residuals (low counts): measured on tourism, log-decomposed series near zero
+#: found 20 % of injected 5-SD spikes; with this guard the panel's recall went from 67 % to 76 % at the
+#: same median flag rate (benchmarks/outliers.py).
+LOG_MIN_SHARE = 0.3
 #: 'robust' rule: the rolling window of the local residual scale, in points: ``max(2·period + 1, this)``.
 MIN_SCALE_WINDOW = 25
 #: 'robust' rule: the local scale is never below this share of the series' whole-history robust scale
@@ -263,12 +268,13 @@ def robust_trend_window(period: int) -> int:
 
 
 def swing_grows_with_level(y: np.ndarray, period: int) -> bool:
-    """True when ``y`` is positive and its seasonal swing grows with its level: the Spearman correlation
+    """True when ``y`` is positive, stays away from zero (minimum at least :data:`LOG_MIN_SHARE` of its
+    median) and its seasonal swing grows with its level: the Spearman correlation
     over whole seasons of the mean (level) and the standard deviation around a straight line (swing)
     is at least :data:`LOG_SCALE_CORRELATION`; needs 3 whole seasons."""
     y = np.asarray(y, dtype="float64")
     n_cycles = len(y) // period
-    if n_cycles < 3 or not bool(np.all(y > 0)):
+    if n_cycles < 3 or not bool(np.all(y > 0)) or y.min() < LOG_MIN_SHARE * np.median(y):
         return False
     cycles = y[len(y) - n_cycles * period:].reshape(n_cycles, period)  # the most recent whole seasons
     t = np.arange(period, dtype="float64")
