@@ -166,6 +166,34 @@ def test_when_the_run_params_name_lightgbm_then_its_recorded_config_recreates_th
     assert model.settings() == cfg and GLOBAL_BOOST in params.evaluation.baselines
 
 
+def test_when_the_flow_backtests_lightgbm_then_it_is_one_whole_panel_chunk_equal_to_backtesting_the_panel(prefect_api):
+    from prefect import flow
+
+    from chronos_flows.config.params import build_params
+    from chronos_flows.evaluation.splits import backtest_windows
+    from chronos_flows.training.specs import RunSpec
+    from tasks.evaluate import backtest_baseline
+    from tasks.runners import chunk_runner
+
+    df = with_short(livestock(4), 20)
+    params = build_params(overrides=["evaluation.horizon=6", "evaluation.n_windows=2", "compute.chunk_series=2",
+                                     "compute.cache=false", "lightgbm.n_estimators=30", "lightgbm.conformal_windows=2"])
+
+    @flow(name="lightgbm-backtest-test", persist_result=False)
+    def backtest():
+        spec = RunSpec(params=params, store=None, run_id="gb-backtest", workdir=None)
+        with chunk_runner(params.compute) as runner:
+            return backtest_baseline(spec, GLOBAL_BOOST, df, "MS", 12, runner)
+
+    record = backtest()
+    direct = run_backtest({GLOBAL_BOOST: local_forecaster(GLOBAL_BOOST, record.config)}, df, horizon=6,
+                          n_windows=backtest_windows(params.evaluation), freq="MS", season_length=12)
+
+    assert record.chunks == 1  # trained across all five series, not in chunks of two
+    pd.testing.assert_frame_equal(record.result.leaderboard, direct.leaderboard, check_exact=True)
+    assert set(record.failures) == {"short"} and record.fit_seconds > 0
+
+
 # ------------------------------------------------------------------------------ end to end
 E2E = [
     "evaluation.horizon=8",

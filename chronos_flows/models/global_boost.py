@@ -369,16 +369,6 @@ class GlobalBoostForecaster(Forecaster):
             base = _with_quantiles(base, quantiles)
         return base.fit(train, freq, horizon)
 
-    def _same_as_train(self, good: pd.DataFrame) -> bool:
-        """Whether every series of ``good`` is one the model was trained on, with the same points."""
-        train = self._train
-        if train is None or not set(good[ID].unique()) <= set(train[ID].unique()):
-            return False
-        mine = train[train[ID].isin(good[ID].unique())].reset_index(drop=True)
-        theirs = good.reset_index(drop=True)
-        return len(mine) == len(theirs) and mine[ID].equals(theirs[ID]) and mine[TIME].equals(theirs[TIME]) \
-            and np.array_equal(mine[TARGET].to_numpy(), theirs[TARGET].to_numpy(), equal_nan=True)
-
     def _forecast(self, good: pd.DataFrame, horizon: int, quantiles: Sequence[float], qcols: Sequence[str],
                   new_data: bool) -> pd.DataFrame:
         method = self._settings["quantile_method"]
@@ -387,22 +377,19 @@ class GlobalBoostForecaster(Forecaster):
         kwargs: dict[str, Any] = {}
         if method == "conformal" and levels:
             kwargs["level"] = levels
-        mlf = self._mlf
-        h_fit = int(self._fitted["horizon"])
-        if new_data:
-            # mlforecast's predict on new data replaces the model's series state: work on a copy, so
-            # the fitted forecaster never changes. Series the model was trained on, unchanged, are
-            # forecast from its own state (their own conformal scores); others as new series (the
-            # calibration residuals re-scaled to each series' spread: transfer "scale_aligned").
-            import copy
+        # Every series is forecast as a new series of the trained model (mlforecast's ``new_df``):
+        # its features and target transforms from its own context, and, for the conformal method,
+        # the calibration residuals of the whole panel — each divided by its series' spread (MAD of
+        # the first differences), pooled per horizon step, and re-scaled to the forecast series'
+        # spread (transfer "scale_aligned"). mlforecast's predict on new data replaces the model's
+        # series state: it works on a copy, so the fitted forecaster never changes.
+        import copy
 
-            mlf = copy.deepcopy(self._mlf)
-            if self._same_as_train(good):
-                kwargs["ids"] = sorted(good[ID].unique())
-            else:
-                kwargs["new_df"] = good
-                if "level" in kwargs:
-                    kwargs["transfer_conformal"] = "scale_aligned"
+        mlf = copy.deepcopy(self._mlf) if new_data else self._mlf
+        h_fit = int(self._fitted["horizon"])
+        kwargs["new_df"] = good
+        if "level" in kwargs:
+            kwargs["transfer_conformal"] = "scale_aligned"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fc = mlf.predict(h_fit if "level" in kwargs else horizon, **kwargs)
