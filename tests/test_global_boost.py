@@ -194,6 +194,56 @@ def test_when_the_flow_backtests_lightgbm_then_it_is_one_whole_panel_chunk_equal
     assert set(record.failures) == {"short"} and record.fit_seconds > 0
 
 
+def _champion_store(tmp_path, panel, doc_extra):
+    from blocks.resolve import open_store
+    from chronos_flows.data.ingest import to_parquet_bytes
+
+    store = open_store(str(tmp_path / "store"))
+    key = "dev/registry/ens-run/history/cleaned.parquet"
+    store.put(key, to_parquet_bytes(panel))
+    doc = {"run_id": "ens-run", "judged_on": {"freq": "MS", "horizon": 12},
+           "needs_history": {"key": key, "reason": "a global model"}, **doc_extra}
+    return store, doc
+
+
+def test_when_an_ensemble_champion_has_a_lightgbm_member_then_it_is_trained_on_the_recorded_history(tmp_path, panel):
+    from chronos_flows.forecasting.batch import champion_forecaster
+
+    lgbm_cfg = {"season_length": 12, "n_estimators": 50}
+    store, doc = _champion_store(tmp_path, panel, {"family": "ensemble", "config": {"members": [
+        {"family": GLOBAL_BOOST, "weight": 0.5, "config": lgbm_cfg},
+        {"family": "seasonal_naive", "weight": 0.5, "config": {"season_length": 12}}]}})
+
+    model = champion_forecaster(store, "dev", doc, tmp_path / "work")
+    got = model.forecast(panel, 12, "MS").frame
+
+    member = dict(model.members)[GLOBAL_BOOST]
+    assert member.fitted and member.fit_info["n_series"] == panel["unique_id"].nunique()
+    alone = GlobalBoostForecaster(12, n_estimators=50).forecast(panel, 12, "MS").frame
+    naive = SeasonalNaive(12).forecast(panel, 12, "MS").frame
+    np.testing.assert_allclose(got["mean"].to_numpy(), 0.5 * alone["mean"].to_numpy() + 0.5 * naive["mean"].to_numpy())
+
+
+def test_when_the_history_a_lightgbm_champion_needs_is_missing_then_loading_it_fails_naming_the_key(tmp_path, panel):
+    from chronos_flows.core.errors import ChronosFlowsError
+    from chronos_flows.forecasting.batch import champion_forecaster
+
+    store, doc = _champion_store(tmp_path, panel, {"family": GLOBAL_BOOST, "config": {"season_length": 12}})
+    store.delete(doc["needs_history"]["key"])
+
+    with pytest.raises(ChronosFlowsError, match="history/cleaned.parquet"):
+        champion_forecaster(store, "dev", doc, tmp_path / "work")
+
+
+def test_when_a_champion_entry_holds_lightgbm_alone_or_in_an_ensemble_then_it_needs_history():
+    from chronos_flows.champion.promotion import needs_history
+
+    assert needs_history({"family": GLOBAL_BOOST})
+    assert needs_history({"family": "ensemble", "config": {"members": [{"family": "theta"}, {"family": GLOBAL_BOOST}]}})
+    assert not needs_history({"family": "ensemble", "config": {"members": [{"family": "theta"}, {"family": "chronos"}]}})
+    assert not needs_history({"family": "autoets"}) and not needs_history({"family": "chronos"})
+
+
 # ------------------------------------------------------------------------------ end to end
 E2E = [
     "evaluation.horizon=8",
