@@ -244,6 +244,21 @@ def test_when_a_champion_entry_holds_lightgbm_alone_or_in_an_ensemble_then_it_ne
     assert not needs_history({"family": "autoets"}) and not needs_history({"family": "chronos"})
 
 
+def test_when_a_lightgbm_champion_is_packaged_for_an_endpoint_then_the_package_holds_its_history(tmp_path, panel):
+    import tarfile
+
+    from chronos_flows.champion.package import build_package, model_prefixes
+
+    store, doc = _champion_store(tmp_path, panel, {"family": GLOBAL_BOOST, "config": {"season_length": 12}})
+
+    manifest = build_package(store, "dev", doc, tmp_path / "model.tar.gz")
+
+    assert model_prefixes("dev", doc) == ["dev/registry/ens-run/history"] == manifest["models"]
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        assert doc["needs_history"]["key"] in tar.getnames()
+    assert model_prefixes("dev", {"family": "theta", "run_id": "r"}) == []
+
+
 # ------------------------------------------------------------------------------ end to end
 E2E = [
     "evaluation.horizon=8",
