@@ -133,6 +133,25 @@ def test_when_a_fitted_model_forecasts_a_new_series_then_it_applies_the_trained_
     assert (new["0.1"] < new["mean"]).all() and (new["0.9"] > new["mean"]).all()
 
 
+def test_when_a_fitted_model_is_asked_for_a_longer_horizon_then_it_retrains_for_it_and_forecasts_every_step(panel):
+    fitted = GlobalBoostForecaster(12, conformal_windows=2).fit(panel, "MS", 6)
+
+    fc = fitted.forecast(panel, 12, "MS")
+
+    assert fc.failures == {} and len(fc.frame) == 6 * 12 and fitted.fit_info["horizon"] == 6
+    assert (fc.frame.groupby("unique_id").size() == 12).all()
+
+
+def test_when_a_context_has_another_frequency_than_the_fit_then_the_forecast_steps_follow_the_contexts(panel):
+    fitted = GlobalBoostForecaster(12).fit(panel, "MS", 12)
+    one = panel[panel["unique_id"] == panel["unique_id"].iloc[0]]
+    daily = one.assign(ds=pd.date_range("2020-01-01", periods=len(one), freq="D"))
+
+    frame = fitted.forecast(daily, 5, "D").frame
+
+    assert list(frame["ds"]) == list(pd.date_range(daily["ds"].max(), periods=6, freq="D")[1:])
+
+
 def test_when_the_settings_are_bad_then_a_bad_input_error_names_the_setting():
     with pytest.raises(BadInputError, match="target_transform"):
         GlobalBoostForecaster(12, target_transform="log")
