@@ -91,6 +91,16 @@ def test_when_every_series_is_too_short_then_nothing_is_forecast_and_each_is_rep
     assert fc.frame.empty and set(fc.failures) == {"short"} and "too short" in fc.failures["short"]
 
 
+def test_when_a_series_is_constant_then_its_forecast_is_finite_and_stays_near_its_value(panel):
+    const = pd.DataFrame({"unique_id": "const", "ds": pd.date_range("2009-01-01", periods=120, freq="MS"), "y": 5.0})
+
+    fc = GlobalBoostForecaster(12).forecast(pd.concat([panel, const], ignore_index=True), 12, "MS")
+
+    mine = fc.frame[fc.frame["unique_id"] == "const"]
+    assert fc.failures == {} and len(mine) == 12
+    assert np.isfinite(mine[["mean", *QCOLS]].to_numpy()).all() and np.allclose(mine["mean"], 5.0, atol=1.0)
+
+
 def test_when_the_panel_is_short_then_the_seasonal_lag_is_left_out_and_the_series_still_forecast():
     short_panel = livestock(4).groupby("unique_id").tail(24).reset_index(drop=True)  # 24 months, h=6, 2 windows
 

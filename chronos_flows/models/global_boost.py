@@ -262,8 +262,8 @@ class GlobalBoostForecaster(Forecaster):
     @staticmethod
     def _split(frame: pd.DataFrame, min_length: int, label: str) -> tuple[pd.DataFrame, dict[str, str]]:
         """The series of ``frame`` long enough and complete, and why each other one is left out."""
-        counts = frame.groupby(ID, sort=True)[TARGET].agg(["size", lambda y: int(y.isna().sum())])
-        counts.columns = ["n", "nan"]
+        grouped = frame[TARGET].isna().groupby(frame[ID], sort=True)
+        counts = pd.DataFrame({"n": grouped.size(), "nan": grouped.sum()})
         failures: dict[str, str] = {}
         for uid, row in counts.iterrows():
             if row["nan"]:
@@ -346,6 +346,11 @@ class GlobalBoostForecaster(Forecaster):
             self.last_seconds = time.perf_counter() - t0
             return empty
         out = model._forecast(good, int(horizon), quantiles, qcols, new_data=not refit)
+        finite = np.isfinite(out[["mean", *qcols]].to_numpy(dtype=float)).all(axis=1)
+        bad = sorted(set(out.loc[~finite, ID]))
+        if bad:  # e.g. a transform the series cannot take: reported, never returned
+            failures.update({u: f"{NAME} produced non-finite forecasts" for u in bad})
+            out = out[~out[ID].isin(bad)].reset_index(drop=True)
         if freq != model._fitted["freq"]:  # a trained model applied to data of another frequency: its timestamps
             last = good.groupby(ID, sort=True)[TIME].max()
             out[TIME] = np.concatenate([future_index(last[u], int(horizon), freq).to_numpy() for u in out[ID].unique()])
