@@ -404,7 +404,6 @@ def history_forecaster(store: Any, champion: dict[str, Any], *, n_jobs: int = 1,
     """A champion of a family that needs the panel's history (champion.json ``needs_history``):
     re-created from its config and trained on the cleaned panel it was judged on (the registry
     copy), so every later ``predict`` applies that one model to the context it is given."""
-
     from chronos_flows.core.errors import ChronosFlowsError
     from chronos_flows.data.ingest import from_parquet_bytes
     from chronos_flows.models.families import local_forecaster
