@@ -310,8 +310,11 @@ def test_when_a_run_is_forced_to_crown_lightgbm_then_the_champion_forecasts_in_b
     from chronos_flows.config.params import build_params
     from chronos_flows.core import layout
     from chronos_flows.serving import load_champion, parse_request, predict
+    from chronos_flows.config.params import ForecastParams
+    from chronos_flows.data.ingest import from_parquet_bytes
+    from chronos_flows.forecasting.batch import champion_forecaster
+    from flows.forecast import chronos_forecast
     from flows.training import chronos_training
-    from tests.test_forecast import run_cli
 
     real = promotion.candidates
     monkeypatch.setattr(promotion, "candidates", lambda params, result: {
@@ -332,12 +335,15 @@ def test_when_a_run_is_forced_to_crown_lightgbm_then_the_champion_forecasts_in_b
     log = json.loads(store.get(layout.training_log_key("dev", "gb-run"))[0])
     assert log["phases"][GLOBAL_BOOST] > 0  # its fit time is in the phase log
 
-    # batch forecast from the champion: trained on the panel it was judged on
-    res = run_cli("forecast", "--store", str(store_dir), "--forecast-id", "fc-gb", "--horizon", "8")
-    assert res.returncode == 0, res.stderr[-3000:]
+    # batch forecast from the champion: trained on the panel it was judged on, applied to the batch's data
+    record = chronos_forecast(params=ForecastParams(store=str(store_dir), forecast_id="fc-gb", horizon=8))
+    assert record["counts"]["rows"] == 8 and record["champion"]["family"] == GLOBAL_BOOST
     frame = pd.read_parquet(store.uri(f"{layout.forecasts_prefix('dev', 'fc-gb')}/forecasts.parquet").removeprefix("file://"))
     assert len(frame) == 8 and np.isfinite(frame["mean"]).all()
     assert (np.diff(frame[["0.1", "0.5", "0.9"]].to_numpy(), axis=1) >= 0).all()
+    cleaned = from_parquet_bytes(store.get(history["key"])[0])[["unique_id", "ds", "y"]]
+    direct = champion_forecaster(store, "dev", doc, tmp_path / "direct").forecast(cleaned, 8, "W-MON").frame
+    np.testing.assert_allclose(frame["mean"].to_numpy(), direct["mean"].to_numpy(), rtol=1e-9)
 
     # the endpoint's loader trains it on that history once; a request is a new series it is applied to
     loaded = load_champion(store, "dev", doc, "etag", tmp_path / "serve")
