@@ -101,6 +101,20 @@ def test_when_a_series_is_constant_then_its_forecast_is_finite_and_stays_near_it
     assert np.isfinite(mine[["mean", *QCOLS]].to_numpy()).all() and np.allclose(mine["mean"], 5.0, atol=1.0)
 
 
+@pytest.mark.parametrize("season,freq,lags,calendar", [
+    (12, "MS", tuple(range(1, 14)), ["month"]),
+    (4, "QS", (1, 2, 3, 4, 5), ["quarter"]),
+    (52, "W-MON", tuple(range(1, 54)), ["week_of_year"]),
+    (168, "h", (1, 2, 3, 4, 5, 6, 167, 168, 169), ["hour", "dayofweek"]),
+])
+def test_when_the_history_is_long_then_the_lags_cover_a_season_and_the_calendar_suits_the_frequency(season, freq, lags, calendar):
+    plan = feature_plan(season, 8, freq, [2000] * 3, conformal_windows=4)
+
+    assert plan.seasonal and plan.lags == lags and plan.rolling == tuple(sorted({3, season}))
+    assert plan.describe()["date_features"] == calendar
+    assert plan.min_length == max(lags[-1], season) + 1 + 2 + 4 * 8  # lags, one difference, 2 rows, 4 windows of h
+
+
 def test_when_the_panel_is_short_then_the_seasonal_lag_is_left_out_and_the_series_still_forecast():
     short_panel = livestock(4).groupby("unique_id").tail(24).reset_index(drop=True)  # 24 months, h=6, 2 windows
 

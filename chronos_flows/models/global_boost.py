@@ -9,11 +9,12 @@ Method (mlforecast ``MLForecast`` + ``lightgbm.LGBMRegressor``, recursive multi-
   standard deviation: mlforecast's ``Differences([1])`` + ``LocalStandardScaler``), ``"scale"``
   (standardised only), ``"difference"``, ``"none"``.
 * Features (:func:`feature_plan`), sized to the season length ``m``, the horizon and the history
-  the panel has: lags ``1 … min(m, 6)`` plus the seasonal lag ``m``, rolling means of lag 1 over 3
+  the panel has: every lag ``1 … m+1`` (for a season longer than 59 steps: ``1 … 6`` and
+  ``m-1, m, m+1``), rolling means of lag 1 over 3
   and ``m`` steps, and the calendar features of the frequency (month for monthly data, quarter for
   quarterly, ISO week for weekly, day of week and month for daily, hour and day of week below a
-  day). The seasonal lag and the ``m``-step mean are dropped when the typical (median) series is too
-  short to train on them, so short panels still get a model.
+  day). When the typical (median) series is too short to train on the seasonal lags and the
+  ``m``-step mean, only the lags ``1 … min(m, 6)`` that fit are used, so short panels still get a model.
 * Quantiles (``quantile_method``): ``"conformal"`` — mlforecast's conformal prediction intervals
   (``PredictionIntervals(n_windows=conformal_windows, h=horizon)``, per series and horizon step,
   calibrated on the last ``conformal_windows × horizon`` points of each series with the model fitted
@@ -61,6 +62,8 @@ TARGET_TRANSFORMS = ("difference+scale", "scale", "difference", "none")
 QUANTILE_METHODS = ("conformal", "quantile")
 #: the shortest lags every plan has (up to the season length)
 SHORT_LAGS = 6
+#: seasons up to this long get every lag ``1 … m+1``; longer ones the short lags and ``m-1, m, m+1``
+DENSE_SEASON = 59
 #: rows per series the model needs after its features are built
 MIN_TRAIN_ROWS = 2
 #: what :meth:`GlobalBoostForecaster.settings` records (and :meth:`from_settings` accepts)
@@ -128,7 +131,7 @@ def _need(lags: Sequence[int], rolling: Sequence[int], diff: int) -> int:
 def feature_plan(season_length: int, horizon: int, freq: str, lengths: Sequence[int], *,
                  target_transform: str = "difference+scale", conformal_windows: int = 0) -> FeaturePlan:
     """The lags, rolling means and calendar features of a panel whose series have ``lengths``
-    points. The seasonal lag ``m`` (and the ``m``-step rolling mean) is used only when the median
+    points. The seasonal lags up to ``m+1`` (and the ``m``-step rolling mean) are used only when the median
     series still has ``max(horizon, MIN_TRAIN_ROWS)`` training rows after them and the conformal
     windows; otherwise only the short lags are."""
     m = max(int(season_length), 1)
@@ -139,7 +142,7 @@ def feature_plan(season_length: int, horizon: int, freq: str, lengths: Sequence[
     median = float(np.median(lengths)) if len(lengths) else 0.0
     lags, rolling, seasonal = short, short_rolling, False
     if m > 1:
-        s_lags = tuple(sorted({*short, m}))
+        s_lags = tuple(range(1, m + 2)) if m <= DENSE_SEASON else tuple(sorted({*short, m - 1, m, m + 1}))
         s_rolling = tuple(sorted({3, m}))
         if median >= _need(s_lags, s_rolling, diff) + calib + max(int(horizon), MIN_TRAIN_ROWS):
             lags, rolling, seasonal = s_lags, s_rolling, True
