@@ -361,6 +361,7 @@ def test_when_a_run_is_forced_to_crown_lightgbm_then_the_champion_forecasts_in_b
 
     # the endpoint's loader trains it on that history once; a request is a new series it is applied to
     loaded = load_champion(store, "dev", doc, "etag", tmp_path / "serve")
+    assert loaded.model.fitted and loaded.lock is not None  # trained once at load; one call at a time
     gas = pd.read_csv(REPO / "data" / "us_gasoline.csv", parse_dates=["ds"])
     body = {"inputs": [{"target": gas["y"].tolist()[-300:], "start": str(gas["ds"].iloc[-300].date())}],
             "parameters": {"prediction_length": 8, "freq": "W-MON", "quantile_levels": [0.1, 0.5, 0.9]}}
