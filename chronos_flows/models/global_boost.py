@@ -16,12 +16,16 @@ Method (mlforecast ``MLForecast`` + ``lightgbm.LGBMRegressor``, recursive multi-
   day). When the typical (median) series is too short to train on the seasonal lags and the
   ``m``-step mean, only the lags ``1 … min(m, 6)`` that fit are used, so short panels still get a model.
 * Quantiles (``quantile_method``): ``"conformal"`` — mlforecast's conformal prediction intervals
-  (``PredictionIntervals(n_windows=conformal_windows, h=horizon)``, per series and horizon step,
-  calibrated on the last ``conformal_windows × horizon`` points of each series with the model fitted
-  before them); quantile level ``q < 0.5`` is the lower bound of the ``100·(1-2q)`` % interval,
-  ``q > 0.5`` the upper bound of the ``100·(2q-1)`` % interval, ``0.5`` the point forecast. Or
-  ``"quantile"`` — one LightGBM model per quantile level with the pinball (quantile) objective,
-  each forecast recursively. Quantile columns are sorted per step so they never cross.
+  (``PredictionIntervals(n_windows=conformal_windows, h=horizon, scale_estimator="mad")``): the
+  model is fitted once before the last ``conformal_windows × horizon`` points of each series, and
+  its signed errors there, each divided by its series' spread (MAD of the first differences), are
+  pooled over all series per horizon step and re-scaled to the spread of each series forecast
+  (mlforecast's ``scale_aligned`` transfer; pooling over the panel, not each series' own few
+  errors, is what makes the 80 % interval cover about 80 %). Quantile level ``q < 0.5`` is the lower
+  bound of the ``100·(1-2q)`` % interval, ``q > 0.5`` the upper bound of the ``100·(2q-1)`` %
+  interval, ``0.5`` the point forecast. Or ``"quantile"`` — one LightGBM model per quantile level
+  with the pinball (quantile) objective, each forecast recursively. Quantile columns are sorted per
+  step so they never cross.
 * Too short: a series with fewer points than the lags, the rolling windows, the differences and
   the conformal windows need (:attr:`FeaturePlan.min_length`), or with a missing value, is left
   out of the training data and of the forecasts and recorded in ``last_failures`` with the reason;
@@ -32,8 +36,8 @@ Method (mlforecast ``MLForecast`` + ``lightgbm.LGBMRegressor``, recursive multi-
 
 Training: :meth:`GlobalBoostForecaster.fit` trains on a panel and returns a new, fitted forecaster
 (inputs untouched); its ``predict`` applies the trained model to any context (mlforecast's
-``new_df``: the features and target transforms are computed from the context, the conformal
-scores re-calibrated on it with the model frozen; a context of another frequency than the fit's
+``new_df``: the features, target transforms and interval scales are computed from the context, the
+pooled calibration errors are the fit's; a context of another frequency than the fit's
 gets the fit's calendar features and its own future timestamps; a longer horizon than the fit's
 retrains on the fit's panel with the context's series in it). An unfitted forecaster's ``predict`` trains on
 the context it is given first — the backtest path: one model per backtest window, trained across
