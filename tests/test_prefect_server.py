@@ -296,7 +296,7 @@ def test_when_the_adhoc_run_has_completed_then_its_artifacts_are_readable_throug
     board = by_key[f"leaderboard-{RUN_ID}"]
     assert board.type == "table"
     rows = json.loads(board.data) if isinstance(board.data, str) else board.data
-    assert {r["model"] for r in rows} == {"chronos", "autoets", "theta", "prophet", "seasonal_naive", "ensemble"}
+    assert {r["model"] for r in rows} == {"chronos", "autoets", "theta", "prophet", "seasonal_naive", "lightgbm", "ensemble"}
     assert all(r["wql"] >= 0 for r in rows)
 
     report = by_key[f"evaluation-report-{RUN_ID}"]

@@ -148,3 +148,38 @@ def test_when_the_guard_stops_the_run_then_nothing_is_written_to_the_registry(sp
         promote_run(spec, _result({"chronos": 0.1}), _report(), DATA, _chronos(spec), {}, guard=killed)
     assert spec.store.writes == [] and read_champion(spec.store, ENV)[0] is None
 
+
+
+def test_when_lightgbm_wins_then_its_panel_is_copied_to_the_registry_before_the_swap_and_champion_json_says_so(tmp_path):
+    store = RecordingStore(tmp_path / "store")
+    params = build_params(store=str(tmp_path / "store"), run_id="run-1", overrides=["evaluation.baselines=[lightgbm]"])
+    spec = RunSpec(params=params, store=store, run_id="run-1", workdir=tmp_path / "work")
+    source = layout.run_data_prefix(ENV, "run-1") + "/cleaned.parquet"
+    store.put(source, b"the cleaned panel")
+
+    done = promote_run(spec, _result({"chronos": 0.3, "lightgbm": 0.2}), _report(), DATA, _chronos(spec), {})
+
+    doc, _ = read_champion(store, ENV)
+    history = doc["needs_history"]
+    assert done.promoted and doc["family"] == "lightgbm" and doc["config"]["season_length"] == 12
+    assert history["key"] == layout.registry_model_prefix(ENV, "run-1", "history") + "/cleaned.parquet"
+    assert store.get(history["key"])[0] == b"the cleaned panel"
+    assert store.writes.index(history["key"]) < store.writes.index(layout.champion_key(ENV))
+
+
+def test_when_a_lightgbm_promotion_loses_the_race_then_its_registry_copy_of_the_panel_is_deleted(spec):
+    current, etag = read_champion(spec.store, ENV)
+    decision = decide_champion({"lightgbm": {"wql": 0.1}}, current, gate_metric="wql")
+    rival = {"schema_version": 2, "run_id": "rival", "family": "autoets", "model": "autoets", "config": {},
+             "gate_metric": "wql", "score": 0.01, "scores": {"wql": 0.01}, "write_id": "rival-write"}
+    spec.store.on_champion_write = lambda: spec.store.put(layout.champion_key(ENV), json.dumps(rival).encode())
+    source = layout.run_data_prefix(ENV, "run-1") + "/cleaned.parquet"
+    spec.store.put(source, b"panel")
+    key = layout.registry_model_prefix(ENV, "run-1", "history") + "/cleaned.parquet"
+    entry = {"run_id": "run-1", "family": "lightgbm", "config": {"season_length": 12},
+             "needs_history": {"key": key, "source_key": source}}
+
+    promoted, _ = promote_champion(spec.store, ENV, entry, decision, etag, spec.workdir / "models" / "chronos")
+
+    assert not promoted and key in spec.store.writes and spec.store.get(key) is None
+    assert read_champion(spec.store, ENV)[0]["run_id"] == "rival"

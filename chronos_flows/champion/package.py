@@ -7,6 +7,8 @@ The archive is a tiny read-only copy of the store holding just what the champion
     {env}/registry/champion.json                   the champion document, as promoted
     {env}/registry/{run_id}/chronos/...            Chronos weights (Chronos champions and ensembles with
                                                    a Chronos member; local families store none)
+    {env}/registry/{run_id}/history/cleaned.parquet the panel a global champion (lightgbm) is trained
+                                                   on when loaded (champion.json ``needs_history``)
 
 so the serving code reads it with the same keys it reads the store with
 (:mod:`chronos_flows.champion.model_dir`). The package of one champion (run id + write id) is
@@ -32,12 +34,17 @@ PACKAGE_SCHEMA_VERSION = 1
 
 
 def model_prefixes(env: str, doc: dict[str, Any]) -> list[str]:
-    """Store prefixes of the weights the champion ``doc`` loads (Chronos, or an ensemble's Chronos member)."""
+    """Store prefixes of the weights the champion ``doc`` loads (Chronos, or an ensemble's Chronos member)
+    and of the panel history it is trained on when it needs one (``needs_history``)."""
     family = doc.get("family", "chronos")
     members = ((doc.get("config") or {}).get("members") or []) if family == "ensemble" else []
+    out = []
     if family == "chronos" or any(m.get("family") == "chronos" for m in members):
-        return [layout.registry_model_prefix(env, str(doc["run_id"]), "chronos")]
-    return []
+        out.append(layout.registry_model_prefix(env, str(doc["run_id"]), "chronos"))
+    history = (doc.get("needs_history") or {}).get("key")
+    if history:  # a global family (lightgbm) is trained on the panel's history when it is loaded
+        out.append(history.rsplit("/", 1)[0])
+    return out
 
 
 def package_tag(doc: dict[str, Any]) -> str:

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from chronos_flows.core import layout
+from chronos_flows.core.errors import BadInputError
 from chronos_flows.runstate import runlog
 from chronos_flows.data.cleaning import CleaningReport
 from chronos_flows.config.params import TrainingParams
 from chronos_flows.training.cost import run_cost
 from chronos_flows.evaluation.backtest import BacktestResult
 from chronos_flows.models.ensemble import champion_config
-from chronos_flows.models.families import baseline_config
+from chronos_flows.models.families import NEEDS_HISTORY, baseline_config
 from chronos_flows.training.specs import (
     BaselineRecord,
     ChampionInRun,
@@ -106,7 +107,32 @@ def champion_entry(spec: RunSpec, winner: str | None, result: BacktestResult, re
         entry["weights"] = {m["family"]: m["weight"] for m in entry["config"]["members"]}
     elif winner is not None:
         entry["config"] = baseline_config(params, winner, report.season_length)
+    if needs_history(entry):
+        entry["needs_history"] = history_record(spec, data)
     return entry
+
+
+def needs_history(entry: Mapping[str, Any]) -> bool:
+    """Whether forecasting with ``entry`` needs the panel's history (a global family — alone or as
+    an ensemble member — is trained on it when the champion is loaded)."""
+    family = entry.get("family")
+    if family in NEEDS_HISTORY:
+        return True
+    members = (entry.get("config") or {}).get("members") or [] if family == "ensemble" else []
+    return any(m.get("family") in NEEDS_HISTORY for m in members)
+
+
+def history_record(spec: RunSpec, data: DataSync) -> dict[str, Any]:
+    """champion.json ``needs_history``: where the cleaned panel the champion was judged on is kept
+    (a registry copy, outside the run's expiring directory) and where it is copied from."""
+    key = layout.registry_model_prefix(spec.env, spec.run_id, "history") + "/cleaned.parquet"
+    return {
+        "reason": "a global model: trained on the panel's history when the champion is loaded, then applied to each context",
+        "key": key,
+        "uri": spec.store.uri(key),
+        "source_key": layout.run_data_prefix(spec.env, spec.run_id) + "/cleaned.parquet",
+        "data_fingerprint": data.cleaned_fingerprint,
+    }
 
 
 def needs_chronos(entry: Mapping[str, Any]) -> bool:
@@ -141,10 +167,19 @@ def promote_champion(store: ObjectStore, env: str, entry: Mapping[str, Any], dec
     copied = decision.promoted and needs_chronos(entry)
     if copied:
         store.upload_dir(model_dir, prefix)
+    history = entry.get("needs_history") if decision.promoted else None
+    if history:  # the panel a global champion is trained on, copied before the pointer swaps to it
+        got = store.get(history["source_key"])
+        if got is None:
+            raise BadInputError(f"the run's cleaned data is missing at {store.uri(history['source_key'])}; "
+                                f"a {entry.get('family')} champion needs it: re-run chronos-flows run")
+        store.put(history["key"], got[0])
     outcome = promote_outcome(store, env, entry, decision, etag)
     if copied and not outcome.promoted:
         for key in store.list(prefix + "/"):
             store.delete(key)
+    if history and not outcome.promoted:
+        store.delete(history["key"])
     return outcome.promoted, outcome.decision
 
 
@@ -163,7 +198,7 @@ def model_metadata(spec: RunSpec, result: BacktestResult, report: CleaningReport
                    board: list[dict[str, Any]], promotion: dict[str, Any], cost: dict[str, Any]) -> runlog.ModelMetadata:
     """The run's ``model_metadata.json``: settings, data, every model's record, leaderboard, promotion, cost."""
     models: dict[str, dict[str, Any]] = {"chronos": dict(chronos_info)}
-    models.update({b: baselines[b].info() for b in ("autoets", "theta", "prophet") if b in baselines})
+    models.update({b: baselines[b].info() for b in ("autoets", "theta", "prophet", "lightgbm") if b in baselines})
     models["seasonal_naive"] = {"config": {"season_length": report.season_length}}
     if result.settings.get("ensemble"):
         models["ensemble"] = result.settings["ensemble"]

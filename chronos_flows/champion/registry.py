@@ -36,6 +36,8 @@ Champion JSON, schema_version 2 (version-1 files, Chronos-only, still read — :
      "gate_metric": "wql", "score": 0.021, "scores": {"wql": 0.021, "mase": 0.8, ...},
      "judged_on": {"data_fingerprint": ..., "dataset_uri": ..., "freq": "W-MON",
                    "season_length": 52, "horizon": 13, "n_windows": 4, ...},
+     "needs_history": {"key": ".../registry/RUN/history/cleaned.parquet", "reason": ...},  # lightgbm (alone
+                                                   # or in an ensemble): the panel it is trained on when loaded
      "promoted_at": "2026-...Z", "write_id": "<nonce>",
      "previous": {"run_id": ..., "family": ..., "score": ..., "gate_metric": ...} | null}
 

@@ -26,6 +26,7 @@ from chronos_flows.config.sections import (
     Ec2Config,
     EvaluationConfig,
     ForecastComputeConfig,
+    LightGBMConfig,
     LockConfig,
     ProphetConfig,
     ThetaConfig,
@@ -36,7 +37,7 @@ from chronos_flows.core.errors import ConfigError
 __all__ = [
     "BASELINES", "DEFAULT_DATA", "DEFAULT_DATA_RELATIVE", "DEFAULT_STORE_DIR", "QUANTILES", "REPO_ROOT",
     "RESUME_OVERRIDABLE", "AutoETSConfig", "ChronosConfig", "CleaningConfig", "ComputeConfig", "DataConfig",
-    "Ec2Config", "EvaluationConfig", "ForecastComputeConfig", "ForecastParams", "LockConfig", "ProphetConfig", "ThetaConfig",
+    "Ec2Config", "EvaluationConfig", "ForecastComputeConfig", "ForecastParams", "LightGBMConfig", "LockConfig", "ProphetConfig", "ThetaConfig",
     "TrainingParams", "build_forecast_params", "build_params", "build_resume_params", "format_validation_error",
     "load_config_tree", "params_from_tree", "parse_overrides", "resolve_data_path", "resolve_store_url",
     "DegradationConfig", "MonitorParams", "build_monitor_params",
@@ -90,6 +91,7 @@ class TrainingParams(Frozen):
     prophet: ProphetConfig = Field(default_factory=ProphetConfig, title="Prophet baseline", description=ProphetConfig.__doc__)
     autoets: AutoETSConfig = Field(default_factory=AutoETSConfig, title="AutoETS baseline", description=AutoETSConfig.__doc__)
     theta: ThetaConfig = Field(default_factory=ThetaConfig, title="Theta baseline", description=ThetaConfig.__doc__)
+    lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig, title="LightGBM (global)", description=LightGBMConfig.__doc__)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, title="Evaluation", description=EvaluationConfig.__doc__)
     compute: ComputeConfig = Field(default_factory=ComputeConfig, title="Compute", description=ComputeConfig.__doc__)
     lock: LockConfig = Field(default_factory=LockConfig, title="Lock", description=LockConfig.__doc__)
@@ -267,7 +269,7 @@ def build_forecast_params(config_file: str | Path | None = None, overrides: list
 
 
 #: What ``run --resume`` may change: where and how the work runs, not what is trained or judged.
-RESUME_OVERRIDABLE = ("lock.", "compute.", "chronos.device", "chronos.num_threads", "prophet.n_jobs", "autoets.n_jobs", "theta.n_jobs")
+RESUME_OVERRIDABLE = ("lock.", "compute.", "chronos.device", "chronos.num_threads", "prophet.n_jobs", "autoets.n_jobs", "theta.n_jobs", "lightgbm.n_jobs")
 
 
 def build_resume_params(recorded: dict[str, Any], overrides: list[str], *, run_id: str, resume_from: str) -> TrainingParams:

@@ -32,7 +32,7 @@ _PKG = Path(__file__).resolve().parents[1]
 _CODE = ("evaluation/backtest.py", "evaluation/metrics.py", "evaluation/windows.py", "evaluation/fanout.py",
          "models/base.py", "models/local/common.py", "models/local/parallel.py", "models/families.py")
 _FAMILY_MODULE = {"autoets": "models/local/ets.py", "theta": "models/local/theta.py", "prophet": "models/local/prophet.py",
-                  "seasonal_naive": "models/local/seasonal_naive.py"}
+                  "seasonal_naive": "models/local/seasonal_naive.py", "lightgbm": "models/global_boost.py"}
 
 
 def series_chunks(history: pd.DataFrame, chunk_series: int) -> list[pd.DataFrame]:

@@ -400,25 +400,57 @@ def check_frequency(freq: str, champion: dict[str, Any], source: str) -> None:
         )
 
 
+def history_forecaster(store: Any, champion: dict[str, Any], *, n_jobs: int = 1, progress: Progress | None = None) -> Forecaster:
+    """A champion of a family that needs the panel's history (champion.json ``needs_history``):
+    re-created from its config and trained on the cleaned panel it was judged on (the registry
+    copy), so every later ``predict`` applies that one model to the context it is given."""
+    from chronos_flows.core.errors import ChronosFlowsError
+    from chronos_flows.data.ingest import from_parquet_bytes
+    from chronos_flows.models.families import local_forecaster
+
+    family = champion["family"]
+    record = champion.get("needs_history") or {}
+    judged = champion.get("judged_on") or {}
+    if not record.get("key") or not judged.get("freq") or not judged.get("horizon"):
+        raise ChronosFlowsError(
+            f"champion {champion.get('run_id')} ({family}) needs the panel's history but champion.json does not say "
+            f"where it is (needs_history.key, judged_on.freq/horizon); run chronos-flows run to promote a new champion"
+        )
+    got = store.get(record["key"])
+    if got is None:
+        raise ChronosFlowsError(
+            f"the history the {family} champion {champion.get('run_id')} is trained on is missing: nothing at "
+            f"{store.uri(record['key'])}; run chronos-flows run to promote a new champion"
+        )
+    history = from_parquet_bytes(got[0])[["unique_id", "ds", "y"]]
+    history = history.assign(ds=pd.to_datetime(history["ds"]))
+    model = local_forecaster(family, champion.get("config") or {}, n_jobs=n_jobs, progress=progress)
+    return model.fit(history, str(judged["freq"]), int(judged["horizon"]))
+
+
 def champion_forecaster(store: Any, env: str, champion: dict[str, Any], workdir: Any, *, device: str = "auto",
                         n_jobs: int = 1, progress: Progress | None = None) -> Forecaster:
-    """The champion as a forecaster: a local family re-created from its config, or the Chronos model
-    downloaded from its registry copy and loaded on ``device``."""
+    """The champion as a forecaster: a local family re-created from its config, a global family
+    (``lightgbm``) re-created and trained on its panel's history (:func:`history_forecaster`), or
+    the Chronos model downloaded from its registry copy and loaded on ``device``."""
     from pathlib import Path
 
     from chronos_flows.core import layout
     from chronos_flows.config.params import ChronosConfig
     from chronos_flows.core.errors import ChronosFlowsError
-    from chronos_flows.models.families import LOCAL_FAMILIES, local_forecaster
+    from chronos_flows.models.families import LOCAL_FAMILIES, NEEDS_HISTORY, local_forecaster
 
     family = champion["family"]
     if family in LOCAL_FAMILIES:
         return local_forecaster(family, champion.get("config") or {}, n_jobs=n_jobs, progress=progress)
+    if family in NEEDS_HISTORY:  # a global model: trained on the panel it was judged on, then applied
+        return history_forecaster(store, champion, n_jobs=n_jobs, progress=progress)
     if family == "ensemble":  # each member re-created as a champion of its own family, then combined
         from chronos_flows.models.ensemble import ensemble_forecaster
 
         return ensemble_forecaster(champion, lambda member: champion_forecaster(
-            store, env, member, workdir, device=device, n_jobs=n_jobs))
+            store, env, {**member, "judged_on": champion.get("judged_on"), "needs_history": champion.get("needs_history")},
+            workdir, device=device, n_jobs=n_jobs))
     from chronos_flows.models.chronos.forecasters import ChronosForecaster
 
     prefix = layout.registry_model_prefix(env, champion["run_id"], "chronos")

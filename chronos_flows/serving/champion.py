@@ -54,7 +54,8 @@ def load_champion(store: Any, env: str, doc: dict[str, Any], etag: Optional[str]
     return LoadedChampion(
         run_id=str(doc.get("run_id")), family=family, doc=doc, etag=etag, model=model,
         min_history=max(MIN_HISTORY[family], MIN_OBSERVATIONS), load_seconds=time.perf_counter() - t0,
-        workdir=own, lock=threading.Lock() if family in ("chronos", "ensemble") else None,  # an ensemble may hold a Chronos member
+        workdir=own, lock=threading.Lock() if family in ("chronos", "ensemble", "lightgbm") else None,  # an ensemble may hold a Chronos member;
+        # lightgbm copies the panel state it was trained on per call: one call at a time bounds the memory
     )
 
 
