@@ -397,9 +397,22 @@ class S3Store(_Folders):
         self._own_client = client is None
         self.client = client or make_s3_client(max_attempts=max_attempts, **self._client_args)
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._single: S3Store | None = None
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.client.meta.endpoint_url!r})"
+
+    def single_attempt(self) -> "S3Store":
+        """This store with a client that makes one attempt per request (botocore's retries off),
+        for a caller that retries itself against a time budget — the lock's lease
+        (:class:`~chronos_flows.runstate.lock.LockHandle`): its retries stop when the lease does,
+        and no SDK retry of a state-file write is sent after that. A store built on a client passed
+        in keeps it (its configuration is the caller's)."""
+        if not self._own_client:
+            return self
+        if self._single is None:
+            self._single = S3Store(self.bucket, self.prefix, max_attempts=1, **self._client_args)
+        return self._single
 
     def _k(self, key: str) -> str:
         return _join(self.prefix, _check_key(key))

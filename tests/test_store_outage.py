@@ -1,0 +1,103 @@
+"""Store outages shorter than the lease are ridden out; longer ones end the run cleanly (issue 26).
+
+S3 is the moto server behind ``tests.faultproxy.FaultProxy``, which answers 503 SlowDown (or drops
+the connection) for every request during a timed window.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from blocks.store import S3Store
+from chronos_flows.core import layout
+from chronos_flows.core.errors import LeaseExpiredError
+from chronos_flows.runstate.cleanup import run_cleanup, verify_cleanup
+from chronos_flows.runstate.lock import RunLock
+from chronos_flows.runstate.statefile import read_state
+from tests.faultproxy import FaultProxy
+
+ENV = "dev"
+LEASE = 4.0
+BEAT = 0.4
+
+
+def _state_writes(proxy: FaultProxy, bucket: str) -> list[tuple[float, int | None]]:
+    path = f"/{bucket}/chronos/{layout.state_key(ENV)}"
+    return [(t, status) for t, m, p, _, status in proxy.timed if m in ("PUT", "DELETE") and p.split("?")[0] == path]
+
+
+@pytest.mark.parametrize("kind", ["503", "drop"])
+def test_when_the_store_is_away_for_half_the_lease_then_the_heartbeat_rides_it_out_and_records_the_outage(aws_env, kind):
+    bucket = aws_env.new_bucket()
+    direct = S3Store(bucket, "chronos")
+    with FaultProxy(aws_env.endpoint_url) as proxy:
+        store = S3Store(bucket, "chronos", endpoint_url=proxy.endpoint_url)
+        h = RunLock(store, ENV, lease_seconds=LEASE).acquire("run-1")
+        h.transition("data_sync")
+        h.transition("training")
+        with h.heartbeat_thread(BEAT):
+            time.sleep(BEAT * 1.5)
+            start, end = proxy.outage(kind, LEASE * 0.5)
+            slowest = 0.0
+            while time.monotonic() < end + 3 * BEAT:
+                t0 = time.monotonic()
+                h.check()  # never raises, never waits on the store through the outage
+                slowest = max(slowest, time.monotonic() - t0)
+                time.sleep(0.05)
+            after = read_state(direct, ENV)
+        h.transition("results_sync")
+        h.transition("cleanup")
+        h.release()
+    assert slowest < 1.0, f"a lock check waited {slowest:.2f}s on the store"
+    # the heartbeat renewed the lease after the outage (a write landed after its end)
+    landed = [t for t, status in _state_writes(proxy, bucket) if status == 200]
+    assert any(t > end for t in landed) and after.status == "training" and after.run_id == "run-1"
+    refused = [t for t, status in _state_writes(proxy, bucket) if status is None]
+    assert refused and all(start <= t <= end + 0.5 for t in refused)
+    [outage] = h.outages.records()
+    assert "heartbeat" in outage["waited"] and outage["end"] is not None
+    assert LEASE * 0.5 - 2 * BEAT <= outage["seconds"] <= LEASE * 0.5 + 3 * BEAT
+    assert read_state(direct, ENV) is None
+
+
+def test_when_the_store_is_away_longer_than_the_lease_then_the_holder_fences_itself_and_writes_nothing_after(aws_env):
+    bucket = aws_env.new_bucket()
+    direct = S3Store(bucket, "chronos")
+    with FaultProxy(aws_env.endpoint_url) as proxy:
+        store = S3Store(bucket, "chronos", endpoint_url=proxy.endpoint_url)
+        h = RunLock(store, ENV, lease_seconds=LEASE).acquire("run-2")
+        h.transition("data_sync")
+        h.transition("training")
+        with h.heartbeat_thread(BEAT):
+            time.sleep(BEAT * 1.5)
+            start, end = proxy.outage("503", LEASE * 1.2)
+            err = None
+            while time.monotonic() < end + 1.0:
+                try:
+                    h.check()
+                except LeaseExpiredError as e:
+                    err, fenced_at = e, time.monotonic()
+                    break
+                time.sleep(0.05)
+        assert err is not None, "the holder kept going past its lease"
+        lease_end = h._renewed_at + LEASE
+        assert fenced_at <= lease_end
+        assert "store was unreachable" in str(err) and "run-2" in str(err)
+        with pytest.raises(LeaseExpiredError):
+            h.transition("failed", reason="should not be written")
+        while time.monotonic() < end + 2 * BEAT:
+            time.sleep(0.05)
+        # the store is back: the state file still names the fenced run, stale, never written after the lease
+        snap = read_state(direct, ENV)
+        assert snap.run_id == "run-2" and snap.status == "training"
+        assert not [t for t, status in _state_writes(proxy, bucket) if status is not None and t > lease_end]
+        # the run's cleanup once the store is back: after the lease, as for a dead holder
+        h.wait_out_lease()
+        done = run_cleanup(store, ENV, "run-2", [], None)
+    assert done.complete, done
+    [outage] = h.outages.records()
+    assert outage["outcome"].startswith("lease expired") and "heartbeat" in outage["waited"]
+    ok, findings = verify_cleanup(direct, ENV)
+    assert ok, findings
