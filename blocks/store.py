@@ -592,6 +592,9 @@ class S3Store(_Folders):
         except (ClientError, BotoCoreError) as e:
             raise self._error(e, "PutObject", key) from e
         except S3UploadFailedError as e:
+            cause = e.__cause__ or e.__context__  # boto3 wraps the ClientError: throttling stays transient
+            if isinstance(cause, (ClientError, BotoCoreError)):
+                raise self._error(cause, "PutObject", key) from e
             raise StoreError(f"upload of {src} to s3://{self.bucket}/{self._k(key)} failed: {e}") from e
 
     def _fetch(self, key: str, dest: Path) -> None:

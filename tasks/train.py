@@ -43,11 +43,12 @@ def _not_recorded(**info: Any) -> None:
 
 @task(name="train-chronos", **{**ON_TRANSIENT, "retries": 2})
 def train_chronos(spec: RunSpec, train: pd.DataFrame, freq: str, guard: Guard = no_guard, *, generation: int | None = None,
-                  on_instance: Callable[..., None] = _not_recorded) -> TrainedChronos:
+                  on_instance: Callable[..., None] = _not_recorded, outages: Any = None) -> TrainedChronos:
     """Train Chronos on the training part with the configured compute backend. ``guard`` stops it
     when the run is killed or its lock lost; on EC2, ``on_instance(instance_id=...)`` names the
     instance as soon as it is launched and ``on_instance(instance_seconds=...)`` its billed time,
-    also when training fails (the flow's cleanup terminates it and prices it). Never cached."""
+    also when training fails (the flow's cleanup terminates it and prices it). Store outages during
+    training are recorded in ``outages`` (the lock handle's ``OutageLog``; training.json keeps it). Never cached."""
     if spec.params.compute.backend == "ec2":
         fitted, info = train_on_ec2(spec, guard, generation=generation, on_instance=on_instance)
     else:
@@ -63,6 +64,7 @@ def train_chronos(spec: RunSpec, train: pd.DataFrame, freq: str, guard: Guard = 
             report=lambda ev: bar.update(ev.get("step", 0), ev.get("max_steps", 0)),
             fetch_dir=lambda uri, dest: download_prefix(uri, dest),
             log=logger(),
+            outages=outages,
         )
     _publish_training(spec, info)
     return TrainedChronos(model=fitted, info=info)

@@ -101,3 +101,89 @@ def test_when_the_store_is_away_longer_than_the_lease_then_the_holder_fences_its
     assert outage["outcome"].startswith("lease expired") and "heartbeat" in outage["waited"]
     ok, findings = verify_cleanup(direct, ENV)
     assert ok, findings
+
+
+# ------------------------------------------------------------------------------- training under an outage
+
+TRAIN = ["evaluation.horizon=8", "chronos.context_length=32", "chronos.batch_size=8", "chronos.eval_every=10",
+         "chronos.checkpoint_every=10", "chronos.learning_rate=0.001", "chronos.seed=3", "chronos.num_threads=1",
+         "chronos.keep_checkpoints=all"]
+
+
+def _train(aws_env, tmp_path, *, max_steps: int, outage: tuple[str, float] | None = None, step_s: float = 0.1):
+    """Fine-tune a tiny Chronos-2 through the proxy, holding the lock (heartbeat thread, ``guard`` =
+    the handle's check) as the flow does; each step is slowed to ``step_s`` so the outage, started at
+    the first progress event, falls inside training. Returns (fitted or error, handle, proxy, store)."""
+    from chronos_flows.config.params import build_params
+    from chronos_flows.training.fit import fit_and_store
+    from tests.chronos_resume_worker import make_sine_frame
+
+    bucket = aws_env.new_bucket()
+    params = build_params(overrides=TRAIN + [f"chronos.max_steps={max_steps}", f"lock.lease_seconds={LEASE}",
+                                             f"lock.heartbeat_seconds={BEAT}"],
+                          store=f"s3://{bucket}/chronos", run_id="train-1", env=ENV)
+    proxy = FaultProxy(aws_env.endpoint_url).start()
+    store = S3Store(bucket, "chronos", endpoint_url=proxy.endpoint_url)
+    h = RunLock(store, ENV, lease_seconds=LEASE).acquire("train-1")
+    h.transition("data_sync")
+    h.transition("training")
+
+    def guard(refresh: bool = True) -> None:
+        time.sleep(step_s / 2)  # a slower step, so that training outlasts the outage
+        h.check(refresh)
+
+    def report(ev: dict) -> None:
+        if outage and proxy.outage_window is None:
+            proxy.outage(*outage)
+
+    out = None
+    with h.heartbeat_thread(BEAT):
+        try:
+            fitted, info = fit_and_store(params, store, "train-1", tmp_path / "work", make_sine_frame(), "MS", guard=guard,
+                                         report=report, fetch_dir=lambda uri, dest: None, outages=h.outages,
+                                         progress_every_s=0.2)
+            out = (fitted, info)
+        except LeaseExpiredError as e:
+            out = e
+    return out, h, proxy, S3Store(bucket, "chronos")
+
+
+def _stored_checkpoints(direct: S3Store) -> list[str]:
+    prefix = layout.checkpoints_prefix(ENV, "train-1") + "/"
+    return sorted({k[len(prefix):].split("/", 1)[0] for k in direct.list(prefix)})
+
+
+@pytest.mark.parametrize("kind", ["503", "drop"])
+def test_when_the_store_is_away_for_half_the_lease_during_training_then_it_completes_with_the_same_steps_and_checkpoints(aws_env, tmp_path, kind):
+    (plain, plain_info), h0, p0, direct0 = _train(aws_env, tmp_path / "plain", max_steps=40)
+    p0.stop()
+    (fitted, info), h, proxy, direct = _train(aws_env, tmp_path / "outage", max_steps=40, outage=(kind, LEASE * 0.5))
+    proxy.stop()
+    start, end = proxy.outage_window
+    # training went on through the outage: steps were taken while the store was away
+    assert any(start <= t <= end for t, m, p, f, s in proxy.timed if f == kind)
+    assert fitted.info.get("steps") == plain.info.get("steps") == 40 or \
+        fitted.training_history[-1]["step"] == plain.training_history[-1]["step"] == 40
+    assert _stored_checkpoints(direct) == _stored_checkpoints(direct0) and len(_stored_checkpoints(direct)) == 4
+    assert direct.exists(f"{layout.models_prefix(ENV, 'train-1', 'chronos')}/config.json")
+    [outage] = info["store_outages"]
+    assert outage["end"] is not None and "heartbeat" in outage["waited"]
+    assert read_state(direct, ENV).status == "training"  # the lock is still held, renewed after the outage
+
+
+def test_when_the_store_is_away_longer_than_the_lease_during_training_then_it_stops_and_writes_nothing_after_the_lease(aws_env, tmp_path):
+    err, h, proxy, direct = _train(aws_env, tmp_path, max_steps=200, outage=("503", LEASE * 1.2))
+    start, end = proxy.outage_window
+    while time.monotonic() < end + 0.5:
+        time.sleep(0.05)
+    proxy.stop()
+    assert isinstance(err, LeaseExpiredError), err
+    lease_end = h._renewed_at + LEASE
+    writes_after = [(m, p) for t, m, p, f, s in proxy.timed if m in ("PUT", "POST", "DELETE") and s is not None and t > lease_end]
+    assert writes_after == []
+    assert not direct.exists(f"{layout.models_prefix(ENV, 'train-1', 'chronos')}/config.json")
+    snap = read_state(direct, ENV)
+    assert snap.run_id == "train-1" and snap.status == "training"  # left for the cleanup (stale after the lease)
+    outages = h.outages.records()
+    assert len(outages) == 1, outages
+    assert outages[0]["outcome"].startswith("lease expired")

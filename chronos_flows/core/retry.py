@@ -52,6 +52,7 @@ class OutageLog:
         self._done: list[dict[str, Any]] = []
         self._current: dict[str, Any] | None = None
         self._t0 = 0.0
+        self._closed = False
 
     @property
     def active(self) -> bool:
@@ -59,6 +60,8 @@ class OutageLog:
 
     def failed(self, what: str, error: BaseException | str) -> None:
         with self._lock:
+            if self._closed:
+                return  # the run stopped: what still fails afterwards is no new outage
             if self._current is None:
                 self._t0 = self.monotonic()
                 self._current = {"start": iso(self.wall()), "end": None, "seconds": None, "waited": [],
@@ -81,6 +84,7 @@ class OutageLog:
     def close(self, outcome: str) -> None:
         """End an outage still open when the run stops (e.g. the lease expired), naming ``outcome``."""
         with self._lock:
+            self._closed = True
             if self._current is None:
                 return
             cur = self._current

@@ -51,3 +51,21 @@ class ObjectStore(Protocol):
 
     def uri(self, key: str) -> str:
         """A URL a person or another tool can use for ``key`` (``file://...`` or ``s3://...``)."""
+
+
+def single_attempt(store: ObjectStore) -> ObjectStore:
+    """``store`` making one attempt per request, where it offers that (``S3Store.single_attempt()``:
+    the SDK's own retries off), else ``store`` itself: for callers that retry themselves against a
+    time budget (the lock's lease, the training upload queue), so that no SDK retry of a write is
+    sent after the caller has stopped."""
+    make = getattr(store, "single_attempt", None)
+    return make() if callable(make) else store
+
+
+def put_file(store: ObjectStore, key: str, src: Path) -> None:
+    """Write the local file ``src`` to ``key`` (streamed where the store can, else read whole)."""
+    put = getattr(store, "put_file", None)
+    if callable(put):
+        put(key, src)
+    else:
+        store.put(key, Path(src).read_bytes())

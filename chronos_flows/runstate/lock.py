@@ -56,7 +56,7 @@ from chronos_flows.runstate.statefile import (
     read_state,
     write_transition,
 )
-from chronos_flows.core.store import ObjectStore
+from chronos_flows.core.store import ObjectStore, single_attempt
 
 
 SCHEMA_VERSION = 1
@@ -284,7 +284,7 @@ class LockHandle:
         self._fence_lock = threading.Lock()
         #: the store the handle's own requests go through: one attempt each where the store offers it
         #: (``single_attempt()``), so the lease-bounded retries here decide, not the SDK's attempt count
-        self._io: ObjectStore = getattr(store, "single_attempt", lambda: store)()
+        self._io: ObjectStore = single_attempt(store)
         self._fatal: ChronosFlowsError | None = None
         self._thread_error: BaseException | None = None
         self.monotonic = monotonic
