@@ -15,6 +15,8 @@ per request (``None`` = forward normally); a fault can also be limited to matchi
 
 ``.outage(kind, seconds)`` starts a timed outage: every matching request in the next ``seconds``
 gets ``kind`` (``"503"`` or ``"drop"``); ``.outage_window`` is its (start, end) on ``time.monotonic``.
+``.outage_on(predicate, kind, seconds)`` starts it at the first request with ``predicate(method, path)``
+(that request is the first to fail).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class FaultProxy:
         self.timed: list[tuple[float, str, str, object, int | None]] = []
         self.outage_window: tuple[float, float] | None = None
         self._outage_kind: str | None = None
+        self._trigger: tuple | None = None
         self._lock = threading.Lock()
         proxy = self
 
@@ -131,8 +134,17 @@ class FaultProxy:
             self.outage_window = (now, now + seconds)
             return self.outage_window
 
+    def outage_on(self, predicate, kind: str, seconds: float) -> None:
+        """Start ``outage(kind, seconds)`` at the first request matching ``predicate(method, path)``."""
+        with self._lock:
+            self._trigger = (predicate, kind, seconds)
+
     def _next_fault(self, method: str, path: str):
         with self._lock:
+            if self._trigger is not None and self.outage_window is None and self._trigger[0](method, path):
+                now = time.monotonic()
+                self._outage_kind = self._trigger[1]
+                self.outage_window = (now, now + self._trigger[2])
             w = self.outage_window
             if w is not None and w[0] <= time.monotonic() < w[1] and self.match(method, path):
                 return self._outage_kind

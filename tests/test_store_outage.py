@@ -153,7 +153,7 @@ def _stored_checkpoints(direct: S3Store) -> list[str]:
     return sorted({k[len(prefix):].split("/", 1)[0] for k in direct.list(prefix)})
 
 
-@pytest.mark.parametrize("kind", ["503", "drop"])
+@pytest.mark.parametrize("kind", ["503", pytest.param("drop", marks=pytest.mark.slow)])
 def test_when_the_store_is_away_for_half_the_lease_during_training_then_it_completes_with_the_same_steps_and_checkpoints(aws_env, tmp_path, kind):
     (plain, plain_info), h0, p0, direct0 = _train(aws_env, tmp_path / "plain", max_steps=40)
     p0.stop()
@@ -187,3 +187,69 @@ def test_when_the_store_is_away_longer_than_the_lease_during_training_then_it_st
     outages = h.outages.records()
     assert len(outages) == 1, outages
     assert outages[0]["outcome"].startswith("lease expired")
+
+
+# ------------------------------------------------------------------------------- the whole flow (Prefect)
+
+FLOW_SMALL = ["evaluation.horizon=8", "evaluation.n_windows=2", "evaluation.baselines=[]", "chronos.context_length=64",
+              "chronos.batch_size=16", "chronos.eval_every=10", "chronos.checkpoint_every=10", "chronos.num_threads=1",
+              "chronos.keep_checkpoints=all", f"lock.lease_seconds={LEASE}", f"lock.heartbeat_seconds={BEAT}"]
+
+
+def _flow_run(aws_env, monkeypatch, run_id: str, max_steps: int, outage: tuple[str, float] | None):
+    """The training flow on S3 behind the proxy; the outage starts at the first checkpoint upload."""
+    from chronos_flows.config.params import build_params
+    from flows.training import chronos_training
+
+    bucket = aws_env.new_bucket()
+    proxy = FaultProxy(aws_env.endpoint_url).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+    if outage:
+        proxy.outage_on(lambda m, p: m == "PUT" and "/checkpoints/" in p, *outage)
+    params = build_params(overrides=FLOW_SMALL + [f"chronos.max_steps={max_steps}"], store=f"s3://{bucket}/chronos",
+                          run_id=run_id, env=ENV)
+    try:
+        result = chronos_training(params=params, return_state=True)
+    finally:
+        proxy.stop()
+    return result, proxy, S3Store(bucket, "chronos", endpoint_url=aws_env.endpoint_url)
+
+
+@pytest.mark.slow
+def test_when_s3_throttles_for_half_the_lease_during_the_training_flow_then_the_run_succeeds_and_training_json_has_the_outage(prefect_api, aws_env, monkeypatch):
+    import json
+
+    state, proxy, direct = _flow_run(aws_env, monkeypatch, "flow-ok", 150, ("503", LEASE * 0.5))
+    assert proxy.outage_window is not None
+    summary = state.result()
+    assert summary["status"] == "succeeded", summary
+    log = json.loads(direct.get(layout.training_log_key(ENV, "flow-ok"))[0])
+    assert log["status"] == "succeeded"
+    [outage] = log["outages"]
+    assert outage["end"] is not None and any(w.startswith("upload checkpoint") for w in outage["waited"])
+    prefix = layout.checkpoints_prefix(ENV, "flow-ok") + "/"
+    names = sorted({k[len(prefix):].split("/", 1)[0] for k in direct.list(prefix)})
+    assert len(names) == 15  # every checkpoint of the 150 steps landed
+    assert read_state(direct, ENV) is None
+    ok, findings = verify_cleanup(direct, ENV)
+    assert ok, findings
+
+
+@pytest.mark.slow
+def test_when_s3_throttles_past_the_lease_during_the_training_flow_then_the_run_fails_naming_it_and_cleans_up_after(prefect_api, aws_env, monkeypatch):
+    import json
+
+    state, proxy, direct = _flow_run(aws_env, monkeypatch, "flow-fenced", 3000, ("503", LEASE * 1.2))
+    assert state.is_failed()
+    log = json.loads(direct.get(layout.training_log_key(ENV, "flow-fenced"))[0])
+    assert log["status"] == "failed" and "LeaseExpiredError" in log["error"] and "store was unreachable" in log["error"]
+    assert log["outages"] and log["outages"][0]["outcome"].startswith("lease expired")
+    cleanup = json.loads(direct.get(layout.cleanup_status_key(ENV, "flow-fenced"))[0])
+    assert cleanup["complete"] is True
+    start, end = proxy.outage_window
+    # nothing of the run's work (checkpoints, model) was written after the outage began
+    late = [p for t, m, p, f, s in proxy.timed if m == "PUT" and s is not None and t > start
+            and ("/checkpoints/" in p or "/models/" in p)]
+    assert late == []
+    ok, findings = verify_cleanup(direct, ENV)
+    assert ok, findings
