@@ -253,3 +253,115 @@ def test_when_s3_throttles_past_the_lease_during_the_training_flow_then_the_run_
     assert late == []
     ok, findings = verify_cleanup(direct, ENV)
     assert ok, findings
+
+
+# ------------------------------------------------------------------------------- the other store paths
+
+
+def _copy_to(local, s3) -> None:
+    for key in local.list(""):
+        s3.put(key, local.get(key)[0])
+
+
+def test_when_s3_is_away_during_serving_then_the_endpoint_answers_throughout_with_the_loaded_champion(aws_env, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+    from chronos_flows.serving.champion import ChampionHolder
+    from tests.test_forecast import seed_champion
+
+    bucket = aws_env.new_bucket()
+    _copy_to(seed_champion(tmp_path / "seed", "seasonal_naive", {"season_length": 7}, run_id="sn-run"), S3Store(bucket, "chronos"))
+    with FaultProxy(aws_env.endpoint_url) as proxy:
+        # one attempt per poll, so the poll itself meets the outage (botocore would absorb a short one)
+        holder = ChampionHolder(S3Store(bucket, "chronos", endpoint_url=proxy.endpoint_url, max_attempts=1), "dev", poll_seconds=0.1,
+                                workdir=tmp_path / "serve").start()
+        try:
+            deadline = time.monotonic() + 30
+            while holder.current is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert holder.current is not None and holder.current.run_id == "sn-run"
+            with TestClient(create_app(holder)) as client:
+                start, end = proxy.outage("503", 1.5)
+                answers = []
+                while time.monotonic() < end + 0.5:
+                    r = client.post("/invocations", json={"inputs": [{"target": [float(i % 7) for i in range(30)]}],
+                                                          "parameters": {"prediction_length": 3}})
+                    answers.append((r.status_code, r.headers.get("X-Champion-Run-Id")))
+                    time.sleep(0.05)
+        finally:
+            holder.stop()
+    assert answers and set(answers) == {(200, "sn-run")}
+    assert proxy.requests(forwarded=False)  # the poll did hit the outage
+    [outage] = holder.outages.records()
+    assert outage["waited"] == ["champion poll"] and outage["end"] is not None
+
+
+def test_when_s3_is_away_while_forecasts_are_published_then_the_batch_completes_after_it(prefect_api, aws_env, tmp_path):
+    import tasks.forecast as tf
+    from chronos_flows.champion.registry import read_champion
+    from chronos_flows.config.params import ForecastParams
+    from tests.test_forecast import panel, seed_champion
+
+    bucket = aws_env.new_bucket()
+    local = seed_champion(tmp_path / "seed", "seasonal_naive", {"season_length": 4})
+    _copy_to(local, S3Store(bucket, "chronos"))
+    data = tmp_path / "panel.csv"
+    panel(5, n=40).to_csv(data, index=False)
+    with FaultProxy(aws_env.endpoint_url) as proxy:
+        store = S3Store(bucket, "chronos", endpoint_url=proxy.endpoint_url)
+        params = ForecastParams(store=f"s3://{bucket}/chronos", forecast_id="fc-outage", horizon=5, chunk_size=2,
+                                data={"path": str(data)}, plot_series=1)
+        champ, _ = read_champion(store, "dev")
+        inputs, cleaned, report = tf.load_forecast_data(params, champ)
+        (tmp_path / "work").mkdir()
+        path, run, preview = tf.forecast(store, params, champ, inputs, cleaned, report.freq, "fc-outage", tmp_path / "work")
+        proxy.outage("503", 2.0)
+        doc = tf.publish.fn(store, params, champ, inputs, report, cleaned, path, run, "fc-outage", "now", preview)
+    direct = S3Store(bucket, "chronos")
+    prefix = layout.forecasts_prefix("dev", "fc-outage")
+    assert direct.exists(f"{prefix}/forecasts.parquet") and direct.exists(f"{prefix}/forecast.json")
+    assert doc["counts"]["rows"] == 25
+    [outage] = doc["store_outages"]
+    assert outage["waited"] == ["forecasts.parquet"] and outage["seconds"] >= 1.0
+
+
+def test_when_s3_is_away_while_the_parent_follows_its_instance_then_it_keeps_waiting_and_reads_the_result(aws_env):
+    import json
+    import threading
+
+    from chronos_flows.training.fit import follow_instance
+
+    bucket = aws_env.new_bucket()
+    direct = S3Store(bucket, "chronos")
+
+    class Ec2:
+        def describe(self, instance_id):
+            return "running"
+
+    with FaultProxy(aws_env.endpoint_url) as proxy:
+        store = S3Store(bucket, "chronos", endpoint_url=proxy.endpoint_url)
+        proxy.outage("503", 1.5)
+        # the instance finishes during the outage (its own write goes straight to S3)
+        timer = threading.Timer(0.7, lambda: direct.put(layout.instance_result_key(ENV, "r1"),
+                                                       json.dumps({"outcome": "ok", "result": {"uri": "x"}}).encode()))
+        timer.start()
+        doc = follow_instance(store, ENV, "r1", Ec2(), "i-1", time.monotonic() + 30, 0.1, check=lambda: None,
+                              report=lambda ev: None)
+        timer.join()
+    assert doc["outcome"] == "ok" and proxy.requests(forwarded=False)
+
+
+def test_when_s3_is_away_as_the_instance_writes_its_result_then_it_retries_until_it_lands(aws_env):
+    import json
+
+    from app.bootstrap import _write_result, result_key
+
+    bucket = aws_env.new_bucket()
+    with FaultProxy(aws_env.endpoint_url) as proxy:
+        store = S3Store(bucket, "chronos", endpoint_url=proxy.endpoint_url, max_attempts=1)
+        proxy.outage("503", 1.5)
+        _write_result(store, ENV, "r1", {"outcome": "ok"}, budget_s=30)
+        assert time.monotonic() >= proxy.outage_window[1]
+    got = S3Store(bucket, "chronos").get(result_key(ENV, "r1"))
+    assert json.loads(got[0]) == {"outcome": "ok"}

@@ -23,7 +23,7 @@ import pandas as pd
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.config.params import TrainingParams
-from chronos_flows.core.errors import LostLockError, TrainingError
+from chronos_flows.core.errors import LeaseExpiredError, LostLockError, TrainingError, TransientStoreError
 from chronos_flows.core.retry import OutageLog
 from chronos_flows.core.store import ObjectStore, put_file, single_attempt
 from chronos_flows.training.specs import Guard
@@ -312,15 +312,22 @@ def follow_instance(
     log: Log | None = None,
 ) -> dict:
     """Poll the instance's result.json / progress.json and its EC2 state (``ec2.describe``) until
-    it finishes; ``check()`` raises when this run may no longer wait (killed, lock lost)."""
+    it finishes; ``check()`` raises when this run may no longer wait (killed, lock lost, or — through
+    a store outage — its lease ran out). A poll that fails transiently is skipped: the instance keeps
+    training meanwhile, and relaunching it (a retried step) would start over."""
     log = log or _LOG
     last_step = None
     while True:
         check()
-        doc = read_instance_result(store, env, run_id)
+        try:
+            doc = read_instance_result(store, env, run_id)
+            prog = store.get(layout.instance_progress_key(env, run_id)) if doc is None else None
+        except TransientStoreError as e:
+            log.warning("instance %s: store unreachable (%s); still waiting while the lease lasts", instance_id, e)
+            time.sleep(poll_seconds)
+            continue
         if doc is not None:
             return doc
-        prog = store.get(layout.instance_progress_key(env, run_id))
         if prog is not None:
             ev = json.loads(prog[0])
             report(ev)
@@ -375,16 +382,32 @@ def train_on_instance(store: ObjectStore, env: str, run_id: str, *, fetch_dir: F
     freq = CleaningReport.model_validate(json.loads(report_raw[0])).freq
     train, _ = split_for_training(cleaned, freq, params.evaluation)
     generation = record.generation
+    lease = float(params.lock.lease_seconds)
+    last_ok = [time.monotonic()]
 
     def guard(refresh: bool) -> None:
         if not refresh:
+            if time.monotonic() - last_ok[0] >= lease:
+                raise LeaseExpiredError(f"run {run_id}: the state file was unreadable for a whole lease "
+                                        f"({lease:g}s); this instance cannot tell it still owns the training step; stopping")
             return
-        snap = read_state(store, env)
+        try:
+            snap = read_state(store, env)
+        except TransientStoreError as e:
+            # the store is away: keep training on what was last seen, for as long as a lease
+            if time.monotonic() - last_ok[0] >= lease:
+                raise LeaseExpiredError(f"run {run_id}: the state file was unreadable for a whole lease "
+                                        f"({lease:g}s): {e}; stopping") from e
+            return
+        last_ok[0] = time.monotonic()
         if snap is None or snap.run_id != run_id or (generation is not None and snap.generation != generation) or snap.status != "training":
             raise LostLockError(f"run {run_id} (generation {generation}) no longer owns the training step; stopping")
 
     def report(ev: dict) -> None:
-        store.put(layout.instance_progress_key(env, run_id), json.dumps(ev, default=str).encode())
+        try:
+            store.put(layout.instance_progress_key(env, run_id), json.dumps(ev, default=str).encode())
+        except TransientStoreError as e:  # progress is best effort: the next report replaces it
+            (log or _LOG).warning("progress not written (store unreachable: %s); training goes on", e)
 
     workdir = Path(tempfile.mkdtemp(prefix=f"chronos-flows-instance-{run_id}-"))
     try:
