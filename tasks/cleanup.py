@@ -68,9 +68,18 @@ def cleanup_run(spec: RunSpec, handle: LockHandle, outcome: Mapping[str, Any], r
     outages = handle.outages.records()
     if fenced:
         handle.wait_out_lease()
-        runlog.mark_failed(spec.store, spec.env, spec.run_id, error or "the lease expired during a store outage",
-                           generation=handle.generation)
-        runlog.update_training_log(spec.store, spec.env, spec.run_id, lambda log: setattr(log, "outages", outages))
+        reason = error or "the lease expired during a store outage"
+
+        def record_fenced(log: runlog.TrainingLog) -> None:  # idempotent: this task may be retried
+            if not (log.transitions and log.transitions[-1].status == "failed"
+                    and log.transitions[-1].details.get("reason") == reason):
+                log.transitions.append(runlog.Transition(status="failed", at=datetime.now(timezone.utc).isoformat(),
+                                                         details={"reason": reason}))
+            log.status, log.error, log.outages = "failed", reason, outages
+            log.ended_at = log.ended_at or datetime.now(timezone.utc).isoformat()
+            log.phases, log.summary = dict(phases), summary
+
+        runlog.update_training_log(spec.store, spec.env, spec.run_id, record_fenced)
     if not lost:
         log = runlog.load_training_log(spec.store, spec.env, spec.run_id)
         if log is not None:

@@ -365,3 +365,41 @@ def test_when_s3_is_away_as_the_instance_writes_its_result_then_it_retries_until
         assert time.monotonic() >= proxy.outage_window[1]
     got = S3Store(bucket, "chronos").get(result_key(ENV, "r1"))
     assert json.loads(got[0]) == {"outcome": "ok"}
+
+
+def test_when_checkpoint_uploads_fail_and_training_is_retried_then_it_resumes_from_the_newest_local_checkpoint_keeping_the_step_count(aws_env, tmp_path):
+    from chronos_flows.config.params import build_params
+    from chronos_flows.models.chronos.checkpoints import list_checkpoints
+    from chronos_flows.training.fit import fit_and_store
+    from tests.chronos_resume_worker import make_sine_frame
+
+    bucket = aws_env.new_bucket()
+    params = build_params(overrides=TRAIN + ["chronos.max_steps=30", "chronos.checkpoint_every=5"],
+                          store=f"s3://{bucket}/chronos", run_id="train-1", env=ENV)
+    work = tmp_path / "work"
+    with FaultProxy(aws_env.endpoint_url) as proxy:
+        store = S3Store(bucket, "chronos", endpoint_url=proxy.endpoint_url)
+        # the store refuses every checkpoint from step 10 on; the first attempt dies once step 20 is saved
+        proxy.match = lambda m, p: m == "PUT" and any(f"checkpoint-000000{s}/" in p for s in ("10", "15", "20", "25"))
+        proxy.outage("503", 3600)
+
+        def crashing_report(ev: dict) -> None:  # progress comes after the step's checkpoint is in place
+            if ev["step"] >= 20:
+                raise RuntimeError("the training process died")
+
+        with pytest.raises(Exception, match="the training process died"):
+            fit_and_store(params, store, "train-1", work, make_sine_frame(), "MS", guard=lambda refresh=True: None,
+                          report=crashing_report, fetch_dir=lambda uri, dest: None, progress_every_s=0.0)
+        local = [p.name for p in list_checkpoints(work / "checkpoints")]
+        # checkpoint 5 (uploaded) was pruned; 10 is older than the newest two but kept: it is the only copy
+        assert local == ["checkpoint-00000010", "checkpoint-00000015", "checkpoint-00000020"]
+        assert _stored_checkpoints(S3Store(bucket, "chronos")) == ["checkpoint-00000005"]
+
+        proxy.outage_window = None  # the store is back; the step is retried in the same work directory
+        steps2: list[int] = []
+        fitted, info = fit_and_store(params, store, "train-1", work, make_sine_frame(), "MS", guard=lambda refresh=True: None,
+                                     report=lambda ev: steps2.append(ev["step"]), fetch_dir=lambda uri, dest: None,
+                                     progress_every_s=0.0)
+    assert min(steps2) > 20 and max(steps2) == 30  # resumed from step 20, not restarted
+    assert fitted.training_history[-1]["step"] == 30
+    assert _stored_checkpoints(S3Store(bucket, "chronos")) == [f"checkpoint-{s:08d}" for s in (5, 10, 15, 20, 25, 30)]

@@ -93,21 +93,24 @@ class CheckpointSync:
         """Download the stored checkpoints (of this run, or of the run it resumes); training
         continues from the newest. Restored checkpoints are also copied under this run's own prefix,
         so this attempt's record is complete on its own."""
-        if self.store.list(self.source + "/"):
-            self.store.download_dir(self.source, self.local_dir)
-            restored = {p.name for p in self.local_dir.iterdir() if p.is_dir()}
-            if self.source != self.prefix:
-                self.synced = set()
-                self()  # copy them to this run's prefix (fenced like every other write)
-                if self.queue is not None:
-                    self.queue.drain()
-            self.synced = restored
+        keys = self.store.list(self.source + "/")
+        if not keys:
+            return 0
+        self.store.download_dir(self.source, self.local_dir)
+        # what the store holds (a local checkpoint of an earlier attempt whose upload was never
+        # confirmed is not among them: the next sync uploads it)
+        restored = {k[len(self.source) + 1:].split("/", 1)[0] for k in keys}
+        if self.source != self.prefix:
+            self()  # copy them to this run's prefix (fenced like every other write)
             if self.queue is not None:
-                from chronos_flows.models.chronos.checkpoints import mark_uploaded
+                self.queue.drain()
+        self.synced |= restored
+        if self.queue is not None:
+            from chronos_flows.models.chronos.checkpoints import mark_uploaded
 
-                for name in restored:
-                    mark_uploaded(self.local_dir, name)
-        return len(self.synced)
+            for name in restored:
+                mark_uploaded(self.local_dir, name)
+        return len(restored)
 
     def __call__(self) -> None:
         """Upload the checkpoints not in the store yet: queued (returns at once) or inline."""

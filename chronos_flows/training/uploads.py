@@ -103,7 +103,10 @@ class UploadQueue:
                 self.confirmed.append(name)
             except BaseException as e:  # noqa: BLE001 - handed to the training loop (raise_if_failed/drain)
                 self.error = e
-                self.log.error("upload %s stopped: %s", name, e)
+                if self._stop.is_set():  # closed (training ended otherwise): the local copy stays
+                    self.log.info("upload %s not done (the queue was closed); its local copy is kept", name)
+                else:
+                    self.log.error("upload %s stopped: %s", name, e)
                 with self._cv:
                     self._busy = False
                     self._cv.notify_all()
