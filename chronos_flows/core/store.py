@@ -53,13 +53,15 @@ class ObjectStore(Protocol):
         """A URL a person or another tool can use for ``key`` (``file://...`` or ``s3://...``)."""
 
 
-def single_attempt(store: ObjectStore) -> ObjectStore:
+def single_attempt(store: ObjectStore, timeout: float | None = None) -> ObjectStore:
     """``store`` making one attempt per request, where it offers that (``S3Store.single_attempt()``:
     the SDK's own retries off), else ``store`` itself: for callers that retry themselves against a
     time budget (the lock's lease, the training upload queue), so that no SDK retry of a write is
-    sent after the caller has stopped."""
+    sent after the caller has stopped. ``timeout`` bounds each request where the store can."""
     make = getattr(store, "single_attempt", None)
-    return make() if callable(make) else store
+    if not callable(make):
+        return store
+    return make(timeout) if timeout is not None else make()
 
 
 def put_file(store: ObjectStore, key: str, src: Path) -> None:

@@ -284,7 +284,7 @@ class LockHandle:
         self._fence_lock = threading.Lock()
         #: the store the handle's own requests go through: one attempt each where the store offers it
         #: (``single_attempt()``), so the lease-bounded retries here decide, not the SDK's attempt count
-        self._io: ObjectStore = single_attempt(store)
+        self._io_store: ObjectStore | None = None
         self._fatal: ChronosFlowsError | None = None
         self._thread_error: BaseException | None = None
         self.monotonic = monotonic
@@ -319,6 +319,15 @@ class LockHandle:
 
     def __repr__(self) -> str:
         return f"LockHandle(run_id={self.run_id!r}, generation={self.generation}, status={self.status!r})"
+
+    @property
+    def _io(self) -> ObjectStore:
+        """The store the handle's own requests go through (made on first use: a new SDK client
+        costs CPU): one attempt each, bounded by the fence margin (at least 1 s), so a request that
+        hangs cannot land long after the lease."""
+        if self._io_store is None:
+            self._io_store = single_attempt(self.store, timeout=min(max(self.fence_margin, 1.0), 30.0))
+        return self._io_store
 
     # -- the lease under store outages -------------------------------------------------------------
     def lease_left(self) -> float:
