@@ -216,10 +216,11 @@ def _flow_run(aws_env, monkeypatch, run_id: str, max_steps: int, outage: tuple[s
 
 
 @pytest.mark.slow
-def test_when_s3_throttles_for_half_the_lease_during_the_training_flow_then_the_run_succeeds_and_training_json_has_the_outage(prefect_api, aws_env, monkeypatch):
+@pytest.mark.parametrize("kind", ["503", "drop"])
+def test_when_s3_throttles_for_half_the_lease_during_the_training_flow_then_the_run_succeeds_and_training_json_has_the_outage(prefect_api, aws_env, monkeypatch, kind):
     import json
 
-    state, proxy, direct = _flow_run(aws_env, monkeypatch, "flow-ok", 150, ("503", LEASE * 0.5))
+    state, proxy, direct = _flow_run(aws_env, monkeypatch, "flow-ok", 150, (kind, LEASE * 0.5))
     assert proxy.outage_window is not None
     summary = state.result()
     assert summary["status"] == "succeeded", summary
