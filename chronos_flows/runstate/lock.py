@@ -282,8 +282,7 @@ class LockHandle:
         self.previous: StateSnapshot | None = None
         self._mutex = threading.RLock()
         self._fence_lock = threading.Lock()
-        #: the store the handle's own requests go through: one attempt each where the store offers it
-        #: (``single_attempt()``), so the lease-bounded retries here decide, not the SDK's attempt count
+        #: see :attr:`_io`: one attempt per request, so the lease-bounded retries here decide, not the SDK's
         self._io_store: ObjectStore | None = None
         self._fatal: ChronosFlowsError | None = None
         self._thread_error: BaseException | None = None
@@ -383,8 +382,9 @@ class LockHandle:
         return err
 
     def _write(self, mutate: Callable[[dict], None]) -> None:
-        """CAS-write a modified copy of the state (not its status). Raises RunKilledError / LostLockError."""
-        self._fenced(lambda: self._put(mutate))
+        """CAS-write a modified copy of the state (not its status), retried through a store outage
+        while the lease lasts. Raises RunKilledError / LostLockError / LeaseExpiredError."""
+        self._durable("state-file write", lambda: self._fenced(lambda: self._put(mutate)))
 
     def _fenced(self, attempt: Callable[[], None]) -> None:
         """Run one write ``attempt`` conditional on the ETag this handle holds; after a lost
@@ -515,7 +515,7 @@ class LockHandle:
         self._fenced(attempt)
 
     def update_info(self, **info: Any) -> None:
-        self._durable("state-file info", lambda: self._write(lambda s: s.setdefault("info", {}).update(info)))
+        self._write(lambda s: s.setdefault("info", {}).update(info))
 
     def release(self) -> None:
         """Delete the state file (conditional on our ETag). Only after status ``cleanup``; idempotent."""
