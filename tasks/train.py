@@ -18,7 +18,7 @@ from prefect import task
 from blocks.store import download_prefix
 from chronos_flows.core import layout
 from chronos_flows.training.specs import Guard, RunSpec, TrainedChronos, no_guard
-from chronos_flows.training.fit import fit_and_store, follow_instance, instance_info
+from chronos_flows.training.fit import fetch_model, fit_and_store, follow_instance, instance_info
 from tasks.common import ON_TRANSIENT, Progress, image_artifact, logger, markdown_artifact
 def _publish_training(spec: RunSpec, info: dict) -> None:
     if info.get("loss_curve_uri"):
@@ -100,7 +100,7 @@ def train_on_ec2(spec: RunSpec, guard: Guard = no_guard, *, generation: int | No
         instance_seconds = round(time.monotonic() - t_launch, 3)
         on_instance(instance_seconds=instance_seconds)
     info = instance_info(result, instance_id, cfg.instance_type, instance_seconds)
-    local = spec.workdir / "models" / "chronos"
-    spec.store.download_dir(layout.models_prefix(spec.env, spec.run_id, "chronos"), local)
+    local = fetch_model(spec.store, spec.env, spec.run_id, spec.workdir / "models" / "chronos", guard,
+                        spec.params.lock.lease_seconds)
     fitted = ChronosForecaster.load(local, spec.params.chronos, workdir=spec.workdir / "chronos")
     return fitted, info

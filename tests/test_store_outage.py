@@ -404,3 +404,70 @@ def test_when_checkpoint_uploads_fail_and_training_is_retried_then_it_resumes_fr
     assert min(steps2) > 20 and max(steps2) == 30  # resumed from step 20, not restarted
     assert fitted.training_history[-1]["step"] == 30
     assert _stored_checkpoints(S3Store(bucket, "chronos")) == [f"checkpoint-{s:08d}" for s in (5, 10, 15, 20, 25, 30)]
+
+
+# ------------------------------------------------------------------------------- the retry primitives
+
+
+def test_when_a_call_keeps_failing_then_retry_while_stops_exactly_when_the_time_budget_is_spent():
+    from chronos_flows.core.errors import TransientStoreError
+    from chronos_flows.core.retry import Backoff, OutageLog, retry_while
+
+    clock = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock[0] += s
+
+    def failing():
+        raise TransientStoreError("503 SlowDown")
+
+    outages = OutageLog(monotonic=lambda: clock[0])
+    with pytest.raises(LeaseExpiredError, match="gave up"):
+        retry_while(failing, what="heartbeat", alive=lambda: 10.0 - clock[0], outages=outages,
+                    backoff=Backoff(base=0.5, cap=4.0), sleep=sleep, on_give_up=lambda e: LeaseExpiredError(f"gave up: {e}"))
+    assert clock[0] == pytest.approx(10.0)  # never slept past the budget
+    assert all(s <= 4.0 for s in slept) and slept[0] <= 0.5 and max(slept) > 2.0  # grew, capped
+    [o] = outages.records()
+    assert o["waited"] == ["heartbeat"] and o["failures"] == len(slept) + 1 and o["end"] is None
+
+    calls = [0]
+
+    def flaky():
+        calls[0] += 1
+        if calls[0] < 3:
+            raise TransientStoreError("dropped")
+        return "landed"
+
+    assert retry_while(flaky, what="upload", alive=lambda: 1.0, outages=outages, sleep=lambda s: None) == "landed"
+    assert outages.records()[-1]["end"] is not None and not outages.active
+
+
+def test_when_the_model_download_meets_an_outage_then_it_waits_while_the_guard_passes_and_stops_when_it_raises(tmp_path):
+    from blocks.store import LocalStore
+    from chronos_flows.core.errors import RunKilledError, TransientStoreError
+    from chronos_flows.training.fit import fetch_model
+
+    class Flaky(LocalStore):
+        failures = 0
+
+        def list(self, prefix):
+            if self.failures > 0:
+                self.failures -= 1
+                raise TransientStoreError("503 SlowDown")
+            return super().list(prefix)
+
+    store = Flaky(tmp_path / "store")
+    store.put(f"{layout.models_prefix(ENV, 'r1', 'chronos')}/config.json", b"{}")
+    store.failures = 2
+    dest = fetch_model(store, ENV, "r1", tmp_path / "m", lambda refresh=True: None, 30)
+    assert (dest / "config.json").read_bytes() == b"{}" and store.failures == 0
+
+    store.failures = 1000
+
+    def killed(refresh=True):
+        raise RunKilledError("run r1 was killed")
+
+    with pytest.raises(RunKilledError):
+        fetch_model(store, ENV, "r1", tmp_path / "m2", killed, 30)

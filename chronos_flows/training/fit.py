@@ -348,6 +348,24 @@ def follow_instance(
         time.sleep(poll_seconds)
 
 
+def fetch_model(store: ObjectStore, env: str, run_id: str, dest: Path, guard: Guard, budget_seconds: float,
+                outages: OutageLog | None = None) -> Path:
+    """Download the model the instance stored for ``run_id`` into ``dest``, retrying through a store
+    outage (backoff and jitter) while ``guard`` passes, for at most ``budget_seconds`` (the lease):
+    a failed download must not fail the step, whose retry would launch a new instance."""
+    from chronos_flows.core.retry import retry_while
+
+    deadline = time.monotonic() + budget_seconds
+
+    def alive() -> float:
+        guard(False)  # fenced / killed / lost: stop waiting
+        return deadline - time.monotonic()
+
+    retry_while(lambda: store.download_dir(layout.models_prefix(env, run_id, "chronos"), dest),
+                what="model download", alive=alive, outages=outages)
+    return dest
+
+
 def instance_info(result: dict, instance_id: str, instance_type: str, instance_seconds: float) -> dict:
     """The training info of a finished instance's ``result.json``; TrainingError unless it is ``ok``."""
     if result["outcome"] != "ok":
