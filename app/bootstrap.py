@@ -68,8 +68,20 @@ def check_gpu(allow_cpu: bool = False) -> dict[str, Any]:
     return {"gpu": gpus}
 
 
-def _write_result(store: Any, env: str, run_id: str, result: dict[str, Any]) -> None:
-    store.put(result_key(env, run_id), json.dumps(result, indent=2, sort_keys=True, default=str).encode())
+#: how long the instance keeps retrying its result.json through a store outage (the parent waits for it)
+RESULT_WRITE_BUDGET_S = 900.0
+
+
+def _write_result(store: Any, env: str, run_id: str, result: dict[str, Any],
+                  budget_s: float | None = None) -> None:
+    """Write ``result.json``; through a store outage retried with backoff and jitter for up to
+    ``budget_s`` (the trained model is in the store already: only its record must land)."""
+    from chronos_flows.core.retry import retry_while
+
+    deadline = time.monotonic() + (RESULT_WRITE_BUDGET_S if budget_s is None else budget_s)
+    data = json.dumps(result, indent=2, sort_keys=True, default=str).encode()
+    retry_while(lambda: store.put(result_key(env, run_id), data), what="result.json",
+                alive=lambda: deadline - time.monotonic())
 
 
 def run_instance_step(

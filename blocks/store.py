@@ -397,9 +397,32 @@ class S3Store(_Folders):
         self._own_client = client is None
         self.client = client or make_s3_client(max_attempts=max_attempts, **self._client_args)
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._single: dict[float | None, S3Store] = {}
 
     def __repr__(self) -> str:
         return f"S3Store({self.url!r}, endpoint={self.client.meta.endpoint_url!r})"
+
+    def single_attempt(self, timeout: float | None = None) -> "S3Store":
+        """This store with a client that makes one attempt per request (botocore's retries off),
+        for a caller that retries itself against a time budget — the lock's lease
+        (:class:`~chronos_flows.runstate.lock.LockHandle`): its retries stop when the lease does,
+        and no SDK retry of a state-file write is sent after that. A store built on a client passed
+        in keeps it (its configuration is the caller's). ``timeout`` (seconds) bounds connecting and
+        each read, so a request that hangs cannot land long after the caller gave up on it."""
+        if not self._own_client:
+            return self
+        if timeout not in self._single:
+            args = dict(self._client_args)
+            if timeout is not None:
+                from botocore.config import Config
+
+                t = max(float(timeout), 0.5)
+                extra = dict(args.get("client_kwargs") or {})
+                bounded = Config(connect_timeout=min(t, 5.0), read_timeout=t)
+                extra["config"] = extra["config"].merge(bounded) if extra.get("config") is not None else bounded
+                args["client_kwargs"] = extra
+            self._single[timeout] = S3Store(self.bucket, self.prefix, client=make_s3_client(max_attempts=1, **args))
+        return self._single[timeout]
 
     def _k(self, key: str) -> str:
         return _join(self.prefix, _check_key(key))
@@ -579,6 +602,9 @@ class S3Store(_Folders):
         except (ClientError, BotoCoreError) as e:
             raise self._error(e, "PutObject", key) from e
         except S3UploadFailedError as e:
+            cause = e.__cause__ or e.__context__  # boto3 wraps the ClientError: throttling stays transient
+            if isinstance(cause, (ClientError, BotoCoreError)):
+                raise self._error(cause, "PutObject", key) from e
             raise StoreError(f"upload of {src} to s3://{self.bucket}/{self._k(key)} failed: {e}") from e
 
     def _fetch(self, key: str, dest: Path) -> None:

@@ -116,6 +116,11 @@ class LockedRun:
     def generation(self) -> int | None:
         return self.handle.generation if self.handle is not None else None
 
+    @property
+    def outages(self) -> Any:
+        """The store outages this run rode out (or that stopped it): the lock handle's record."""
+        return self._held().outages
+
     def acquire(self) -> str | None:
         """Take the lock; the refusal message when another run holds it (nothing is left behind)."""
         try:

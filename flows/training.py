@@ -60,7 +60,8 @@ def chronos_training(params: TrainingParams = TrainingParams()) -> dict[str, Any
         with phases("training"):
             run.transition("training")
             train_df, freq = split_for_training(cleaned, report.freq, params.evaluation)
-            run.chronos = train_chronos(spec, train_df, freq, run.guard, generation=run.generation, on_instance=run.record_instance)
+            run.chronos = train_chronos(spec, train_df, freq, run.guard, generation=run.generation, on_instance=run.record_instance,
+                                        outages=run.outages)
         families = [f for f in ("autoets", "theta", "prophet", "lightgbm") if f in params.evaluation.baselines]
         if families:
             with chunk_runner(params.compute) as runner:  # chunks of series as tasks: local or Dask

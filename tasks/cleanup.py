@@ -13,7 +13,7 @@ from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.config.params import TrainingParams
 from chronos_flows.training.cost import estimate_run_cost
-from chronos_flows.core.errors import ChronosFlowsError, LostLockError
+from chronos_flows.core.errors import ChronosFlowsError, LeaseExpiredError, LostLockError
 from chronos_flows.runstate.lock import LockHandle
 from chronos_flows.runstate.cleanup import run_cleanup
 from chronos_flows.runstate.cleanup import enter_cleanup
@@ -47,9 +47,16 @@ def cleanup_run(spec: RunSpec, handle: LockHandle, outcome: Mapping[str, Any], r
     """Always runs (success or failure): the final transitions through ``handle`` (passed by the
     flow, its only holder), the final training.json, the cleanup steps, the lock release.
     Idempotent: a retry skips what is already done."""
-    status, error, lost = outcome["status"], outcome.get("error"), False
+    status, error, lost, fenced = outcome["status"], outcome.get("error"), False, False
     try:
         status = enter_cleanup(handle, status, error=error)
+    except LeaseExpiredError as exc:
+        # the store was away past the lease: the run stopped itself. Its own records are written now
+        # (the store is back, or this task is retried until it is); the state file is released as a
+        # dead holder's, once the lease is surely over — unless another run took the lock meanwhile.
+        lost, fenced = True, True
+        status = "failed"
+        logger().error("%s; recording the failure and releasing the stale lock once the lease is over", exc)
     except LostLockError as exc:
         lost = True
         logger().error("%s; skipping the state-file updates (the new holder owns them)", exc)
@@ -58,6 +65,21 @@ def cleanup_run(spec: RunSpec, handle: LockHandle, outcome: Mapping[str, Any], r
     if cost is None and results.instance_seconds is not None:
         cost = estimate_run_cost(spec.params.compute.ec2, results.instance_seconds / 3600.0, "ec2")
     summary = build_summary(spec, status, error, results, cost, dict(phases))
+    outages = handle.outages.records()
+    if fenced:
+        handle.wait_out_lease()
+        reason = error or "the lease expired during a store outage"
+
+        def record_fenced(log: runlog.TrainingLog) -> None:  # idempotent: this task may be retried
+            if not (log.transitions and log.transitions[-1].status == "failed"
+                    and log.transitions[-1].details.get("reason") == reason):
+                log.transitions.append(runlog.Transition(status="failed", at=datetime.now(timezone.utc).isoformat(),
+                                                         details={"reason": reason}))
+            log.status, log.error, log.outages = "failed", reason, outages
+            log.ended_at = log.ended_at or datetime.now(timezone.utc).isoformat()
+            log.phases, log.summary = dict(phases), summary
+
+        runlog.update_training_log(spec.store, spec.env, spec.run_id, record_fenced)
     if not lost:
         log = runlog.load_training_log(spec.store, spec.env, spec.run_id)
         if log is not None:
@@ -70,6 +92,7 @@ def cleanup_run(spec: RunSpec, handle: LockHandle, outcome: Mapping[str, Any], r
                     "models": {k: v for k, v in results.models.items() if k in ("chronos", "autoets", "prophet")},
                     "summary": summary,
                     "cost_estimate": cost,
+                    "outages": outages,
                 }
             )
             runlog.save_training_log(spec.store, log)

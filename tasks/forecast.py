@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ from chronos_flows.forecasting.chunks import ChunkPlan, add_chunk, fail_chunk, f
 from chronos_flows.data.ingest import fingerprint, load_dataset
 from chronos_flows.models.base import Forecaster
 from chronos_flows.champion.registry import read_champion
-from chronos_flows.core.store import ObjectStore
+from chronos_flows.core.retry import OutageLog, retry_while
+from chronos_flows.core.store import ObjectStore, put_file, single_attempt
 from tasks.common import ON_TRANSIENT, Progress, image_markdown, logger, markdown_artifact, table_artifact
 from tasks.runners import chunk_runner
 
@@ -209,6 +211,11 @@ def _stream_chunks(runner: Any, plan: ChunkPlan, common: dict[str, Any], run: Fo
         logger().info("forecast: %d/%d series", done, plan.n_series)
 
 
+#: how long publishing waits through a store outage (retrying with backoff and jitter) before the
+#: step fails; the forecasts are made by then, so waiting is cheaper than redoing them
+PUBLISH_OUTAGE_SECONDS = 600.0
+
+
 @task(name="publish-forecasts", **ON_TRANSIENT)
 def publish(
     store: ObjectStore, params: ForecastParams, champion: dict[str, Any], inputs: ForecastInputs, report: CleaningReport,
@@ -219,11 +226,13 @@ def publish(
     marks a complete batch); publish the summary, the head of the table and plots as Prefect
     artifacts, from ``preview`` (the first rows and plotted series), never a read-back of the file."""
     prefix = layout.forecasts_prefix(params.env, forecast_id)
-    put_file = getattr(store, "put_file", None)
-    if put_file is not None:
-        put_file(f"{prefix}/forecasts.parquet", path)
-    else:  # a store without streaming uploads
-        store.put(f"{prefix}/forecasts.parquet", path.read_bytes())
+    # the forecasts are made: through a store outage they wait (backoff and jitter, for up to
+    # PUBLISH_OUTAGE_SECONDS) rather than the whole step failing
+    outages = OutageLog()
+    deadline = time.monotonic() + PUBLISH_OUTAGE_SECONDS
+    durable = partial(retry_while, alive=lambda: deadline - time.monotonic(), outages=outages)
+    writer = single_attempt(store)  # one attempt per request: the retries here, in time, decide
+    durable(lambda: put_file(writer, f"{prefix}/forecasts.parquet", path), what="forecasts.parquet")
     skipped = {**{k: f"dropped by cleaning: {v}" for k, v in report.dropped.items()}, **run.skipped}
     doc = {
         "schema_version": 1,
@@ -241,7 +250,12 @@ def publish(
         "skipped": skipped,
         "forecasts_uri": store.uri(f"{prefix}/forecasts.parquet"),
     }
-    store.put(f"{prefix}/forecast.json", json.dumps(doc, indent=2, default=str).encode())
+    if outages.records():
+        doc["store_outages"] = outages.records()
+    body = json.dumps(doc, indent=2, default=str).encode()
+    durable(lambda: writer.put(f"{prefix}/forecast.json", body), what="forecast.json")
+    for o in outages.records():
+        logger().warning("store unreachable for %.1f s while publishing (%s); waited, then wrote", o["seconds"] or 0, ", ".join(o["waited"]))
     logger().info("wrote %d forecasts (%d series) to %s", run.n_rows, run.n_series, store.uri(prefix))
 
     preview = preview or {}

@@ -18,7 +18,7 @@ from prefect import task
 from blocks.store import download_prefix
 from chronos_flows.core import layout
 from chronos_flows.training.specs import Guard, RunSpec, TrainedChronos, no_guard
-from chronos_flows.training.fit import fit_and_store, follow_instance, instance_info
+from chronos_flows.training.fit import fetch_model, fit_and_store, follow_instance, instance_info
 from tasks.common import ON_TRANSIENT, Progress, image_artifact, logger, markdown_artifact
 def _publish_training(spec: RunSpec, info: dict) -> None:
     if info.get("loss_curve_uri"):
@@ -43,11 +43,12 @@ def _not_recorded(**info: Any) -> None:
 
 @task(name="train-chronos", **{**ON_TRANSIENT, "retries": 2})
 def train_chronos(spec: RunSpec, train: pd.DataFrame, freq: str, guard: Guard = no_guard, *, generation: int | None = None,
-                  on_instance: Callable[..., None] = _not_recorded) -> TrainedChronos:
+                  on_instance: Callable[..., None] = _not_recorded, outages: Any = None) -> TrainedChronos:
     """Train Chronos on the training part with the configured compute backend. ``guard`` stops it
     when the run is killed or its lock lost; on EC2, ``on_instance(instance_id=...)`` names the
     instance as soon as it is launched and ``on_instance(instance_seconds=...)`` its billed time,
-    also when training fails (the flow's cleanup terminates it and prices it). Never cached."""
+    also when training fails (the flow's cleanup terminates it and prices it). Store outages during
+    training are recorded in ``outages`` (the lock handle's ``OutageLog``; training.json keeps it). Never cached."""
     if spec.params.compute.backend == "ec2":
         fitted, info = train_on_ec2(spec, guard, generation=generation, on_instance=on_instance)
     else:
@@ -63,6 +64,7 @@ def train_chronos(spec: RunSpec, train: pd.DataFrame, freq: str, guard: Guard = 
             report=lambda ev: bar.update(ev.get("step", 0), ev.get("max_steps", 0)),
             fetch_dir=lambda uri, dest: download_prefix(uri, dest),
             log=logger(),
+            outages=outages,
         )
     _publish_training(spec, info)
     return TrainedChronos(model=fitted, info=info)
@@ -98,7 +100,7 @@ def train_on_ec2(spec: RunSpec, guard: Guard = no_guard, *, generation: int | No
         instance_seconds = round(time.monotonic() - t_launch, 3)
         on_instance(instance_seconds=instance_seconds)
     info = instance_info(result, instance_id, cfg.instance_type, instance_seconds)
-    local = spec.workdir / "models" / "chronos"
-    spec.store.download_dir(layout.models_prefix(spec.env, spec.run_id, "chronos"), local)
+    local = fetch_model(spec.store, spec.env, spec.run_id, spec.workdir / "models" / "chronos", guard,
+                        spec.params.lock.lease_seconds)
     fitted = ChronosForecaster.load(local, spec.params.chronos, workdir=spec.workdir / "chronos")
     return fitted, info

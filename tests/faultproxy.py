@@ -10,7 +10,13 @@ per request (``None`` = forward normally); a fault can also be limited to matchi
 * ``"forward_drop"`` — forward, then close the connection without answering.
 * ``("delay", seconds)`` — wait, then forward.
 
-``.log`` records every request: (method, path, fault, upstream status or None if not forwarded).
+``.log`` records every request: (method, path, fault, upstream status or None if not forwarded);
+``.timed`` the same with the ``time.monotonic()`` at which the request was answered, first.
+
+``.outage(kind, seconds)`` starts a timed outage: every matching request in the next ``seconds``
+gets ``kind`` (``"503"`` or ``"drop"``); ``.outage_window`` is its (start, end) on ``time.monotonic``.
+``.outage_on(predicate, kind, seconds)`` starts it at the first request with ``predicate(method, path)``
+(that request is the first to fail).
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ class FaultProxy:
         self.faults: list = []
         self.match = lambda method, path: True
         self.log: list[tuple[str, str, object, int | None]] = []
+        self.timed: list[tuple[float, str, str, object, int | None]] = []
+        self.outage_window: tuple[float, float] | None = None
+        self._outage_kind: str | None = None
+        self._trigger: tuple | None = None
         self._lock = threading.Lock()
         proxy = self
 
@@ -116,8 +126,28 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def outage(self, kind: str, seconds: float) -> tuple[float, float]:
+        """From now on, for ``seconds``: every matching request gets ``kind`` (``"503"``, ``"drop"``)."""
+        with self._lock:
+            now = time.monotonic()
+            self._outage_kind = kind
+            self.outage_window = (now, now + seconds)
+            return self.outage_window
+
+    def outage_on(self, predicate, kind: str, seconds: float) -> None:
+        """Start ``outage(kind, seconds)`` at the first request matching ``predicate(method, path)``."""
+        with self._lock:
+            self._trigger = (predicate, kind, seconds)
+
     def _next_fault(self, method: str, path: str):
         with self._lock:
+            if self._trigger is not None and self.outage_window is None and self._trigger[0](method, path):
+                now = time.monotonic()
+                self._outage_kind = self._trigger[1]
+                self.outage_window = (now, now + self._trigger[2])
+            w = self.outage_window
+            if w is not None and w[0] <= time.monotonic() < w[1] and self.match(method, path):
+                return self._outage_kind
             if self.faults and self.match(method, path):
                 return self.faults.pop(0)
             return None
@@ -125,6 +155,7 @@ class FaultProxy:
     def _record(self, method: str, path: str, fault, status: int | None) -> None:
         with self._lock:
             self.log.append((method, path, fault, status))
+            self.timed.append((time.monotonic(), method, path, fault, status))
 
     def _forward(self, method: str, path: str, headers, body: bytes) -> tuple[int, dict, bytes]:
         conn = http.client.HTTPConnection(self.up_host, self.up_port, timeout=30)

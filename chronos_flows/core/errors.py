@@ -60,6 +60,11 @@ class LostLockError(ChronosFlowsError):
     exit_code = 1
 
 
+class LeaseExpiredError(LostLockError):
+    """The store stayed unreachable until this run's lease ran out: the run fenced itself off (it
+    stops and writes nothing more of its work; its cleanup runs once the store is back)."""
+
+
 class RunKilledError(ChronosFlowsError):
     """The run was marked ``killed`` by ``chronos-flows kill``."""
 

@@ -51,3 +51,23 @@ class ObjectStore(Protocol):
 
     def uri(self, key: str) -> str:
         """A URL a person or another tool can use for ``key`` (``file://...`` or ``s3://...``)."""
+
+
+def single_attempt(store: ObjectStore, timeout: float | None = None) -> ObjectStore:
+    """``store`` making one attempt per request, where it offers that (``S3Store.single_attempt()``:
+    the SDK's own retries off), else ``store`` itself: for callers that retry themselves against a
+    time budget (the lock's lease, the training upload queue), so that no SDK retry of a write is
+    sent after the caller has stopped. ``timeout`` bounds each request where the store can."""
+    make = getattr(store, "single_attempt", None)
+    if not callable(make):
+        return store
+    return make(timeout) if timeout is not None else make()
+
+
+def put_file(store: ObjectStore, key: str, src: Path) -> None:
+    """Write the local file ``src`` to ``key`` (streamed where the store can, else read whole)."""
+    put = getattr(store, "put_file", None)
+    if callable(put):
+        put(key, src)
+    else:
+        store.put(key, Path(src).read_bytes())

@@ -37,6 +37,7 @@ from chronos_flows.runstate import runlog
 from chronos_flows.core.errors import (
     BadInputError,
     ChronosFlowsError,
+    LeaseExpiredError,
     LockedError,
     LostLockError,
     PreconditionFailed,
@@ -45,6 +46,7 @@ from chronos_flows.core.errors import (
 )
 from chronos_flows.core.cas import Write, compare_and_swap
 from chronos_flows.core.clock import iso, utc_now
+from chronos_flows.core.retry import Backoff, OutageLog, retry_while
 from chronos_flows.runstate.statefile import (
     TERMINAL_STATES,
     InvalidTransition,
@@ -54,7 +56,7 @@ from chronos_flows.runstate.statefile import (
     read_state,
     write_transition,
 )
-from chronos_flows.core.store import ObjectStore
+from chronos_flows.core.store import ObjectStore, single_attempt
 
 
 SCHEMA_VERSION = 1
@@ -209,6 +211,7 @@ class RunLock:
     def _try_create(self, run_id: str, flow_run_id: str | None, info: dict | None) -> "LockHandle | None":
         counter = self._read_counter()
         state = self._new_state(run_id, counter + 1, flow_run_id, info)
+        sent = self.monotonic()  # the lease runs from when the write was sent, not when it returned
         try:
             etag = self.store.put_if_absent(self.key, dump_state(state))
         except PreconditionFailed:
@@ -218,7 +221,8 @@ class RunLock:
             if snap.run_id != run_id or snap.generation != state["generation"] or snap.state.get("seq") != 1:
                 raise self._locked(snap)
             etag = snap.etag  # our create landed (seen through a retry)
-        handle = LockHandle(self.store, self.env, state, etag, wall=self.wall)
+        handle = LockHandle(self.store, self.env, state, etag, wall=self.wall, monotonic=self.monotonic,
+                            renewed_at=sent, sleep=self.sleep)
         handle._claim_generation(self)
         return handle
 
@@ -235,6 +239,7 @@ class RunLock:
         )
         state = self._new_state(run_id, generation, flow_run_id, info,
                                 details={"takeover_of": prev["run_id"], "previous_generation": snap.generation})
+        sent = self.monotonic()
         try:
             etag = self.store.put_if_match(self.key, dump_state(state), snap.etag)
         except PreconditionFailed:
@@ -245,7 +250,8 @@ class RunLock:
                 etag = current.etag
             else:
                 raise self._locked(current) from None
-        handle = LockHandle(self.store, self.env, state, etag, wall=self.wall)
+        handle = LockHandle(self.store, self.env, state, etag, wall=self.wall, monotonic=self.monotonic,
+                            renewed_at=sent, sleep=self.sleep)
         handle._claim_generation(self)
         handle.previous = snap
         runlog.mark_failed(self.store, self.env, prev["run_id"], reason, at=self.wall(), generation=snap.generation)
@@ -253,10 +259,19 @@ class RunLock:
 
 
 class LockHandle:
-    """The holder's side of the lock. Thread-safe (the heartbeat thread shares it)."""
+    """The holder's side of the lock. Thread-safe (the heartbeat thread shares it).
+
+    **Store outages.** Every successful write renews the lease (from when it was sent, on this
+    process's monotonic clock). While the store fails transiently, writes through the handle
+    (transitions, info, training.json records) and the heartbeat keep retrying with backoff and
+    jitter for as long as the lease lasts — a check (:meth:`check`) keeps answering from what the
+    handle last saw; once the lease (minus a safety margin) has run out with the store still away,
+    the handle fences itself: :class:`LeaseExpiredError` from then on, no further write. Each
+    outage (start, end, what waited) is kept in :attr:`outages` for ``training.json``."""
 
     def __init__(self, store: ObjectStore, env: str, state: dict, etag: str,
-                 wall: Callable[[], datetime] = utc_now) -> None:
+                 wall: Callable[[], datetime] = utc_now, *, monotonic: Callable[[], float] = time.monotonic,
+                 renewed_at: float | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.store = store
         self.env = env
         self.key = layout.state_key(env)
@@ -266,8 +281,22 @@ class LockHandle:
         self.released = False
         self.previous: StateSnapshot | None = None
         self._mutex = threading.RLock()
+        self._fence_lock = threading.Lock()
+        #: see :attr:`_io`: one attempt per request, so the lease-bounded retries here decide, not the SDK's
+        self._io_store: ObjectStore | None = None
         self._fatal: ChronosFlowsError | None = None
         self._thread_error: BaseException | None = None
+        self.monotonic = monotonic
+        self.sleep = sleep
+        try:
+            self.lease_seconds = float(self.state.get("lease_seconds") or 120.0)
+        except (TypeError, ValueError):
+            self.lease_seconds = 120.0
+        #: the run stops writing this long before its lease runs out (a write in flight must land in time)
+        self.fence_margin = min(0.1 * self.lease_seconds, 5.0)
+        self._renewed_at = monotonic() if renewed_at is None else renewed_at
+        self._beating = False
+        self.outages = OutageLog(wall=wall, monotonic=monotonic)
 
     @classmethod
     def from_snapshot(cls, store: ObjectStore, env: str, snap: StateSnapshot,
@@ -290,6 +319,56 @@ class LockHandle:
     def __repr__(self) -> str:
         return f"LockHandle(run_id={self.run_id!r}, generation={self.generation}, status={self.status!r})"
 
+    @property
+    def _io(self) -> ObjectStore:
+        """The store the handle's own requests go through (made on first use: a new SDK client
+        costs CPU): one attempt each, bounded by the fence margin (at least 1 s), so a request that
+        hangs cannot land long after the lease."""
+        if self._io_store is None:
+            self._io_store = single_attempt(self.store, timeout=min(max(self.fence_margin, 1.0), 30.0))
+        return self._io_store
+
+    # -- the lease under store outages -------------------------------------------------------------
+    def lease_left(self) -> float:
+        """Seconds this holder may still write: its lease from the last successful write, minus the
+        safety margin (<= 0: it must stop)."""
+        return self._renewed_at + self.lease_seconds - self.fence_margin - self.monotonic()
+
+    def _expire(self, what: str, error: BaseException | str) -> LeaseExpiredError:
+        """Fence the handle off: the lease ran out while the store was unreachable."""
+        with self._fence_lock:  # not the write mutex: a check must never wait for a write in flight
+            if isinstance(self._fatal, LeaseExpiredError):
+                return self._fatal
+            outage = self.outages.records()[-1:] or [{}]
+            err = LeaseExpiredError(
+                f"run {self.run_id} (generation {self.generation}) stopped: the store was unreachable since "
+                f"{outage[0].get('start', '?')} ({what}: {error}) and its lease of {self.lease_seconds:g}s ran out; "
+                f"it writes nothing more (its cleanup runs once the store is back; resume with "
+                f"`chronos-flows run --resume {self.run_id}`)"
+            )
+            self._fatal = err
+            self.outages.close("lease expired: run stopped")
+            return err
+
+    def _lease_alive(self) -> float:
+        """For :func:`retry_while`: raise if fenced or lost, else the seconds of lease left."""
+        if isinstance(self._fatal, LostLockError):
+            raise self._fatal
+        return self.lease_left()
+
+    def _durable(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn`` retried through transient store errors for as long as the lease lasts; then fenced."""
+        return retry_while(fn, what=what, alive=self._lease_alive, outages=self.outages,
+                           backoff=Backoff(base=min(1.0, self.lease_seconds / 20.0), cap=max(self.lease_seconds / 4.0, 0.05)),
+                           sleep=self.sleep, on_give_up=lambda e: self._expire(what, e))
+
+    def wait_out_lease(self) -> None:
+        """Sleep until the lease this handle last renewed has surely expired (after fencing: then
+        a contender, or the run's own cleanup, may treat the state file as stale)."""
+        left = self._renewed_at + self.lease_seconds - self.monotonic()
+        if left > 0:
+            self.sleep(left + 0.05)
+
     # -- core CAS write --------------------------------------------------------------------------
     def _lost(self, current: StateSnapshot | None) -> LostLockError:
         if current is None:
@@ -303,8 +382,9 @@ class LockHandle:
         return err
 
     def _write(self, mutate: Callable[[dict], None]) -> None:
-        """CAS-write a modified copy of the state (not its status). Raises RunKilledError / LostLockError."""
-        self._fenced(lambda: self._put(mutate))
+        """CAS-write a modified copy of the state (not its status), retried through a store outage
+        while the lease lasts. Raises RunKilledError / LostLockError / LeaseExpiredError."""
+        self._durable("state-file write", lambda: self._fenced(lambda: self._put(mutate)))
 
     def _fenced(self, attempt: Callable[[], None]) -> None:
         """Run one write ``attempt`` conditional on the ETag this handle holds; after a lost
@@ -315,14 +395,20 @@ class LockHandle:
                 raise self._fatal
             if self.released:
                 raise LostLockError(f"run {self.run_id} already released the lock; it must stop writing")
+            if self.outages.active and self.lease_left() <= 0:
+                raise self._expire("state-file write", "store unreachable")
+            sent = self.monotonic()
             try:
                 attempt()
+                self._renewed_at = sent
                 return
             except PreconditionFailed:
                 self._adopt_after_lost_cas()
                 # Changed but not killed (should not happen): retry once on the adopted version.
+                sent = self.monotonic()
                 try:
                     attempt()
+                    self._renewed_at = sent
                 except PreconditionFailed:
                     self._adopt_after_lost_cas()
                     raise TransientStoreError(f"state file {self.store.uri(self.key)} keeps changing; retry") from None
@@ -333,13 +419,13 @@ class LockHandle:
         mutate(new)
         new["seq"] = int(new.get("seq", 0)) + 1
         new["updated_at"] = iso(self.wall())
-        self.etag = self.store.put_if_match(self.key, dump_state(new), self.etag)
+        self.etag = self._io.put_if_match(self.key, dump_state(new), self.etag)
         self.state = new
 
     def _adopt_after_lost_cas(self) -> None:
         """Re-read after a lost CAS: another run/generation or gone → LostLockError; still ours but
         changed by someone else → adopt it, and raise RunKilledError if it now says ``killed``."""
-        current = read_state(self.store, self.env)
+        current = read_state(self._io, self.env)
         if current is None or current.run_id != self.run_id or current.generation != self.generation:
             raise self._lost(current) from None
         self.state, self.etag = dict(current.state), current.etag
@@ -366,13 +452,17 @@ class LockHandle:
         touched (:meth:`record_transition` appends it)."""
         with self._mutex:
             check_transition(self.status, status)
+        tries = [0]
 
-            def attempt() -> None:
-                snap = write_transition(self.store, self.env, self.run_id, status, details,
-                                        held=StateSnapshot(self.state, self.etag), record=False, wall=self.wall)
-                self.state, self.etag = snap.state, snap.etag
+        def attempt() -> None:
+            if tries[0] and self.status == status:
+                return  # an earlier try landed (its reply was lost) and was adopted
+            tries[0] += 1
+            snap = write_transition(self._io, self.env, self.run_id, status, details,
+                                    held=StateSnapshot(self.state, self.etag), record=False, wall=self.wall)
+            self.state, self.etag = snap.state, snap.etag
 
-            self._fenced(attempt)
+        self._durable(f"transition to {status}", lambda: self._fenced(attempt))
 
     def record_transition(self, status: str, *, killed_ok: bool = False, **details: Any) -> None:
         """The one writer of a run's transition: move the state file to ``status`` (CAS), then
@@ -389,7 +479,15 @@ class LockHandle:
     def record_status(self, details: dict[str, Any] | None = None) -> None:
         """Append the handle's current status, at the state file's ``updated_at``, to the run's
         ``training.json`` (created if missing); e.g. ``initialization`` right after acquiring."""
-        runlog.record_transition(self.store, self.env, self.run_id, self.status, self.state["updated_at"], dict(details or {}))
+        status, at = self.status, self.state["updated_at"]
+        done = [False]
+
+        def record() -> None:
+            if not done[0]:
+                runlog.record_transition(self._io, self.env, self.run_id, status, at, dict(details or {}))
+                done[0] = True
+
+        self._durable(f"training.json record of {status}", record)
 
     def fail(self, reason: str, **details: Any) -> None:
         """Move to ``failed`` unless already failed/killed/cleanup (then do nothing)."""
@@ -402,8 +500,19 @@ class LockHandle:
                 pass  # the file now says killed: that is terminal too
 
     def heartbeat(self) -> None:
+        """Renew the lease, retrying through a store outage for as long as the lease lasts."""
         at = iso(self.wall())
-        self._write(lambda s: s.__setitem__("heartbeat_at", at))
+        self._durable("heartbeat", lambda: self._beat_once(at))
+
+    def _beat_once(self, at: str | None = None) -> None:
+        at = at or iso(self.wall())
+
+        def attempt() -> None:
+            if self.state.get("heartbeat_at") == at:
+                return  # an earlier try landed (its reply was lost) and was adopted
+            self._put(lambda s: s.__setitem__("heartbeat_at", at))
+
+        self._fenced(attempt)
 
     def update_info(self, **info: Any) -> None:
         self._write(lambda s: s.setdefault("info", {}).update(info))
@@ -432,45 +541,80 @@ class LockHandle:
 
     def check(self, refresh: bool = True) -> None:
         """Raise :class:`RunKilledError` if the run was killed, :class:`LostLockError` if the lock was
-        taken over or removed. ``refresh`` re-reads the state file (one GET)."""
-        with self._mutex:
-            if isinstance(self._fatal, LostLockError):
-                raise self._fatal
-            if refresh and not self.released:
-                current = read_state(self.store, self.env)
+        taken over or removed. ``refresh`` re-reads the state file (one GET).
+
+        Through a store outage it answers from what the handle last saw while the lease lasts (while
+        the heartbeat thread retries, without reading: the caller never waits on the store), and
+        raises :class:`LeaseExpiredError` once the lease has run out with the store still away."""
+        if isinstance(self._fatal, LostLockError):
+            raise self._fatal
+        expired = not self.released and self.lease_left() <= 0
+        if expired and self.outages.active:
+            raise self._expire("lock check", "store unreachable")
+        # not renewed for a lease with the store seemingly fine (e.g. this process was paused): look
+        if (refresh or (expired and self._beating)) and not self.released and not (self._beating and self.outages.active):
+            try:
+                current = read_state(self._io, self.env)
+            except TransientStoreError as e:
+                self.outages.failed("lock check", e)
+                if self.lease_left() <= 0:
+                    raise self._expire("lock check", e) from e
+            else:
+                if self.outages.active and not self._beating:
+                    self.outages.recovered()
                 if current is None or current.run_id != self.run_id or current.generation != self.generation:
                     raise self._lost(current)
-                if current.etag != self.etag:
-                    self.state, self.etag = dict(current.state), current.etag
-            if self.status == "killed":
-                raise RunKilledError(self._killed_message())
+                # adopt a newer version (a kill from outside); never wait for a write in flight
+                if current.etag != self.etag and self._mutex.acquire(timeout=0.05):
+                    try:
+                        if int(current.state.get("seq", 0)) >= int(self.state.get("seq", 0)):
+                            self.state, self.etag = dict(current.state), current.etag
+                    finally:
+                        self._mutex.release()
+        if self.status == "killed":
+            raise RunKilledError(self._killed_message())
 
     @contextlib.contextmanager
     def heartbeat_thread(self, interval: float) -> Iterator["LockHandle"]:
         """Renew the lease every ``interval`` seconds in a background thread while the block runs.
         A kill or a lost lock is remembered for :meth:`check`; a lost lock stops the thread."""
         stop = threading.Event()
+        backoff = Backoff(base=min(1.0, interval / 4.0), cap=interval)
 
         def loop() -> None:
-            while not stop.wait(interval):
+            delay = interval
+            while not stop.wait(delay):
                 try:
                     if self.released:
                         return
-                    self.heartbeat()
+                    self._beat_once()
+                    delay = interval
+                    backoff.reset()
+                    self.outages.recovered()
                 except RunKilledError:
+                    delay = interval
                     continue  # adopted; keep the lease alive through the cleanup
                 except LostLockError:
                     return
-                except (TransientStoreError, PreconditionFailed) as e:  # retry at the next tick
+                except (TransientStoreError, PreconditionFailed) as e:
+                    # the store is away: retry with backoff until the lease would run out, then fence
                     self._thread_error = e
+                    self.outages.failed("heartbeat", e)
+                    left = self.lease_left()
+                    if left <= 0:
+                        self._expire("heartbeat", e)
+                        return
+                    delay = min(backoff.next(), left)
                 except BaseException as e:  # noqa: BLE001 — remembered and surfaced by check()
                     self._thread_error = e
                     return
 
         t = threading.Thread(target=loop, name=f"chronos-heartbeat-{self.run_id}", daemon=True)
+        self._beating = True
         t.start()
         try:
             yield self
         finally:
             stop.set()
             t.join(timeout=max(5.0, interval * 2))
+            self._beating = False

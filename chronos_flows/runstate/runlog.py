@@ -56,6 +56,8 @@ class TrainingLog(_Model):
     summary: dict[str, Any] = Field(default_factory=dict)
     #: the failed or killed run this attempt continues (``run --resume``); its own record is untouched
     resumed_from: Optional[str] = None
+    #: store outages during the run: start, end, seconds, what waited (``waited``), failures, first error
+    outages: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class CleanupStep(BaseModel):

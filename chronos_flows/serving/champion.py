@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from chronos_flows.core import layout
-from chronos_flows.core.errors import BadInputError
+from chronos_flows.core.errors import BadInputError, TransientStoreError
+from chronos_flows.core.retry import OutageLog
 from chronos_flows.champion.registry import normalize
 from chronos_flows.serving.schema import MIN_OBSERVATIONS
 
@@ -83,6 +84,8 @@ class ChampionHolder:
         self._failed: dict[str, float] = {}  # etag -> when its load failed
         self.last_error: Optional[str] = None
         self.swaps = 0
+        #: store outages the poll rode out (the loaded champion kept serving through each)
+        self.outages = OutageLog()
 
     @property
     def current(self) -> Optional[LoadedChampion]:
@@ -140,6 +143,12 @@ class ChampionHolder:
         while not self._stop.is_set():
             try:
                 self.check()
+                self.outages.recovered()
+            except TransientStoreError as exc:  # an outage: keep serving what is loaded, keep polling
+                if not self.outages.active:
+                    logger.warning("store unreachable (%s); still serving %s, polling every %.1fs", exc,
+                                   self._current.run_id if self._current else "nothing", self.poll_seconds)
+                self.outages.failed("champion poll", exc)
             except Exception:  # noqa: BLE001 - store hiccups: log, keep polling
                 logger.exception("checking the champion failed; retrying in %.1fs", self.poll_seconds)
             self._stop.wait(self.poll_seconds)

@@ -23,15 +23,34 @@ import pandas as pd
 from chronos_flows.core import layout
 from chronos_flows.runstate import runlog
 from chronos_flows.config.params import TrainingParams
-from chronos_flows.core.errors import LostLockError, TrainingError
-from chronos_flows.core.store import ObjectStore
+from chronos_flows.core.errors import LeaseExpiredError, LostLockError, TrainingError, TransientStoreError
+from chronos_flows.core.retry import OutageLog
+from chronos_flows.core.store import ObjectStore, put_file, single_attempt
 from chronos_flows.training.specs import Guard
+from chronos_flows.training.uploads import UploadQueue
 
 Report = Callable[[dict], None]
 FetchDir = Callable[[str, Path], Any]
 Log = Union[logging.Logger, logging.LoggerAdapter]
 
 _LOG = logging.getLogger("chronos_flows.training.fit")
+
+
+def upload_dir_fenced(store: ObjectStore, local_dir: Path, prefix: str, guard: Guard, done: set[str] | None = None) -> list[str]:
+    """Every file under ``local_dir`` to ``prefix/<relative path>``, checking ``guard(False)``
+    before each (a run fenced off mid-directory sends nothing more). Files in ``done`` (keys of an
+    earlier, interrupted try) are skipped; each landed key is added to it."""
+    done = set() if done is None else done
+    keys = []
+    for src in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+        key = f"{prefix}/{src.relative_to(local_dir).as_posix()}"
+        keys.append(key)
+        if key in done:
+            continue
+        guard(False)
+        put_file(store, key, src)
+        done.add(key)
+    return keys
 
 
 def unsynced_checkpoints(local_dir: Path, synced: Any) -> list[Path]:
@@ -43,38 +62,80 @@ def unsynced_checkpoints(local_dir: Path, synced: Any) -> list[Path]:
 
 
 class CheckpointSync:
-    """Mirror new local checkpoints into the store's ``checkpoints/`` (fenced by ``guard``)."""
+    """Mirror new local checkpoints into the store's ``checkpoints/`` (fenced by ``guard``).
+
+    With a ``queue`` (:class:`~chronos_flows.training.uploads.UploadQueue`) the uploads run in the
+    background, retried through store outages, and a local checkpoint is pruned only once its
+    upload is confirmed (``.uploaded/<name>``); without one they run inline."""
 
     def __init__(self, store: ObjectStore, env: str, run_id: str, local_dir: Path, guard: Guard,
-                 resume_from: str | None = None, log: Log | None = None) -> None:
+                 resume_from: str | None = None, log: Log | None = None, queue: UploadQueue | None = None) -> None:
         self.store = store
         self.local_dir = local_dir
         self.guard = guard
         self.log = log or _LOG
+        self.queue = queue
         self.prefix = layout.checkpoints_prefix(env, run_id)
         #: where earlier checkpoints come from: this run's own, or the run it resumes
         self.source = layout.checkpoints_prefix(env, resume_from) if resume_from else self.prefix
         self.synced: set[str] = set()
+        self.queued: set[str] = set()
+        #: queued uploads go through this: one attempt per request, the queue retries (no SDK retry
+        #: of a write is sent after the run was fenced off)
+        self.writer = single_attempt(store) if queue is not None else store
+        self._landed: set[str] = set()
+        if queue is not None:
+            from chronos_flows.models.chronos.checkpoints import UPLOADED_DIR
+
+            (local_dir / UPLOADED_DIR).mkdir(parents=True, exist_ok=True)
 
     def restore(self) -> int:
         """Download the stored checkpoints (of this run, or of the run it resumes); training
         continues from the newest. Restored checkpoints are also copied under this run's own prefix,
         so this attempt's record is complete on its own."""
-        if self.store.list(self.source + "/"):
-            self.store.download_dir(self.source, self.local_dir)
-            restored = {p.name for p in self.local_dir.iterdir() if p.is_dir()}
-            if self.source != self.prefix:
-                self.synced = set()
-                self()  # copy them to this run's prefix (fenced like every other write)
-            self.synced = restored
-        return len(self.synced)
+        keys = self.store.list(self.source + "/")
+        if not keys:
+            return 0
+        self.store.download_dir(self.source, self.local_dir)
+        # what the store holds (a local checkpoint of an earlier attempt whose upload was never
+        # confirmed is not among them: the next sync uploads it)
+        restored = {k[len(self.source) + 1:].split("/", 1)[0] for k in keys}
+        if self.source != self.prefix:
+            self()  # copy them to this run's prefix (fenced like every other write)
+            if self.queue is not None:
+                self.queue.drain()
+        self.synced |= restored
+        if self.queue is not None:
+            from chronos_flows.models.chronos.checkpoints import mark_uploaded
+
+            for name in restored:
+                mark_uploaded(self.local_dir, name)
+        return len(restored)
 
     def __call__(self) -> None:
-        for ckpt in unsynced_checkpoints(self.local_dir, self.synced):
-            self.guard(True)  # a holder that lost the lock must not write
+        """Upload the checkpoints not in the store yet: queued (returns at once) or inline."""
+        if self.queue is not None:
+            self.queue.raise_if_failed()
+        for ckpt in unsynced_checkpoints(self.local_dir, self.synced | self.queued):
+            if self.queue is None:
+                self.guard(True)  # a holder that lost the lock must not write
+                self._upload(ckpt)
+            else:
+                self.queued.add(ckpt.name)
+                self.queue.submit(f"checkpoint {ckpt.name}", lambda c=ckpt: self._upload(c, fenced=True))
+
+    def _upload(self, ckpt: Path, fenced: bool = False) -> None:
+        if fenced:
+            self.guard(True)  # checked again right before each attempt (the queue retries)
+            upload_dir_fenced(self.writer, ckpt, f"{self.prefix}/{ckpt.name}", self.guard, self._landed)
+        else:
             self.store.upload_dir(ckpt, f"{self.prefix}/{ckpt.name}")
-            self.synced.add(ckpt.name)
-            self.log.info("checkpoint %s synced to %s", ckpt.name, self.store.uri(f"{self.prefix}/{ckpt.name}"))
+        self.synced.add(ckpt.name)
+        if self.queue is not None:
+            from chronos_flows.models.chronos.checkpoints import mark_uploaded
+
+            mark_uploaded(self.local_dir, ckpt.name)
+        self.log.info("checkpoint %s synced to %s", ckpt.name, self.store.uri(f"{self.prefix}/{ckpt.name}"))
 
 
     def prune(self, policy: str, best_step: int | None) -> list[str]:
@@ -113,7 +174,9 @@ class TrainProgress:
         now = time.monotonic()
         step, total = ev.get("step", 0), ev.get("max_steps", 0)
         due = now - self.last >= self.every_s or (bool(total) and step >= total)
-        self.guard(due)  # raises RunKilledError / LostLockError: training stops
+        self.guard(due)  # raises RunKilledError / LostLockError (or LeaseExpiredError): training stops
+        if self.sync.queue is not None:
+            self.sync.queue.raise_if_failed()
         if not due:
             return
         self.last = now
@@ -143,37 +206,57 @@ def fit_and_store(
     report: Report,
     fetch_dir: FetchDir,
     log: Log | None = None,
+    outages: OutageLog | None = None,
+    progress_every_s: float = 5.0,
 ) -> tuple[Any, dict]:
-    """Fine-tune (or load zero-shot) Chronos; checkpoints and the model go to the run's store paths."""
+    """Fine-tune (or load zero-shot) Chronos; checkpoints and the model go to the run's store paths.
+
+    Store writes during training go through a background :class:`UploadQueue` (retried through
+    outages for as long as ``guard`` lets the run write, at most ``lock.lease_seconds`` of failing);
+    the loop waits on them only at the end, before the model is stored. Outages are recorded in
+    ``outages`` (the lock handle's, so ``training.json`` has them) and in the returned info."""
     from chronos_flows.models.chronos.forecasters import ChronosForecaster
 
     log = log or _LOG
+    outages = outages if outages is not None else OutageLog()
     ckpt_dir = workdir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    sync = CheckpointSync(store, params.env, run_id, ckpt_dir, guard, resume_from=params.resume_from, log=log)
-    restored = sync.restore()
-    if restored:
-        log.info("resuming from %d stored checkpoint(s) of run %s", restored, params.resume_from or run_id)
-    forecaster = ChronosForecaster(
-        params.chronos,
-        workdir=workdir / "chronos",
-        checkpoint_dir=ckpt_dir,
-        progress=TrainProgress(guard, sync, report, log=log),
-        fetch_dir=fetch_dir,
-    )
-    t0 = time.monotonic()
-    fitted = forecaster.fit(train, freq, params.evaluation.horizon)
-    fit_s = time.monotonic() - t0
-    sync()
-    sync.prune(params.chronos.keep_checkpoints, fitted.info.get("best_step"))
-    info = _store_model(params.env, store, run_id, workdir, fitted, guard,
-                        {"fit_seconds": round(fit_s, 3), "resumed_checkpoints": restored})
+    queue = UploadQueue(guard, outages=outages, budget_seconds=params.lock.lease_seconds, log=log)
+    try:
+        sync = CheckpointSync(store, params.env, run_id, ckpt_dir, guard, resume_from=params.resume_from, log=log,
+                              queue=queue)
+        restored = sync.restore()
+        if restored:
+            log.info("resuming from %d stored checkpoint(s) of run %s", restored, params.resume_from or run_id)
+        forecaster = ChronosForecaster(
+            params.chronos,
+            workdir=workdir / "chronos",
+            checkpoint_dir=ckpt_dir,
+            progress=TrainProgress(guard, sync, report, every_s=progress_every_s, log=log),
+            fetch_dir=fetch_dir,
+        )
+        t0 = time.monotonic()
+        fitted = forecaster.fit(train, freq, params.evaluation.horizon)
+        fit_s = time.monotonic() - t0
+        sync()
+        if queue.pending:
+            log.info("training done; waiting for %d upload(s) to land: %s", len(queue.pending), ", ".join(queue.pending))
+        queue.drain()
+        best_step = fitted.info.get("best_step")
+        queue.submit("prune checkpoints", lambda: sync.prune(params.chronos.keep_checkpoints, best_step))
+        queue.drain()
+        info = _store_model(params.env, store, run_id, workdir, fitted, guard,
+                            {"fit_seconds": round(fit_s, 3), "resumed_checkpoints": restored}, queue=queue)
+    finally:
+        queue.close()
+    if outages.records():
+        info["store_outages"] = outages.records()
     log.info("chronos model saved to %s after %.1f s of fitting", info["uri"], fit_s)
     return fitted, info
 
 
 def _store_model(env: str, store: ObjectStore, run_id: str, workdir: Path, fitted: Any, guard: Guard,
-                 extra: dict[str, Any]) -> dict:
+                 extra: dict[str, Any], queue: UploadQueue | None = None) -> dict:
     """Save the fitted model (and its loss curve, if it trained) under the run's store paths;
     returns its info with ``extra``, the store URIs last."""
     from chronos_flows.models.chronos.forecasters import plot_loss_curve
@@ -186,14 +269,23 @@ def _store_model(env: str, store: ObjectStore, run_id: str, workdir: Path, fitte
     history = getattr(fitted, "training_history", None) or []
     guard(True)
     prefix = layout.models_prefix(env, run_id, "chronos")
-    store.upload_dir(model_dir, prefix)
+    writer = single_attempt(store) if queue is not None else store
+    landed: set[str] = set()
+    writes: list[tuple[str, Callable[[], Any]]] = [("model", lambda: upload_dir_fenced(writer, model_dir, prefix, guard, landed))]
     info["uri"] = store.uri(prefix)
     if history:
         curve = workdir / "loss_curve.png"
         plot_loss_curve(history, curve)
         key = f"{layout.evaluation_prefix(env, run_id)}/loss_curve.png"
-        store.put(key, curve.read_bytes())
+        writes.append(("loss curve", lambda: writer.put(key, curve.read_bytes())))
         info["loss_curve_uri"] = store.uri(key)
+    for name, write in writes:  # the final model must land: retried through an outage while the lease lasts
+        if queue is None:
+            write()
+        else:
+            queue.submit(name, write)
+    if queue is not None:
+        queue.drain()
     return info
 
 
@@ -223,15 +315,22 @@ def follow_instance(
     log: Log | None = None,
 ) -> dict:
     """Poll the instance's result.json / progress.json and its EC2 state (``ec2.describe``) until
-    it finishes; ``check()`` raises when this run may no longer wait (killed, lock lost)."""
+    it finishes; ``check()`` raises when this run may no longer wait (killed, lock lost, or — through
+    a store outage — its lease ran out). A poll that fails transiently is skipped: the instance keeps
+    training meanwhile, and relaunching it (a retried step) would start over."""
     log = log or _LOG
     last_step = None
     while True:
         check()
-        doc = read_instance_result(store, env, run_id)
+        try:
+            doc = read_instance_result(store, env, run_id)
+            prog = store.get(layout.instance_progress_key(env, run_id)) if doc is None else None
+        except TransientStoreError as e:
+            log.warning("instance %s: store unreachable (%s); still waiting while the lease lasts", instance_id, e)
+            time.sleep(poll_seconds)
+            continue
         if doc is not None:
             return doc
-        prog = store.get(layout.instance_progress_key(env, run_id))
         if prog is not None:
             ev = json.loads(prog[0])
             report(ev)
@@ -247,6 +346,24 @@ def follow_instance(
         if time.monotonic() > deadline:
             raise TrainingError(f"instance {instance_id} exceeded compute.ec2.max_runtime_minutes; it shuts itself down")
         time.sleep(poll_seconds)
+
+
+def fetch_model(store: ObjectStore, env: str, run_id: str, dest: Path, guard: Guard, budget_seconds: float,
+                outages: OutageLog | None = None) -> Path:
+    """Download the model the instance stored for ``run_id`` into ``dest``, retrying through a store
+    outage (backoff and jitter) while ``guard`` passes, for at most ``budget_seconds`` (the lease):
+    a failed download must not fail the step, whose retry would launch a new instance."""
+    from chronos_flows.core.retry import retry_while
+
+    deadline = time.monotonic() + budget_seconds
+
+    def alive() -> float:
+        guard(False)  # fenced / killed / lost: stop waiting
+        return deadline - time.monotonic()
+
+    retry_while(lambda: store.download_dir(layout.models_prefix(env, run_id, "chronos"), dest),
+                what="model download", alive=alive, outages=outages)
+    return dest
 
 
 def instance_info(result: dict, instance_id: str, instance_type: str, instance_seconds: float) -> dict:
@@ -286,16 +403,32 @@ def train_on_instance(store: ObjectStore, env: str, run_id: str, *, fetch_dir: F
     freq = CleaningReport.model_validate(json.loads(report_raw[0])).freq
     train, _ = split_for_training(cleaned, freq, params.evaluation)
     generation = record.generation
+    lease = float(params.lock.lease_seconds)
+    last_ok = [time.monotonic()]
 
     def guard(refresh: bool) -> None:
         if not refresh:
+            if time.monotonic() - last_ok[0] >= lease:
+                raise LeaseExpiredError(f"run {run_id}: the state file was unreadable for a whole lease "
+                                        f"({lease:g}s); this instance cannot tell it still owns the training step; stopping")
             return
-        snap = read_state(store, env)
+        try:
+            snap = read_state(store, env)
+        except TransientStoreError as e:
+            # the store is away: keep training on what was last seen, for as long as a lease
+            if time.monotonic() - last_ok[0] >= lease:
+                raise LeaseExpiredError(f"run {run_id}: the state file was unreadable for a whole lease "
+                                        f"({lease:g}s): {e}; stopping") from e
+            return
+        last_ok[0] = time.monotonic()
         if snap is None or snap.run_id != run_id or (generation is not None and snap.generation != generation) or snap.status != "training":
             raise LostLockError(f"run {run_id} (generation {generation}) no longer owns the training step; stopping")
 
     def report(ev: dict) -> None:
-        store.put(layout.instance_progress_key(env, run_id), json.dumps(ev, default=str).encode())
+        try:
+            store.put(layout.instance_progress_key(env, run_id), json.dumps(ev, default=str).encode())
+        except TransientStoreError as e:  # progress is best effort: the next report replaces it
+            (log or _LOG).warning("progress not written (store unreachable: %s); training goes on", e)
 
     workdir = Path(tempfile.mkdtemp(prefix=f"chronos-flows-instance-{run_id}-"))
     try:

@@ -121,9 +121,26 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+#: under a checkpoint directory with an uploader attached: one empty file per checkpoint whose
+#: upload to the store is confirmed (``chronos_flows.training.fit.CheckpointSync`` writes them)
+UPLOADED_DIR = ".uploaded"
+
+
+def mark_uploaded(checkpoint_dir: Path, name: str) -> None:
+    """Record that checkpoint ``name`` is safely in the store (it may now be pruned locally)."""
+    d = Path(checkpoint_dir) / UPLOADED_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).touch()
+
+
 def prune_local(checkpoint_dir: Path, keep: int = 2) -> None:
-    """Keep the newest ``keep`` local checkpoints (the store keeps what ``checkpoints_to_keep`` says)."""
+    """Keep the newest ``keep`` local checkpoints (the store keeps what ``checkpoints_to_keep`` says).
+    With an uploader attached (``.uploaded/`` exists) an older checkpoint whose upload is not
+    confirmed yet is kept too: through a store outage it is the only copy."""
+    uploaded = Path(checkpoint_dir) / UPLOADED_DIR
     for old in list_checkpoints(checkpoint_dir)[:-keep]:
+        if uploaded.is_dir() and not (uploaded / old.name).exists():
+            continue
         shutil.rmtree(old, ignore_errors=True)
 
 
