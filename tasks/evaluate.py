@@ -178,7 +178,8 @@ def evaluate(
         from chronos_flows.evaluation.ensemble import add_ensemble
 
         result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=["chronos", *spec.params.evaluation.baselines],
-                              gate_metric=spec.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(spec.params.evaluation))
+                              gate_metric=spec.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(spec.params.evaluation),
+                              shrinkage=spec.params.evaluation.ensemble_shrinkage)
     out = spec.workdir / "evaluation"
     paths = write_outputs(result, out, history=history[["unique_id", "ds", "y"]], plot_series=spec.params.evaluation.plot_series)
     guard()

@@ -202,9 +202,21 @@ class EvaluationConfig(Frozen):
     ensemble: bool = Field(
         True,
         title="Weighted ensemble",
-        description="Also build a weighted ensemble of Chronos and the baselines (greedy forward selection, Caruana "
-        "2004) as a champion candidate. Its weights are fitted on one extra backtest window before the judging "
-        "windows, and every model is then ranked on the judging windows only.",
+        description="Also build a weighted ensemble of Chronos and the baselines (greedy forward selection with "
+        "replacement, Caruana 2004) as a champion candidate. The backtest runs one extra window before the judging "
+        "windows; the champion's weights are fitted on the out-of-fold forecasts of all windows, the ensemble's "
+        "score on each judging window uses weights fitted without that window (nested), and every model is "
+        "ranked on the judging windows only.",
+    )
+    ensemble_shrinkage: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        title="Ensemble shrinkage",
+        description="Share of the ensemble's weight moved from the greedy weights to the member that is best alone "
+        "on the same windows (0 = pure greedy selection, 1 = the best single member). The gate metrics are convex "
+        "in the combined forecast, so the ensemble's loss is at most (1 - shrinkage) x the greedy ensemble's plus "
+        "shrinkage x the best member's.",
     )
 
     @field_validator("baselines")
