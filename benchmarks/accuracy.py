@@ -136,7 +136,7 @@ def bench_panel(name: str, n_series: int, windows: int, prophet: bool, n_jobs: i
     g = out["gain_vs_best_single"]
     print(f"ensemble vs best single ({best}): pooled WQL {_gain(g['wql_pooled'])}, mean WQL {_gain(g['wql'])}, MASE {_gain(g['mase'])}"
           f"  [target: never more than 1% worse: {'ok' if g['wql_pooled'] >= -0.01 else 'MISSED'}]")
-    out["shrinkage_sweep"] = sweep = shrinkage_sweep(merged, df, list(seconds), gate)
+    out["shrinkage_sweep"] = sweep = shrinkage_sweep(merged, df, [m for m in seconds if m != ENSEMBLE], gate)
     print("nested ensemble / best single member (mean MASE, mean WQL, pooled WQL) by shrinkage toward the best member:")
     for lam, r in sweep.items():
         print(f"  shrinkage {lam:.2f}: {r['mase']:.4f}  {r['wql']:.4f}  {r['wql_pooled']:.4f}")
