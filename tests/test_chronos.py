@@ -435,7 +435,7 @@ def test_when_no_learning_rate_is_set_then_it_follows_the_starting_point(tmp_pat
     from chronos_flows.models.chronos.forecasters import ChronosForecaster
     from chronos_flows.models.chronos.configs import PRETRAINED_LR, RANDOM_INIT_LR
 
-    random_init = ChronosForecaster(ChronosConfig(), workdir=tmp_path)
+    random_init = ChronosForecaster(ChronosConfig(model=None), workdir=tmp_path)
     pretrained = ChronosForecaster(ChronosConfig(model="amazon/chronos-2"), workdir=tmp_path)
     explicit = ChronosForecaster(ChronosConfig(model="amazon/chronos-2", learning_rate=3e-4), workdir=tmp_path)
     assert random_init.cfg.learning_rate == RANDOM_INIT_LR

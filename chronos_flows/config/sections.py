@@ -84,6 +84,17 @@ class CleaningConfig(Frozen):
     )
 
 
+#: The published pretrained checkpoint each family starts from by default: the smallest of the
+#: family (Chronos-2 small has 28M parameters and fine-tunes on a CPU; see NOTES / README).
+PRETRAINED_MODELS = {
+    "chronos-2": "autogluon/chronos-2-small",
+    "chronos-bolt": "amazon/chronos-bolt-tiny",
+    "chronos-t5": "amazon/chronos-t5-tiny",
+}
+#: How a random-initialised Chronos is marked in the leaderboard and the run summary.
+RANDOM_INIT_NOTE = "random initialisation: not representative"
+
+
 class ChronosConfig(Frozen):
     """The Chronos model: family, pretrained weights or a small random model, fine-tuning schedule."""
 
@@ -93,12 +104,31 @@ class ChronosConfig(Frozen):
         "chronos-2", title="Model family", description="Chronos model family."
     )
     model: Optional[str] = Field(
-        None,
+        PRETRAINED_MODELS["chronos-2"],
         title="Pretrained model",
-        description="Pretrained model: hub id (e.g. amazon/chronos-2), local directory or s3:// URI. "
-        "Empty: a small randomly initialised model of `size`.",
+        description="Pretrained model: hub id, local directory or s3:// URI. Default: the family's published "
+        "pretrained checkpoint (chronos-2: autogluon/chronos-2-small, chronos-bolt: amazon/chronos-bolt-tiny, "
+        "chronos-t5: amazon/chronos-t5-tiny); when the Hugging Face hub cannot be reached and that default is not "
+        "in the local cache, the run falls back to a random model of `size` with one warning. Empty: a randomly "
+        "initialised model of `size` on purpose. A random model is marked 'random initialisation: not "
+        "representative' and kept out of the ensemble and the champion race (see `random_competes`).",
     )
-    size: Literal["tiny", "mini", "small"] = Field("tiny", title="Random model size", description="Random-initialised configuration when no `model` is given.")
+    size: Literal["tiny", "mini", "small"] = Field("tiny", title="Random model size", description="Random-initialised configuration when no pretrained weights are used.")
+    random_max_steps: int = Field(
+        100,
+        ge=1,
+        title="Training steps of a random model",
+        description="Optimizer steps of a random-initialised model (the offline fallback): it trains for "
+        "min(max_steps, random_max_steps), so the run still exercises the whole training path without a random "
+        "model taking most of its time.",
+    )
+    random_competes: bool = Field(
+        False,
+        title="Random model competes",
+        description="Let a random-initialised Chronos enter the ensemble and the champion race. Off: it is "
+        "trained and scored, marked 'random initialisation: not representative' in the leaderboard and the run "
+        "summary, but never combined or promoted.",
+    )
     mode: Literal["finetune", "zero-shot"] = Field("finetune", title="Training mode", description="Fine-tune on the data, or forecast zero-shot.")
     finetune_mode: Literal["full", "lora"] = Field("full", title="Fine-tuning mode", description="Chronos-2 fine-tuning: all weights or a LoRA adapter.")
     lora_rank: int = Field(8, ge=1, le=256, title="LoRA rank", description="Rank of the LoRA adapter (finetune_mode lora; alpha is twice the rank).")
@@ -127,6 +157,16 @@ class ChronosConfig(Frozen):
     seed: int = Field(0, title="Random seed", description="Random seed.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': CUDA when present, else CPU.")
     num_threads: Optional[int] = Field(None, ge=1, title="CPU threads", description="CPU threads for torch (default: all cores).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_default_model(cls, data: Any) -> Any:
+        """Without an explicit ``model`` the family's own published checkpoint is the default."""
+        if isinstance(data, dict) and "model" not in data:
+            family = data.get("family", "chronos-2")
+            if family in PRETRAINED_MODELS:
+                return {**data, "model": PRETRAINED_MODELS[family]}
+        return data
 
 
 class ProphetConfig(Frozen):
