@@ -18,7 +18,14 @@ from chronos_flows.evaluation.fanout import backtest_chunk, chunk_key, join_chun
 from chronos_flows.models.base import Forecaster
 from chronos_flows.models.families import LOCAL_FAMILIES, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.local.seasonal_naive import SeasonalNaive
-from chronos_flows.champion.promotion import Promotion, leaderboard_records, promote_run
+from chronos_flows.champion.promotion import (
+    Promotion,
+    competitors,
+    leaderboard_records,
+    mark_not_representative,
+    not_representative,
+    promote_run,
+)
 from chronos_flows.training.specs import (
     BaselineRecord,
     ChampionInRun,
@@ -174,10 +181,13 @@ def evaluate(
     result = _backtest(spec.params, models, history, freq, season)
     for other in baselines.values():
         result = merge_results(result, other.result)
+    # a random-initialised Chronos is scored, marked, and kept out of the ensemble and the champion race
+    result = mark_not_representative(result, not_representative(getattr(chronos, "info", None)))
     if spec.params.evaluation.ensemble:  # fitted on the extra first window; every model judged on the others
         from chronos_flows.evaluation.ensemble import add_ensemble
 
-        result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=["chronos", *spec.params.evaluation.baselines],
+        members = competitors(spec.params, result, ["chronos", *spec.params.evaluation.baselines])
+        result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=members,
                               gate_metric=spec.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(spec.params.evaluation),
                               shrinkage=spec.params.evaluation.ensemble_shrinkage)
     out = spec.workdir / "evaluation"

@@ -92,3 +92,33 @@ def test_when_the_model_is_empty_on_purpose_then_a_random_model_trains_within_it
     cfg = ChronosConfig(model=None, max_steps=50, random_max_steps=3, **SMALL)
     fitted = ChronosForecaster(cfg, workdir=tmp_path).fit(make_sine_frame(), "MS", HORIZON)
     assert fitted.info["random_init"] is True and fitted.info["steps_done"] == 3
+
+
+# ------------------------------------------------------------------ marked, kept out unless asked
+
+
+def test_when_chronos_is_random_then_it_is_marked_and_kept_out_of_the_ensemble_and_the_champion_race_unless_asked():
+    from chronos_flows.champion.promotion import candidates, competitors, leaderboard_records, mark_not_representative, not_representative
+    from chronos_flows.evaluation.backtest import render_report
+    from chronos_flows.evaluation.ensemble import add_ensemble
+    from tests.test_ensemble import Shifted, backtest, panel
+
+    df = panel()
+    params = build_params(overrides=["evaluation.baselines=[autoets]"])
+    raw = backtest({"chronos": Shifted(0.0), "autoets": Shifted(2.0), "seasonal_naive": Shifted(-3.0)}, df)
+    assert not_representative({"random_init": False}) == {} and mark_not_representative(raw, {}) is raw
+    result = mark_not_representative(raw, not_representative({"random_init": True}))
+    members = competitors(params, result, ["chronos", "autoets", "seasonal_naive"])
+    assert members == ["autoets", "seasonal_naive"]
+    with_ens = add_ensemble(result, df, candidates=members, gate_metric="wql", fit_windows=[0])
+    assert "chronos" not in with_ens.settings["ensemble"]["members"]
+    assert with_ens.leaderboard["wql"].idxmin() == "chronos"  # the best score, and still no candidate
+    assert set(candidates(params, with_ens)) == {"autoets", "ensemble"}
+    rows = {r["model"]: r["note"] for r in leaderboard_records(with_ens)}
+    assert rows == {"chronos": RANDOM_INIT_NOTE, "autoets": "", "seasonal_naive": "", "ensemble": ""}
+    assert f"**chronos**: {RANDOM_INIT_NOTE}." in render_report(with_ens)
+    asked = build_params(overrides=["evaluation.baselines=[autoets]", "chronos.random_competes=true"])
+    assert competitors(asked, result, ["chronos", "autoets"]) == ["chronos", "autoets"]
+    assert "chronos" in candidates(asked, with_ens)
+    alone = build_params(overrides=["evaluation.baselines=[]", "evaluation.ensemble=false"])
+    assert set(candidates(alone, result)) == {"chronos"}  # the only candidate still decides the run

@@ -127,7 +127,8 @@ class ChronosConfig(Frozen):
         title="Random model competes",
         description="Let a random-initialised Chronos enter the ensemble and the champion race. Off: it is "
         "trained and scored, marked 'random initialisation: not representative' in the leaderboard and the run "
-        "summary, but never combined or promoted.",
+        "summary, but never combined or promoted — unless it is the run's only candidate (evaluation.baselines "
+        "empty), which the promotion reason then says.",
     )
     mode: Literal["finetune", "zero-shot"] = Field("finetune", title="Training mode", description="Fine-tune on the data, or forecast zero-shot.")
     finetune_mode: Literal["full", "lora"] = Field("full", title="Fine-tuning mode", description="Chronos-2 fine-tuning: all weights or a LoRA adapter.")

@@ -450,6 +450,8 @@ def render_report(result: BacktestResult, plots: Mapping[str, Path] | None = Non
         "",
         markdown_table(lb, index_name="model"),
         "",
+        *[f"**{m}**: {why}." for m, why in (s.get("not_representative") or {}).items()],
+        *([""] if s.get("not_representative") else []),
         "Metric means are over the (series, window) pairs every model forecast (`n_pairs`). "
         f"`*_relative` = geometric mean over those pairs of the model's score divided by {REFERENCE}'s "
         "(< 1 beats the reference). `wql_pooled` is the WQL of all pairs pooled. Lower is better, "
