@@ -39,8 +39,9 @@ def sine() -> pd.DataFrame:
 
 
 def _cfg(family: str, **kw) -> ChronosConfig:
-    base = dict(family=family, context_length=32, max_steps=40, batch_size=16, eval_every=10, checkpoint_every=20,
-                learning_rate=2e-3, seed=1, num_threads=1)
+    # a random model on purpose (model=None), trained for max_steps (its own budget is not what these tests test)
+    base = dict(family=family, model=None, random_max_steps=10_000, context_length=32, max_steps=40, batch_size=16,
+                eval_every=10, checkpoint_every=20, learning_rate=2e-3, seed=1, num_threads=1)
     base.update(kw)
     return ChronosConfig(**base)
 
