@@ -37,6 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from chronos_flows.config.sections import ThetaConfig  # noqa: E402
 from chronos_flows.evaluation.backtest import merge_results, run_backtest  # noqa: E402
 from chronos_flows.models.base import DEFAULT_QUANTILES  # noqa: E402
 from chronos_flows.evaluation.ensemble import add_ensemble  # noqa: E402
@@ -72,7 +73,7 @@ def configs(season: int, prophet: bool) -> dict[str, dict]:
     out = {
         "seasonal_naive": {"season_length": season},
         "autoets": {"season_length": season, "model": "ZZZ", "damped": None},
-        "theta": {"season_length": season, "decomposition_type": "multiplicative", "model": None},
+        "theta": {"season_length": season, "decomposition_type": ThetaConfig().decomposition_type, "model": ThetaConfig().model},
     }
     if prophet:
         out["prophet"] = {"uncertainty_samples": 200, "seasonality_mode": "additive", "seed": 0}
