@@ -87,6 +87,9 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     champion, etag = read_champion(store, "dev")
     assert champion["run_id"] == "promo-1"
     assert champion["model_uri"].endswith("dev/registry/promo-1/chronos")
+    # offline the Chronos is random: as the run's only candidate it still competes, and says so
+    assert champion["not_representative"] == "random initialisation: not representative"
+    assert "chronos: random initialisation: not representative (competes: the only candidate)" in s1["promotion"]["reason"]
     BaseChronosPipeline.from_pretrained(champion["model_uri"].removeprefix("file://"))
 
     # the same seed and data give the same score: equal is not better, the champion stays

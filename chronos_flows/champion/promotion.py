@@ -131,6 +131,8 @@ def champion_entry(spec: RunSpec, winner: str | None, result: BacktestResult, re
     registry_uri = spec.store.uri(layout.registry_model_prefix(spec.env, spec.run_id, "chronos"))
     if winner == "chronos":
         entry.update(model_uri=registry_uri, run_model_uri=chronos_info["uri"], config=chronos_config(params))
+        if chronos_info.get("random_init"):  # it competed (asked, or the only candidate): the champion says so
+            entry["not_representative"] = RANDOM_INIT_NOTE
     elif winner == "ensemble":
         fit = result.settings["ensemble"]
         configs = {m: baseline_config(params, m, report.season_length) for m in fit["members"] if m != "chronos"}
