@@ -208,10 +208,12 @@ def evaluate(
         uri = spec.store.uri(prefix + "/" + path.relative_to(out).as_posix())
         image_artifact(f"{name.replace('_', '-')}-{spec.run_id}", f"Forecast plot: {label} series", pngs[name],
                        f"Backtest forecast plot ({label} series)", note=f"Stored at `{uri}`")
+    notes = result.settings.get("not_representative") or {}
     for model, row in result.leaderboard.iterrows():
         logger().info(
-            "%s: wql %.4g, mase %.4g, mae %.4g, coverage_80 %.2f",
+            "%s: wql %.4g, mase %.4g, mae %.4g, coverage_80 %.2f%s",
             model, row.get("wql", float("nan")), row.get("mase", float("nan")), row.get("mae", float("nan")), row.get("coverage_80", float("nan")),
+            f" ({notes[model]})" if model in notes else "",
         )
     logger().info("evaluation: %d series, %d windows, best model %s", result.settings["n_series"], result.settings["n_windows"], result.best_model)
     return result

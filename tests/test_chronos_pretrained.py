@@ -122,3 +122,14 @@ def test_when_chronos_is_random_then_it_is_marked_and_kept_out_of_the_ensemble_a
     assert "chronos" in candidates(asked, with_ens)
     alone = build_params(overrides=["evaluation.baselines=[]", "evaluation.ensemble=false"])
     assert set(candidates(alone, result)) == {"chronos"}  # the only candidate still decides the run
+
+
+def test_when_the_run_summary_is_printed_then_the_random_chronos_row_says_it_is_not_representative(capsys):
+    from app.cli import _print_summary
+
+    board = [{"model": "theta", "mase": 0.9, "wql": 0.1, "note": ""},
+             {"model": "chronos", "mase": 1.4, "wql": 0.3, "note": RANDOM_INIT_NOTE}]
+    _print_summary({"run_id": "r", "status": "succeeded", "leaderboard": board})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].strip().startswith("chronos") and lines[3].endswith(f"({RANDOM_INIT_NOTE})")
+    assert lines[2].strip().startswith("theta") and "not representative" not in lines[2]
