@@ -1,8 +1,9 @@
 """Fitting the weighted ensemble on a backtest: greedy forward selection with replacement (Caruana
 et al. 2004, the method behind AutoGluon's WeightedEnsemble) on the out-of-fold forecasts of every
 backtest window, shrunk toward the best single member; the ensemble's score on each judging window
-uses weights fitted without that window (nested), and every model is ranked on the judging windows only. The combination itself
-and the champion it becomes live in :mod:`chronos_flows.models.ensemble`. Pure: no Prefect, no boto3.
+uses weights fitted without that window (nested), and every model is ranked on the judging windows
+only. The combination itself and the champion it becomes live in :mod:`chronos_flows.models.ensemble`.
+Pure: no Prefect, no boto3.
 """
 
 from __future__ import annotations
