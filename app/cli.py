@@ -359,7 +359,8 @@ def _print_summary(summary: dict[str, Any], as_json: bool = False) -> None:
         cols = [c for c in ("model", "mae", "rmse", "mape", "smape", "mase", "wql", "coverage_80", "mase_relative", "wql_relative") if c in board[0]]
         print("  " + "  ".join(f"{c:>12}" for c in cols))
         for row in board:
-            print("  " + "  ".join(f"{_fmt(row.get(c)):>12}" for c in cols))
+            note = f"  ({row['note']})" if row.get("note") else ""  # e.g. a random-initialised Chronos
+            print("  " + "  ".join(f"{_fmt(row.get(c)):>12}" for c in cols) + note)
     promo = summary.get("promotion")
     if promo:
         print(f"  champion: {'PROMOTED' if promo.get('promoted') else 'kept'} — {promo.get('reason')}")

@@ -82,9 +82,9 @@ class StepClock:
 
 
 def bench_cfg(family: str, steps: int, batch: int, context: int) -> ChronosConfig:
-    return ChronosConfig(
-        family=family, context_length=context, max_steps=steps, batch_size=batch, learning_rate=1e-3,
-        eval_every=steps, checkpoint_every=steps, seed=0,
+    return ChronosConfig(  # a random model on purpose (no weights here), trained for exactly ``steps``
+        family=family, model=None, random_max_steps=steps, context_length=context, max_steps=steps, batch_size=batch,
+        learning_rate=1e-3, eval_every=steps, checkpoint_every=steps, seed=0,
     )
 
 
@@ -151,8 +151,9 @@ def accuracy(family: str, df: pd.DataFrame, horizon: int, steps: int, batch: int
     last = df.groupby("unique_id")["ds"].transform("max")
     cutoff = last - pd.to_timedelta(7 * horizon, unit="D")
     train, test = df[df["ds"] <= cutoff], df[df["ds"] > cutoff]
-    cfg = ChronosConfig(family=family, context_length=context, max_steps=steps, batch_size=batch, learning_rate=1e-3,
-                        eval_every=max(10, steps // 10), checkpoint_every=steps, seed=0, early_stopping_patience=None)
+    cfg = ChronosConfig(family=family, model=None, random_max_steps=steps, context_length=context, max_steps=steps,
+                        batch_size=batch, learning_rate=1e-3, eval_every=max(10, steps // 10), checkpoint_every=steps,
+                        seed=0, early_stopping_patience=None)
     base = ChronosForecaster(cfg, workdir=workdir)
     out = {}
     t0 = time.perf_counter()

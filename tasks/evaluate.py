@@ -18,7 +18,14 @@ from chronos_flows.evaluation.fanout import backtest_chunk, chunk_key, join_chun
 from chronos_flows.models.base import Forecaster
 from chronos_flows.models.families import CONFIG_FAMILIES, GLOBAL_BOOST, baseline_config, baseline_jobs, local_forecaster
 from chronos_flows.models.local.seasonal_naive import SeasonalNaive
-from chronos_flows.champion.promotion import Promotion, leaderboard_records, promote_run
+from chronos_flows.champion.promotion import (
+    Promotion,
+    competitors,
+    leaderboard_records,
+    mark_not_representative,
+    not_representative,
+    promote_run,
+)
 from chronos_flows.training.specs import (
     BaselineRecord,
     ChampionInRun,
@@ -176,11 +183,15 @@ def evaluate(
     result = _backtest(spec.params, models, history, freq, season)
     for other in baselines.values():
         result = merge_results(result, other.result)
+    # a random-initialised Chronos is scored, marked, and kept out of the ensemble and the champion race
+    result = mark_not_representative(result, not_representative(getattr(chronos, "info", None)))
     if spec.params.evaluation.ensemble:  # fitted on the extra first window; every model judged on the others
         from chronos_flows.evaluation.ensemble import add_ensemble
 
-        result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=["chronos", *spec.params.evaluation.baselines],
-                              gate_metric=spec.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(spec.params.evaluation))
+        members = competitors(spec.params, result, ["chronos", *spec.params.evaluation.baselines])
+        result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=members,
+                              gate_metric=spec.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(spec.params.evaluation),
+                              shrinkage=spec.params.evaluation.ensemble_shrinkage)
     out = spec.workdir / "evaluation"
     paths = write_outputs(result, out, history=history[["unique_id", "ds", "y"]], plot_series=spec.params.evaluation.plot_series)
     guard()
@@ -199,10 +210,12 @@ def evaluate(
         uri = spec.store.uri(prefix + "/" + path.relative_to(out).as_posix())
         image_artifact(f"{name.replace('_', '-')}-{spec.run_id}", f"Forecast plot: {label} series", pngs[name],
                        f"Backtest forecast plot ({label} series)", note=f"Stored at `{uri}`")
+    notes = result.settings.get("not_representative") or {}
     for model, row in result.leaderboard.iterrows():
         logger().info(
-            "%s: wql %.4g, mase %.4g, mae %.4g, coverage_80 %.2f",
+            "%s: wql %.4g, mase %.4g, mae %.4g, coverage_80 %.2f%s",
             model, row.get("wql", float("nan")), row.get("mase", float("nan")), row.get("mae", float("nan")), row.get("coverage_80", float("nan")),
+            f" ({notes[model]})" if model in notes else "",
         )
     logger().info("evaluation: %d series, %d windows, best model %s", result.settings["n_series"], result.settings["n_windows"], result.best_model)
     return result

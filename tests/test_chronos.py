@@ -39,8 +39,9 @@ def sine() -> pd.DataFrame:
 
 
 def _cfg(family: str, **kw) -> ChronosConfig:
-    base = dict(family=family, context_length=32, max_steps=40, batch_size=16, eval_every=10, checkpoint_every=20,
-                learning_rate=2e-3, seed=1, num_threads=1)
+    # a random model on purpose (model=None), trained for max_steps (its own budget is not what these tests test)
+    base = dict(family=family, model=None, random_max_steps=10_000, context_length=32, max_steps=40, batch_size=16,
+                eval_every=10, checkpoint_every=20, learning_rate=2e-3, seed=1, num_threads=1)
     base.update(kw)
     return ChronosConfig(**base)
 
@@ -435,7 +436,7 @@ def test_when_no_learning_rate_is_set_then_it_follows_the_starting_point(tmp_pat
     from chronos_flows.models.chronos.forecasters import ChronosForecaster
     from chronos_flows.models.chronos.configs import PRETRAINED_LR, RANDOM_INIT_LR
 
-    random_init = ChronosForecaster(ChronosConfig(), workdir=tmp_path)
+    random_init = ChronosForecaster(ChronosConfig(model=None), workdir=tmp_path)
     pretrained = ChronosForecaster(ChronosConfig(model="amazon/chronos-2"), workdir=tmp_path)
     explicit = ChronosForecaster(ChronosConfig(model="amazon/chronos-2", learning_rate=3e-4), workdir=tmp_path)
     assert random_init.cfg.learning_rate == RANDOM_INIT_LR

@@ -24,7 +24,7 @@ from chronos_flows.models.base import (
     future_index,
     quantile_column,
 )
-from chronos_flows.evaluation.ensemble import add_ensemble, greedy_weights, pair_scores
+from chronos_flows.evaluation.ensemble import add_ensemble, excluded_windows, fast_pair_scores, greedy_weights, pair_scores
 from chronos_flows.models.ensemble import EnsembleForecaster, champion_config, combine_forecasts
 from chronos_flows.models.families import MIN_HISTORY, local_forecaster
 from chronos_flows.models.local.seasonal_naive import SeasonalNaive
@@ -77,7 +77,7 @@ def backtest(models: dict[str, Forecaster], df: pd.DataFrame, n_windows: int = 3
 def test_when_two_members_err_in_opposite_directions_then_weights_are_non_negative_sum_to_1_and_beat_both():
     df = panel()
     res = add_ensemble(backtest({"up": Shifted(2.0), "down": Shifted(-2.0), "seasonal_naive": SeasonalNaive(4)}, df),
-                       df, candidates=["up", "down"], gate_metric="wql", fit_windows=[0])
+                       df, candidates=["up", "down"], gate_metric="wql", fit_windows=[0], shrinkage=0.0)
     fit = res.settings["ensemble"]
     w = np.array(list(fit["weights"].values()))
     assert (w >= 0).all() and w.sum() == pytest.approx(1.0)
@@ -145,25 +145,83 @@ def test_when_the_gate_metric_is_computed_on_arrays_then_it_equals_the_metrics_m
         np.testing.assert_allclose(pair_scores(metric, y, mean, qs, Q, scale), expected, rtol=1e-10, err_msg=metric)
 
 
+def test_when_the_greedy_search_scores_arrays_in_numpy_then_it_equals_the_metrics_module_even_with_gaps():
+    rng = np.random.default_rng(1)
+    y = rng.normal(10, 5, (30, 5))
+    y[0, 2], y[1, :], y[2, :] = np.nan, np.nan, 0.0  # a missing actual, a pair without actuals, an all-zero pair
+    mean = y + rng.normal(0, 2, y.shape)
+    mean[3, 1] = np.nan  # a missing forecast
+    qs = np.sort(mean[..., None] + rng.normal(0, 2, (*y.shape, len(Q))), axis=-1)
+    qs[4, 0, 2] = np.nan
+    scale = np.abs(rng.normal(2, 1, 30))
+    scale[5] = 0.0
+    for metric in ("wql", "mase", "mae", "rmse"):
+        np.testing.assert_allclose(fast_pair_scores(metric, y, mean, qs, Q, scale), pair_scores(metric, y, mean, qs, Q, scale),
+                                   rtol=1e-10, err_msg=metric)
+
+
 # ------------------------------------------------------------------------------------- honest windows
 
 
-def test_when_the_judging_windows_change_then_the_weights_do_not_and_every_model_is_judged_on_them_only():
-    df = panel(noise=0.5)
-    models = {"up": Shifted(1.0), "down": Shifted(-3.0), "seasonal_naive": SeasonalNaive(4)}
-    res = add_ensemble(backtest(models, df), df, candidates=list(models), gate_metric="wql", fit_windows=[0])
-    assert res.settings["judge_windows"] == [1, 2] and res.settings["ensemble"]["fit_windows"] == [0]
+class WindowBias(Shifted):
+    """Shifted by ``early`` when the context has fewer than ``switch`` points per series, else by ``late``."""
+
+    def __init__(self, early: float, late: float, switch: int):
+        super().__init__(0.0)
+        self.early, self.late, self.switch = early, late, switch
+
+    def predict(self, context, horizon, freq, quantiles=Q):
+        self.bias = self.early if context.groupby(ID).size().max() < self.switch else self.late
+        return super().predict(context, horizon, freq, quantiles)
+
+
+def test_when_weights_are_fitted_then_all_windows_are_used_and_each_judging_window_is_scored_with_weights_fitted_without_it():
+    df = panel(noise=0.3)
+    # windows 0, 1, 2 (contexts of 36, 40, 44 points): "a" is exact until window 2, "b" only in window 2
+    models = {"a": WindowBias(0.0, 5.0, switch=44), "b": WindowBias(3.0, 0.0, switch=44)}
+    res = add_ensemble(backtest(models, df), df, candidates=list(models), gate_metric="wql", fit_windows=[0], shrinkage=0.0)
+    fit = res.settings["ensemble"]
+    assert fit["fit_windows"] == [0, 1, 2] and fit["judge_windows"] == [1, 2] and res.settings["judge_windows"] == [1, 2]
+    assert fit["weights"]["b"] > 0  # fitted in-sample on every window, b would forecast window 2
+    assert fit["nested"]["2"] == {"a": 1.0, "b": 0.0}  # without window 2, only a was ever right
+    fc = res.forecasts
+    ens = fc[(fc["model"] == "ensemble") & (fc["window"] == 2)].set_index([ID, TIME])
+    a = fc[(fc["model"] == "a") & (fc["window"] == 2)].set_index([ID, TIME])
+    pd.testing.assert_frame_equal(ens[["mean", *QCOLS]], a.loc[ens.index, ["mean", *QCOLS]])
+    m2 = res.metrics[res.metrics["window"] == 2].groupby("model")["wql"].mean()
+    assert m2["ensemble"] == pytest.approx(m2["a"]) and m2["ensemble"] > m2["b"]  # honest: it pays for not seeing window 2
     assert (res.leaderboard["n_pairs"] == 6 * 2).all()  # 6 series × the 2 judging windows, for every model
     judged = res.metrics[res.metrics["window"].isin([1, 2])]
-    assert res.leaderboard.loc["up", "wql"] == pytest.approx(judged.loc[judged["model"] == "up", "wql"].mean())
-    # perturbing the last 8 points (the judging windows) changes their scores, never the weights
-    late = df.groupby(ID).cumcount(ascending=False) < 8
-    other = df.assign(y=np.where(late, df[TARGET] * 1.3, df[TARGET]))
-    res2 = add_ensemble(backtest(models, other), other, candidates=list(models), gate_metric="wql", fit_windows=[0])
-    assert res2.settings["ensemble"]["weights"] == res.settings["ensemble"]["weights"]
-    assert res2.leaderboard.loc["ensemble", "wql"] != pytest.approx(res.leaderboard.loc["ensemble", "wql"])
-    report = render_report(res2)
-    assert "## Ensemble" in report and "| up | " in report and "windows 1–2 only" in report
+    assert res.leaderboard.loc["a", "wql"] == pytest.approx(judged.loc[judged["model"] == "a", "wql"].mean())
+    report = render_report(res)
+    assert "## Ensemble" in report and "| a | " in report and "windows 1–2 only" in report and "Nested weights" in report
+
+
+def test_when_windows_overlap_then_a_nested_fit_also_leaves_out_every_window_sharing_actuals_with_the_scored_one():
+    assert excluded_windows(2, 4, horizon=4, step=4) == [2]
+    assert excluded_windows(2, 4, horizon=4, step=2) == [1, 2, 3]
+    assert excluded_windows(0, 3, horizon=6, step=2) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("gate", ["wql", "mase"])
+def test_when_one_member_is_clearly_best_then_the_nested_ensemble_is_never_more_than_1pct_worse_and_deterministic(gate):
+    df = panel(n_series=8, noise=1.0)
+    models = {"best": Shifted(0.0, spread=1.4), "up": Shifted(2.0), "down": Shifted(-3.0, spread=2.0), "seasonal_naive": SeasonalNaive(4)}
+    members = ["best", "up", "down"]
+    bt = backtest(models, df, n_windows=4)
+    res = add_ensemble(bt, df, candidates=members, gate_metric=gate, fit_windows=[0])
+    board = res.leaderboard
+    assert board.loc[members, gate].idxmin() == "best"
+    for metric in ("wql", "mase", "wql_pooled"):
+        assert board.loc["ensemble", metric] <= 1.01 * board.loc[members, metric].min(), metric
+    again = add_ensemble(bt, df, candidates=members, gate_metric=gate, fit_windows=[0])
+    assert again.settings["ensemble"] == res.settings["ensemble"]
+    fit = res.settings["ensemble"]
+    assert fit["best_single"] == "best" and fit["shrinkage"] == 0.5
+    expected = {m: 0.5 * fit["greedy_weights"][m] + (0.5 if m == "best" else 0.0) for m in members}
+    assert fit["weights"] == pytest.approx(expected)
+    full = add_ensemble(bt, df, candidates=members, gate_metric=gate, fit_windows=[0], shrinkage=1.0)
+    assert full.leaderboard.loc["ensemble", gate] == pytest.approx(board.loc["best", gate])
 
 
 def test_when_the_ensemble_is_on_then_the_backtest_has_one_extra_fitting_window_chronos_never_trains_on():

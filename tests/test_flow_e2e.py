@@ -95,6 +95,9 @@ def test_when_a_model_is_promoted_then_champion_points_at_a_registry_copy_and_an
     champion, etag = read_champion(store, "dev")
     assert champion["run_id"] == "promo-1"
     assert champion["model_uri"].endswith("dev/registry/promo-1/chronos")
+    # offline the Chronos is random: as the run's only candidate it still competes, and says so
+    assert champion["not_representative"] == "random initialisation: not representative"
+    assert "chronos: random initialisation: not representative (competes: the only candidate)" in s1["promotion"]["reason"]
     BaseChronosPipeline.from_pretrained(champion["model_uri"].removeprefix("file://"))
 
     # the same seed and data give the same score: equal is not better, the champion stays
@@ -158,7 +161,11 @@ def test_when_the_default_flow_runs_twice_then_the_best_family_is_champion_and_t
     champion, etag = read_champion(store, "dev")
     assert champion is not None, "a successful run always leaves a champion"
     board = {row["model"]: row["wql"] for row in s1["leaderboard"]}
-    candidates = {m: board[m] for m in ("chronos", "autoets", "theta", "prophet", "seasonal_naive", "lightgbm", "ensemble")}
+    # offline (HF_HUB_OFFLINE=1) the default pretrained Chronos is unreachable: a random model, marked and kept out
+    notes = {row["model"]: row["note"] for row in s1["leaderboard"]}
+    assert notes.pop("chronos") == "random initialisation: not representative" and set(notes.values()) == {""}
+    assert "chronos: random initialisation: not representative (kept out" in s1["promotion"]["reason"]
+    candidates = {m: board[m] for m in ("autoets", "theta", "prophet", "seasonal_naive", "lightgbm", "ensemble")}
     best = min(candidates, key=candidates.get)
     assert champion["family"] == best and champion["run_id"] == "twice-1"
     assert champion["score"] == pytest.approx(candidates[best], rel=1e-4)  # the summary rounds to 6 digits
@@ -171,6 +178,7 @@ def test_when_the_default_flow_runs_twice_then_the_best_family_is_champion_and_t
     reason1 = s1["promotion"]["reason"]
     assert s1["promotion"]["promoted"] is True and reason1.startswith(f"no champion yet: promoted {best} (wql ")
     md1 = json.loads(store.get(layout.metadata_key("dev", "twice-1"))[0])
+    assert md1["models"]["chronos"]["random_init"] is True and "chronos" not in md1["models"]["ensemble"]["members"]
     assert md1["promotion"]["reason"] == reason1 and md1["promotion"]["family"] == best
     assert reason1 in _artifact_markdown("champion-decision-twice-1")
 

@@ -63,7 +63,7 @@ def test_when_a_live_run_is_killed_then_it_cleans_up_and_resume_reaches_the_same
     overrides = [a for o in SMALL if not o.startswith(("chronos.max_steps", "chronos.checkpoint_every")) for a in ("--set", o)]
     args = [
         "--store", str(store_dir), *overrides,
-        "--set", "chronos.max_steps=300", "--set", "chronos.checkpoint_every=10",
+        "--set", "chronos.max_steps=300", "--set", "chronos.random_max_steps=300", "--set", "chronos.checkpoint_every=10",
         "--set", "lock.heartbeat_seconds=1", "--set", "lock.lease_seconds=30",
     ]
     proc = subprocess.Popen(

@@ -562,7 +562,7 @@ def test_when_a_running_training_run_is_cancelled_from_prefect_then_it_ends_canc
     """`prefect flow-run cancel` is a kill, as `chronos-flows kill` is: Cancelled in Prefect, `killed`
     with the cause "cancelled from Prefect" in training.json, and the lock released."""
     store_dir = tmp_path / "store"
-    overrides = [o for o in SMALL if not o.startswith("chronos.max_steps")] + ["chronos.max_steps=100000"]
+    overrides = [o for o in SMALL if not o.startswith("chronos.max_steps")] + ["chronos.max_steps=100000", "chronos.random_max_steps=100000"]
     params = build_params(overrides=overrides, store=str(store_dir), run_id=CANCEL_RUN_ID)
     payload = dict(parse_overrides(overrides), store=str(store_dir), run_id=CANCEL_RUN_ID)
     out = deployed.cli("deployment", "run", "chronos-training/adhoc", "--param", f"params={json.dumps(payload)}")

@@ -200,7 +200,7 @@ def test_when_the_tuning_run_is_killed_while_trials_run_on_ec2_then_every_trial_
     tuning = {"search_space": {"chronos.learning_rate": {"low": 1e-3, "high": 2e-3}},
               "budget": {"max_trials": 4, "max_parallel": 2}, "study": "killed"}
     params = build_tuning_params(tuning_file(tmp_path, tuning), store=s3_store_url, run_id="tune-ec2-4",
-                                 overrides=network + ["chronos.num_threads=1", "chronos.max_steps=200"])
+                                 overrides=network + ["chronos.num_threads=1", "chronos.max_steps=200", "chronos.random_max_steps=200"])
     store = open_store(s3_store_url)
     killed: list[str] = []
 
@@ -233,7 +233,7 @@ def test_when_the_wall_clock_budget_runs_out_on_ec2_then_running_trials_are_stop
     tuning = {"search_space": {"chronos.learning_rate": {"low": 1e-3, "high": 2e-3}},
               "budget": {"max_trials": 10, "max_parallel": 2, "timeout_seconds": 8}, "study": "clock"}
     params = build_tuning_params(tuning_file(tmp_path, tuning), store=s3_store_url, run_id="tune-ec2-6",
-                                 overrides=network + ["chronos.num_threads=1", "chronos.max_steps=100000"])
+                                 overrides=network + ["chronos.num_threads=1", "chronos.max_steps=100000", "chronos.random_max_steps=100000"])
     player = InstancePlayer(aws_env)
     summary = _tune(params, player)
 

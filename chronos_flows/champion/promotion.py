@@ -10,7 +10,7 @@ no Prefect, no boto3 (the task ``results-sync`` calls :func:`promote_run` and pu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,6 +19,7 @@ from chronos_flows.core.errors import BadInputError
 from chronos_flows.runstate import runlog
 from chronos_flows.data.cleaning import CleaningReport
 from chronos_flows.config.params import TrainingParams
+from chronos_flows.config.sections import RANDOM_INIT_NOTE
 from chronos_flows.training.cost import run_cost
 from chronos_flows.evaluation.backtest import BacktestResult
 from chronos_flows.models.ensemble import champion_config
@@ -54,15 +55,47 @@ class Promotion:
 
 
 def leaderboard_records(result: BacktestResult) -> list[dict[str, Any]]:
-    """The leaderboard as JSON rows (floats rounded to 6 digits), best model first."""
+    """The leaderboard as JSON rows (floats rounded to 6 digits), best model first; when a model is
+    not representative (a random-initialised Chronos) every row has a ``note`` and that row says why."""
     rows = result.leaderboard.reset_index().to_dict(orient="records")
-    return [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+    out = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()} for row in rows]
+    notes = result.settings.get("not_representative") or {}
+    if notes:
+        for row in out:
+            row["note"] = notes.get(row["model"], "")
+    return out
+
+
+def not_representative(chronos_info: Mapping[str, Any] | None) -> dict[str, str]:
+    """``{"chronos": "random initialisation: not representative"}`` when the run's Chronos started from
+    random weights (no pretrained checkpoint reachable, or ``chronos.model`` empty), else ``{}``."""
+    return {"chronos": RANDOM_INIT_NOTE} if (chronos_info or {}).get("random_init") else {}
+
+
+def mark_not_representative(result: BacktestResult, notes: Mapping[str, str]) -> BacktestResult:
+    """``result`` with ``settings["not_representative"]`` = ``notes`` (read by the leaderboard records,
+    the evaluation report, the ensemble's candidates and the champion's)."""
+    if not notes:
+        return result
+    return replace(result, settings={**result.settings, "not_representative": dict(notes)})
+
+
+def competitors(params: TrainingParams, result: BacktestResult, names: list[str]) -> list[str]:
+    """``names`` without the models ``result`` marks not representative, unless
+    ``chronos.random_competes`` lets a random-initialised Chronos compete."""
+    if params.chronos.random_competes:
+        return list(names)
+    notes = result.settings.get("not_representative") or {}
+    return [n for n in names if n not in notes]
 
 
 def candidates(params: TrainingParams, result: BacktestResult) -> dict[str, dict[str, float]]:
-    """This run's champion candidates, in the order ties are broken: Chronos, the baselines, the ensemble."""
-    names = ["chronos", *params.evaluation.baselines, "ensemble"]
-    return {n: result.scores(n) for n in names if n in result.leaderboard.index}
+    """This run's champion candidates, in the order ties are broken: Chronos, the baselines, the
+    ensemble — without a random-initialised Chronos unless ``chronos.random_competes``."""
+    every = ["chronos", *params.evaluation.baselines, "ensemble"]
+    out = {n: result.scores(n) for n in competitors(params, result, every) if n in result.leaderboard.index}
+    # a run with no other candidate (e.g. evaluation.baselines empty) still decides: the marked model competes
+    return out or {n: result.scores(n) for n in every if n in result.leaderboard.index}
 
 
 def chronos_config(params: TrainingParams) -> dict[str, Any]:
@@ -99,6 +132,8 @@ def champion_entry(spec: RunSpec, winner: str | None, result: BacktestResult, re
     registry_uri = spec.store.uri(layout.registry_model_prefix(spec.env, spec.run_id, "chronos"))
     if winner == "chronos":
         entry.update(model_uri=registry_uri, run_model_uri=chronos_info["uri"], config=chronos_config(params))
+        if chronos_info.get("random_init"):  # it competed (asked, or the only candidate): the champion says so
+            entry["not_representative"] = RANDOM_INIT_NOTE
     elif winner == "ensemble":
         fit = result.settings["ensemble"]
         configs = {m: baseline_config(params, m, report.season_length) for m in fit["members"] if m != "chronos"}
@@ -247,6 +282,15 @@ def promote_run(spec: RunSpec, result: BacktestResult, report: CleaningReport, d
     guard()
     promoted, final = promote_champion(spec.store, spec.env, entry, decision, etag, spec.workdir / "models" / "chronos")
     promotion = promotion_record(final, promoted, decision.best, list(report.warnings))
+    notes = result.settings.get("not_representative") or {}
+    if notes:
+        competing = candidates(spec.params, result)
+        promotion["not_representative"] = dict(notes)
+        promotion["reason"] += "".join(
+            f" — {m}: {why}" + (" (competes: " + ("chronos.random_competes is on)" if spec.params.chronos.random_competes
+                                                 else "the only candidate)") if m in competing else
+                                " (kept out of the ensemble and the champion race; chronos.random_competes lets it in)")
+            for m, why in notes.items())
     cost = run_cost(spec.params.compute, chronos.instance_seconds)
     board = leaderboard_records(result)
     runlog.save_model_metadata(spec.store, model_metadata(spec, result, report, data, chronos.info, baselines, board, promotion, cost))

@@ -415,17 +415,29 @@ def _ensemble_report_lines(settings: Mapping[str, Any]) -> list[str]:
     if not fit:
         return lines + [f"No ensemble (fewer than two candidates); the leaderboard judges on {span}.", ""]
     fw = ", ".join(str(w) for w in fit["fit_windows"])
+    shrink = fit.get("shrinkage", 0.0)
+    best = fit.get("best_single")
     lines += [
         f"Weights by greedy forward selection with replacement (Caruana et al. 2004, {fit['iterations']} additions) "
-        f"optimising mean `{fit['gate_metric']}` on window {fw} ({fit['n_fit_pairs']} series); the leaderboard "
-        f"above ranks every model on {span} only, which the weights never saw.",
+        f"optimising mean `{fit['gate_metric']}` on the out-of-fold forecasts of windows {fw} ({fit['n_fit_pairs']} "
+        f"series × window pairs), shrunk by {shrink:.2f} toward the best single member ({best}). The ensemble's "
+        f"score on each judging window uses weights fitted without that window (nested); the leaderboard above "
+        f"ranks every model on {span} only.",
         "",
-        f"| member | weight | {fit['gate_metric']} on the fitting window |",
-        "|---|---:|---:|",
+        f"| member | weight | greedy weight | {fit['gate_metric']} on the fitting windows |",
+        "|---|---:|---:|---:|",
     ]
+    greedy = fit.get("greedy_weights") or fit["weights"]
     for m in fit["members"]:
-        lines.append(f"| {m} | {fit['weights'][m]:.2f} | {fit['member_fit_scores'][m]:.4g} |")
-    lines += [f"| **ensemble** | 1.00 | {fit['fit_score']:.4g} |", ""]
+        lines.append(f"| {m} | {fit['weights'][m]:.2f} | {greedy[m]:.2f} | {fit['member_fit_scores'][m]:.4g} |")
+    lines += [f"| **ensemble** | 1.00 | 1.00 | {fit['fit_score']:.4g} |", ""]
+    nested = fit.get("nested") or {}
+    if nested:
+        lines += ["Nested weights (the ensemble's forecast on each judging window):", "",
+                  "| judging window | " + " | ".join(fit["members"]) + " |", "|---|" + "---:|" * len(fit["members"])]
+        for w, ws in nested.items():
+            lines.append(f"| {w} | " + " | ".join(f"{ws[m]:.2f}" for m in fit["members"]) + " |")
+        lines.append("")
     return lines
 
 
@@ -445,6 +457,8 @@ def render_report(result: BacktestResult, plots: Mapping[str, Path] | None = Non
         "",
         markdown_table(lb, index_name="model"),
         "",
+        *[f"**{m}**: {why}." for m, why in (s.get("not_representative") or {}).items()],
+        *([""] if s.get("not_representative") else []),
         "Metric means are over the (series, window) pairs every model forecast (`n_pairs`). "
         f"`*_relative` = geometric mean over those pairs of the model's score divided by {REFERENCE}'s "
         "(< 1 beats the reference). `wql_pooled` is the WQL of all pairs pooled. Lower is better, "

@@ -1,7 +1,9 @@
 """Fitting the weighted ensemble on a backtest: greedy forward selection with replacement (Caruana
-et al. 2004, the method behind AutoGluon's WeightedEnsemble) on windows that do not judge the
-champion, then the leaderboard of every model on the judging windows only. The combination itself
-and the champion it becomes live in :mod:`chronos_flows.models.ensemble`. Pure: no Prefect, no boto3.
+et al. 2004, the method behind AutoGluon's WeightedEnsemble) on the out-of-fold forecasts of every
+backtest window, shrunk toward the best single member; the ensemble's score on each judging window
+uses weights fitted without that window (nested), and every model is ranked on the judging windows
+only. The combination itself and the champion it becomes live in :mod:`chronos_flows.models.ensemble`.
+Pure: no Prefect, no boto3.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from chronos_flows.evaluation import metrics as M
 from chronos_flows.evaluation.backtest import BacktestResult, build_leaderboard, check_history
 from chronos_flows.evaluation.windows import split_window
 from chronos_flows.models.base import ID, TARGET, TIME, quantile_column
-from chronos_flows.models.ensemble import DEFAULT_ITERATIONS, ENSEMBLE, GATE_METRICS, combine_forecasts
+from chronos_flows.models.ensemble import DEFAULT_ITERATIONS, DEFAULT_SHRINKAGE, ENSEMBLE, GATE_METRICS, combine_forecasts
 
 
 def pair_scores(metric: str, y: np.ndarray, mean: np.ndarray, qs: np.ndarray, quantiles: Sequence[float],
@@ -42,6 +44,37 @@ def pair_scores(metric: str, y: np.ndarray, mean: np.ndarray, qs: np.ndarray, qu
     else:
         out = M.METRICS[metric](frame, quantiles=quantiles)
     return out.reindex(np.arange(n)).to_numpy(dtype=float)
+
+
+def fast_pair_scores(metric: str, y: np.ndarray, mean: np.ndarray, qs: np.ndarray, quantiles: Sequence[float],
+                     scale: np.ndarray | None = None) -> np.ndarray:
+    """:func:`pair_scores` in plain numpy for ``wql``, ``mase`` and ``mae`` (the greedy search
+    evaluates thousands of combinations; tests hold it equal to :func:`pair_scores`, the metrics
+    module's figures); any other metric goes through :func:`pair_scores`."""
+    if metric not in ("wql", "mase", "mae"):
+        return pair_scores(metric, y, mean, qs, quantiles, scale)
+    valid = np.isfinite(y)
+    n_valid = valid.sum(axis=1)
+    yv = np.where(valid, y, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if metric == "wql":
+            ql = np.asarray(quantiles, dtype=float)
+            diff = yv[..., None] - qs
+            loss = np.maximum(ql * diff, (ql - 1.0) * diff)
+            bad = (valid[..., None] & ~np.isfinite(qs)).any(axis=(1, 2))
+            num = np.where(valid[..., None], np.nan_to_num(loss), 0.0).sum(axis=(1, 2))
+            den = np.abs(yv).sum(axis=1)
+            out = np.where(den > 0, 2.0 * num / (len(ql) * np.where(den > 0, den, 1.0)), np.nan)
+        else:
+            err = np.where(valid, np.nan_to_num(np.abs(yv - mean)), 0.0).sum(axis=1)
+            bad = (valid & ~np.isfinite(mean)).any(axis=1)
+            out = err / np.maximum(n_valid, 1)
+            if metric == "mase":
+                if scale is None:
+                    raise BadInputError("MASE needs the in-sample scales")
+                sc = np.asarray(scale, dtype=float)
+                out = np.where(sc > 0, out / np.where(sc > 0, sc, 1.0), np.nan)
+    return np.where(bad | (n_valid == 0), np.nan, out)
 
 
 def greedy_weights(objective: Callable[[np.ndarray], float], n_members: int,
@@ -77,7 +110,13 @@ def greedy_weights(objective: Callable[[np.ndarray], float], n_members: int,
 
 @dataclass
 class EnsembleFit:
-    """The fitted ensemble: every candidate's weight (0 if never selected) and how it was fitted."""
+    """The fitted ensemble: every candidate's weight (0 if never selected) and how it was fitted.
+
+    ``weights`` are the ones the champion uses: fitted on every backtest window (``fit_windows``).
+    ``nested`` holds, per judging window, the weights fitted *without* that window (and without any
+    window whose forecast period overlaps it): those are the weights the ensemble's leaderboard
+    score was computed with. ``greedy_weights`` are the unshrunk weights of the final fit, and
+    ``best_single`` the member the final weights are shrunk toward (by ``shrinkage``)."""
 
     members: list[str]
     weights: dict[str, float]
@@ -88,6 +127,10 @@ class EnsembleFit:
     member_fit_scores: dict[str, float]
     iterations: int
     n_fit_pairs: int
+    shrinkage: float = 0.0
+    best_single: str | None = None
+    greedy_weights: dict[str, float] = field(default_factory=dict)
+    nested: dict[int, dict[str, float]] = field(default_factory=dict)
     trace: list[float] = field(default_factory=list, repr=False)
 
     def selected(self) -> dict[str, float]:
@@ -97,7 +140,23 @@ class EnsembleFit:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("trace")
+        d["nested"] = {str(w): ws for w, ws in self.nested.items()}  # JSON keys are strings
         return d
+
+
+@dataclass(frozen=True)
+class _Arrays:
+    """Every member's backtest forecasts over the (series, window) pairs all of them forecast."""
+
+    pairs: pd.DataFrame
+    y: np.ndarray
+    mean: np.ndarray
+    qs: np.ndarray
+    scale: np.ndarray | None
+
+    def take(self, mask: np.ndarray) -> "_Arrays":
+        return _Arrays(self.pairs[mask].reset_index(drop=True), self.y[mask], self.mean[:, mask], self.qs[:, mask],
+                       None if self.scale is None else self.scale[mask])
 
 
 def _member_arrays(forecasts: pd.DataFrame, members: Sequence[str], qcols: Sequence[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
@@ -140,42 +199,88 @@ def _scales(history: pd.DataFrame, cutoffs: pd.DataFrame, pairs: pd.DataFrame, s
     return out.to_numpy(dtype=float)
 
 
-def fit_weights(result: BacktestResult, history: pd.DataFrame, members: Sequence[str], *, gate_metric: str,
-                fit_windows: Sequence[int], iterations: int = DEFAULT_ITERATIONS) -> EnsembleFit:
-    """Greedy weights of ``members`` (models of the backtest ``result``) on ``fit_windows``,
-    optimising the mean ``gate_metric`` over the (series, window) pairs every member forecast."""
+def _arrays(result: BacktestResult, history: pd.DataFrame, members: Sequence[str], gate_metric: str,
+            windows: Sequence[int]) -> _Arrays:
     s = result.settings
-    quantiles = s["quantiles"]
-    qcols = [quantile_column(q) for q in quantiles]
-    fc = result.forecasts[result.forecasts["window"].isin(list(fit_windows))]
+    qcols = [quantile_column(q) for q in s["quantiles"]]
+    fc = result.forecasts[result.forecasts["window"].isin(list(windows))]
     pairs, y, mean, qs = _member_arrays(fc, members, qcols)
     if pairs.empty:
-        raise BadInputError(f"no series was forecast by every ensemble member {list(members)} in window(s) {list(fit_windows)}")
+        raise BadInputError(f"no series was forecast by every ensemble member {list(members)} in window(s) {list(windows)}")
     scale = _scales(history, result.cutoffs, pairs, s["season_length"]) if gate_metric == "mase" else None
+    return _Arrays(pairs, y, mean, qs, scale)
+
+
+def _fit(arr: _Arrays, members: Sequence[str], gate_metric: str, quantiles: Sequence[float], iterations: int,
+         shrinkage: float) -> tuple[np.ndarray, np.ndarray, int, float, dict[str, float], list[float]]:
+    """Greedy weights on ``arr``, shrunk toward the best single member: ``(weights, greedy weights,
+    index of the best single member, score of the weights, every member's score, greedy trace)``."""
 
     def objective(w: np.ndarray) -> float:
-        m = np.tensordot(w, mean, axes=1)
-        q = np.sort(np.tensordot(w, qs, axes=1), axis=-1)
-        per = pair_scores(gate_metric, y, m, q, quantiles, scale)
+        m = np.tensordot(w, arr.mean, axes=1)
+        q = np.sort(np.tensordot(w, arr.qs, axes=1), axis=-1)
+        per = fast_pair_scores(gate_metric, arr.y, m, q, quantiles, arr.scale)
         return float(np.nanmean(per)) if np.isfinite(per).any() else math.nan
 
-    weights, best, trace = greedy_weights(objective, len(members), iterations)
+    greedy, _, trace = greedy_weights(objective, len(members), iterations)
     singles = {}
     for i, m in enumerate(members):
         one = np.zeros(len(members))
         one[i] = 1.0
         singles[m] = objective(one)
-    judge = [w for w in range(int(s["n_windows"])) if w not in set(fit_windows)]
+    finite = [(v, i) for i, v in enumerate(singles.values()) if math.isfinite(v)]
+    best = min(finite)[1] if finite else int(np.argmax(greedy))  # the first of equal scores
+    target = np.zeros(len(members))
+    target[best] = 1.0
+    weights = (1.0 - shrinkage) * greedy + shrinkage * target
+    return weights, greedy, best, objective(weights), singles, trace
+
+
+def excluded_windows(window: int, n_windows: int, horizon: int, step: int) -> list[int]:
+    """The windows a nested fit for ``window`` leaves out: itself and every window whose forecast
+    period overlaps it (``step < horizon``), so no actual value scored in ``window`` is fitted on."""
+    return [v for v in range(n_windows) if abs(v - window) * step < horizon]
+
+
+def fit_weights(result: BacktestResult, history: pd.DataFrame, members: Sequence[str], *, gate_metric: str,
+                fit_windows: Sequence[int] | None = None, judge_windows: Sequence[int] = (),
+                iterations: int = DEFAULT_ITERATIONS, shrinkage: float = DEFAULT_SHRINKAGE) -> EnsembleFit:
+    """Weights of ``members`` (models of the backtest ``result``) optimising the mean ``gate_metric``
+    over the (series, window) pairs every member forecast: greedy selection with replacement, then
+    shrunk toward the member that is best alone (``w = (1 - shrinkage) · greedy + shrinkage · best``).
+
+    The final ``weights`` are fitted on ``fit_windows`` (default: every window, the out-of-fold
+    forecasts of the whole backtest); for each of ``judge_windows`` the weights are fitted again
+    without it (:func:`excluded_windows`) — the nested weights its score is computed with."""
+    if not 0.0 <= shrinkage <= 1.0:
+        raise BadInputError(f"ensemble shrinkage must be between 0 and 1, got {shrinkage}")
+    s = result.settings
+    n, horizon, step = int(s["n_windows"]), int(s["horizon"]), int(s.get("step") or s["horizon"])
+    windows = sorted(int(w) for w in (range(n) if fit_windows is None else fit_windows))
+    quantiles = s["quantiles"]
+    arr = _arrays(result, history, members, gate_metric, windows)
+    weights, greedy, best, score, singles, trace = _fit(arr, members, gate_metric, quantiles, iterations, shrinkage)
+    nested: dict[int, dict[str, float]] = {}
+    for w in judge_windows:
+        mask = ~arr.pairs["window"].isin(excluded_windows(int(w), n, horizon, step)).to_numpy()
+        if not mask.any():
+            continue  # no window left to fit on without it: the ensemble is not scored there
+        ws = _fit(arr.take(mask), members, gate_metric, quantiles, iterations, shrinkage)[0]
+        nested[int(w)] = {m: float(x) for m, x in zip(members, ws)}
     return EnsembleFit(
         members=list(members),
-        weights={m: float(w) for m, w in zip(members, weights)},
+        weights={m: float(x) for m, x in zip(members, weights)},
         gate_metric=gate_metric,
-        fit_windows=sorted(int(w) for w in fit_windows),
-        judge_windows=judge,
-        fit_score=float(best),
+        fit_windows=windows,
+        judge_windows=sorted(int(w) for w in judge_windows),
+        fit_score=float(score),
         member_fit_scores=singles,
         iterations=int(iterations),
-        n_fit_pairs=int(len(pairs)),
+        n_fit_pairs=int(len(arr.pairs)),
+        shrinkage=float(shrinkage),
+        best_single=members[best],
+        greedy_weights={m: float(x) for m, x in zip(members, greedy)},
+        nested=nested,
         trace=trace,
     )
 
@@ -197,29 +302,40 @@ def restrict_windows(result: BacktestResult, windows: Sequence[int], extra_setti
 
 
 def add_ensemble(result: BacktestResult, history: pd.DataFrame, *, candidates: Sequence[str], gate_metric: str,
-                 fit_windows: Sequence[int], iterations: int = DEFAULT_ITERATIONS) -> BacktestResult:
-    """The backtest ``result`` plus the ``ensemble`` model: weights fitted on ``fit_windows``
-    (:func:`fit_weights`) over the ``candidates`` present in it, forecasts and scores on the other
-    windows, and the leaderboard of every model on those judging windows only. With fewer than two
-    candidates there is no ensemble (``settings["ensemble"]`` is None), but the leaderboard still
-    judges on the same windows. ``settings["ensemble"]`` holds :meth:`EnsembleFit.to_dict`."""
+                 fit_windows: Sequence[int], iterations: int = DEFAULT_ITERATIONS,
+                 shrinkage: float = DEFAULT_SHRINKAGE) -> BacktestResult:
+    """The backtest ``result`` plus the ``ensemble`` model over the ``candidates`` present in it.
+
+    ``fit_windows`` are the windows only the ensemble uses (the extra first window): every model is
+    ranked on the other, judging windows. The champion's weights are fitted on the out-of-fold
+    forecasts of *all* windows (:func:`fit_weights`); the ensemble's forecasts and scores on each
+    judging window use the weights fitted without that window (nested), so its leaderboard score is
+    never in-sample. With fewer than two candidates there is no ensemble (``settings["ensemble"]``
+    is None), but the leaderboard still judges on the same windows. ``settings["ensemble"]`` holds
+    :meth:`EnsembleFit.to_dict`."""
     t0 = time.perf_counter()
     s = result.settings
     judge = [w for w in range(int(s["n_windows"])) if w not in set(fit_windows)]
     if not judge:
         raise BadInputError(f"the ensemble is fitted on windows {list(fit_windows)}: no window is left to judge the models on")
-    fitted = set(result.forecasts.loc[result.forecasts["window"].isin(list(fit_windows)), "model"])
-    members = [c for c in dict.fromkeys(candidates) if c in result.failures and c in fitted and c != ENSEMBLE]
+    forecast_by = set(result.forecasts["model"])
+    members = [c for c in dict.fromkeys(candidates) if c in result.failures and c in forecast_by and c != ENSEMBLE]
     if len(members) < 2:
         return restrict_windows(result, judge, {"ensemble": None})
-    fit = fit_weights(result, history, members, gate_metric=gate_metric, fit_windows=fit_windows, iterations=iterations)
-    chosen = fit.selected()
+    fit = fit_weights(result, history, members, gate_metric=gate_metric, judge_windows=judge, iterations=iterations,
+                      shrinkage=shrinkage)
     quantiles = s["quantiles"]
     qcols = [quantile_column(q) for q in quantiles]
     df = check_history(history)
     fc_parts, metric_parts, failures = [], [], {}
     for w in judge:
         cut = result.cutoffs[result.cutoffs["window"] == w]
+        if w not in fit.nested:
+            for uid in cut[ID]:
+                failures.setdefault(str(uid), []).append(
+                    f"window {w}: no backtest window is left to fit the ensemble's weights without it (overlapping windows)")
+            continue
+        chosen = {m: x for m, x in fit.nested[w].items() if x > 0}
         context, actuals = split_window(df, cut)
         cutoff_of = cut.set_index(ID)["cutoff"]
         fw = result.forecasts[result.forecasts["window"] == w]

@@ -15,13 +15,20 @@ guarantees it). A series that some member could not forecast is combined from th
 did, with their weights renormalised; a series no member forecast is reported in
 ``last_failures``.
 
-Honest scoring (:func:`chronos_flows.evaluation.ensemble.add_ensemble`): the weights are fitted on backtest windows that do **not**
-judge the champion. With ``evaluation.ensemble`` on, the backtest runs one extra rolling window
-before the ``evaluation.n_windows`` judging windows (:func:`chronos_flows.evaluation.splits.backtest_windows`;
-Chronos is never trained on it either, see :func:`chronos_flows.evaluation.splits.test_span`): the weights are
-fitted on that window 0, the ensemble forecasts the judging windows 1…n with those weights, and the
-leaderboard ranks *every* model on the judging windows only, so the ensemble's score is as
-out-of-sample as any other candidate's.
+Shrinkage: the greedy weights are shrunk toward the member that is best alone on the same
+forecasts, ``w = (1 - shrinkage) · greedy + shrinkage · best`` (``evaluation.ensemble_shrinkage``).
+Both metrics the champion is gated on (WQL, MASE) are convex in the combined forecast, so on any
+window the shrunk ensemble's loss is at most ``(1 - shrinkage)`` × the greedy ensemble's loss +
+``shrinkage`` × the best member's: shrinkage bounds how much overfitted weights can hurt.
+
+Honest scoring (:func:`chronos_flows.evaluation.ensemble.add_ensemble`): the weights are fitted, as
+AutoGluon does on its validation windows, on the out-of-fold forecasts of *every* backtest window —
+with ``evaluation.ensemble`` on, the backtest runs one extra rolling window before the
+``evaluation.n_windows`` judging windows (:func:`chronos_flows.evaluation.splits.backtest_windows`;
+Chronos is never trained on it either, see :func:`chronos_flows.evaluation.splits.test_span`). The
+ensemble's forecast on each judging window uses the weights fitted *without* that window (and
+without any window overlapping it): nested, never in-sample. The leaderboard ranks every model on
+the judging windows only; the champion's weights are the ones fitted on all windows.
 
 The champion (family ``ensemble``) records its members and weights in ``config`` (see
 :func:`champion_config`); :func:`ensemble_forecaster` re-creates it: each member forecasts, then
@@ -51,6 +58,8 @@ from chronos_flows.models.base import (
 ENSEMBLE = "ensemble"
 #: Greedy additions (AutoGluon's default ensemble size).
 DEFAULT_ITERATIONS = 100
+#: Weight moved from the greedy weights to the best single member (``evaluation.ensemble_shrinkage``).
+DEFAULT_SHRINKAGE = 0.5
 GATE_METRICS = ("wql", "mase", "mae", "rmse", "smape", "mape")
 
 
@@ -164,6 +173,8 @@ def champion_config(fit: Mapping[str, Any], member_configs: Mapping[str, Mapping
         "iterations": fit["iterations"],
         "fit_windows": list(fit["fit_windows"]),
         "fit_score": fit["fit_score"],
+        "shrinkage": fit.get("shrinkage", 0.0),
+        "best_single": fit.get("best_single"),
     }
 
 

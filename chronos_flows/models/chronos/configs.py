@@ -57,6 +57,36 @@ def with_default_learning_rate(cfg: ChronosConfig) -> ChronosConfig:
     return cfg.model_copy(update={"learning_rate": lr})
 
 
+def random_start(cfg: ChronosConfig) -> ChronosConfig:
+    """``cfg`` for a random-initialised start: no ``model``, at most ``random_max_steps`` optimizer
+    steps, and the random model's learning rate when ``learning_rate`` was left empty."""
+    update: dict[str, Any] = {"model": None}
+    budget = getattr(cfg, "random_max_steps", None)
+    if budget is not None:
+        update["max_steps"] = min(int(cfg.max_steps), int(budget))
+    return cfg.model_copy(update=update)
+
+
+class HubUnreachable(ConfigError):
+    """The Hugging Face hub cannot be reached and the model is not in the local cache."""
+
+
+def hub_snapshot(model_id: str) -> str:
+    """The local directory of hub model ``model_id``: downloaded into (or, offline, found in) the
+    Hugging Face cache. Raises :class:`HubUnreachable` when the hub cannot be reached
+    (``HF_HUB_OFFLINE=1``, no network, hub down) and the model is not cached; a repository that does
+    not exist is a :class:`ConfigError`."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(model_id)
+    except LocalEntryNotFoundError as exc:
+        raise HubUnreachable(f"the Hugging Face hub cannot be reached and {model_id} is not in the local cache ({exc})") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ConfigError(f"cannot fetch Chronos model {model_id!r} from the Hugging Face hub: {exc}") from None
+
+
 def check_family(family: str) -> str:
     if family not in FAMILIES:
         raise ConfigError(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from chronos_flows.config.sections import PRETRAINED_MODELS, RANDOM_INIT_NOTE
 from chronos_flows.core.errors import ConfigError, TrainingError
 from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TIME, Forecaster, future_index, quantile_column
 from chronos_flows.models.chronos.checkpoints import (
@@ -32,10 +33,13 @@ from chronos_flows.models.chronos.configs import (
     FAMILY_OF_PIPELINE,
     SIZES,
     DeviceInfo,
+    HubUnreachable,
     build_random_pipeline,
     check_family,
     check_model_dir,
+    hub_snapshot,
     model_family_of_dir,
+    random_start,
     resolve_model_source,
     select_device,
     with_default_learning_rate,
@@ -120,7 +124,9 @@ class ChronosForecaster(Forecaster):
         check_family(cfg.family)
         if cfg.family != self.family:
             raise ConfigError(f"{type(self).__name__} is the {self.family} forecaster; chronos.family is {cfg.family}")
-        self.cfg = with_default_learning_rate(cfg)
+        #: the configuration as given (a fallback to a random start is derived from it)
+        self.requested_cfg = cfg
+        self.cfg = with_default_learning_rate(cfg if cfg.model else random_start(cfg))
         self.workdir = Path(workdir)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = progress
@@ -157,20 +163,41 @@ class ChronosForecaster(Forecaster):
         return self._pipeline
 
     def _load_base(self, horizon: int, device: DeviceInfo):
-        """The starting pipeline: pretrained (hub id / dir / s3) or a named random configuration."""
+        """The starting pipeline: pretrained (hub id / dir / s3) or a named random configuration.
+
+        When the model is the family's default published checkpoint (``chronos.model`` left at its
+        default) and the hub cannot be reached, the start falls back to a random model of
+        ``chronos.size`` (with its small step budget) and says so once, in the log and in ``info``
+        (``random_init``, ``random_init_reason``); any other model that cannot be loaded is an error."""
         cfg = self.cfg
         if cfg.model:
-            pipe = self._load_pretrained(device)
+            try:
+                pipe = self._load_pretrained(device)
+            except HubUnreachable as exc:
+                if cfg.model != PRETRAINED_MODELS.get(cfg.family):
+                    raise ConfigError(f"cannot load Chronos model {cfg.model!r}: {exc}. Without internet only local "
+                                      "directories, s3:// URIs or models already in the Hugging Face cache work") from None
+                reason = (f"pretrained {cfg.model} unreachable ({exc}); fell back to a random {cfg.family} {cfg.size} "
+                          f"model trained for at most {cfg.random_max_steps} steps — {RANDOM_INIT_NOTE}")
+                logger.warning("chronos: %s", reason)
+                self.cfg = with_default_learning_rate(random_start(self.requested_cfg))
+                self.info.update(random_init=True, random_init_reason=reason, requested_model=cfg.model)
+                return self._load_base(horizon, device)
             self.info.setdefault("base_model", cfg.model)
+            self.info.setdefault("random_init", False)
             return pipe
         pipe = build_random_pipeline(cfg.family, cfg.size, cfg.context_length, horizon, cfg.seed)
         move_to(pipe, device.device)
         self.info.setdefault("base_model", f"random:{cfg.family}:{cfg.size}")
+        self.info.setdefault("random_init", True)
+        self.info.setdefault("random_init_reason", f"chronos.model is empty: a random {cfg.family} {cfg.size} model — {RANDOM_INIT_NOTE}")
         return pipe
 
     def _load_pretrained(self, device: DeviceInfo):
         cfg = self.cfg
         source = resolve_model_source(cfg.model, self.workdir / "model-cache", self.fetch_dir)
+        if not Path(source).is_dir():
+            source = hub_snapshot(source)
         if Path(source).is_dir():
             fam = model_family_of_dir(Path(source))
             if fam is not None and fam != cfg.family:
@@ -218,10 +245,12 @@ class ChronosForecaster(Forecaster):
             return self._derive(base, info)
 
         data = split_train_val(ids, arrays, horizon)
+        # the starting point first: a fallback to a random start changes the configuration trained
+        base = self._pipeline if self._pipeline is not None else self._load_base(horizon, device)
+        cfg = self.cfg
         identity = self._checkpoint_identity(horizon, fingerprint)
         resume = self._resume_point(identity)
         # everything above is validation: no training has started yet
-        base = self._pipeline if self._pipeline is not None else self._load_base(horizon, device)
         n_params = sum(p.numel() for p in base.inner_model.parameters())
         logger.info(
             "fine-tuning %s (%s, %.2fM params) on %s: %d series, max_steps %d, batch %d×%d, lr %g%s",
@@ -358,6 +387,8 @@ class ChronosForecaster(Forecaster):
             "family": family_of_pipeline(pipe),
             "pipeline_class": type(pipe).__name__,
             "base_model": self.info.get("base_model"),
+            "random_init": bool(self.info.get("random_init", False)),
+            "random_init_reason": self.info.get("random_init_reason"),
             "size": self.cfg.size if not self.cfg.model else None,
             "mode": self.cfg.mode,
             "params": int(sum(p.numel() for p in pipe.inner_model.parameters())),
@@ -446,6 +477,7 @@ class ChronosForecaster(Forecaster):
                 # models saved before the rename called it data_fingerprint
                 "training_data_fingerprint": meta.get("training_data_fingerprint", meta.get("data_fingerprint")),
                 "best_val_loss": meta.get("best_val_loss"), "device": device.label,
+                "random_init": bool(meta.get("random_init", str(meta.get("base_model") or "").startswith("random:"))),
             }
         fam = family_of_pipeline(pipe)
         if fam != cfg.family:

@@ -1,4 +1,4 @@
-"""AutoTheta baseline: one automatically selected Theta model per series.
+"""Theta baseline: statsforecast's Theta models per series (Dynamic Optimised Theta by default).
 
 Method (statsforecast's ``AutoTheta``; Assimakopoulos & Nikolopoulos 2000, the optimised and
 dynamic variants of Fiorucci et al. 2016):
@@ -8,9 +8,13 @@ dynamic variants of Fiorucci et al. 2016):
   seasonally adjusted first (classical decomposition, ``decomposition_type``; multiplicative falls
   back to additive for a series with a value <= 0 or a seasonal index below 0.01). The seasonal
   indices of the last season are re-applied to the forecast.
-* Model selection: ``model=None`` fits the four Theta models — Standard (STM), Optimised (OTM),
-  Dynamic Standard (DSTM) and Dynamic Optimised (DOTM) — and keeps the one with the smallest
-  in-sample MSE; ``"STM"`` … ``"DOTM"`` fixes one.
+* Model: ``"DOTM"`` (the default, statsforecast's ``DynamicOptimizedTheta``) fixes the Dynamic
+  Optimised Theta model; ``"STM"``, ``"OTM"``, ``"DSTM"`` fix the Standard, Optimised or Dynamic
+  Standard one; ``model=None`` fits all four and keeps, per series, the one with the smallest
+  in-sample MSE (AutoTheta's selection). Out of sample the fixed DOTM wins: over 4 rolling windows
+  of tourism (200 quarterly series), aus_livestock (42) and aus_retail (150 monthly), its
+  geometric-mean MASE is 1.7 % and mean WQL 1.5 % below the per-series selection, and multiplicative
+  decomposition beats additive by 11 % (``benchmarks/theta.py``; NOTES in the repository).
 * Too short: a series with fewer than 4 points raises in statsforecast ("tiny datasets"); a series
   containing NaN raises ("no model able to be fitted"). Both are per-series failures here.
 * Quantiles: empirical quantiles of 200 simulated sample paths of the selected state-space model
@@ -40,6 +44,8 @@ from chronos_flows.models.local.parallel import Progress
 
 THETA_MODELS = ("STM", "OTM", "DSTM", "DOTM")
 DECOMPOSITIONS = ("multiplicative", "additive")
+#: The variant that held up best out of sample on the shipped panels (benchmarks/theta.py).
+DEFAULT_MODEL = "DOTM"
 
 
 def build_model(settings: Mapping[str, Any]) -> Any:
@@ -54,7 +60,7 @@ class AutoThetaForecaster(StatsForecastForecaster):
     name = "theta"
     label = "Theta"
     build = staticmethod(build_model)
-    defaults = {"decomposition_type": "multiplicative", "model": None}
+    defaults = {"decomposition_type": "multiplicative", "model": DEFAULT_MODEL}
 
     def __init__(
         self,
@@ -63,7 +69,7 @@ class AutoThetaForecaster(StatsForecastForecaster):
         n_jobs: int = 2,
         progress: Progress | None = None,
         decomposition_type: str = "multiplicative",
-        model: str | None = None,
+        model: str | None = DEFAULT_MODEL,
     ):
         super().__init__(season_length, n_jobs, progress)
         if decomposition_type not in DECOMPOSITIONS:
