@@ -274,3 +274,53 @@ def test_when_the_cli_monitor_gets_overlapping_revisions_then_it_exits_2_before_
     err = capsys.readouterr().err
     assert "overlapping revisions" in err and f"s0 {cut + pd.Timedelta(weeks=1):%Y-%m-%d}" in err
     assert store.list("dev/monitoring/") == []
+
+
+class FlakyStore:
+    """The store, answering ``TransientStoreError`` (as S3's 503 SlowDown becomes) to the first
+    ``failures`` writes and existence checks."""
+
+    def __init__(self, inner, failures: int):
+        self.inner, self.left, self.refused = inner, failures, 0
+
+    def _maybe_fail(self):
+        from chronos_flows.core.errors import TransientStoreError
+
+        if self.left > 0:
+            self.left -= 1
+            self.refused += 1
+            raise TransientStoreError("503 SlowDown (injected)")
+
+    def exists(self, key):
+        self._maybe_fail()
+        return self.inner.exists(key)
+
+    def put_if_absent(self, key, data):
+        self._maybe_fail()
+        return self.inner.put_if_absent(key, data)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_when_the_store_throttles_while_the_history_is_written_then_the_rows_land_once_the_outage_ends(store):
+    data = panel()
+    cut = pd.Timestamp(data["ds"].iloc[100])
+    publish_batch(store, data, cut, forecast_id="fc-1", horizon=4)
+    flaky = FlakyStore(store, failures=3)
+    res = run(flaky, data, champion())
+    assert flaky.refused == 3 and [r.written for r in res.recorded] == [True]
+    assert list(read_history(store, "dev")["forecast_id"]) == ["fc-1"]
+
+
+def test_when_the_store_stays_away_past_the_budget_then_the_step_fails_and_nothing_is_half_written(store, monkeypatch):
+    from chronos_flows.core.errors import TransientStoreError
+    from chronos_flows.monitoring import history
+
+    monkeypatch.setattr(history, "OUTAGE_BUDGET_SECONDS", 1.0)
+    data = panel()
+    cut = pd.Timestamp(data["ds"].iloc[100])
+    publish_batch(store, data, cut, forecast_id="fc-1", horizon=4)
+    with pytest.raises(TransientStoreError, match="SlowDown"):
+        run(FlakyStore(store, failures=10_000), data, champion())
+    assert read_history(store, "dev").empty

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -28,6 +29,7 @@ import pandas as pd
 
 from chronos_flows.core import layout
 from chronos_flows.core.errors import PreconditionFailed
+from chronos_flows.core.retry import OutageLog, retry_while
 from chronos_flows.core.store import ObjectStore
 from chronos_flows.models.base import TIME
 from chronos_flows.monitoring.scoring import Score, dumps
@@ -127,20 +129,32 @@ def make_row(score: Score, *, promised: Mapping[str, float], data_source: str, m
     }
 
 
+#: How long a history write waits through a store outage (throttling, dropped connections) before the
+#: step fails: the monitor holds no lock, so the budget is time, not a lease.
+OUTAGE_BUDGET_SECONDS = 600.0
+
+
+def durable(fn: Any, what: str, outages: OutageLog | None = None, budget: float | None = None) -> Any:
+    """``fn()`` retried with backoff and jitter through transient store errors for up to ``budget``
+    seconds (default :data:`OUTAGE_BUDGET_SECONDS`); then the last error is raised."""
+    deadline = time.monotonic() + (OUTAGE_BUDGET_SECONDS if budget is None else budget)
+    return retry_while(fn, what=what, alive=lambda: deadline - time.monotonic(), outages=outages)
+
+
 def record(store: ObjectStore, env: str, score: Score, history: pd.DataFrame, *, promised: Mapping[str, float],
-           data_source: str, monitor_run: str) -> Recorded:
+           data_source: str, monitor_run: str, outages: OutageLog | None = None) -> Recorded:
     """Append the row of ``score`` (``put_if_absent``); an identical scoring already there is left as it is."""
     key = layout.monitoring_history_key(env, score.forecast_id, _compact(score.scored_through), score.actuals_sha)
     rev, msg = revision_of(score, history)
     row = make_row(score, promised=promised, data_source=data_source, monitor_run=monitor_run, revision=rev)
     issues = [msg] if msg else []
-    if store.exists(key):
+    if durable(lambda: store.exists(key), f"history {key}", outages):
         return Recorded(row, key, False, rev, issues)
     buf = io.BytesIO()
     pd.DataFrame([row], columns=COLUMNS).to_parquet(buf, index=False)
     try:
-        store.put_if_absent(key, buf.getvalue())
-    except PreconditionFailed:  # another monitor recorded the same scoring meanwhile
+        durable(lambda: store.put_if_absent(key, buf.getvalue()), f"history {key}", outages)
+    except PreconditionFailed:  # another monitor (or our own write before a dropped answer) recorded it
         return Recorded(row, key, False, rev, issues)
     return Recorded(row, key, True, rev, issues)
 

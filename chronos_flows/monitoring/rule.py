@@ -37,7 +37,7 @@ import pandas as pd
 from chronos_flows.core import layout
 from chronos_flows.core.errors import ConfigError, PreconditionFailed
 from chronos_flows.core.store import ObjectStore
-from chronos_flows.monitoring.history import latest_per_forecast
+from chronos_flows.monitoring.history import durable, latest_per_forecast
 from chronos_flows.monitoring.scoring import json_clean
 
 EVENT = "chronos-flows.champion.degraded"
@@ -127,7 +127,7 @@ def record_degradation(store: ObjectStore, env: str, evidence: Mapping[str, Any]
     doc = {"schema_version": 1, "env": env, "detected_at": datetime.now(timezone.utc).isoformat(),
            "event": EVENT, "event_id": None, "event_emitted_at": None, "write_id": uuid.uuid4().hex, **dict(evidence)}
     try:
-        store.put_if_absent(key, json.dumps(doc, indent=2).encode())
+        durable(lambda: store.put_if_absent(key, json.dumps(doc, indent=2).encode()), f"degradation record {key}")
     except PreconditionFailed:
         existing, _ = read_degradation(store, env, str(evidence["champion_run_id"]))
         return existing or doc, False
