@@ -26,6 +26,7 @@ from chronos_flows.champion.promotion import (
     not_representative,
     promote_run,
 )
+from chronos_flows.training.fit import upload_dir_durably
 from chronos_flows.training.specs import (
     BaselineRecord,
     ChampionInRun,
@@ -196,7 +197,7 @@ def evaluate(
     paths = write_outputs(result, out, history=history[["unique_id", "ds", "y"]], plot_series=spec.params.evaluation.plot_series)
     guard()
     prefix = layout.evaluation_prefix(spec.env, spec.run_id)
-    spec.store.upload_dir(out, prefix)
+    upload_dir_durably(spec.store, out, prefix, guard, spec.params.lock.lease_seconds)  # waits out a store outage
 
     table_artifact(f"leaderboard-{spec.run_id}", leaderboard_records(result), f"Backtest leaderboard of run {spec.run_id}")
     # The UI cannot open store paths: the report's plots (relative paths in the stored report.md)

@@ -7,6 +7,7 @@ the connection) for every request during a timed window.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -471,3 +472,42 @@ def test_when_the_model_download_meets_an_outage_then_it_waits_while_the_guard_p
 
     with pytest.raises(RunKilledError):
         fetch_model(store, ENV, "r1", tmp_path / "m2", killed, 30)
+
+
+def test_when_the_store_throttles_while_the_evaluation_is_uploaded_then_every_file_lands_once(tmp_path):
+    """The evaluation outputs (leaderboard, report, plots) go up file by file; a throttled file is
+    retried, the ones that landed are not sent again, and a fenced run stops sending."""
+    from blocks.store import LocalStore
+    from chronos_flows.core.errors import LeaseExpiredError, TransientStoreError
+    from chronos_flows.training.fit import upload_dir_durably
+
+    class Flaky(LocalStore):
+        fail_on: dict[str, int] = {}
+        sent: list[str] = []
+
+        def put_file(self, key, src):
+            if self.fail_on.get(key, 0) > 0:
+                self.fail_on[key] -= 1
+                raise TransientStoreError("503 SlowDown")
+            self.sent.append(key)
+            return super().put(key, Path(src).read_bytes())
+
+    out = tmp_path / "evaluation"
+    (out / "plots").mkdir(parents=True)
+    for name in ("leaderboard.csv", "report.md", "plots/best.png"):
+        (out / name).write_bytes(name.encode())
+    store = Flaky(tmp_path / "store")
+    store.fail_on = {"dev/r1/evaluation/report.md": 2}
+    keys = upload_dir_durably(store, out, "dev/r1/evaluation", lambda refresh=True: None, 30)
+    assert sorted(store.sent) == sorted(keys) and len(keys) == 3  # each file exactly once
+    assert store.get("dev/r1/evaluation/report.md")[0] == b"report.md"
+
+    store.fail_on, store.sent = {"dev/r2/evaluation/report.md": 1000}, []
+
+    def fenced(refresh=True):
+        if store.sent:
+            raise LeaseExpiredError("the lease of run r2 ran out while the store was away")
+
+    with pytest.raises(LeaseExpiredError):
+        upload_dir_durably(store, out, "dev/r2/evaluation", fenced, 30)
+    assert store.sent == ["dev/r2/evaluation/leaderboard.csv"]  # nothing after the fence

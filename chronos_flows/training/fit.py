@@ -53,6 +53,23 @@ def upload_dir_fenced(store: ObjectStore, local_dir: Path, prefix: str, guard: G
     return keys
 
 
+def upload_dir_durably(store: ObjectStore, local_dir: Path, prefix: str, guard: Guard, budget_seconds: float,
+                       outages: OutageLog | None = None) -> list[str]:
+    """:func:`upload_dir_fenced` retried through a store outage (backoff and jitter) while ``guard``
+    passes, for at most ``budget_seconds`` (the lease); a file that landed is not sent again."""
+    from chronos_flows.core.retry import retry_while
+
+    done: set[str] = set()
+    deadline = time.monotonic() + budget_seconds
+
+    def alive() -> float:
+        guard(False)  # fenced / killed / lost: stop waiting
+        return deadline - time.monotonic()
+
+    return retry_while(lambda: upload_dir_fenced(store, local_dir, prefix, guard, done), what=f"upload to {prefix}",
+                       alive=alive, outages=outages)
+
+
 def unsynced_checkpoints(local_dir: Path, synced: Any) -> list[Path]:
     """The local checkpoint directories not in ``synced`` yet, oldest first. A checkpoint becomes
     visible complete (renamed into place); hidden directories (Trainer's staging) are skipped."""
