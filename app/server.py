@@ -226,11 +226,12 @@ class ServeApp:
         latency = time.perf_counter() - t0
         label = path if path in ROUTES else "other"
         self.metrics.observe(label, status, latency)
-        access_log.info(json.dumps({
-            "request_id": ex.request_id, "method": method, "path": path, "status": status,
-            "latency_ms": round(latency * 1000, 2), "series": ex.n_series,
-            "champion_run_id": champ.run_id if champ else None, "champion_family": champ.family if champ else None,
-        }))
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(orjson.dumps({
+                "request_id": ex.request_id, "method": method, "path": path, "status": status,
+                "latency_ms": round(latency * 1000, 2), "series": ex.n_series,
+                "champion_run_id": champ.run_id if champ else None, "champion_family": champ.family if champ else None,
+            }).decode())
 
     def _refusal(self, path: str, headers: dict) -> Optional[tuple[int, bytes, bytes]]:
         """401/403 for a request without the right API key (when keys are configured; /ping is open)."""

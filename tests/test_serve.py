@@ -661,3 +661,38 @@ def test_when_model_threads_are_given_then_each_model_call_runs_with_that_many_t
     finally:
         torch.set_num_threads(before)
     assert seen == [1, 2]
+
+
+def test_when_a_champion_is_swapped_in_then_the_heap_is_frozen_and_the_replaced_one_is_freed(tmp_path):
+    """settle_heap: the serving champion's objects leave the collector's generations (gc.freeze), and a
+    replaced champion held only in a reference cycle is still collected (unfreeze, collect, freeze)."""
+    import gc
+    import json
+    import weakref
+
+    from blocks.store import LocalStore
+    from chronos_flows.core import layout
+    from chronos_flows.serving.champion import ChampionHolder, LoadedChampion
+
+    class Model:  # a model in a reference cycle, as module graphs are
+        def __init__(self):
+            self.me = self
+
+    made: list = []
+
+    def loader(store, env, doc, etag, workdir, device="auto"):
+        made.append(weakref.ref(model := Model()))
+        return LoadedChampion(run_id=doc["run_id"], family="seasonal_naive", doc=doc, etag=etag, model=model,
+                              min_history=1, load_seconds=0.0)
+
+    store = LocalStore(tmp_path / "store")
+    holder = ChampionHolder(store, "dev", workdir=tmp_path / "work", loader=loader)
+    try:
+        for run in ("r1", "r2"):
+            store.put(layout.champion_key("dev"), json.dumps({"schema_version": 2, "run_id": run, "family": "seasonal_naive",
+                                                                "config": {"season_length": 7}}).encode())
+            assert holder.check()
+            assert gc.get_freeze_count() > 0
+        assert holder.current.run_id == "r2" and made[0]() is None and made[1]() is not None
+    finally:
+        gc.unfreeze()

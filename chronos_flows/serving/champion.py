@@ -42,6 +42,18 @@ class LoadedChampion:
         return {"X-Champion-Run-Id": str(self.run_id), "X-Champion-Family": str(self.family)}
 
 
+def settle_heap() -> None:
+    """After a champion is swapped in: collect what the old one left (its cycles), then freeze what
+    is alive (the model's many objects) out of the collector's generations, so the request path's
+    collections no longer walk the model again and again (``gc.freeze``; unfrozen first, so a
+    replaced champion is not kept for ever)."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def load_champion(store: Any, env: str, doc: dict[str, Any], etag: Optional[str], workdir: Path, *,
                   device: str = "auto") -> LoadedChampion:
     """The champion ``doc`` as a :class:`LoadedChampion` (Chronos: downloaded into its own directory)."""
@@ -124,6 +136,8 @@ class ChampionHolder:
         logger.info("champion %s (%s) serving; loaded in %.2fs%s", loaded.run_id, loaded.family, loaded.load_seconds,
                     f", replacing {cur.run_id}" if cur else "")
         self._cleanup(keep={loaded.workdir, cur.workdir if cur else None})
+        del cur
+        settle_heap()
         return True
 
     def _remember_failure(self, etag: str, message: str) -> None:
