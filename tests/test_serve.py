@@ -696,3 +696,23 @@ def test_when_a_champion_is_swapped_in_then_the_heap_is_frozen_and_the_replaced_
         assert holder.current.run_id == "r2" and made[0]() is None and made[1]() is not None
     finally:
         gc.unfreeze()
+
+
+def test_when_requests_are_answered_then_each_has_one_json_access_log_line(caplog):
+    import json
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+
+    caplog.set_level(logging.INFO, logger="chronos_flows.access")
+    with TestClient(create_app(_Holder(_champion_of(SeasonalNaive(7))))) as client:
+        ok = client.post("/invocations", json={"inputs": [{"target": GOOD}, {"target": GOOD}]},
+                         headers={"x-amzn-requestid": "req-ok"})
+        bad = client.post("/invocations", json={"inputs": []}, headers={"x-amzn-requestid": "req-bad"})
+    assert ok.status_code == 200 and bad.status_code == 400
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "chronos_flows.access"]
+    assert [(x["request_id"], x["status"], x["series"]) for x in lines] == [("req-ok", 200, 2), ("req-bad", 400, None)]
+    assert all(x["path"] == "/invocations" and x["latency_ms"] >= 0 and x["champion_run_id"] == "broken-run"
+               for x in lines)
