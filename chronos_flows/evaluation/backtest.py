@@ -201,9 +201,9 @@ def _score_model(name: str, parts: list[tuple[pd.DataFrame, pd.DataFrame]], rank
     merged = pd.concat([m for m, _ in parts], ignore_index=True)
     pairs = merged[[ID, "window"]].drop_duplicates().sort_values(["window", ID], kind="stable")
     key_of = {(uid, w): f"{k:09d}" for k, (uid, w) in enumerate(pairs.itertuples(index=False, name=None))}
-    keys = pd.Series([key_of[p] for p in zip(merged[ID], merged["window"])], index=merged.index)
-    insample = pd.concat([c.assign(**{ID: [key_of[(u, int(m["window"].iloc[0]))] for u in c[ID]]}) for m, c in parts],
-                         ignore_index=True)
+    keys = pd.Series(pd.MultiIndex.from_arrays([merged[ID], merged["window"]]).map(key_of), index=merged.index)
+    insample = pd.concat([c.assign(**{ID: c[ID].map({u: k for (u, w), k in key_of.items() if w == int(m["window"].iloc[0])})})
+                          for m, c in parts], ignore_index=True)
     scores = M.evaluate_all(merged.drop(columns=["window", "cutoff", "model"]).assign(**{ID: keys}),
                             season_length=season_length, insample=insample,
                             quantiles=quantiles).reset_index()
