@@ -128,22 +128,29 @@ def tourism_panel() -> pd.DataFrame:
     ).sort_values(["unique_id", "ds"], ignore_index=True)
 
 
+def tourism_holdout(model) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """``model``'s forecasts of the last 8 quarters of the first 200 tourism series (sorted keys) merged
+    with the actuals, the context, and the seconds ``predict`` took; every series forecast."""
+    df = tourism_panel()
+    df = df[df["unique_id"].isin(sorted(df["unique_id"].unique())[:200])]
+    cutoff = sorted(df["ds"].unique())[-9]
+    context, actuals = df[df["ds"] <= cutoff], df[df["ds"] > cutoff]
+    t0 = time.perf_counter()
+    fc = model.predict(context, 8, "QS")
+    seconds = time.perf_counter() - t0
+    ev = actuals.merge(fc, on=["unique_id", "ds"], how="left")
+    assert model.last_failures == {} and len(ev) == 1600 and ev["mean"].notna().all()
+    return ev, context, seconds
+
+
 def test_when_tourism_last_8_quarters_held_out_then_autoets_matches_the_measured_baseline():
     # FACTS.md: Tourism (200 series, h=8, season 4): AutoETS MASE 1.002 / pooled WQL 0.158. The 200
     # series are the first in sorted order of the key strings "Region|State|Purpose" (any separator
     # gives the same set; sorting the key tuples instead selects a different set: WQL 0.150).
     df = tourism_panel()
     assert df["unique_id"].nunique() == 304 and df.groupby("unique_id").size().eq(80).all()
-    ids = sorted(df["unique_id"].unique())[:200]
-    df = df[df["unique_id"].isin(ids)]
-    cutoff = sorted(df["ds"].unique())[-9]
-    context, actuals = df[df["ds"] <= cutoff], df[df["ds"] > cutoff]
     model = AutoETSForecaster(4, n_jobs=2)
-    t0 = time.perf_counter()
-    fc = model.predict(context, 8, "QS")
-    seconds = time.perf_counter() - t0
-    ev = actuals.merge(fc, on=["unique_id", "ds"], how="left")
-    assert model.last_failures == {} and len(ev) == 1600 and ev["mean"].notna().all()
+    ev, context, seconds = tourism_holdout(model)
     mase = M.mase(ev, season_length=4, insample=context).mean()
     wql = M.wql_pooled(ev)
     print(f"tourism AutoETS: MASE {mase:.4f}, pooled WQL {wql:.4f}, {seconds:.1f} s for 200 series")

@@ -326,13 +326,8 @@ class GlobalBoostForecaster(Forecaster):
         new._fitted = {**info, "seconds": round(time.perf_counter() - t0, 3)}
         return new
 
-    def predict(
-        self,
-        context: pd.DataFrame,
-        horizon: int,
-        freq: str,
-        quantiles: Sequence[float] = DEFAULT_QUANTILES,
-    ) -> pd.DataFrame:
+    def predict(self, context: pd.DataFrame, horizon: int, freq: str,
+                quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.DataFrame:
         check_predict_args(NAME, context, horizon, freq, quantiles)
         t0 = time.perf_counter()
         quantiles = [float(q) for q in quantiles]

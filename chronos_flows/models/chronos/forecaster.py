@@ -316,13 +316,8 @@ class ChronosForecaster(Forecaster):
 
     # ------------------------------------------------------------------ forecasting
 
-    def predict(
-        self,
-        context: pd.DataFrame,
-        horizon: int,
-        freq: str,
-        quantiles: Sequence[float] = DEFAULT_QUANTILES,
-    ) -> pd.DataFrame:
+    def predict(self, context: pd.DataFrame, horizon: int, freq: str,
+                quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.DataFrame:
         ids, arrays, lasts = series_blocks(context)
         return self.predict_series(ids, arrays, lasts, horizon, freq, quantiles)
 

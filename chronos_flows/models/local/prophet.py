@@ -176,13 +176,8 @@ class ProphetForecaster(Forecaster):
         s["seed"] = self.seed
         return s
 
-    def predict(
-        self,
-        context: pd.DataFrame,
-        horizon: int,
-        freq: str,
-        quantiles: Sequence[float] = DEFAULT_QUANTILES,
-    ) -> pd.DataFrame:
+    def predict(self, context: pd.DataFrame, horizon: int, freq: str,
+                quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.DataFrame:
         import time
 
         require_long_frame(context)

@@ -72,13 +72,8 @@ class SeasonalNaive(Forecaster):
     def __repr__(self) -> str:
         return f"SeasonalNaive(season_length={self.season_length})"
 
-    def predict(
-        self,
-        context: pd.DataFrame,
-        horizon: int,
-        freq: str,
-        quantiles: Sequence[float] = DEFAULT_QUANTILES,
-    ) -> pd.DataFrame:
+    def predict(self, context: pd.DataFrame, horizon: int, freq: str,
+                quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.DataFrame:
         require_long_frame(context)
         qcols = [quantile_column(q) for q in quantiles]
         parts = []
