@@ -262,7 +262,10 @@ def test_when_lock_is_released_and_reacquired_then_generation_keeps_growing(stor
 
 
 def test_when_every_write_happens_then_seq_and_etag_change(store):
-    h = RunLock(store, ENV).acquire("run-1")
+    from datetime import datetime, timezone
+
+    same_instant = datetime(2026, 1, 1, tzinfo=timezone.utc)  # heartbeats within one clock tick still write
+    h = RunLock(store, ENV, wall=lambda: same_instant).acquire("run-1")
     etags = {h.etag}
     for _ in range(3):
         h.heartbeat()

@@ -502,14 +502,21 @@ class LockHandle:
     def heartbeat(self) -> None:
         """Renew the lease, retrying through a store outage for as long as the lease lasts."""
         at = iso(self.wall())
-        self._durable("heartbeat", lambda: self._beat_once(at))
+        tries = 0
 
-    def _beat_once(self, at: str | None = None) -> None:
+        def once() -> None:
+            nonlocal tries
+            tries += 1
+            self._beat_once(at, adopt=tries > 1)
+
+        self._durable("heartbeat", once)
+
+    def _beat_once(self, at: str | None = None, *, adopt: bool = False) -> None:
         at = at or iso(self.wall())
 
         def attempt() -> None:
-            if self.state.get("heartbeat_at") == at:
-                return  # an earlier try landed (its reply was lost) and was adopted
+            if adopt and self.state.get("heartbeat_at") == at:
+                return  # an earlier try of this heartbeat landed (its reply was lost) and was adopted
             self._put(lambda s: s.__setitem__("heartbeat_at", at))
 
         self._fenced(attempt)
