@@ -324,6 +324,7 @@ def test_when_a_takeover_happens_then_the_dead_runs_record_and_cleanup_are_finis
     assert res.returncode == 0, res.stdout
 
 
+@pytest.mark.slow  # a whole run in a subprocess (57 s); the takeover itself is covered in-process just above
 def test_when_chronos_flows_run_takes_over_a_dead_run_then_its_cleanup_is_recorded_and_verify_cleanup_passes(store_dir, tmp_path):
     """The CLI takes the lock before Prefect starts and hands it to the flow: the dead run it took
     over is finished on that path too (training.json, cleanup_status.json, its work directory)."""

@@ -110,6 +110,7 @@ def _reclaim_after_first_checkpoint(store, trial: int):
     return hook, reclaimed
 
 
+@pytest.mark.slow  # two instances and a resumed trial (22 s); one trial per instance stays in the default run
 def test_when_a_trials_spot_instance_is_reclaimed_mid_training_then_a_new_one_resumes_from_the_stored_checkpoint(
         prefect_api, aws_env, network, s3_store_url, tmp_path):
     tuning = {"search_space": {"chronos.learning_rate": {"low": 1e-3, "high": 2e-3}},
@@ -143,6 +144,7 @@ def test_when_a_trials_spot_instance_is_reclaimed_mid_training_then_a_new_one_re
     assert trial.user_attrs["resumed_from_step"] == result["resumed_from_step"]
 
 
+@pytest.mark.slow  # a trial left running until its cost limit (15 s)
 def test_when_the_trials_instance_cost_reaches_max_cost_usd_then_the_study_stops_and_the_running_trial_is_stopped(
         prefect_api, aws_env, network, s3_store_url, tmp_path):
     # $36/h = $0.01/s, billed with a one-minute minimum: $0.60 per instance from its launch
