@@ -191,7 +191,7 @@ def test_when_api_keys_are_configured_then_invocations_need_a_valid_key_and_ping
     assert sn_server.client.get("/ping").status_code == 200
     assert sn_server.client.get("/nowhere").status_code == 401
     log = sn_server.log()
-    assert '"status": 403' in log and KEY_ENV not in log and KEY_FILE not in log and "wrong-key" not in log
+    assert '"status":403' in log and KEY_ENV not in log and KEY_FILE not in log and "wrong-key" not in log
 
 
 # ---------------------------------------------------------------------------- hot load and hot swap
