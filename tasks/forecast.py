@@ -44,7 +44,7 @@ from chronos_flows.forecasting.chunks import ChunkPlan, add_chunk, fail_chunk, f
 from chronos_flows.data.ingest import fingerprint, load_dataset
 from chronos_flows.models.base import Forecaster
 from chronos_flows.champion.registry import read_champion
-from chronos_flows.core.retry import OutageLog, retry_while
+from chronos_flows.core.retry import OutageLog, retry_while, time_budget
 from chronos_flows.core.store import ObjectStore, put_file, single_attempt
 from tasks.common import ON_TRANSIENT, Progress, image_markdown, logger, markdown_artifact, table_artifact
 from tasks.runners import chunk_runner
@@ -229,8 +229,7 @@ def publish(
     # the forecasts are made: through a store outage they wait (backoff and jitter, for up to
     # PUBLISH_OUTAGE_SECONDS) rather than the whole step failing
     outages = OutageLog()
-    deadline = time.monotonic() + PUBLISH_OUTAGE_SECONDS
-    durable = partial(retry_while, alive=lambda: deadline - time.monotonic(), outages=outages)
+    durable = partial(retry_while, alive=time_budget(PUBLISH_OUTAGE_SECONDS), outages=outages)
     writer = single_attempt(store)  # one attempt per request: the retries here, in time, decide
     durable(lambda: put_file(writer, f"{prefix}/forecasts.parquet", path), what="forecasts.parquet")
     skipped = {**{k: f"dropped by cleaning: {v}" for k, v in report.dropped.items()}, **run.skipped}

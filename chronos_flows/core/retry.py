@@ -100,6 +100,20 @@ class OutageLog:
             return out
 
 
+def time_budget(seconds: float, check: Callable[[], Any] | None = None,
+                monotonic: Callable[[], float] = time.monotonic) -> Callable[[], float]:
+    """An ``alive`` for :func:`retry_while`: the seconds left of a budget of ``seconds`` from now, after
+    ``check()`` (e.g. a run's guard: it raises when the run is fenced, killed or lost)."""
+    deadline = monotonic() + seconds
+
+    def alive() -> float:
+        if check is not None:
+            check()
+        return deadline - monotonic()
+
+    return alive
+
+
 def retry_while(
     fn: Callable[[], T],
     *,

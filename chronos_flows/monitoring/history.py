@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -29,7 +28,7 @@ import pandas as pd
 
 from chronos_flows.core import layout
 from chronos_flows.core.errors import PreconditionFailed
-from chronos_flows.core.retry import OutageLog, retry_while
+from chronos_flows.core.retry import OutageLog, retry_while, time_budget
 from chronos_flows.core.store import ObjectStore
 from chronos_flows.models.base import TIME
 from chronos_flows.monitoring.scoring import Score, dumps
@@ -137,8 +136,8 @@ OUTAGE_BUDGET_SECONDS = 600.0
 def durable(fn: Any, what: str, outages: OutageLog | None = None, budget: float | None = None) -> Any:
     """``fn()`` retried with backoff and jitter through transient store errors for up to ``budget``
     seconds (default :data:`OUTAGE_BUDGET_SECONDS`); then the last error is raised."""
-    deadline = time.monotonic() + (OUTAGE_BUDGET_SECONDS if budget is None else budget)
-    return retry_while(fn, what=what, alive=lambda: deadline - time.monotonic(), outages=outages)
+    alive = time_budget(OUTAGE_BUDGET_SECONDS if budget is None else budget)
+    return retry_while(fn, what=what, alive=alive, outages=outages)
 
 
 def record(store: ObjectStore, env: str, score: Score, history: pd.DataFrame, *, promised: Mapping[str, float],

@@ -57,15 +57,10 @@ def upload_dir_durably(store: ObjectStore, local_dir: Path, prefix: str, guard: 
                        outages: OutageLog | None = None) -> list[str]:
     """:func:`upload_dir_fenced` retried through a store outage (backoff and jitter) while ``guard``
     passes, for at most ``budget_seconds`` (the lease); a file that landed is not sent again."""
-    from chronos_flows.core.retry import retry_while
+    from chronos_flows.core.retry import retry_while, time_budget
 
     done: set[str] = set()
-    deadline = time.monotonic() + budget_seconds
-
-    def alive() -> float:
-        guard(False)  # fenced / killed / lost: stop waiting
-        return deadline - time.monotonic()
-
+    alive = time_budget(budget_seconds, lambda: guard(False))  # fenced / killed / lost: stop waiting
     return retry_while(lambda: upload_dir_fenced(store, local_dir, prefix, guard, done), what=f"upload to {prefix}",
                        alive=alive, outages=outages)
 
@@ -370,14 +365,9 @@ def fetch_model(store: ObjectStore, env: str, run_id: str, dest: Path, guard: Gu
     """Download the model the instance stored for ``run_id`` into ``dest``, retrying through a store
     outage (backoff and jitter) while ``guard`` passes, for at most ``budget_seconds`` (the lease):
     a failed download must not fail the step, whose retry would launch a new instance."""
-    from chronos_flows.core.retry import retry_while
+    from chronos_flows.core.retry import retry_while, time_budget
 
-    deadline = time.monotonic() + budget_seconds
-
-    def alive() -> float:
-        guard(False)  # fenced / killed / lost: stop waiting
-        return deadline - time.monotonic()
-
+    alive = time_budget(budget_seconds, lambda: guard(False))  # fenced / killed / lost: stop waiting
     retry_while(lambda: store.download_dir(layout.models_prefix(env, run_id, "chronos"), dest),
                 what="model download", alive=alive, outages=outages)
     return dest
