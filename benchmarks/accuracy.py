@@ -37,7 +37,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chronos_flows.config.sections import ThetaConfig  # noqa: E402
+from chronos_flows.config.sections import EvaluationConfig, ThetaConfig  # noqa: E402
 from chronos_flows.evaluation.backtest import merge_results, run_backtest  # noqa: E402
 from chronos_flows.models.base import DEFAULT_QUANTILES  # noqa: E402
 from chronos_flows.evaluation.ensemble import add_ensemble  # noqa: E402
@@ -45,6 +45,7 @@ from chronos_flows.models.ensemble import DEFAULT_SHRINKAGE, ENSEMBLE  # noqa: E
 from chronos_flows.models.families import local_forecaster  # noqa: E402
 
 SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 1.0)
+ENSEMBLE_METRICS = EvaluationConfig().ensemble_metrics
 COLUMNS = ["mase", "wql", "wql_pooled", "coverage_80", "seconds", "failures"]
 
 
@@ -93,12 +94,14 @@ def _gain(g: float) -> str:
     return f"{g:.1%} lower" if g >= 0 else f"{-g:.1%} higher"
 
 
-def shrinkage_sweep(merged, df: pd.DataFrame, candidates: list[str], gate: str, levels=SHRINKAGES) -> dict[float, dict[str, float]]:
+def shrinkage_sweep(merged, df: pd.DataFrame, candidates: list[str], gate: str, levels=SHRINKAGES,
+                    metrics: tuple[str, ...] | None = None) -> dict[float, dict[str, float]]:
     """The nested ensemble's scores, and the ratio to the best single member (on the judging
     windows), at each shrinkage level: the evidence behind ``evaluation.ensemble_shrinkage``."""
     out = {}
     for lam in levels:
-        board = add_ensemble(merged, df, candidates=candidates, gate_metric=gate, fit_windows=[0], shrinkage=lam).leaderboard
+        board = add_ensemble(merged, df, candidates=candidates, gate_metric=gate, fit_windows=[0], shrinkage=lam,
+                             metrics=metrics).leaderboard
         if ENSEMBLE not in board.index:
             continue
         singles = board.drop(index=[ENSEMBLE]).loc[[c for c in candidates if c in board.index]]
@@ -107,7 +110,8 @@ def shrinkage_sweep(merged, df: pd.DataFrame, candidates: list[str], gate: str, 
 
 
 def bench_panel(name: str, n_series: int, windows: int, prophet: bool, n_jobs: int, gate: str = "wql",
-                lightgbm: bool = True, lightgbm_variants: bool = False, shrinkage: float = DEFAULT_SHRINKAGE) -> dict:
+                lightgbm: bool = True, lightgbm_variants: bool = False, shrinkage: float = DEFAULT_SHRINKAGE,
+                metrics: tuple[str, ...] | None = ENSEMBLE_METRICS) -> dict:
     df, freq, season, horizon = PANELS[name](n_series)
     results, seconds = [], {}
     runs = {family: (family, cfg) for family, cfg in configs(season, prophet, lightgbm).items()}
@@ -122,7 +126,8 @@ def bench_panel(name: str, n_series: int, windows: int, prophet: bool, n_jobs: i
     merged = merge_results(*results)
     t0 = time.perf_counter()
     members = [m for m in seconds if m not in LIGHTGBM_VARIANTS]
-    result = add_ensemble(merged, df, candidates=members, gate_metric=gate, fit_windows=[0], shrinkage=shrinkage)
+    result = add_ensemble(merged, df, candidates=members, gate_metric=gate, fit_windows=[0], shrinkage=shrinkage,
+                          metrics=metrics)
     seconds[ENSEMBLE] = sum(seconds[m] for m in members) + (time.perf_counter() - t0)  # it needs every member's fits
     board = result.leaderboard.copy()
     board["seconds"] = pd.Series(seconds).reindex(board.index)
@@ -150,7 +155,8 @@ def bench_panel(name: str, n_series: int, windows: int, prophet: bool, n_jobs: i
     g = out["gain_vs_best_single"]
     print(f"ensemble vs best single ({best}): pooled WQL {_gain(g['wql_pooled'])}, mean WQL {_gain(g['wql'])}, MASE {_gain(g['mase'])}"
           f"  [target: never more than 1% worse: {'ok' if g['wql_pooled'] >= -0.01 else 'MISSED'}]")
-    out["shrinkage_sweep"] = sweep = shrinkage_sweep(merged, df, [m for m in seconds if m not in (ENSEMBLE, *LIGHTGBM_VARIANTS)], gate)
+    out["shrinkage_sweep"] = sweep = shrinkage_sweep(merged, df, [m for m in seconds if m not in (ENSEMBLE, *LIGHTGBM_VARIANTS)], gate,
+                                                     metrics=metrics)
     print("nested ensemble / best single member (mean MASE, mean WQL, pooled WQL) by shrinkage toward the best member:")
     for lam, r in sweep.items():
         print(f"  shrinkage {lam:.2f}: {r['mase']:.4f}  {r['wql']:.4f}  {r['wql_pooled']:.4f}")
@@ -175,11 +181,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="metric the ensemble's weights optimise (a run's evaluation.gate_metric)")
     ap.add_argument("--shrinkage", type=float, default=DEFAULT_SHRINKAGE,
                     help="the ensemble's shrinkage toward the best single member (evaluation.ensemble_shrinkage)")
+    ap.add_argument("--ensemble-metrics", default=",".join(ENSEMBLE_METRICS),
+                    help="metrics the ensemble's weights optimise, comma-separated (evaluation.ensemble_metrics; "
+                    "'gate' = the --gate metric alone)")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     args = ap.parse_args(argv)
     names = list(PANELS) if args.panel == "all" else [args.panel]
+    metrics = None if args.ensemble_metrics == "gate" else tuple(args.ensemble_metrics.split(","))
     out = [bench_panel(n, args.series, args.windows, not args.no_prophet, args.n_jobs, args.gate,
-                       lightgbm=not args.no_lightgbm, lightgbm_variants=args.lightgbm_variants, shrinkage=args.shrinkage)
+                       lightgbm=not args.no_lightgbm, lightgbm_variants=args.lightgbm_variants, shrinkage=args.shrinkage,
+                       metrics=metrics)
            for n in names]
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))

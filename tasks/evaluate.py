@@ -192,7 +192,8 @@ def evaluate(
         members = competitors(spec.params, result, ["chronos", *spec.params.evaluation.baselines])
         result = add_ensemble(result, history[["unique_id", "ds", "y"]], candidates=members,
                               gate_metric=spec.params.evaluation.gate_metric, fit_windows=ensemble_fit_windows(spec.params.evaluation),
-                              shrinkage=spec.params.evaluation.ensemble_shrinkage)
+                              shrinkage=spec.params.evaluation.ensemble_shrinkage,
+                              metrics=spec.params.evaluation.ensemble_metrics)
     out = spec.workdir / "evaluation"
     paths = write_outputs(result, out, history=history[["unique_id", "ds", "y"]], plot_series=spec.params.evaluation.plot_series)
     guard()

@@ -224,6 +224,48 @@ def test_when_one_member_is_clearly_best_then_the_nested_ensemble_is_never_more_
     assert full.leaderboard.loc["ensemble", gate] == pytest.approx(board.loc["best", gate])
 
 
+class GoodQuantilesBiasedMean(Shifted):
+    """Quantiles centred on the truth (the best WQL) but a point forecast ``bias`` off (a poor MASE)."""
+
+    def predict(self, context, horizon, freq, quantiles=Q):
+        f = Shifted(0.0, spread=self.spread).predict(context, horizon, freq, quantiles)
+        f["mean"] = f["mean"] + self.bias
+        return f
+
+
+def test_when_the_ensemble_optimises_wql_and_mase_then_a_member_with_a_poor_point_forecast_does_not_take_all_the_weight():
+    df = panel(n_series=6, noise=0.5)
+    models = {"quantiles": GoodQuantilesBiasedMean(3.0, spread=0.6), "point": Shifted(0.0, spread=3.0),
+              "seasonal_naive": SeasonalNaive(4)}
+    members = ["quantiles", "point"]
+    bt = backtest(models, df, n_windows=4)
+    wql_only = add_ensemble(bt, df, candidates=members, gate_metric="wql", fit_windows=[0], shrinkage=0.0)
+    both = add_ensemble(bt, df, candidates=members, gate_metric="wql", fit_windows=[0], shrinkage=0.0, metrics=["wql", "mase"])
+    assert wql_only.settings["ensemble"]["weights"]["quantiles"] > 0.95
+    assert wql_only.settings["ensemble"]["metrics"] == ["wql"]
+    fit = both.settings["ensemble"]
+    assert fit["metrics"] == ["wql", "mase"] and fit["weights"]["point"] > 0.2 and fit["weights"]["quantiles"] > 0
+    board, single = both.leaderboard, wql_only.leaderboard
+    assert board.loc["ensemble", "mase"] < single.loc["ensemble", "mase"]
+    # each member's objective: its WQL / the best member's WQL + its MASE / the best member's MASE
+    scores = bt.metrics[bt.metrics["window"].isin([0, 1, 2, 3])].groupby("model")[["wql", "mase"]].mean()
+    ref = scores.loc[members].min()
+    for m in members:
+        expected = scores.loc[m, "wql"] / ref["wql"] + scores.loc[m, "mase"] / ref["mase"]
+        assert fit["member_fit_scores"][m] == pytest.approx(expected, rel=1e-9)
+    assert fit["fit_score"] < min(fit["member_fit_scores"].values())
+
+
+def test_when_the_ensemble_objective_names_an_unknown_metric_then_the_error_lists_the_choices():
+    df = panel()
+    bt = backtest({"up": Shifted(2.0), "down": Shifted(-2.0), "seasonal_naive": SeasonalNaive(4)}, df)
+    with pytest.raises(Exception, match=r"cannot optimise \['coverage_80'\].*wql"):
+        add_ensemble(bt, df, candidates=["up", "down"], gate_metric="wql", fit_windows=[0], metrics=["wql", "coverage_80"])
+    assert TrainingParams().evaluation.ensemble_metrics == ("wql", "mase")
+    with pytest.raises(Exception, match="ensemble_metrics"):
+        build_params(overrides=["evaluation.ensemble_metrics=[wql, coverage]"])
+
+
 def test_when_the_ensemble_is_on_then_the_backtest_has_one_extra_fitting_window_chronos_never_trains_on():
     ev = TrainingParams().evaluation
     assert ev.ensemble is True and splits.ensemble_fit_windows(ev) == [0] and splits.backtest_windows(ev) == ev.n_windows + 1

@@ -302,6 +302,15 @@ class EvaluationConfig(Frozen):
         "score on each judging window uses weights fitted without that window (nested), and every model is "
         "ranked on the judging windows only.",
     )
+    ensemble_metrics: tuple[Literal["wql", "mase", "mae", "rmse", "smape"], ...] = Field(
+        ("wql", "mase"),
+        min_length=1,
+        title="Ensemble objective",
+        description="Metrics the ensemble's weights optimise: one metric, its mean; several, the sum of each relative "
+        "to the best single member on it. The default weighs the quantiles (WQL) and the point forecast (MASE) "
+        "alike: weights chosen on WQL alone followed a member whose point forecasts were poor out of sample "
+        "(README, 'The champion').",
+    )
     ensemble_shrinkage: float = Field(
         0.5,
         ge=0,
@@ -313,7 +322,7 @@ class EvaluationConfig(Frozen):
         "shrinkage x the best member's.",
     )
 
-    @field_validator("baselines")
+    @field_validator("baselines", "ensemble_metrics")
     @classmethod
     def _unique_baselines(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(v))

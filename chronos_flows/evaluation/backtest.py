@@ -443,14 +443,19 @@ def _ensemble_report_lines(settings: Mapping[str, Any]) -> list[str]:
     fw = ", ".join(str(w) for w in fit["fit_windows"])
     shrink = fit.get("shrinkage", 0.0)
     best = fit.get("best_single")
+    metrics = fit.get("metrics") or [fit["gate_metric"]]
+    objective = (f"mean `{metrics[0]}`" if len(metrics) == 1 else
+                 " + ".join(f"`{m}`" for m in metrics) + " (each relative to its best member: 1 = as good as the best "
+                 "single member on that metric)")
+    column = f"{metrics[0]}" if len(metrics) == 1 else "objective"
     lines += [
         f"Weights by greedy forward selection with replacement (Caruana et al. 2004, {fit['iterations']} additions) "
-        f"optimising mean `{fit['gate_metric']}` on the out-of-fold forecasts of windows {fw} ({fit['n_fit_pairs']} "
+        f"optimising {objective} on the out-of-fold forecasts of windows {fw} ({fit['n_fit_pairs']} "
         f"series × window pairs), shrunk by {shrink:.2f} toward the best single member ({best}). The ensemble's "
         f"score on each judging window uses weights fitted without that window (nested); the leaderboard above "
         f"ranks every model on {span} only.",
         "",
-        f"| member | weight | greedy weight | {fit['gate_metric']} on the fitting windows |",
+        f"| member | weight | greedy weight | {column} on the fitting windows |",
         "|---|---:|---:|---:|",
     ]
     greedy = fit.get("greedy_weights") or fit["weights"]

@@ -132,6 +132,7 @@ class EnsembleFit:
     greedy_weights: dict[str, float] = field(default_factory=dict)
     nested: dict[int, dict[str, float]] = field(default_factory=dict)
     trace: list[float] = field(default_factory=list, repr=False)
+    metrics: list[str] = field(default_factory=list)
 
     def selected(self) -> dict[str, float]:
         """The members with a positive weight, in candidate order."""
@@ -199,7 +200,7 @@ def _scales(history: pd.DataFrame, cutoffs: pd.DataFrame, pairs: pd.DataFrame, s
     return out.to_numpy(dtype=float)
 
 
-def _arrays(result: BacktestResult, history: pd.DataFrame, members: Sequence[str], gate_metric: str,
+def _arrays(result: BacktestResult, history: pd.DataFrame, members: Sequence[str], metrics: Sequence[str],
             windows: Sequence[int]) -> _Arrays:
     s = result.settings
     qcols = [quantile_column(q) for q in s["quantiles"]]
@@ -207,21 +208,41 @@ def _arrays(result: BacktestResult, history: pd.DataFrame, members: Sequence[str
     pairs, y, mean, qs = _member_arrays(fc, members, qcols)
     if pairs.empty:
         raise BadInputError(f"no series was forecast by every ensemble member {list(members)} in window(s) {list(windows)}")
-    scale = _scales(history, result.cutoffs, pairs, s["season_length"]) if gate_metric == "mase" else None
+    scale = _scales(history, result.cutoffs, pairs, s["season_length"]) if "mase" in metrics else None
     return _Arrays(pairs, y, mean, qs, scale)
 
 
-def _fit(arr: _Arrays, members: Sequence[str], gate_metric: str, quantiles: Sequence[float], iterations: int,
+def objective_function(arr: _Arrays, n_members: int, metrics: Sequence[str],
+                       quantiles: Sequence[float]) -> Callable[[np.ndarray], float]:
+    """The greedy search's objective on ``arr``: with one metric, its mean over the pairs; with
+    several, the sum over ``metrics`` of the combination's mean relative to the best single
+    member's mean of that metric (so each metric weighs the same and the best member of each scores
+    1). Lower is better; NaN when no pair has a score."""
+
+    def mean_score(metric: str, w: np.ndarray) -> float:
+        m = np.tensordot(w, arr.mean, axes=1)
+        q = np.sort(np.tensordot(w, arr.qs, axes=1), axis=-1)
+        per = fast_pair_scores(metric, arr.y, m, q, quantiles, arr.scale)
+        return float(np.nanmean(per)) if np.isfinite(per).any() else math.nan
+
+    if len(metrics) == 1:
+        return lambda w: mean_score(metrics[0], w)
+    refs = {}
+    for metric in metrics:
+        singles = [mean_score(metric, e) for e in np.eye(n_members)]
+        finite = [v for v in singles if math.isfinite(v) and v > 0]
+        if not finite:
+            raise BadInputError(f"no ensemble member has a positive {metric!r} score to weigh the ensemble's objective by; "
+                                f"leave {metric!r} out of evaluation.ensemble_metrics")
+        refs[metric] = min(finite)
+    return lambda w: sum(mean_score(metric, w) / refs[metric] for metric in metrics)
+
+
+def _fit(arr: _Arrays, members: Sequence[str], metrics: Sequence[str], quantiles: Sequence[float], iterations: int,
          shrinkage: float) -> tuple[np.ndarray, np.ndarray, int, float, dict[str, float], list[float]]:
     """Greedy weights on ``arr``, shrunk toward the best single member: ``(weights, greedy weights,
     index of the best single member, score of the weights, every member's score, greedy trace)``."""
-
-    def objective(w: np.ndarray) -> float:
-        m = np.tensordot(w, arr.mean, axes=1)
-        q = np.sort(np.tensordot(w, arr.qs, axes=1), axis=-1)
-        per = fast_pair_scores(gate_metric, arr.y, m, q, quantiles, arr.scale)
-        return float(np.nanmean(per)) if np.isfinite(per).any() else math.nan
-
+    objective = objective_function(arr, len(members), metrics, quantiles)
     greedy, _, trace = greedy_weights(objective, len(members), iterations)
     singles = {}
     for i, m in enumerate(members):
@@ -244,33 +265,41 @@ def excluded_windows(window: int, n_windows: int, horizon: int, step: int) -> li
 
 def fit_weights(result: BacktestResult, history: pd.DataFrame, members: Sequence[str], *, gate_metric: str,
                 fit_windows: Sequence[int] | None = None, judge_windows: Sequence[int] = (),
-                iterations: int = DEFAULT_ITERATIONS, shrinkage: float = DEFAULT_SHRINKAGE) -> EnsembleFit:
-    """Weights of ``members`` (models of the backtest ``result``) optimising the mean ``gate_metric``
-    over the (series, window) pairs every member forecast: greedy selection with replacement, then
-    shrunk toward the member that is best alone (``w = (1 - shrinkage) · greedy + shrinkage · best``).
+                iterations: int = DEFAULT_ITERATIONS, shrinkage: float = DEFAULT_SHRINKAGE,
+                metrics: Sequence[str] | None = None) -> EnsembleFit:
+    """Weights of ``members`` (models of the backtest ``result``) optimising ``metrics`` (default:
+    ``gate_metric`` alone; several: the sum of each relative to its best member, see
+    :func:`objective_function`) over the (series, window) pairs every member forecast: greedy
+    selection with replacement, then shrunk toward the member that is best alone on the same
+    objective (``w = (1 - shrinkage) · greedy + shrinkage · best``).
 
     The final ``weights`` are fitted on ``fit_windows`` (default: every window, the out-of-fold
     forecasts of the whole backtest); for each of ``judge_windows`` the weights are fitted again
     without it (:func:`excluded_windows`) — the nested weights its score is computed with."""
     if not 0.0 <= shrinkage <= 1.0:
         raise BadInputError(f"ensemble shrinkage must be between 0 and 1, got {shrinkage}")
+    metrics = list(dict.fromkeys(metrics or [gate_metric]))
+    unknown = [m for m in metrics if m not in GATE_METRICS]
+    if unknown:
+        raise BadInputError(f"the ensemble cannot optimise {unknown}; choose metrics among {list(GATE_METRICS)}")
     s = result.settings
     n, horizon, step = int(s["n_windows"]), int(s["horizon"]), int(s.get("step") or s["horizon"])
     windows = sorted(int(w) for w in (range(n) if fit_windows is None else fit_windows))
     quantiles = s["quantiles"]
-    arr = _arrays(result, history, members, gate_metric, windows)
-    weights, greedy, best, score, singles, trace = _fit(arr, members, gate_metric, quantiles, iterations, shrinkage)
+    arr = _arrays(result, history, members, metrics, windows)
+    weights, greedy, best, score, singles, trace = _fit(arr, members, metrics, quantiles, iterations, shrinkage)
     nested: dict[int, dict[str, float]] = {}
     for w in judge_windows:
         mask = ~arr.pairs["window"].isin(excluded_windows(int(w), n, horizon, step)).to_numpy()
         if not mask.any():
             continue  # no window left to fit on without it: the ensemble is not scored there
-        ws = _fit(arr.take(mask), members, gate_metric, quantiles, iterations, shrinkage)[0]
+        ws = _fit(arr.take(mask), members, metrics, quantiles, iterations, shrinkage)[0]
         nested[int(w)] = {m: float(x) for m, x in zip(members, ws)}
     return EnsembleFit(
         members=list(members),
         weights={m: float(x) for m, x in zip(members, weights)},
         gate_metric=gate_metric,
+        metrics=metrics,
         fit_windows=windows,
         judge_windows=sorted(int(w) for w in judge_windows),
         fit_score=float(score),
@@ -303,7 +332,7 @@ def restrict_windows(result: BacktestResult, windows: Sequence[int], extra_setti
 
 def add_ensemble(result: BacktestResult, history: pd.DataFrame, *, candidates: Sequence[str], gate_metric: str,
                  fit_windows: Sequence[int], iterations: int = DEFAULT_ITERATIONS,
-                 shrinkage: float = DEFAULT_SHRINKAGE) -> BacktestResult:
+                 shrinkage: float = DEFAULT_SHRINKAGE, metrics: Sequence[str] | None = None) -> BacktestResult:
     """The backtest ``result`` plus the ``ensemble`` model over the ``candidates`` present in it.
 
     ``fit_windows`` are the windows only the ensemble uses (the extra first window): every model is
@@ -323,7 +352,7 @@ def add_ensemble(result: BacktestResult, history: pd.DataFrame, *, candidates: S
     if len(members) < 2:
         return restrict_windows(result, judge, {"ensemble": None})
     fit = fit_weights(result, history, members, gate_metric=gate_metric, judge_windows=judge, iterations=iterations,
-                      shrinkage=shrinkage)
+                      shrinkage=shrinkage, metrics=metrics)
     quantiles = s["quantiles"]
     qcols = [quantile_column(q) for q in quantiles]
     df = check_history(history)

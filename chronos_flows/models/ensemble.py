@@ -170,6 +170,7 @@ def champion_config(fit: Mapping[str, Any], member_configs: Mapping[str, Mapping
     return {
         "members": members,
         "gate_metric": fit["gate_metric"],
+        "metrics": list(fit.get("metrics") or [fit["gate_metric"]]),
         "iterations": fit["iterations"],
         "fit_windows": list(fit["fit_windows"]),
         "fit_score": fit["fit_score"],
