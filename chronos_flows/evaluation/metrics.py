@@ -91,7 +91,7 @@ def _scores(df: pd.DataFrame, names: Sequence[str], *, quantiles: Sequence[float
     y = y[keep]
     codes, groups = pd.factorize(df[ID].to_numpy()[keep], sort=True)
     terms: dict[str, np.ndarray] = {}
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if point:
             f = df["mean"].to_numpy(dtype=float)[keep]
             d = y - f

@@ -18,6 +18,7 @@ only the cutoffs (and ``n_context`` for its report).
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from chronos_flows.core.errors import BadInputError
@@ -70,18 +71,35 @@ def backtest_cutoffs(
             f"lower evaluation.n_windows / step / horizon or drop those series"
         )
 
-    rows = []
-    ordered = df[[ID, TIME]].sort_values([ID, TIME], kind="stable")
-    for uid, g in ordered.groupby(ID, sort=True):
-        ds = g[TIME].to_numpy()
-        n = len(ds)
-        for w in range(n_windows):
-            c = n - horizon - 1 - (n_windows - 1 - w) * step
-            rows.append((uid, w, ds[c], ds[c + 1], ds[c + horizon], c + 1))
-    out = pd.DataFrame(rows, columns=CUTOFF_COLUMNS)
+    ordered = sort_by_series(df[[ID, TIME]])
+    ids, ds = ordered[ID].to_numpy(), ordered[TIME].to_numpy()
+    starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1] if len(ids) else np.zeros(0, dtype=np.int64)
+    n = np.diff(np.r_[starts, len(ids)])
+    w = np.arange(n_windows)
+    c = (n[:, None] - horizon - 1 - (n_windows - 1 - w) * step).ravel()  # series by series, windows in order
+    pos = np.repeat(starts, n_windows) + c
+    out = pd.DataFrame({
+        ID: np.repeat(ids[starts], n_windows), "window": np.tile(w, len(starts)).astype(np.int64),
+        "cutoff": ds[pos], "test_start": ds[pos + 1], "test_end": ds[pos + horizon], "n_context": (c + 1).astype(np.int64),
+    }, columns=CUTOFF_COLUMNS)
     for col in ("cutoff", "test_start", "test_end"):
         out[col] = pd.to_datetime(out[col])
     return out
+
+
+def sort_by_series(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` sorted by ``unique_id`` then ``ds`` (stable), with a fresh index; the sort is skipped
+    when the rows are in that order already (a cleaned frame is)."""
+    ids, ds = df[ID].to_numpy(), df[TIME].to_numpy()
+    if len(df) > 1:
+        try:
+            same = ids[1:] == ids[:-1]
+            ordered = bool(np.all(same | (ids[1:] > ids[:-1])) and np.all(~same | (ds[1:] >= ds[:-1])))
+        except TypeError:  # ids that do not compare: let sort_values say so
+            ordered = False
+        if not ordered:
+            return df.sort_values([ID, TIME], kind="stable").reset_index(drop=True)
+    return df.reset_index(drop=True)
 
 
 def split_window(
