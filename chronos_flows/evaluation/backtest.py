@@ -302,14 +302,16 @@ def build_leaderboard(
 ) -> pd.DataFrame:
     """Per-model aggregates over the (series, window) pairs common to all models (see module doc)."""
     key = [ID, "window"]
-    pairs = {m: set(map(tuple, metrics_df.loc[metrics_df["model"] == m, key].to_numpy().tolist())) for m in models}
+    m_model, f_model = metrics_df["model"].to_numpy(), forecasts["model"].to_numpy()
+    pairs = {m: set(zip(metrics_df[ID].to_numpy()[m_model == m].tolist(), metrics_df["window"].to_numpy()[m_model == m].tolist()))
+             for m in models}
     common = set.intersection(*pairs.values()) if pairs else set()
     rows = []
     rel_input: dict[str, dict[str, pd.Series]] = {"mase": {}, "wql": {}}
     for m in models:
-        sub = metrics_df[metrics_df["model"] == m]
-        fsub = forecasts[forecasts["model"] == m]
-        if common:
+        sub = metrics_df[m_model == m]
+        fsub = forecasts[f_model == m]
+        if common and pairs[m] != common:  # only pairs every model forecast
             idx = pd.MultiIndex.from_frame(sub[key])
             sub = sub[idx.isin(list(common))]
             fidx = pd.MultiIndex.from_frame(fsub[key])
@@ -322,8 +324,10 @@ def build_leaderboard(
         row["n_pairs"] = int(len(sub))
         row["failures"] = int(len(failures.get(m, {})))
         rows.append(row)
-        for name in rel_input:
-            rel_input[name][m] = sub.set_index(key)[name]
+        if REFERENCE in models:
+            index = pd.MultiIndex.from_arrays([sub[ID].to_numpy(), sub["window"].to_numpy()], names=key)
+            for name in rel_input:
+                rel_input[name][m] = pd.Series(sub[name].to_numpy(), index=index, name=name)
     lb = pd.DataFrame(rows).set_index("model")
     for name, by_model in rel_input.items():
         if REFERENCE in by_model:
