@@ -35,8 +35,8 @@ import pandas as pd
 
 from chronos_flows.evaluation import metrics as M
 from chronos_flows.core.errors import BadInputError, ChronosFlowsError
-from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, Forecast, Forecaster, quantile_column
-from chronos_flows.evaluation.windows import backtest_cutoffs, sort_by_series, split_window
+from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, Forecast, Forecaster, quantile_column, sort_by_series
+from chronos_flows.evaluation.windows import backtest_cutoffs, split_window
 from chronos_flows.core import atomic
 
 REFERENCE = M.REFERENCE_MODEL

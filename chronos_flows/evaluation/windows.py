@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from chronos_flows.core.errors import BadInputError
-from chronos_flows.models.base import ID, TARGET, TIME
+from chronos_flows.models.base import ID, TARGET, TIME, sort_by_series
 
 CUTOFF_COLUMNS = [ID, "window", "cutoff", "test_start", "test_end", "n_context"]
 
@@ -85,21 +85,6 @@ def backtest_cutoffs(
     for col in ("cutoff", "test_start", "test_end"):
         out[col] = pd.to_datetime(out[col])
     return out
-
-
-def sort_by_series(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` sorted by ``unique_id`` then ``ds`` (stable), with a fresh index; the sort is skipped
-    when the rows are in that order already (a cleaned frame is)."""
-    ids, ds = df[ID].to_numpy(), df[TIME].to_numpy()
-    if len(df) > 1:
-        try:
-            same = ids[1:] == ids[:-1]
-            ordered = bool(np.all(same | (ids[1:] > ids[:-1])) and np.all(~same | (ds[1:] >= ds[:-1])))
-        except TypeError:  # ids that do not compare: let sort_values say so
-            ordered = False
-        if not ordered:
-            return df.sort_values([ID, TIME], kind="stable").reset_index(drop=True)
-    return df.reset_index(drop=True)
 
 
 def split_window(
