@@ -200,3 +200,54 @@ def test_when_all_series_share_the_final_cutoff_then_the_report_prints_one_date_
     lines = [ln for ln in render_report(result).splitlines() if "final-window cutoff" in ln]
     assert lines == [f"- final-window cutoffs: {final.min():%Y-%m-%d} … {final.max():%Y-%m-%d}"]
     assert final.min() < final.max()
+
+
+class DropsOne(Forecaster):
+    """Seasonal Naive that fails one series whenever its context ends on an even month."""
+
+    name = "drops_one"
+
+    def __init__(self, uid: str):
+        self.inner, self.uid = SeasonalNaive(12), uid
+
+    def predict(self, context, horizon, freq, quantiles: Sequence[float] = DEFAULT_QUANTILES):
+        fc = self.inner.predict(context, horizon, freq, quantiles).copy()
+        fc[[c for c in fc.columns if c not in ("unique_id", "ds")]] *= 1.1
+        if context.loc[context["unique_id"] == self.uid, "ds"].max().month % 2 == 0:
+            fc = fc[fc["unique_id"] != self.uid]
+        return fc
+
+
+def test_when_backtested_then_every_score_equals_a_plain_window_by_window_reference(panel):
+    # ragged ends, so each series has its own cutoffs; one model fails a series in some windows
+    parts = [g.iloc[: len(g) - i] for i, (_, g) in enumerate(panel.groupby("unique_id"))]
+    history = pd.concat(parts, ignore_index=True).sample(frac=1.0, random_state=0)  # any row order
+    first = sorted(history["unique_id"].unique())[0]
+    models = {"seasonal_naive": SeasonalNaive(12), "drops_one": DropsOne(first)}
+    kw = dict(horizon=6, n_windows=3, step=4, freq="MS", season_length=12)
+    result = run_backtest(models, history, **kw)
+
+    cut = backtest_cutoffs(history, 6, 3, 4, min_context=2)
+    rows, fc_rows = [], []
+    for w in range(3):
+        context, actuals = split_window(history, cut[cut["window"] == w])
+        for name, model in models.items():
+            fc = model.predict(context, 6, "MS")
+            merged = actuals.merge(fc, on=["unique_id", "ds"])
+            scores = M.evaluate_all(merged, season_length=12, insample=context[context["unique_id"].isin(fc["unique_id"])])
+            rows.append(scores.reset_index().assign(window=w, model=name))
+            fc_rows.append(merged.assign(window=w, model=name))
+    expected = pd.concat(rows, ignore_index=True)
+    got = result.metrics.drop(columns="cutoff")[expected.columns]
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_exact=True)
+    assert list(result.failures["drops_one"]) == [first] and result.failures["seasonal_naive"] == {}
+
+    common = set(map(tuple, expected.loc[expected["model"] == "drops_one", ["unique_id", "window"]].to_numpy().tolist()))
+    fcs = pd.concat(fc_rows, ignore_index=True)
+    for name in models:
+        sub = expected[(expected["model"] == name) & [p in common for p in zip(expected["unique_id"], expected["window"])]]
+        fsub = fcs[(fcs["model"] == name) & [p in common for p in zip(fcs["unique_id"], fcs["window"])]]
+        for metric in M.METRICS:
+            assert result.leaderboard.loc[name, metric] == float(sub[metric].mean()), (name, metric)
+        assert result.leaderboard.loc[name, "wql_pooled"] == M.wql_pooled(fsub)
+        assert result.leaderboard.loc[name, "n_pairs"] == len(common)

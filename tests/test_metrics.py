@@ -162,3 +162,40 @@ def test_when_a_relative_score_is_degenerate_then_clipping_keeps_the_geomean_fin
 def test_when_reference_model_is_absent_then_relative_geomean_says_so():
     with pytest.raises(BadInputError, match="seasonal_naive"):
         M.relative_geomean({"prophet": pd.Series({"a": 1.0})})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_when_metrics_computed_then_they_equal_utilsforecasts_losses_exactly(seed):
+    import utilsforecast.losses as ufl
+
+    fc, ins, _ = random_forecasts(seed, season=5)
+    fc.loc[fc.index[7], "y"] = np.nan  # a missing actual is skipped by both
+    got = M.evaluate_all(fc, season_length=5, insample=ins, quantiles=Q)
+    f = fc[fc["y"].notna()]
+    cols = [quantile_column(q) for q in Q]
+    lib = {
+        "mae": ufl.mae(f, models=["mean"]).set_index("unique_id")["mean"],
+        "rmse": ufl.rmse(f, models=["mean"]).set_index("unique_id")["mean"],
+        "mape": ufl.mape(f, models=["mean"]).set_index("unique_id")["mean"],
+        "smape": 2.0 * ufl.smape(f, models=["mean"]).set_index("unique_id")["mean"],
+        "wql": ufl.scaled_crps(f, models={"m": cols}, quantiles=np.asarray(Q)).set_index("unique_id")["m"],
+        "coverage_80": ufl.coverage(f.rename(columns={"0.1": "m-lo-80", "0.9": "m-hi-80"}), models=["m"], level=80)
+        .set_index("unique_id")["m"].astype(float),
+    }
+    for name, expected in lib.items():
+        np.testing.assert_array_equal(got[name].to_numpy(), expected.reindex(got.index).to_numpy(), err_msg=name)
+
+
+def test_when_many_contexts_are_scaled_at_once_then_each_equals_its_own_nanmean():
+    rng = np.random.default_rng(3)
+    y = rng.normal(100, 20, 500)
+    y[[40, 41, 300]] = np.nan
+    starts = np.array([0, 0, 0, 100, 100, 250, 290, 400, 499])
+    lengths = np.array([30, 60, 90, 60, 3, 120, 20, 99, 1])
+    got = M.seasonal_scales(y, starts, lengths, 12)
+    for k, (s, n) in enumerate(zip(starts, lengths)):
+        ctx = y[s:s + n]
+        p = 12 if n > 12 else 1
+        diffs = np.abs(ctx[p:] - ctx[:-p]) if n > p else np.array([np.nan])
+        expected = np.nanmean(diffs) if np.isfinite(diffs).any() else np.nan
+        np.testing.assert_array_equal(got[k], expected, err_msg=f"context {k}")

@@ -35,7 +35,7 @@ import pandas as pd
 
 from chronos_flows.evaluation import metrics as M
 from chronos_flows.core.errors import BadInputError, ChronosFlowsError
-from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, Forecaster, quantile_column
+from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, Forecast, Forecaster, quantile_column, sort_by_series
 from chronos_flows.evaluation.windows import backtest_cutoffs, split_window
 from chronos_flows.core import atomic
 
@@ -82,7 +82,7 @@ def check_history(history: pd.DataFrame) -> pd.DataFrame:
     df = history[[ID, TIME, TARGET]].copy()
     df[TIME] = pd.to_datetime(df[TIME])
     df[TARGET] = df[TARGET].astype(float)
-    return df.sort_values([ID, TIME], kind="stable").reset_index(drop=True)
+    return sort_by_series(df)
 
 
 def _check_forecast(fc: pd.DataFrame, model: str, qcols: list[str]) -> None:
@@ -118,9 +118,7 @@ def run_backtest(
     cutoffs = backtest_cutoffs(df, horizon, n_windows, step, min_context=min_context)
 
     predict_seconds = {name: 0.0 for name in forecasters}
-    failures: dict[str, dict[str, list[str]]] = {name: {} for name in forecasters}
-    fc_parts: list[pd.DataFrame] = []
-    to_score: dict[str, list[tuple[pd.DataFrame, pd.DataFrame]]] = {}
+    got: dict[str, list[Forecast]] = {name: [] for name in forecasters}
     total, done = n_windows * len(forecasters), 0
     at_once: dict[str, dict[int, Any]] = {}
     for name, model in forecasters.items():  # models that forecast every window in one call
@@ -130,95 +128,142 @@ def run_backtest(
         if got_all is not None:
             at_once[name] = got_all
     for w in range(n_windows):
-        window_cut = cutoffs[cutoffs["window"] == w]
-        context, actuals = split_window(df, window_cut)
-        cutoff_of = window_cut.set_index(ID)["cutoff"]
+        context = None
         for name, model in forecasters.items():
             t0 = time.perf_counter()
-            got = at_once[name][w] if name in at_once else model.forecast(context.copy(), horizon, freq, quantiles)
+            if name in at_once:
+                fc = at_once[name][w]
+            else:
+                if context is None:
+                    context, _ = split_window(df, cutoffs[cutoffs["window"] == w])
+                fc = model.forecast(context.copy(), horizon, freq, quantiles)
             predict_seconds[name] += time.perf_counter() - t0
-            checked = _check_window(
-                got.frame, got.failures, name, w, window_cut, context, actuals, cutoff_of, failures[name],
-                horizon=horizon, freq=freq, qcols=qcols,
-            )
-            if checked is not None:
-                fc_parts.append(checked[0])
-                to_score.setdefault(name, []).append(checked)
+            _check_forecast(fc.frame, name, qcols)
+            got[name].append(fc)
             done += 1
             if progress is not None:
                 progress(done, total)
-    metric_parts = [_score_model(name, to_score[name], rank, season_length=season_length, quantiles=quantiles)
-                    for rank, name in enumerate(forecasters) if name in to_score]
-    if metric_parts:  # window by window, models in the order given, series sorted (as scored window by window)
-        metric_parts = [pd.concat(metric_parts, ignore_index=True).sort_values(["window", "_rank", "_key"], kind="stable")
-                        .drop(columns=["_rank", "_key"]).reset_index(drop=True)]
-
+    pairs = _Pairs(df, cutoffs, horizon)
+    failures: dict[str, dict[str, list[str]]] = {name: {} for name in forecasters}
+    fc_parts = [part for rank, name in enumerate(forecasters)
+                if (part := _join_actuals(pairs, got[name], name, rank, failures[name], horizon=horizon, freq=freq,
+                                          qcols=qcols)) is not None]
+    forecasts = (pd.concat(fc_parts, ignore_index=True).sort_values(["window", "_rank"], kind="stable", ignore_index=True)
+                 if fc_parts else None)
+    metrics_df = _score(forecasts, pairs, season_length=season_length, quantiles=quantiles) \
+        if forecasts is not None else None
     return _backtest_result(
-        df, cutoffs, fc_parts, metric_parts, failures, predict_seconds, list(forecasters), t_start,
+        df, cutoffs, forecasts, metrics_df, failures, predict_seconds, list(forecasters), t_start,
         horizon=horizon, n_windows=n_windows, step=step, freq=freq, season_length=season_length,
         quantiles=quantiles, qcols=qcols,
     )
 
 
-def _check_window(
-    fc: pd.DataFrame, reported: Mapping[str, str], name: str, w: int, window_cut: pd.DataFrame, context: pd.DataFrame,
-    actuals: pd.DataFrame, cutoff_of: pd.Series, failures: dict[str, list[str]], *,
-    horizon: int, freq: str, qcols: list[str],
-) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """Check model ``name``'s forecast ``fc`` of window ``w`` and add the series it did not forecast
-    to ``failures`` ({unique_id: [messages]}, with the model's ``reported`` reasons). Returns the
-    forecasts merged with the actuals (with window, cutoff and model columns) and the context of the
-    series forecast (the in-sample data of their MASE scale), or None when no series was forecast."""
-    _check_forecast(fc, name, qcols)
-    got = set(fc[ID].unique())
-    for uid in window_cut[ID]:
-        if uid not in got:
-            msg = reported.get(uid, "no forecast returned")
-            failures.setdefault(str(uid), []).append(f"window {w}: {msg}")
-    fc = fc[[ID, TIME, "mean", *qcols]].copy()
+class _Pairs:
+    """The (series, window) pairs of a backtest: their actuals (rows ``window, series, step``) and
+    the MASE scale of each pair's context, computed once for all models."""
+
+    def __init__(self, df: pd.DataFrame, cutoffs: pd.DataFrame, horizon: int) -> None:
+        ids = df[ID].to_numpy()
+        starts, lengths = M.series_bounds(ids)
+        self.uids = ids[starts]
+        self.n_uid = len(self.uids)
+        self.uid_index = pd.Index(self.uids)
+        cut = cutoffs.sort_values("window", kind="stable")  # window by window, series sorted
+        self.windows = cut["window"].to_numpy()
+        uid_code = self.uid_index.get_indexer(cut[ID])
+        self.code = self.windows * self.n_uid + uid_code  # one integer per (series, window), increasing
+        self.cutoff = cut["cutoff"].to_numpy()
+        first = starts[uid_code]
+        n_context = cut["n_context"].to_numpy()
+        pos = ((first + n_context)[:, None] + np.arange(horizon)).ravel()
+        self.actuals = pd.DataFrame({
+            ID: ids[pos], "window": np.repeat(self.windows, horizon), "cutoff": np.repeat(self.cutoff, horizon),
+            TIME: df[TIME].to_numpy()[pos], TARGET: df[TARGET].to_numpy()[pos],
+        })
+        self.actual_code = np.repeat(self.code, horizon)
+        self.horizon = horizon
+        self._df, self._first, self._n_context = df, first, n_context
+
+    def scales(self, season_length: int) -> pd.Series:
+        """The MASE denominator of every pair (index: the pair code)."""
+        values = M.seasonal_scales(self._df[TARGET].to_numpy(dtype=float), self._first, self._n_context, season_length)
+        return pd.Series(values, index=self.code)
+
+
+def _join_actuals(pairs: _Pairs, got: list[Forecast], name: str, rank: int, failures: dict[str, list[str]], *,
+                  horizon: int, freq: str, qcols: list[str]) -> pd.DataFrame | None:
+    """Model ``name``'s forecasts of every window (``got[w]``) joined to the actuals, with window,
+    cutoff and model columns; each series a window's forecast left out is added to ``failures``
+    ({unique_id: [messages]}, with the model's reported reasons). None when nothing was forecast."""
+    frames = []
+    for w, fc in enumerate(got):
+        expected = pairs.uids[pairs.code[pairs.windows == w] % pairs.n_uid] if pairs.n_uid else []
+        present = set(fc.frame[ID].unique())
+        for uid in expected:
+            if uid not in present:
+                msg = fc.failures.get(uid, "no forecast returned")
+                failures.setdefault(str(uid), []).append(f"window {w}: {msg}")
+        frame = fc.frame[[ID, TIME, "mean", *qcols]]
+        frames.append(frame.assign(window=np.int64(w)) if len(frame) else frame.assign(window=pd.Series(dtype=np.int64)))
+    fc = pd.concat(frames, ignore_index=True)
     fc[TIME] = pd.to_datetime(fc[TIME])
-    act = actuals[actuals[ID].isin(got)]
-    merged = act.merge(fc, on=[ID, TIME], how="left", validate="one_to_one", indicator=True)
-    unmatched = merged.loc[merged.pop("_merge") != "both", ID].unique()
-    if len(unmatched):
-        raise ChronosFlowsError(
-            f"model {name!r} returned forecasts for series {list(unmatched[:5])} whose timestamps do "
-            f"not match the test window (expected the {horizon} steps after the cutoff at freq {freq!r})"
-        )
-    if merged.empty:
+    fc_code = fc["window"].to_numpy(dtype=np.int64) * pairs.n_uid + pairs.uid_index.get_indexer(fc[ID])
+    act = pairs.actuals[np.isin(pairs.actual_code, fc_code)]
+    if act.empty:
         return None
-    merged.insert(1, "window", w)
-    merged.insert(2, "cutoff", merged[ID].map(cutoff_of).to_numpy())
+    if (len(fc) == len(act) and np.array_equal(fc_code, pairs.actual_code[act.index.to_numpy()])
+            and np.array_equal(fc[TIME].to_numpy(), act[TIME].to_numpy())):
+        merged = act.reset_index(drop=True)  # the forecasts are the test rows in order (the usual case)
+        for col in ("mean", *qcols):
+            merged[col] = fc[col].to_numpy()
+    else:
+        try:
+            merged = act.merge(fc, on=[ID, "window", TIME], how="left", validate="one_to_one", indicator=True)
+        except pd.errors.MergeError:
+            dup = fc.loc[fc.duplicated([ID, "window", TIME], keep=False), ID].unique()
+            raise ChronosFlowsError(
+                f"model {name!r} returned more than one forecast per timestamp for series {list(dup[:5])}; "
+                f"return one row per series and step"
+            ) from None
+        unmatched = merged.loc[merged.pop("_merge") != "both", ID].unique()
+        if len(unmatched):
+            raise ChronosFlowsError(
+                f"model {name!r} returned forecasts for series {list(unmatched[:5])} whose timestamps do "
+                f"not match the test window (expected the {horizon} steps after the cutoff at freq {freq!r})"
+            )
     merged.insert(3, "model", name)
-    return merged, context[context[ID].isin(got)]
+    merged["_rank"] = rank
+    return merged
 
 
-def _score_model(name: str, parts: list[tuple[pd.DataFrame, pd.DataFrame]], rank: int, *, season_length: int,
-                 quantiles: tuple[float, ...]) -> pd.DataFrame:
-    """Model ``name``'s per-series scores in every window, in one :func:`metrics.evaluate_all` call
-    (each (series, window) pair a series of its own, scaled by its own window's context) rather than
-    one call per window: the same numbers, a fraction of the fixed cost per call."""
-    merged = pd.concat([m for m, _ in parts], ignore_index=True)
-    pairs = merged[[ID, "window"]].drop_duplicates().sort_values(["window", ID], kind="stable")
-    key_of = {(uid, w): f"{k:09d}" for k, (uid, w) in enumerate(pairs.itertuples(index=False, name=None))}
-    keys = pd.Series(pd.MultiIndex.from_arrays([merged[ID], merged["window"]]).map(key_of), index=merged.index)
-    insample = pd.concat([c.assign(**{ID: c[ID].map({u: k for (u, w), k in key_of.items() if w == int(m["window"].iloc[0])})})
-                          for m, c in parts], ignore_index=True)
-    scores = M.evaluate_all(merged.drop(columns=["window", "cutoff", "model"]).assign(**{ID: keys}),
-                            season_length=season_length, insample=insample,
-                            quantiles=quantiles).reset_index()
-    first = merged.assign(_key=keys).drop_duplicates("_key").set_index("_key")
-    scores = scores.rename(columns={ID: "_key"})
-    scores.insert(0, ID, first.loc[scores["_key"], ID].to_numpy())
-    scores.insert(1, "window", first.loc[scores["_key"], "window"].to_numpy())
-    scores.insert(2, "cutoff", first.loc[scores["_key"], "cutoff"].to_numpy())
-    scores.insert(3, "model", name)
-    scores["_rank"] = rank
-    return scores
+def _score(forecasts: pd.DataFrame, pairs: _Pairs, *, season_length: int,
+           quantiles: tuple[float, ...]) -> pd.DataFrame:
+    """Every model's per-series scores in every window in one :func:`metrics.evaluate_all` call
+    (each (model, series, window) a group of its own, scaled by its own window's context): rows
+    window by window, models in the order given, series sorted."""
+    pair = forecasts["window"].to_numpy(dtype=np.int64) * pairs.n_uid + pairs.uid_index.get_indexer(forecasts[ID])
+    rank = forecasts["_rank"].to_numpy(dtype=np.int64)
+    n_rank = int(rank.max()) + 1
+    window = forecasts["window"].to_numpy(dtype=np.int64)
+    key = (window * n_rank + rank) * pairs.n_uid + pair % pairs.n_uid  # increasing: window, model, series
+    scale_of_pair = pairs.scales(season_length)
+    scale = pd.Series(scale_of_pair.reindex(pair).to_numpy(), index=key)
+    scale = scale[~scale.index.duplicated()]
+    scores = M.evaluate_all(forecasts[[TARGET, "mean", *[quantile_column(q) for q in quantiles]]].assign(**{ID: key}),
+                            season_length=season_length, insample=None, quantiles=quantiles, scale=scale)
+    k = scores.index.to_numpy()
+    first = pd.Series(np.arange(len(key)), index=key)
+    first = first[~first.index.duplicated()].reindex(k).to_numpy()
+    out = pd.DataFrame({ID: forecasts[ID].to_numpy()[first], "window": window[first],
+                        "cutoff": forecasts["cutoff"].to_numpy()[first], "model": forecasts["model"].to_numpy()[first]})
+    for col in scores.columns:
+        out[col] = scores[col].to_numpy()
+    return out
 
 
 def _backtest_result(
-    df: pd.DataFrame, cutoffs: pd.DataFrame, fc_parts: list[pd.DataFrame], metric_parts: list[pd.DataFrame],
+    df: pd.DataFrame, cutoffs: pd.DataFrame, forecasts: pd.DataFrame | None, metrics_df: pd.DataFrame | None,
     failures: Mapping[str, Mapping[str, list[str]]], predict_seconds: Mapping[str, float], models: list[str],
     t_start: float, *, horizon: int, n_windows: int, step: int, freq: str, season_length: int,
     quantiles: tuple[float, ...], qcols: list[str],
@@ -226,9 +271,9 @@ def _backtest_result(
     """Assemble the :class:`BacktestResult`: concatenated forecasts and metrics, the leaderboard,
     the failures joined per series, the settings, and the timings since ``t_start``."""
     fc_cols = [ID, "window", "cutoff", "model", TIME, TARGET, "mean", *qcols]
-    forecasts = pd.concat(fc_parts, ignore_index=True)[fc_cols] if fc_parts else pd.DataFrame(columns=fc_cols)
+    forecasts = forecasts[fc_cols] if forecasts is not None else pd.DataFrame(columns=fc_cols)
     m_cols = [ID, "window", "cutoff", "model", *METRIC_NAMES]
-    metrics_df = pd.concat(metric_parts, ignore_index=True)[m_cols] if metric_parts else pd.DataFrame(columns=m_cols)
+    metrics_df = metrics_df[m_cols] if metrics_df is not None else pd.DataFrame(columns=m_cols)
     flat_failures = {name: {uid: "; ".join(msgs) for uid, msgs in f.items()} for name, f in failures.items()}
     leaderboard = build_leaderboard(metrics_df, forecasts, models, flat_failures, quantiles)
     total_s = time.perf_counter() - t_start
@@ -257,14 +302,16 @@ def build_leaderboard(
 ) -> pd.DataFrame:
     """Per-model aggregates over the (series, window) pairs common to all models (see module doc)."""
     key = [ID, "window"]
-    pairs = {m: set(map(tuple, metrics_df.loc[metrics_df["model"] == m, key].to_numpy().tolist())) for m in models}
+    m_model, f_model = metrics_df["model"].to_numpy(), forecasts["model"].to_numpy()
+    pairs = {m: set(zip(metrics_df[ID].to_numpy()[m_model == m].tolist(), metrics_df["window"].to_numpy()[m_model == m].tolist()))
+             for m in models}
     common = set.intersection(*pairs.values()) if pairs else set()
     rows = []
     rel_input: dict[str, dict[str, pd.Series]] = {"mase": {}, "wql": {}}
     for m in models:
-        sub = metrics_df[metrics_df["model"] == m]
-        fsub = forecasts[forecasts["model"] == m]
-        if common:
+        sub = metrics_df[m_model == m]
+        fsub = forecasts[f_model == m]
+        if common and pairs[m] != common:  # only pairs every model forecast
             idx = pd.MultiIndex.from_frame(sub[key])
             sub = sub[idx.isin(list(common))]
             fidx = pd.MultiIndex.from_frame(fsub[key])
@@ -277,8 +324,10 @@ def build_leaderboard(
         row["n_pairs"] = int(len(sub))
         row["failures"] = int(len(failures.get(m, {})))
         rows.append(row)
-        for name in rel_input:
-            rel_input[name][m] = sub.set_index(key)[name]
+        if REFERENCE in models:
+            index = pd.MultiIndex.from_arrays([sub[ID].to_numpy(), sub["window"].to_numpy()], names=key)
+            for name in rel_input:
+                rel_input[name][m] = pd.Series(sub[name].to_numpy(), index=index, name=name)
     lb = pd.DataFrame(rows).set_index("model")
     for name, by_model in rel_input.items():
         if REFERENCE in by_model:

@@ -21,14 +21,18 @@ Definitions (per series, over the ``h`` evaluated steps; NaN actuals are ignored
   ``pinball_q(y, f) = max(q (y - f), (q - 1)(y - f))`` (the Chronos papers' WQL); NaN if sum |y| = 0
 * ``coverage_80`` share of actuals inside [quantile 0.1, quantile 0.9]
 
-MAE, RMSE, MAPE, WQL and coverage are computed by utilsforecast's losses (``mae``, ``rmse``,
-``mape``, ``scaled_crps`` — which is exactly this WQL —, ``coverage``); the conventions kept on
-top of them: a series with a missing forecast step scores NaN (utilsforecast's mean would skip the
-step), WQL is NaN when ``sum |y| = 0`` (utilsforecast adds machine epsilon instead), sMAPE is
-utilsforecast's times 2 (the M4 convention, range 0..2, not 0..1) and MASE keeps its own
-in-sample scale because of the period-1 fallback for series not longer than a season, which
-utilsforecast's ``mase`` does not have. ``tests/test_metrics.py`` checks every metric against a
-plain loop.
+MAE, RMSE, MAPE, sMAPE, WQL and coverage are utilsforecast's losses (``mae``, ``rmse``, ``mape``,
+``smape``, ``scaled_crps`` — which is exactly this WQL —, ``coverage``): the same per-step terms and
+the same pandas grouped mean and sum, computed in one pass for all metrics and series (utilsforecast
+runs one narwhals pipeline per metric and per quantile level: ~60 ms for the WQL of one tourism
+backtest, more than the whole 5 % budget of the AutoETS/Theta phase against bare statsforecast).
+``tests/test_metrics.py`` checks that every number equals utilsforecast's exactly, and every metric
+against a plain loop. The conventions kept on top of them: a series with a missing forecast step
+scores NaN (utilsforecast's mean would skip the step), WQL is NaN when ``sum |y| = 0``
+(utilsforecast adds machine epsilon instead), sMAPE is utilsforecast's times 2 (the M4 convention,
+range 0..2, not 0..1) and MASE keeps its own in-sample scale because of the period-1 fallback for
+series not longer than a season, which utilsforecast's ``mase`` does not have
+(:func:`seasonal_scales` computes it for many contexts, e.g. every window of a backtest, at once).
 
 :func:`relative_geomean` turns per-series scores of several models into the geometric mean of
 their ratios to a reference model (Seasonal Naive), the aggregate the Chronos papers report.
@@ -40,8 +44,6 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-
-import utilsforecast.losses as ufl
 
 from chronos_flows.core.errors import BadInputError
 from chronos_flows.models.base import DEFAULT_QUANTILES, ID, TARGET, TIME, quantile_column
@@ -63,58 +65,138 @@ def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
         )
 
 
-def _point_frame(df: pd.DataFrame) -> pd.DataFrame:
-    _require(df, [ID, TARGET, "mean"], "metric input")
-    out = df[[ID, TARGET, "mean"]].copy()
-    out[TARGET] = out[TARGET].astype(float)
-    out["mean"] = out["mean"].astype(float)
-    return out[out[TARGET].notna()]
+_POINT = ("mae", "rmse", "mape", "smape", "mase")
+_EPS = np.finfo(np.float64).eps
 
 
-def _per_series(values: pd.Series, ids: pd.Series, invalid: pd.Series | None = None) -> pd.Series:
-    """Mean of ``values`` per series; NaN for a series with any ``invalid`` row (a missing forecast)."""
-    out = values.groupby(ids, sort=True).mean()
-    if invalid is not None:
-        bad = invalid.groupby(ids, sort=True).any()
-        out = out.where(~bad.reindex(out.index, fill_value=False))
-    return out.rename_axis(ID)
+def _scores(df: pd.DataFrame, names: Sequence[str], *, quantiles: Sequence[float] = DEFAULT_QUANTILES,
+            scale: pd.Series | None = None) -> pd.DataFrame:
+    """The metrics ``names`` of every group ``unique_id`` of ``df`` (one row per group, sorted), from
+    per-row terms and one groupby. Each term and aggregation is utilsforecast's (``mae``, ``rmse``,
+    ``mape``, ``smape``, ``scaled_crps``, ``coverage``: the same expressions, pandas' grouped mean and
+    sum), done once for all metrics and groups instead of one narwhals pipeline per metric and
+    quantile level (tests/test_metrics.py checks the numbers equal utilsforecast's exactly).
+    ``scale`` (by group) is the MASE denominator."""
+    point = any(n in _POINT for n in names)
+    if point:
+        _require(df, [ID, TARGET, "mean"], "metric input")
+    qcols = [quantile_column(q) for q in quantiles] if "wql" in names else []
+    if qcols:
+        _require(df, [ID, TARGET, *qcols], "quantile metric input")
+    lo, hi = quantile_column(0.1), quantile_column(0.9)
+    if "coverage_80" in names:
+        _require(df, [ID, TARGET, lo, hi], "coverage_80 input (needs the 0.1 and 0.9 quantiles)")
+    y = df[TARGET].to_numpy(dtype=float)
+    keep = ~np.isnan(y)
+    y = y[keep]
+    codes, groups = pd.factorize(df[ID].to_numpy()[keep], sort=True)
+    terms: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if point:
+            f = df["mean"].to_numpy(dtype=float)[keep]
+            d = y - f
+            ad = np.abs(d)
+            terms["mae"], terms["rmse"] = ad, d ** 2
+            terms["mape"] = ad / np.abs(np.where(y == 0, np.nan, y))
+            den = np.abs(f) + np.abs(y)
+            terms["smape"] = np.where(den == 0, 0.0, np.abs(f - y) / den)
+            terms["_bad_point"] = np.isnan(f).astype(float)
+        if qcols:
+            qs = df[qcols].to_numpy(dtype=float)[keep]
+            levels = np.asarray([float(q) for q in quantiles])
+            order = np.argsort(levels)  # utilsforecast's mqloss pairs sorted levels with their columns
+            for j, i in enumerate(order):
+                delta = y - qs[:, i]
+                terms[f"_ql{j}"] = np.maximum(levels[i] * delta, (levels[i] - 1) * delta)
+            terms["_bad_q"] = np.isnan(qs).any(axis=1).astype(float)
+        if "coverage_80" in names:
+            lo_v, hi_v = df[lo].to_numpy(dtype=float)[keep], df[hi].to_numpy(dtype=float)[keep]
+            terms["coverage_80"] = ((y >= lo_v) & (y <= hi_v)).astype(float)
+            terms["_bad_cov"] = (np.isnan(lo_v) | np.isnan(hi_v)).astype(float)
+    means = pd.DataFrame(terms).groupby(codes, sort=True).mean()
+    index = pd.Index(groups[means.index.to_numpy()], name=ID)
+    out: dict[str, np.ndarray] = {}
+    if point:
+        bad = means["_bad_point"].to_numpy() > 0
+        mae_ = np.where(bad, np.nan, means["mae"].to_numpy())
+        out["mae"] = mae_
+        out["rmse"] = np.where(bad, np.nan, np.sqrt(means["rmse"].to_numpy()))
+        out["mape"] = np.where(bad, np.nan, means["mape"].to_numpy())
+        out["smape"] = 2.0 * np.where(bad, np.nan, means["smape"].to_numpy())
+        if "mase" in names:
+            s = (pd.Series(np.nan, index=index) if scale is None else scale.astype(float).reindex(index)).to_numpy()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out["mase"] = mae_ / np.where(s > 0, s, np.nan)
+    if qcols:
+        # mqloss: the mean over quantile levels of each level's mean loss (pandas' grouped mean, levels in order)
+        per_level = means[[f"_ql{j}" for j in range(len(qcols))]].to_numpy()
+        loss = pd.Series(per_level.T.ravel()).groupby(np.tile(np.arange(len(per_level)), len(qcols))).mean().to_numpy()
+        absy = pd.Series(np.abs(y)).groupby(codes, sort=True).sum().to_numpy()
+        counts = np.bincount(codes, minlength=len(groups))[means.index.to_numpy()]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            wql_ = 2 * loss * counts / (absy + _EPS)
+        out["wql"] = np.where((means["_bad_q"].to_numpy() > 0) | (absy <= 0), np.nan, wql_)
+    if "coverage_80" in names:
+        out["coverage_80"] = np.where(means["_bad_cov"].to_numpy() > 0, np.nan, means["coverage_80"].to_numpy())
+    return pd.DataFrame({n: out[n] for n in names}, index=index)
 
 
-def _by_series(out: pd.DataFrame, column: str, invalid: pd.Series, ids: pd.Series, name: str) -> pd.Series:
-    """A utilsforecast result (one row per series) as a Series by ``unique_id``; NaN for a series
-    with any ``invalid`` row (a missing forecast), never a partial mean."""
-    res = out.set_index(ID)[column].astype(float).sort_index()
-    bad = invalid.groupby(ids, sort=True).any()
-    return res.where(~bad.reindex(res.index, fill_value=False)).rename(name).rename_axis(ID)
-
-
-def _point(fn: Callable[..., pd.DataFrame], df: pd.DataFrame, name: str) -> pd.Series:
-    f = _point_frame(df)
-    return _by_series(fn(f, models=["mean"], id_col=ID, target_col=TARGET), "mean", f["mean"].isna(), f[ID], name)
+def _one(df: pd.DataFrame, name: str, **kw) -> pd.Series:
+    return _scores(df, [name], **kw)[name]
 
 
 def mae(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
         quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Mean absolute error of the ``mean`` forecast, per series."""
-    return _point(ufl.mae, df, "mae")
+    return _one(df, "mae")
 
 
 def rmse(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
          quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Root mean squared error of the ``mean`` forecast, per series."""
-    return _point(ufl.rmse, df, "rmse")
+    return _one(df, "rmse")
 
 
 def mape(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
          quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Mean absolute percentage error as a fraction; steps with a zero actual are skipped."""
-    return _point(ufl.mape, df, "mape")
+    return _one(df, "mape")
 
 
 def smape(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
           quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Symmetric MAPE, ``2|y-f| / (|y|+|f|)`` averaged (0..2); 0/0 counts as 0."""
-    return 2.0 * _point(ufl.smape, df, "smape")
+    return _one(df, "smape")
+
+
+def seasonal_scales(y: np.ndarray, starts: np.ndarray, lengths: np.ndarray, season_length: int) -> np.ndarray:
+    """The MASE denominators of many contexts at once: context ``k`` is ``y[starts[k]:starts[k] +
+    lengths[k]]`` and its scale the mean of ``|y_t - y_{t-p}|`` (NaNs skipped) with ``p =
+    season_length``, or 1 for a context not longer than that; NaN without a finite difference.
+    Contexts with the same number of differences are summed as rows of one array, which numpy adds
+    exactly as it adds each context alone (``np.nanmean``)."""
+    y = np.asarray(y, dtype=float)
+    starts, lengths = np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+    m = max(int(season_length), 1)
+    p = np.where(lengths > m, m, 1)
+    n_diffs = lengths - p
+    out = np.full(len(starts), np.nan)
+    for n in np.unique(n_diffs[n_diffs > 0]):  # one pass per distinct context length (a backtest: one per window)
+        k = np.flatnonzero(n_diffs == n)
+        idx = (starts[k] + p[k])[:, None] + np.arange(n)
+        diffs = np.abs(y[idx] - y[idx - p[k][:, None]])
+        nan = np.isnan(diffs)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(nan, 0.0, diffs).sum(axis=1) / (~nan).sum(axis=1)
+        out[k] = np.where(np.isfinite(diffs).any(axis=1), mean, np.nan)
+    return out
+
+
+def series_bounds(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lengths)`` of the runs of equal ids in ``ids`` (a frame sorted by series)."""
+    n = len(ids)
+    starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1] if n else np.zeros(0, dtype=np.int64)
+    return starts, np.diff(np.r_[starts, n])
 
 
 def seasonal_scale(insample: pd.DataFrame, season_length: int) -> pd.Series:
@@ -123,23 +205,18 @@ def seasonal_scale(insample: pd.DataFrame, season_length: int) -> pd.Series:
     A series not longer than ``season_length`` uses period 1 instead; NaNs are skipped.
     """
     _require(insample, [ID, TARGET], "MASE in-sample frame")
-    m = max(int(season_length), 1)
-    out = {}
-    for uid, g in insample.sort_values([ID, TIME] if TIME in insample.columns else [ID]).groupby(ID, sort=True):
-        y = g[TARGET].to_numpy(dtype=float)
-        p = m if len(y) > m else 1
-        diffs = np.abs(y[p:] - y[:-p]) if len(y) > p else np.array([np.nan])
-        out[uid] = float(np.nanmean(diffs)) if np.isfinite(diffs).any() else np.nan
-    return pd.Series(out, name="scale", dtype=float).rename_axis(ID)
+    ordered = insample.sort_values([ID, TIME] if TIME in insample.columns else [ID], kind="stable")
+    ids = ordered[ID].to_numpy()
+    starts, lengths = series_bounds(ids)
+    values = seasonal_scales(ordered[TARGET].to_numpy(dtype=float), starts, lengths, season_length)
+    return pd.Series(values, index=pd.Index(ids[starts], name=ID), name="scale", dtype=float)
 
 
 def scaled_mae(df: pd.DataFrame, scale: pd.Series) -> pd.Series:
     """MAE per series divided by that series' ``scale`` (indexed by ``unique_id``); a zero or
     missing scale gives NaN. :func:`mase` with the denominators given (the ensemble's optimiser
     reuses the scales of its fixed (series, window) pairs)."""
-    err = mae(df)
-    scale = scale.astype(float).reindex(err.index)
-    return (err / scale.where(scale > 0)).rename("mase")
+    return _scores(df, ["mase"], scale=scale)["mase"]
 
 
 def mase(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
@@ -151,24 +228,11 @@ def mase(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | N
     return scaled_mae(df, seasonal_scale(insample[insample[ID].isin(ids)], season_length))
 
 
-def _quantile_frame(df: pd.DataFrame, quantiles: Sequence[float]) -> tuple[pd.DataFrame, list[str]]:
-    cols = [quantile_column(q) for q in quantiles]
-    _require(df, [ID, TARGET, *cols], "quantile metric input")
-    f = df[[ID, TARGET, *cols]].copy()
-    f[TARGET] = f[TARGET].astype(float)
-    return f[f[TARGET].notna()], cols
-
-
 def wql(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
         quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Weighted quantile loss averaged over ``quantiles`` (Chronos papers' WQL), per series:
     utilsforecast's ``scaled_crps`` (Rangapuram et al., 2021), NaN when ``sum |y| = 0``."""
-    f, cols = _quantile_frame(df, quantiles)
-    out = ufl.scaled_crps(f, models={"wql": cols}, quantiles=np.asarray([float(q) for q in quantiles]),
-                          id_col=ID, target_col=TARGET)
-    zero = f[TARGET].abs().groupby(f[ID], sort=True).sum() <= 0
-    res = _by_series(out, "wql", f[cols].isna().any(axis=1), f[ID], "wql")
-    return res.where(~zero.reindex(res.index, fill_value=False))
+    return _one(df, "wql", quantiles=quantiles)
 
 
 def wql_pooled(df: pd.DataFrame, *, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> float:
@@ -181,13 +245,7 @@ def wql_pooled(df: pd.DataFrame, *, quantiles: Sequence[float] = DEFAULT_QUANTIL
 def coverage_80(df: pd.DataFrame, *, season_length: int = 1, insample: pd.DataFrame | None = None,
                 quantiles: Sequence[float] = DEFAULT_QUANTILES) -> pd.Series:
     """Share of actuals inside the 80 % interval [quantile 0.1, quantile 0.9], per series."""
-    lo, hi = quantile_column(0.1), quantile_column(0.9)
-    _require(df, [ID, TARGET, lo, hi], "coverage_80 input (needs the 0.1 and 0.9 quantiles)")
-    f = df[df[TARGET].notna()]
-    f = pd.DataFrame({ID: f[ID], TARGET: f[TARGET].astype(float), "m-lo-80": f[lo].astype(float), "m-hi-80": f[hi].astype(float)})
-    out = ufl.coverage(f, models=["m"], level=80, id_col=ID, target_col=TARGET)
-    return _by_series(out, "m",
-                      f["m-lo-80"].isna() | f["m-hi-80"].isna(), f[ID], "coverage_80")
+    return _one(df, "coverage_80")
 
 
 METRICS: dict[str, Metric] = {
@@ -210,9 +268,18 @@ def evaluate_all(
     insample: pd.DataFrame | None,
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
     metrics: Mapping[str, Metric] | None = None,
+    scale: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """All ``metrics`` (default :data:`METRICS`) for one forecast: one row per series."""
-    metrics = METRICS if metrics is None else metrics
+    """All ``metrics`` (default :data:`METRICS`) for one forecast: one row per series. With the
+    default metrics everything is computed in one pass (one groupby); ``scale`` (by ``unique_id``)
+    gives the MASE denominators instead of ``insample`` (a backtest computes them for every window
+    at once with :func:`seasonal_scales`)."""
+    if metrics is None or metrics is METRICS:
+        if scale is None:
+            if insample is None:
+                raise BadInputError("MASE needs the in-sample context (insample=...) to compute its seasonal naive scale")
+            scale = seasonal_scale(insample[insample[ID].isin(df[ID].unique())], season_length)
+        return _scores(df, list(METRICS), quantiles=quantiles, scale=scale)
     cols = {
         name: fn(df, season_length=season_length, insample=insample, quantiles=quantiles)
         for name, fn in metrics.items()

@@ -18,10 +18,11 @@ only the cutoffs (and ``n_context`` for its report).
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from chronos_flows.core.errors import BadInputError
-from chronos_flows.models.base import ID, TARGET, TIME
+from chronos_flows.models.base import ID, TARGET, TIME, sort_by_series
 
 CUTOFF_COLUMNS = [ID, "window", "cutoff", "test_start", "test_end", "n_context"]
 
@@ -70,15 +71,17 @@ def backtest_cutoffs(
             f"lower evaluation.n_windows / step / horizon or drop those series"
         )
 
-    rows = []
-    ordered = df[[ID, TIME]].sort_values([ID, TIME], kind="stable")
-    for uid, g in ordered.groupby(ID, sort=True):
-        ds = g[TIME].to_numpy()
-        n = len(ds)
-        for w in range(n_windows):
-            c = n - horizon - 1 - (n_windows - 1 - w) * step
-            rows.append((uid, w, ds[c], ds[c + 1], ds[c + horizon], c + 1))
-    out = pd.DataFrame(rows, columns=CUTOFF_COLUMNS)
+    ordered = sort_by_series(df[[ID, TIME]])
+    ids, ds = ordered[ID].to_numpy(), ordered[TIME].to_numpy()
+    starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1] if len(ids) else np.zeros(0, dtype=np.int64)
+    n = np.diff(np.r_[starts, len(ids)])
+    w = np.arange(n_windows)
+    c = (n[:, None] - horizon - 1 - (n_windows - 1 - w) * step).ravel()  # series by series, windows in order
+    pos = np.repeat(starts, n_windows) + c
+    out = pd.DataFrame({
+        ID: np.repeat(ids[starts], n_windows), "window": np.tile(w, len(starts)).astype(np.int64),
+        "cutoff": ds[pos], "test_start": ds[pos + 1], "test_end": ds[pos + horizon], "n_context": (c + 1).astype(np.int64),
+    }, columns=CUTOFF_COLUMNS)
     for col in ("cutoff", "test_start", "test_end"):
         out[col] = pd.to_datetime(out[col])
     return out

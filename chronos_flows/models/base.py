@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 DEFAULT_QUANTILES: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -94,3 +95,18 @@ class Forecaster(ABC):
         quantiles: Sequence[float] = DEFAULT_QUANTILES,
     ) -> pd.DataFrame:
         """Forecast ``horizon`` steps after the end of every series in ``context``."""
+
+
+def sort_by_series(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` sorted by ``unique_id`` then ``ds`` (stable), with a fresh index; the sort is skipped
+    when the rows are in that order already (a cleaned frame is)."""
+    ids, ds = df[ID].to_numpy(), df[TIME].to_numpy()
+    if len(df) > 1:
+        try:
+            same = ids[1:] == ids[:-1]
+            ordered = bool(np.all(same | (ids[1:] > ids[:-1])) and np.all(~same | (ds[1:] >= ds[:-1])))
+        except TypeError:  # ids that do not compare: let sort_values say so
+            ordered = False
+        if not ordered:
+            return df.sort_values([ID, TIME], kind="stable").reset_index(drop=True)
+    return df.reset_index(drop=True)

@@ -37,6 +37,7 @@ from chronos_flows.models.base import (
     future_index,
     quantile_column,
     require_long_frame,
+    sort_by_series,
 )
 
 
@@ -132,7 +133,7 @@ def _statsforecast_frame(fc: pd.DataFrame, alias: str, quantiles: Sequence[float
     ordered[:, order] = np.sort(qs, axis=1)
     group = [fc[ID].to_numpy()] + ([fc["cutoff"].to_numpy()] if "cutoff" in fc.columns else [])
     ok_row = np.isfinite(mean) & np.isfinite(qs).all(axis=1)
-    ok = pd.Series(ok_row).groupby(group).transform("all").to_numpy()
+    ok = ok_row if ok_row.all() else pd.Series(ok_row).groupby(group).transform("all").to_numpy()
     out = pd.DataFrame({ID: fc[ID].astype(str).to_numpy(), TIME: fc[TIME].to_numpy(), "mean": mean})
     if "cutoff" in fc.columns:
         out["cutoff"] = fc["cutoff"].to_numpy()
@@ -272,15 +273,20 @@ class StatsForecastForecaster(Forecaster):
         check_predict_args(self.label, history, horizon, freq, quantiles)
         t0 = time.perf_counter()
         horizon, quantiles = int(horizon), tuple(float(q) for q in quantiles)
-        frame = history[[ID, TIME, TARGET]].astype({TARGET: "float64"}).sort_values([ID, TIME], kind="stable")
+        frame = sort_by_series(history[[ID, TIME, TARGET]].astype({TARGET: "float64"}))
         if not np.isfinite(frame[TARGET].to_numpy()).all():
             return None
         n_windows = int(cutoffs["window"].max()) + 1
-        sizes = frame.groupby(ID, sort=True).size()
-        want = cutoffs.set_index([ID, "window"])["n_context"]
-        expect = {(uid, w): n - horizon - (n_windows - 1 - w) * step for uid, n in sizes.items() for w in range(n_windows)}
-        if len(want) != len(expect) or any(int(want.get(k, -1)) != v for k, v in expect.items()):
-            return None
+        ids = frame[ID].to_numpy()
+        starts = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1]
+        sizes = pd.Series(np.diff(np.r_[starts, len(ids)]), index=ids[starts])
+        want = cutoffs.sort_values([ID, "window"], kind="stable")
+        w = np.tile(np.arange(n_windows), len(sizes))
+        expect = np.repeat(sizes.to_numpy(), n_windows) - horizon - (n_windows - 1 - w) * step
+        if len(want) != len(expect) or not (np.array_equal(want[ID].to_numpy(), np.repeat(sizes.index.to_numpy(), n_windows))
+                                           and np.array_equal(want["window"].to_numpy(), w)
+                                           and np.array_equal(want["n_context"].to_numpy(), expect)):
+            return None  # not the last n_windows windows spaced step apart at every series' end
         keys = [interval_key(q) for q in quantiles]
         levels = sorted({k[1] for k in keys if k is not None})
         n_jobs = 1 if multiprocessing.current_process().daemon else self.n_jobs
@@ -306,7 +312,7 @@ class StatsForecastForecaster(Forecaster):
                 y = frame.loc[frame[ID].astype(str) == uid, TARGET].to_numpy(dtype=float)[:c]
                 _, _, err = statsforecast_one(uid, y, horizon, quantiles, self.label, lambda: type(self).build(self.settings()))
                 failures[uid] = err or f"{self.label} produced non-finite forecasts"
-            result[w] = Forecast(got.sort_values([ID, TIME], kind="stable", ignore_index=True), failures)
+            result[w] = Forecast(sort_by_series(got), failures)
         if self.progress is not None:
             self.progress(len(sizes), len(sizes))
         self.last_seconds = time.perf_counter() - t0
