@@ -217,16 +217,21 @@ def test_when_a_spike_falls_in_the_first_season_then_the_default_does_not_flag_i
     assert not flags[:12].any() and flags[80]
 
 
-def test_when_noise_triples_in_the_second_half_then_the_default_does_not_flood_the_noisy_half():
-    ours = seeds = 0
+def test_when_noise_triples_in_the_second_half_then_the_default_does_not_flood_the_noisy_half_but_misses_the_calm_spike():
+    ours = seeds = calm_found = 0
     for seed in range(6):
         rng = np.random.default_rng(seed)
         t = np.arange(240)
         y = 50 + 5 * np.sin(2 * np.pi * t / 12) + np.where(t < 120, 1.0, 3.0) * rng.standard_normal(240)
-        ours += int(esd_outliers(y, 12, 0.01).flags[120:].sum())
+        y[60] += 7.0  # 7 SDs of the calm half, ordinary noise in the other
+        flags = esd_outliers(y, 12, 0.01).flags
+        ours += int(flags[120:].sum())
+        calm_found += int(flags[60])
         seeds += int(stl_outliers(y, 12, 3.0)[0][120:].sum())
-    # one residual SD for the whole series: the noisy half's tail gives a few flags, the seed's IQR dozens
+    # one residual SD for the whole series: the noisy half's tail gives a few flags, the seed's IQR dozens;
+    # the price (README): the calm half's spike is about 3 whole-series SDs, not found (the 'robust' rule finds it)
     assert ours <= seeds / 4, (ours, seeds)
+    assert calm_found == 0
 
 
 def test_when_the_test_level_is_out_of_range_then_the_config_refuses_it_naming_the_field():
