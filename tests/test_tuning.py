@@ -43,10 +43,16 @@ def tuning_file(tmp_path: Path, tuning: dict, name: str = "tune.yaml") -> Path:
     ({"cleaning.outliers": {"choices": ["flag", "bogus"]}}, "search_space.cleaning.outliers: the value 'bogus' is not valid"),
     ({"chronos.context_length": {"choices": []}}, "search_space.chronos.context_length: choices is empty"),
     ({"chronos.context_length": {"low": 4, "high": 64}}, "search_space.chronos.context_length: the value 4.0 is not valid"),
+    ({"cleaning.outlier_alpha": {"low": 0.01, "high": 1.0}}, "search_space.cleaning.outlier_alpha: the value 1.0 is not valid"),
 ])
 def test_when_the_search_space_is_empty_or_invalid_then_the_error_names_the_parameter(tmp_path, space, message):
     with pytest.raises(ChronosFlowsError, match=message.replace(".", r"\.").replace("(", r"\(")):
         build_tuning_params(tuning_file(tmp_path, {"search_space": space}))
+
+
+def test_when_the_outlier_test_level_is_searched_then_the_space_is_accepted(tmp_path):
+    params = build_tuning_params(tuning_file(tmp_path, {"search_space": {"cleaning.outlier_alpha": {"low": 0.001, "high": 0.05, "log": True}}}))
+    assert params.search_space["cleaning.outlier_alpha"].high == 0.05
 
 
 def test_when_tune_gets_an_invalid_space_then_it_exits_2_with_one_line_and_writes_nothing(tmp_path):

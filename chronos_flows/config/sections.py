@@ -71,12 +71,19 @@ class CleaningConfig(Frozen):
         title="Outlier handling",
         description="Outliers (rule: `outlier_method`): 'flag' marks them, 'replace' swaps them for the STL fit, 'off' skips detection.",
     )
-    outlier_method: Literal["robust", "stl_iqr"] = Field(
-        "robust",
+    outlier_method: Literal["esd", "robust", "stl_iqr"] = Field(
+        "esd",
         title="Outlier rule",
-        description="'robust': STL on the log scale for positive series whose seasonal swing grows with the level, "
-        "residuals beyond `outlier_z` local (rolling) robust standard deviations, no flags in the first season "
-        "nor on intermittent series; 'stl_iqr': the seed's robust STL + `outlier_iqr_k` × IQR rule.",
+        description="'esd' (default): robust STL (on the log scale for positive series whose seasonal swing grows "
+        "with the level, then the residual as a share of the fit), residuals tested with the generalized ESD test "
+        "(Rosner 1983) at `outlier_alpha`, no flags in the first season nor on intermittent series; 'robust' (the "
+        "previous default): residuals beyond `outlier_z` local (rolling) robust standard deviations; 'stl_iqr': the "
+        "seed's robust STL + `outlier_iqr_k` × IQR rule.",
+    )
+    outlier_alpha: float = Field(
+        0.01, gt=0, lt=1, title="Outlier test level (ESD)",
+        description="'esd' rule: the chance that a clean series with Gaussian residuals gets any flag at all, "
+        "whatever its length (the generalized ESD test's significance level).",
     )
     outlier_z: float = Field(
         4.5, gt=0, title="Outlier threshold (robust SDs)",

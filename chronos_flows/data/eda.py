@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 
 from chronos_flows.config.params import CleaningConfig
-from chronos_flows.data.cleaning import ID, OUTLIER, TARGET, TIME, CleaningReport, detect_outliers, outlier_skip_reason
+from chronos_flows.data.cleaning import (
+    ID, INTERMITTENT_ZERO_SHARE, OUTLIER, TARGET, TIME, CleaningReport, detect_outliers, outlier_skip_reason,
+)
 
 #: Syntetos-Boylan cut-offs of the demand classes.
 ADI_CUTOFF, CV2_CUTOFF = 1.32, 0.49
@@ -137,7 +139,8 @@ def family_notes(table: pd.DataFrame, period: int, report: CleaningReport) -> li
         notes.append(
             f"{len(inter)} of {n} series are intermittent or lumpy (ADI >= {ADI_CUTOFF}): Seasonal Naive and AutoETS "
             "are weak there (they repeat or smooth the spikes and zeros); judge models on them by WQL, not MASE alone, "
-            "and expect Chronos to do better; the 'robust' outlier rule does not check them.")
+            "and expect Chronos to do better; the default outlier rule does not check series with more than "
+            f"{INTERMITTENT_ZERO_SHARE:.0%} zeros.")
     if period >= 2:
         short = table[table["length"] < SHORT_SEASONS * period]
         if len(short):

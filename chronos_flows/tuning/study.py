@@ -47,6 +47,7 @@ TUNABLE: dict[str, str] = {
     "cleaning.outliers": "categorical",
     "cleaning.fill_method": "categorical",
     "cleaning.outlier_iqr_k": "float",
+    "cleaning.outlier_alpha": "float",
 }
 
 
