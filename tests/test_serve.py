@@ -764,3 +764,21 @@ def test_when_a_request_arrives_alone_then_the_batch_window_does_not_delay_it(do
     assert seen == [(1, 1)] * 3
     expected = predict(champ, parse_request(body))
     assert all(a == expected for a in answers)
+
+
+def test_when_one_start_is_sent_with_two_frequencies_then_each_is_judged_on_its_own():
+    """Starts and frequencies are parsed once and cached: the cache must not carry one frequency's
+    verdict over to another, nor a refusal's absence to a bad timestamp."""
+    from chronos_flows.serving import RequestError, parse_request
+
+    def body(start, freq):
+        return {"inputs": [{"target": series(30), "item_id": "a", "start": start}], "parameters": {"freq": freq}}
+
+    for _ in range(2):  # the second round is answered from the caches
+        assert str(parse_request(body("2020-01-06", "W-MON")).starts[0]) == "2020-01-06 00:00:00"
+        with pytest.raises(RequestError, match=r"inputs\[0\] \(item_id 'a'\)\.start: 2020-01-06 is not on frequency W-TUE"):
+            parse_request(body("2020-01-06", "W-TUE"))
+        with pytest.raises(RequestError, match=r"start: 'not-a-date' is not a timestamp"):
+            parse_request(body("not-a-date", "W-MON"))
+        with pytest.raises(RequestError, match=r"parameters\.freq: 'W-XYZ' is not a pandas frequency"):
+            parse_request(body("2020-01-06", "W-XYZ"))
