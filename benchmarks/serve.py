@@ -116,20 +116,22 @@ def load(url: str, bodies: list[dict], clients: int, seconds: float) -> tuple[fl
     return len(flat) / elapsed, flat, sum(errors)
 
 
-def batch_stats(url: str) -> tuple[float, float]:
-    """(model calls, requests answered) so far, from /metrics."""
+def batch_stats(url: str) -> tuple[float, float, float]:
+    """(model calls, requests answered, seconds in model calls) so far, from /metrics."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    calls = answered = 0.0
+    calls = answered = seconds = 0.0
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == "chronos_serve_batch_requests_count":
                 calls = s.value
             elif s.name == "chronos_serve_batch_requests_sum":
                 answered = s.value
-    return calls, answered
+            elif s.name == "chronos_serve_batch_seconds_sum":
+                seconds = s.value
+    return calls, answered, seconds
 
 
 def floor_app():
@@ -216,16 +218,17 @@ class Served:
 
 
 def run_loads(servers: dict[str, tuple[Served, bool]], bodies: list[dict], clients: list[int], seconds: float,
-              slice_seconds: float, only_top: tuple[str, ...] = ()) -> dict[str, dict[int, tuple[float, float]]]:
+              slice_seconds: float, only_top: tuple[str, ...] = ()) -> dict[str, dict[int, tuple[float, ...]]]:
     """Load every server (name -> (server, has a model)) at each concurrency for ``seconds`` in all,
     in turns of ``slice_seconds`` (floor, ours, floor, ours...), so a machine that slows down mid-run
     slows them alike and the ratios compare the same minutes; ``only_top``: servers loaded at the
-    highest concurrency only."""
+    highest concurrency only. Per server and concurrency: (requests/s, p50, mean model-call seconds
+    from /metrics or nan)."""
     for served, _ in servers.values():
         load(served.url, bodies, 4, 1.0)  # warm-up
     top = max(clients)
     turns = max(1, round(seconds / slice_seconds))
-    results: dict[str, dict[int, tuple[float, float]]] = {name: {} for name in servers}
+    results: dict[str, dict[int, tuple[float, ...]]] = {name: {} for name in servers}
     for c in clients:
         names = [n for n in servers if c == top or n not in only_top]
         done = {n: 0 for n in names}
@@ -243,13 +246,15 @@ def run_loads(servers: dict[str, tuple[Served, bool]], bodies: list[dict], clien
                 errors[n] += bad
         for n in names:
             served, model = servers[n]
-            per_call = "-"
+            per_call, call_seconds = "-", float("nan")
             if model:
-                calls1, answered1 = batch_stats(served.url)
-                per_call = f"{(answered1 - stats0[n][1]) / max(calls1 - stats0[n][0], 1):.1f}"
+                calls1, answered1, seconds1 = batch_stats(served.url)
+                calls = max(calls1 - stats0[n][0], 1)
+                per_call = f"{(answered1 - stats0[n][1]) / calls:.1f}"
+                call_seconds = (seconds1 - stats0[n][2]) / calls
             rps = done[n] / elapsed[n]
             p50, p99 = float(np.percentile(lat[n], 50)), float(np.percentile(lat[n], 99))
-            results[n][c] = (rps, p50)
+            results[n][c] = (rps, p50, call_seconds)
             print(f"{n:<26} {c:>7}  {rps:>8.1f}  {p50 * 1000:>8.2f}  {p99 * 1000:>8.2f}  {per_call:>8}  "
                   f"{rss_mb(served.proc.pid):>7.0f}  {errors[n]}", flush=True)
     return results
@@ -362,6 +367,9 @@ def main() -> None:
             print(f"p50 at 1 client - bare single call - floor p50: "
                   f"{(runs['ours'][1][1] - bare_single_p50 - runs['floor'][1][1]) * 1000:+.2f} ms "
                   "(our code's share: what neither the HTTP round trip nor the model explains)")
+            print(f"the server's own model call at 1 client (mean, /metrics): {runs['ours'][1][2] * 1000:.2f} ms, "
+                  f"bare single call mean {1000 / bare_single_rps:.2f} ms (a model that waits between requests "
+                  "runs colder than one called back to back)")
         if captured is not None:
             print(f"capture on / off at {top} clients: {runs['capture'][top][0] / runs['ours'][top][0]:.2f} "
                   f"(target >= 0.95); {captured[1]} rows captured in {captured[0]} Parquet files")
