@@ -2,9 +2,10 @@
 and the bare model, in one run (offline, CPU).
 
 A random-initialised Chronos-2 (``--size`` tiny or small, no weights can be downloaded here) is
-promoted as the champion of a throw-away local store. Three servers are loaded in turn by the same
-clients (threads of httpx, one keep-alive connection each) for ``--seconds`` at 1, 8 and 32 clients,
-with single-series JumpStart requests (``--context`` 256 points, ``item_id``/``start``/``freq``,
+promoted as the champion of a throw-away local store. Three servers run side by side and take turns
+under the same clients (threads of httpx, one keep-alive connection each) in slices of
+``--slice-seconds`` (1 s), ``--seconds`` in all per server at 1, 8 and 32 clients, so a shared
+machine that slows down mid-run slows each of them alike; single-series JumpStart requests (``--context`` 256 points, ``item_id``/``start``/``freq``,
 horizon ``--horizon`` 13, quantiles 0.1/0.5/0.9):
 
 * the floor: a FastAPI app under uvicorn (1 worker) with no model that parses the same body and
@@ -19,7 +20,8 @@ model call answered (from /metrics) and the server's memory; then the bare model
 ratios of this one run:
 
 * ours / floor requests/s at each concurrency (target >= 0.8 at 32 clients, tiny)
-* p50 at 1 client - bare single-call p50 (target <= +1 ms)
+* p50 at 1 client - bare single-call p50 (target <= +1 ms), and that minus the floor's p50 at 1
+  client (the HTTP round trip with these clients): what our own code adds
 * capture on / capture off requests/s at 32 clients (target >= 0.95)
 * ours at 32 clients / bare batched series/s (the small model: the model should dominate)
 
@@ -114,20 +116,22 @@ def load(url: str, bodies: list[dict], clients: int, seconds: float) -> tuple[fl
     return len(flat) / elapsed, flat, sum(errors)
 
 
-def batch_stats(url: str) -> tuple[float, float]:
-    """(model calls, requests answered) so far, from /metrics."""
+def batch_stats(url: str) -> tuple[float, float, float]:
+    """(model calls, requests answered, seconds in model calls) so far, from /metrics."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    calls = answered = 0.0
+    calls = answered = seconds = 0.0
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == "chronos_serve_batch_requests_count":
                 calls = s.value
             elif s.name == "chronos_serve_batch_requests_sum":
                 answered = s.value
-    return calls, answered
+            elif s.name == "chronos_serve_batch_seconds_sum":
+                seconds = s.value
+    return calls, answered, seconds
 
 
 def floor_app():
@@ -213,22 +217,46 @@ class Served:
         self._log.close()
 
 
-def run_loads(name: str, served: Served, bodies: list[dict], clients: list[int], seconds: float,
-              model: bool) -> dict[int, tuple[float, float]]:
-    load(served.url, bodies, 4, 1.0)  # warm-up
-    results = {}
+def run_loads(servers: dict[str, tuple[Served, bool]], bodies: list[dict], clients: list[int], seconds: float,
+              slice_seconds: float, only_top: tuple[str, ...] = ()) -> dict[str, dict[int, tuple[float, ...]]]:
+    """Load every server (name -> (server, has a model)) at each concurrency for ``seconds`` in all,
+    in turns of ``slice_seconds`` (floor, ours, floor, ours...), so a machine that slows down mid-run
+    slows them alike and the ratios compare the same minutes; ``only_top``: servers loaded at the
+    highest concurrency only. Per server and concurrency: (requests/s, p50, mean model-call seconds
+    from /metrics or nan)."""
+    for served, _ in servers.values():
+        load(served.url, bodies, 4, 1.0)  # warm-up
+    top = max(clients)
+    turns = max(1, round(seconds / slice_seconds))
+    results: dict[str, dict[int, tuple[float, ...]]] = {name: {} for name in servers}
     for c in clients:
-        if model:
-            calls0, answered0 = batch_stats(served.url)
-        rps, lat, errors = load(served.url, bodies, c, seconds)
-        per_call = "-"
-        if model:
-            calls1, answered1 = batch_stats(served.url)
-            per_call = f"{(answered1 - answered0) / max(calls1 - calls0, 1):.1f}"
-        p50, p99 = float(np.percentile(lat, 50)), float(np.percentile(lat, 99))
-        results[c] = (rps, p50)
-        print(f"{name:<22} {c:>7}  {rps:>8.1f}  {p50 * 1000:>8.2f}  {p99 * 1000:>8.2f}  {per_call:>8}  "
-              f"{rss_mb(served.proc.pid):>7.0f}  {errors}", flush=True)
+        names = [n for n in servers if c == top or n not in only_top]
+        done = {n: 0 for n in names}
+        lat: dict[str, list[float]] = {n: [] for n in names}
+        errors = {n: 0 for n in names}
+        elapsed = {n: 0.0 for n in names}
+        stats0 = {n: batch_stats(servers[n][0].url) for n in names if servers[n][1]}
+        for _ in range(turns):
+            for n in names:
+                t0 = time.perf_counter()
+                _, got, bad = load(servers[n][0].url, bodies, c, seconds / turns)
+                elapsed[n] += time.perf_counter() - t0
+                done[n] += len(got)
+                lat[n] += got
+                errors[n] += bad
+        for n in names:
+            served, model = servers[n]
+            per_call, call_seconds = "-", float("nan")
+            if model:
+                calls1, answered1, seconds1 = batch_stats(served.url)
+                calls = max(calls1 - stats0[n][0], 1)
+                per_call = f"{(answered1 - stats0[n][1]) / calls:.1f}"
+                call_seconds = (seconds1 - stats0[n][2]) / calls
+            rps = done[n] / elapsed[n]
+            p50, p99 = float(np.percentile(lat[n], 50)), float(np.percentile(lat[n], 99))
+            results[n][c] = (rps, p50, call_seconds)
+            print(f"{n:<26} {c:>7}  {rps:>8.1f}  {p50 * 1000:>8.2f}  {p99 * 1000:>8.2f}  {per_call:>8}  "
+                  f"{rss_mb(served.proc.pid):>7.0f}  {errors[n]}", flush=True)
     return results
 
 
@@ -241,6 +269,8 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--inputs", type=int, default=256, help="distinct single-series requests cycled through")
     ap.add_argument("--no-capture", action="store_true", help="skip the capture-on run")
+    ap.add_argument("--slice-seconds", type=float, default=1.0,
+                    help="the servers take turns under load in slices this long (default 1 s)")
     ap.add_argument("--model-threads", type=int, default=None,
                     help="passed to chronos-flows serve (default: serve's own default, 1; 0: every core)")
     ap.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
@@ -300,31 +330,28 @@ def main() -> None:
         print(f"chronos-2 {args.size}, context {args.context}, horizon {args.horizon}, quantiles {LEVELS}, "
               f"{os.cpu_count()} cores, {args.seconds:g} s per load, serve --model-threads "
               f"{args.model_threads if args.model_threads is not None else '1 (default)'}")
-        print(f"{'server':<22} {'clients':>7}  {'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'req/call':>8}  "
+        print(f"{'server':<26} {'clients':>7}  {'req/s':>8}  {'p50 ms':>8}  {'p99 ms':>8}  {'req/call':>8}  "
               f"{'RSS MB':>7}  errors", flush=True)
         serve = ["-m", "app.cli", "serve", "--store", str(tmp / "store"), "--device", "cpu"]
         if args.model_threads is not None:
             serve += ["--model-threads", str(args.model_threads)]
-        runs: dict[str, dict[int, tuple[float, float]]] = {}
-        floor = Served([str(Path(__file__).resolve()), "--floor-server"], tmp / "floor.log")
-        try:
-            runs["floor"] = run_loads("floor (FastAPI, no model)", floor, bodies, clients, args.seconds, model=False)
-        finally:
-            floor.stop()
-        ours = Served(serve, tmp / "serve.log")
-        try:
-            runs["ours"] = run_loads("chronos-flows serve", ours, bodies, clients, args.seconds, model=True)
-        finally:
-            ours.stop()
         top = max(clients)
+        servers: dict[str, tuple[Served, bool]] = {}
         captured = None
+        try:
+            servers["floor (FastAPI, no model)"] = (Served([str(Path(__file__).resolve()), "--floor-server"],
+                                                           tmp / "floor.log"), False)
+            servers["chronos-flows serve"] = (Served(serve, tmp / "serve.log"), True)
+            if not args.no_capture:
+                servers["serve --capture"] = (Served([*serve, "--capture", "--capture-max-requests", "1000",
+                                                      "--capture-max-seconds", "5"], tmp / "capture.log"), True)
+            by_name = run_loads(servers, bodies, clients, args.seconds, args.slice_seconds, only_top=("serve --capture",))
+        finally:
+            for served, _ in servers.values():
+                served.stop()
+        runs = {"floor": by_name["floor (FastAPI, no model)"], "ours": by_name["chronos-flows serve"]}
         if not args.no_capture:
-            cap = Served([*serve, "--capture", "--capture-max-requests", "1000", "--capture-max-seconds", "5"],
-                         tmp / "capture.log")
-            try:
-                runs["capture"] = run_loads("serve --capture", cap, bodies, [top], args.seconds, model=True)
-            finally:
-                cap.stop()
+            runs["capture"] = by_name["serve --capture"]
             files = sorted((tmp / "store" / "dev" / "capture").rglob("*.parquet"))
             rows = sum(len(pd.read_parquet(f)) for f in files)
             captured = (len(files), rows)
@@ -337,6 +364,12 @@ def main() -> None:
         if 1 in clients:
             print(f"p50 at 1 client - bare single call: {(runs['ours'][1][1] - bare_single_p50) * 1000:+.2f} ms "
                   "(target <= +1 ms)")
+            print(f"p50 at 1 client - bare single call - floor p50: "
+                  f"{(runs['ours'][1][1] - bare_single_p50 - runs['floor'][1][1]) * 1000:+.2f} ms "
+                  "(our code's share: what neither the HTTP round trip nor the model explains)")
+            print(f"the server's own model call at 1 client (mean, /metrics): {runs['ours'][1][2] * 1000:.2f} ms, "
+                  f"bare single call mean {1000 / bare_single_rps:.2f} ms (a model that waits between requests "
+                  "runs colder than one called back to back)")
         if captured is not None:
             print(f"capture on / off at {top} clients: {runs['capture'][top][0] / runs['ours'][top][0]:.2f} "
                   f"(target >= 0.95); {captured[1]} rows captured in {captured[0]} Parquet files")

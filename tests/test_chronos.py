@@ -456,3 +456,23 @@ def test_when_training_succeeded_then_keep_checkpoints_selects_best_and_last_or_
     assert checkpoints_to_keep(names, 10, "last") == {"checkpoint-00000020", "README"}
     assert checkpoints_to_keep(names, 10, "all") == set(names)
     assert checkpoints_to_keep([], 10) == set()
+
+
+@pytest.mark.parametrize("family", ["chronos-2", "chronos-bolt"])
+def test_when_a_quantile_family_forecasts_then_the_global_rng_does_not_change_its_forecast(tmp_path, family):
+    """Chronos-2 and Bolt forecast quantiles directly: their calls skip the seeded RNG fork that T5's
+    sampling needs (it costs as much as a tiny model's step on the serving path), so their forecasts
+    must not depend on the global RNG's state."""
+    d = tmp_path / "m"
+    pipe = build_random_pipeline(family, "tiny", 32, 8, 0)
+    (pipe.save_pretrained if family == "chronos-2" else pipe.model.save_pretrained)(d)
+    fc = ChronosForecaster(_cfg(family, model=str(d)), workdir=tmp_path)
+    assert fc.samples is False
+    arrays = [np.sin(np.arange(40) / 3.0) * 5 + 10 + i for i in range(3)]
+    torch.manual_seed(123)
+    mean_a, q_a = fc.predict_arrays(arrays, 8, [0.1, 0.5, 0.9])
+    torch.manual_seed(456)
+    mean_b, q_b = fc.predict_arrays(arrays, 8, [0.1, 0.5, 0.9])
+    np.testing.assert_array_equal(mean_a, mean_b)
+    np.testing.assert_array_equal(q_a, q_b)
+    assert ChronosForecaster(_cfg("chronos-t5"), workdir=tmp_path).samples is True

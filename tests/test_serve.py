@@ -723,3 +723,62 @@ def test_when_requests_are_answered_then_each_has_one_json_access_log_line(caplo
     assert [(x["request_id"], x["status"], x["series"]) for x in lines] == [("req-ok", 200, 2), ("req-bad", 400, None)]
     assert all(x["path"] == "/invocations" and x["latency_ms"] >= 0 and x["champion_run_id"] == "broken-run"
                for x in lines)
+
+
+def test_when_serve_configures_uvicorn_then_http_is_parsed_by_httptools_on_uvloop():
+    """The server's per-request cost: uvicorn's C parser and event loop (project dependencies), not
+    the pure-Python h11/asyncio fallbacks it picks when they are missing."""
+    from app.server import uvicorn_config
+
+    config = uvicorn_config(lambda scope, receive, send: None, "127.0.0.1", free_port())
+    config.load()
+    assert config.http_protocol_class.__name__ == "HttpToolsProtocol"
+    assert config.get_loop_factory().__module__.startswith("uvloop")
+    assert config.access_log is False  # ours is the JSON access log
+
+
+@pytest.mark.parametrize("door", ["event loop", "thread"])
+def test_when_a_request_arrives_alone_then_the_batch_window_does_not_delay_it(door):
+    """Adaptive batching: a lone request goes to the model at once (only calls under load wait for
+    more to join). With a 5-second window, a lone request on an idle batcher is answered far sooner."""
+    import asyncio
+
+    from chronos_flows.serving import MicroBatcher, parse_request, predict
+
+    champ = _champion_of(SeasonalNaive(7))
+    seen: list[tuple[int, int]] = []
+    batcher = MicroBatcher(max_wait_seconds=5.0, on_batch=lambda r, n, _s: seen.append((r, n)))
+    body = {"inputs": [{"target": series(40), "item_id": "a"}], "parameters": {"prediction_length": 4}}
+    try:
+        answers, took = [], []
+        for _ in range(3):  # the first, and each after the model went idle again
+            t0 = time.perf_counter()
+            if door == "thread":
+                answers.append(batcher.submit(champ, parse_request(body)))
+            else:
+                answers.append(asyncio.run(batcher.submit_async(champ, parse_request(body))))
+            took.append(time.perf_counter() - t0)
+    finally:
+        batcher.stop()
+    assert max(took) < 2.5, took  # half the window: no wait for company (a Seasonal Naive call takes milliseconds)
+    assert seen == [(1, 1)] * 3
+    expected = predict(champ, parse_request(body))
+    assert all(a == expected for a in answers)
+
+
+def test_when_one_start_is_sent_with_two_frequencies_then_each_is_judged_on_its_own():
+    """Starts and frequencies are parsed once and cached: the cache must not carry one frequency's
+    verdict over to another, nor a refusal's absence to a bad timestamp."""
+    from chronos_flows.serving import RequestError, parse_request
+
+    def body(start, freq):
+        return {"inputs": [{"target": series(30), "item_id": "a", "start": start}], "parameters": {"freq": freq}}
+
+    for _ in range(2):  # the second round is answered from the caches
+        assert str(parse_request(body("2020-01-06", "W-MON")).starts[0]) == "2020-01-06 00:00:00"
+        with pytest.raises(RequestError, match=r"inputs\[0\] \(item_id 'a'\)\.start: 2020-01-06 is not on frequency W-TUE"):
+            parse_request(body("2020-01-06", "W-TUE"))
+        with pytest.raises(RequestError, match=r"start: 'not-a-date' is not a timestamp"):
+            parse_request(body("not-a-date", "W-MON"))
+        with pytest.raises(RequestError, match=r"parameters\.freq: 'W-XYZ' is not a pandas frequency"):
+            parse_request(body("2020-01-06", "W-XYZ"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -85,6 +86,24 @@ class ParsedRequest:
     @property
     def n_series(self) -> int:
         return len(self.targets)
+
+
+@lru_cache(maxsize=1024)
+def request_offset(freq: str) -> Any:
+    """``to_offset(freq)``, cached: parsing a frequency costs more than the rest of a request's
+    validation, and clients send few distinct ones (offsets are immutable, so sharing one is safe).
+    Raises what ``to_offset`` raises (not cached)."""
+    return pd.tseries.frequencies.to_offset(freq)
+
+
+@lru_cache(maxsize=65536)
+def _start_of(text: str, freq: str) -> tuple[Any, bool]:
+    """``(pd.Timestamp(text), whether it is on freq)``, cached (a client's requests share their
+    starts); raises what ``pd.Timestamp`` raises (not cached)."""
+    start = pd.Timestamp(text)
+    if start is pd.NaT or pd.isna(start):
+        return None, False
+    return start, bool(request_offset(freq).is_on_offset(start))
 
 
 def series_label(i: int, item_id: Optional[str]) -> str:
@@ -200,7 +219,7 @@ def parse_request(raw: Any) -> ParsedRequest:
     offset = None
     if params.freq is not None:
         try:
-            offset = pd.tseries.frequencies.to_offset(params.freq)
+            offset = request_offset(params.freq)
         except (ValueError, TypeError):
             raise RequestError(f"parameters.freq: {params.freq!r} is not a pandas frequency (e.g. 'h', 'D', 'W-MON', 'MS')") from None
     seen_ids: dict[str, int] = {}
@@ -240,12 +259,12 @@ def _check_series(i: int, s: SeriesInput, params: Parameters, offset: Any) -> tu
     start = None
     if s.start is not None:
         try:
-            start = pd.Timestamp(s.start)
+            start, on_offset = _start_of(s.start, params.freq)
         except (ValueError, TypeError):
             raise RequestError(f"{label}.start: {s.start!r} is not a timestamp (e.g. 2024-01-01T00:00:00)") from None
-        if start is pd.NaT or pd.isna(start):
+        if start is None:
             raise RequestError(f"{label}.start: {s.start!r} is not a timestamp")
-        if not offset.is_on_offset(start):
+        if not on_offset:
             raise RequestError(f"{label}.start: {s.start} is not on frequency {params.freq} (e.g. a W-MON start must be a Monday)")
     H = params.prediction_length
     for kind, covs, want in (("past_covariates", s.past_covariates, len(y)), ("future_covariates", s.future_covariates, H)):

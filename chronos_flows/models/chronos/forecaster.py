@@ -99,6 +99,10 @@ class ChronosForecaster(Forecaster):
     name = "chronos"
     #: the Chronos family of a subclass (``chronos.family``)
     family: str = ""
+    #: whether a forecast draws random samples (Chronos-T5): its calls then run under a seeded,
+    #: forked RNG so they are reproducible; Chronos-2 and Bolt forecast quantiles directly (upstream's
+    #: DataLoader still draws its unused base seed from the global RNG; training seeds its own)
+    samples: bool = True
     #: the class of each family (registered by :mod:`chronos_flows.models.chronos.forecasters`)
     classes: dict[str, type["ChronosForecaster"]] = {}
 
@@ -364,6 +368,9 @@ class ChronosForecaster(Forecaster):
         C = self.cfg.context_length
         inputs = [torch.from_numpy(np.ascontiguousarray(a[-C:], dtype=np.float32)) for a in arrays]
         levels = [float(q) for q in quantiles]
+        if not self.samples:  # no randomness to seed (forking the RNG costs as much as a tiny model's step)
+            q, mean = self._predict_quantiles(pipe, inputs, horizon, levels)
+            return mean, q
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.cfg.seed)  # T5 samples: reproducible forecasts
             q, mean = self._predict_quantiles(pipe, inputs, horizon, levels)

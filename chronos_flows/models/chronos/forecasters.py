@@ -88,6 +88,7 @@ class Chronos2Forecaster(ChronosForecaster):
     """Chronos-2: fine-tuned with upstream ``Chronos2Pipeline.fit`` (full or LoRA, merged before saving)."""
 
     family = "chronos-2"
+    samples = False
 
     def _train(self, base, data, horizon, device, resume, identity):
         return train_chronos2(
@@ -126,6 +127,7 @@ class ChronosBoltForecaster(_LoopForecaster):
     """Chronos-Bolt: direct multi-step quantile forecasts; trained on its own quantile loss."""
 
     family = "chronos-bolt"
+    samples = False
 
 
 class ChronosT5Forecaster(_LoopForecaster):
