@@ -256,6 +256,17 @@ def test_when_the_ensemble_optimises_wql_and_mase_then_a_member_with_a_poor_poin
     assert fit["fit_score"] < min(fit["member_fit_scores"].values())
 
 
+def test_when_no_member_has_a_mase_because_every_series_is_flat_then_the_ensemble_weighs_wql_alone():
+    ds = pd.date_range("2000-01-01", periods=48, freq="QS")
+    df = pd.concat([pd.DataFrame({ID: f"s{i}", TIME: ds, TARGET: 10.0 + i}) for i in range(4)], ignore_index=True)
+    models = {"up": Shifted(2.0), "down": Shifted(-1.0), "seasonal_naive": SeasonalNaive(4)}
+    bt = backtest(models, df, n_windows=3)
+    both = add_ensemble(bt, df, candidates=["up", "down"], gate_metric="wql", fit_windows=[0], metrics=["wql", "mase"])
+    wql = add_ensemble(bt, df, candidates=["up", "down"], gate_metric="wql", fit_windows=[0])
+    assert both.settings["ensemble"]["weights"] == wql.settings["ensemble"]["weights"]
+    assert np.isfinite(both.leaderboard.loc["ensemble", "wql"])
+
+
 def test_when_the_ensemble_objective_names_an_unknown_metric_then_the_error_lists_the_choices():
     df = panel()
     bt = backtest({"up": Shifted(2.0), "down": Shifted(-2.0), "seasonal_naive": SeasonalNaive(4)}, df)

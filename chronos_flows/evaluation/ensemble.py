@@ -217,7 +217,8 @@ def objective_function(arr: _Arrays, n_members: int, metrics: Sequence[str],
     """The greedy search's objective on ``arr``: with one metric, its mean over the pairs; with
     several, the sum over ``metrics`` of the combination's mean relative to the best single
     member's mean of that metric (so each metric weighs the same and the best member of each scores
-    1). Lower is better; NaN when no pair has a score."""
+    1); a metric no member has a positive score on is left out (none left: an error). Lower is
+    better; NaN when no pair has a score."""
 
     def mean_score(metric: str, w: np.ndarray) -> float:
         m = np.tensordot(w, arr.mean, axes=1)
@@ -231,11 +232,12 @@ def objective_function(arr: _Arrays, n_members: int, metrics: Sequence[str],
     for metric in metrics:
         singles = [mean_score(metric, e) for e in np.eye(n_members)]
         finite = [v for v in singles if math.isfinite(v) and v > 0]
-        if not finite:
-            raise BadInputError(f"no ensemble member has a positive {metric!r} score to weigh the ensemble's objective by; "
-                                f"leave {metric!r} out of evaluation.ensemble_metrics")
-        refs[metric] = min(finite)
-    return lambda w: sum(mean_score(metric, w) / refs[metric] for metric in metrics)
+        if finite:  # a metric no member can score here (MASE of series flat in-sample) does not weigh
+            refs[metric] = min(finite)
+    if not refs:
+        raise BadInputError(f"no ensemble member has a positive score on any of {list(metrics)} on the backtest "
+                            f"windows; choose other evaluation.ensemble_metrics")
+    return lambda w: sum(mean_score(metric, w) / ref for metric, ref in refs.items())
 
 
 def _fit(arr: _Arrays, members: Sequence[str], metrics: Sequence[str], quantiles: Sequence[float], iterations: int,
