@@ -766,6 +766,93 @@ def test_when_a_request_arrives_alone_then_the_batch_window_does_not_delay_it(do
     assert all(a == expected for a in answers)
 
 
+class _Where(SeasonalNaive):
+    """Seasonal Naive that records the thread of each call and takes ``delay`` seconds."""
+
+    def __init__(self, season_length: int, delay: float = 0.0):
+        super().__init__(season_length)
+        self.delay = delay
+        self.threads: list[str] = []
+
+    def predict(self, context, horizon, freq, quantiles):
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        return super().predict(context, horizon, freq, quantiles)
+
+
+def test_when_a_lone_request_follows_a_short_lone_call_then_it_is_answered_on_the_event_loop_without_a_thread_hand_off():
+    """A champion's first call goes to the model thread (its duration is unknown); once a lone call
+    is known to be short, the next lone request runs on the loop itself (no two thread hand-offs),
+    with the same answer; one with more series than ``inline_max_series`` still goes to the thread."""
+    import asyncio
+
+    from chronos_flows.serving import MicroBatcher, parse_request, predict
+
+    model = _Where(7)
+    champ = _champion_of(model)
+    seen: list[tuple[int, int]] = []
+    batcher = MicroBatcher(max_wait_seconds=0.0, inline_max_series=2, on_batch=lambda r, n, _s: seen.append((r, n)))
+    body = {"inputs": [{"target": series(40), "item_id": "a"}], "parameters": {"prediction_length": 4}}
+    wide = {"inputs": [{"target": series(40, seed=k), "item_id": f"w{k}"} for k in range(3)],
+            "parameters": {"prediction_length": 4}}
+
+    async def scenario():
+        loop_thread = threading.current_thread().name
+        answers = [await batcher.submit_async(champ, parse_request(body)) for _ in range(3)]
+        answers.append(await batcher.submit_async(champ, parse_request(wide)))
+        return loop_thread, answers
+
+    try:
+        loop_thread, answers = asyncio.run(scenario())
+    finally:
+        batcher.stop()
+    assert model.threads[0].startswith("micro-batcher-loop"), model.threads
+    assert model.threads[1:3] == [loop_thread, loop_thread], model.threads
+    assert model.threads[3].startswith("micro-batcher-loop"), model.threads  # 3 series > inline_max_series
+    assert seen == [(1, 1), (1, 1), (1, 1), (1, 3)]  # inline calls are observed (metrics) like the others
+    assert answers[:3] == [predict(champ, parse_request(body))] * 3
+    assert answers[3] == predict(champ, parse_request(wide))
+
+
+def test_when_a_lone_call_is_slow_then_the_next_ones_stay_on_the_model_thread_and_the_loop_keeps_answering():
+    """A model whose lone call took longer than ``inline_max_seconds`` never runs on the event loop:
+    while it works, the loop stays free (a ticker keeps ticking, as /ping would keep answering)."""
+    import asyncio
+
+    from chronos_flows.serving import MicroBatcher, parse_request
+
+    model = _Where(7, delay=0.15)
+    champ = _champion_of(model)
+    batcher = MicroBatcher(max_wait_seconds=0.0, inline_max_seconds=0.05)
+    body = {"inputs": [{"target": series(40), "item_id": "a"}], "parameters": {"prediction_length": 4}}
+
+    async def scenario():
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.ensure_future(ticker())
+        await batcher.submit_async(champ, parse_request(body))
+        before = ticks
+        await batcher.submit_async(champ, parse_request(body))
+        during = ticks - before
+        stop.set()
+        await task
+        return during
+
+    try:
+        during = asyncio.run(scenario())
+    finally:
+        batcher.stop()
+    assert all(t.startswith("micro-batcher-loop") for t in model.threads), model.threads
+    assert during >= 5, during  # the loop ticked through the 150-ms call
+
+
 def test_when_one_start_is_sent_with_two_frequencies_then_each_is_judged_on_its_own():
     """Starts and frequencies are parsed once and cached: the cache must not carry one frequency's
     verdict over to another, nor a refusal's absence to a bad timestamp."""
