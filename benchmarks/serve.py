@@ -22,6 +22,10 @@ ratios of this one run:
 * ours / floor requests/s at each concurrency (target >= 0.8 at 32 clients, tiny)
 * p50 at 1 client - bare single-call p50 (target <= +1 ms), and that minus the floor's p50 at 1
   client (the HTTP round trip with these clients): what our own code adds
+* the bare call again, each one after a request to the floor by the same client (the caches as a
+  serving loop leaves them), and our p50 at 1 client minus that and the floor's p50: our code's
+  share against a model in the same cache state; and from the server's /metrics, the time a request
+  spends inside the server minus its model call
 * capture on / capture off requests/s at 32 clients (target >= 0.95)
 * ours at 32 clients / bare batched series/s (the small model: the model should dominate)
 
@@ -116,13 +120,14 @@ def load(url: str, bodies: list[dict], clients: int, seconds: float) -> tuple[fl
     return len(flat) / elapsed, flat, sum(errors)
 
 
-def batch_stats(url: str) -> tuple[float, float, float]:
-    """(model calls, requests answered, seconds in model calls) so far, from /metrics."""
+def batch_stats(url: str) -> tuple[float, float, float, float, float]:
+    """(model calls, requests answered, seconds in model calls, /invocations requests, their seconds
+    inside the server) so far, from /metrics."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    calls = answered = seconds = 0.0
+    calls = answered = seconds = requests = request_seconds = 0.0
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name == "chronos_serve_batch_requests_count":
@@ -131,7 +136,30 @@ def batch_stats(url: str) -> tuple[float, float, float]:
                 answered = s.value
             elif s.name == "chronos_serve_batch_seconds_sum":
                 seconds = s.value
-    return calls, answered, seconds
+            elif s.name == "chronos_serve_request_seconds_count" and s.labels.get("path") == "/invocations":
+                requests = s.value
+            elif s.name == "chronos_serve_request_seconds_sum" and s.labels.get("path") == "/invocations":
+                request_seconds = s.value
+    return calls, answered, seconds, requests, request_seconds
+
+
+def bare_between_requests(url: str, pipe, tensors: list, bodies: list[dict], horizon: int, seconds: float) -> list[float]:
+    """The bare single call as a serving loop meets it: each call after one request to the floor
+    server by the same client (the HTTP work of client and server runs in between and leaves the
+    caches as a server's model call finds them). Seconds per call."""
+    import httpx
+
+    took: list[float] = []
+    with httpx.Client(base_url=url, timeout=60) as c:
+        t_end = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < t_end:
+            c.post("/invocations", json=bodies[i % len(bodies)])
+            t0 = time.perf_counter()
+            pipe.predict_quantiles([tensors[i % len(tensors)]], prediction_length=horizon, quantile_levels=LEVELS)
+            took.append(time.perf_counter() - t0)
+            i += 1
+    return took
 
 
 def floor_app():
@@ -223,7 +251,7 @@ def run_loads(servers: dict[str, tuple[Served, bool]], bodies: list[dict], clien
     in turns of ``slice_seconds`` (floor, ours, floor, ours...), so a machine that slows down mid-run
     slows them alike and the ratios compare the same minutes; ``only_top``: servers loaded at the
     highest concurrency only. Per server and concurrency: (requests/s, p50, mean model-call seconds
-    from /metrics or nan)."""
+    from /metrics or nan, mean seconds a request spent inside the server from /metrics or nan)."""
     for served, _ in servers.values():
         load(served.url, bodies, 4, 1.0)  # warm-up
     top = max(clients)
@@ -246,15 +274,16 @@ def run_loads(servers: dict[str, tuple[Served, bool]], bodies: list[dict], clien
                 errors[n] += bad
         for n in names:
             served, model = servers[n]
-            per_call, call_seconds = "-", float("nan")
+            per_call, call_seconds, inside = "-", float("nan"), float("nan")
             if model:
-                calls1, answered1, seconds1 = batch_stats(served.url)
+                calls1, answered1, seconds1, requests1, request_seconds1 = batch_stats(served.url)
                 calls = max(calls1 - stats0[n][0], 1)
                 per_call = f"{(answered1 - stats0[n][1]) / calls:.1f}"
                 call_seconds = (seconds1 - stats0[n][2]) / calls
+                inside = (request_seconds1 - stats0[n][4]) / max(requests1 - stats0[n][3], 1)
             rps = done[n] / elapsed[n]
             p50, p99 = float(np.percentile(lat[n], 50)), float(np.percentile(lat[n], 99))
-            results[n][c] = (rps, p50, call_seconds)
+            results[n][c] = (rps, p50, call_seconds, inside)
             print(f"{n:<26} {c:>7}  {rps:>8.1f}  {p50 * 1000:>8.2f}  {p99 * 1000:>8.2f}  {per_call:>8}  "
                   f"{rss_mb(served.proc.pid):>7.0f}  {errors[n]}", flush=True)
     return results
@@ -325,7 +354,6 @@ def main() -> None:
             pipe.predict_quantiles(tensors, prediction_length=args.horizon, quantile_levels=LEVELS, batch_size=256)
             batched.append(time.perf_counter() - t0)
         bare_batched_sps = len(tensors) / min(batched)
-        del pipe
 
         print(f"chronos-2 {args.size}, context {args.context}, horizon {args.horizon}, quantiles {LEVELS}, "
               f"{os.cpu_count()} cores, {args.seconds:g} s per load, serve --model-threads "
@@ -345,6 +373,9 @@ def main() -> None:
             if not args.no_capture:
                 servers["serve --capture"] = (Served([*serve, "--capture", "--capture-max-requests", "1000",
                                                       "--capture-max-seconds", "5"], tmp / "capture.log"), True)
+            paced = bare_between_requests(servers["floor (FastAPI, no model)"][0].url, pipe, tensors, bodies,
+                                          args.horizon, min(args.seconds, 5.0))
+            del pipe
             by_name = run_loads(servers, bodies, clients, args.seconds, args.slice_seconds, only_top=("serve --capture",))
         finally:
             for served, _ in servers.values():
@@ -368,8 +399,14 @@ def main() -> None:
                   f"{(runs['ours'][1][1] - bare_single_p50 - runs['floor'][1][1]) * 1000:+.2f} ms "
                   "(our code's share: what neither the HTTP round trip nor the model explains)")
             print(f"the server's own model call at 1 client (mean, /metrics): {runs['ours'][1][2] * 1000:.2f} ms, "
-                  f"bare single call mean {1000 / bare_single_rps:.2f} ms (a model that waits between requests "
-                  "runs colder than one called back to back)")
+                  f"bare single call mean {1000 / bare_single_rps:.2f} ms back to back, "
+                  f"{float(np.mean(paced)) * 1000:.2f} ms between floor requests (p50 {float(np.median(paced)) * 1000:.2f}): "
+                  "a model called between requests finds colder caches than one called back to back")
+            print(f"p50 at 1 client - (bare call between floor requests p50 + floor p50): "
+                  f"{(runs['ours'][1][1] - float(np.median(paced)) - runs['floor'][1][1]) * 1000:+.2f} ms "
+                  "(our code's share against a model in the same cache state)")
+            print(f"inside the server at 1 client (mean, /metrics): {runs['ours'][1][3] * 1000:.2f} ms = model call "
+                  f"+ {(runs['ours'][1][3] - runs['ours'][1][2]) * 1000:.2f} ms of our code (envelope, parsing, answer)")
         if captured is not None:
             print(f"capture on / off at {top} clients: {runs['capture'][top][0] / runs['ours'][top][0]:.2f} "
                   f"(target >= 0.95); {captured[1]} rows captured in {captured[0]} Parquet files")

@@ -476,3 +476,24 @@ def test_when_a_quantile_family_forecasts_then_the_global_rng_does_not_change_it
     np.testing.assert_array_equal(mean_a, mean_b)
     np.testing.assert_array_equal(q_a, q_b)
     assert ChronosForecaster(_cfg("chronos-t5"), workdir=tmp_path).samples is True
+
+
+@pytest.mark.parametrize("family", ["chronos-2", "chronos-bolt", "chronos-t5"])
+def test_when_a_forecaster_forecasts_in_inference_mode_then_forecasts_match_upstream_and_it_can_still_be_fine_tuned(
+        tmp_path, sine, family):
+    """Forecasts run under ``torch.inference_mode`` (cheaper than upstream's no_grad alone): the
+    numbers are upstream's, nothing the model keeps becomes an inference tensor (fine-tuning the same
+    forecaster afterwards trains), and what leaves is plain numpy."""
+    fc = ChronosForecaster(_cfg(family, max_steps=4, eval_every=2, checkpoint_every=100, batch_size=8), workdir=tmp_path)
+    arrays = [np.sin(np.arange(40) / 3.0) * 5 + 10 + i for i in range(3)]
+    mean, q = fc.predict_arrays(arrays, HORIZON, [0.1, 0.5, 0.9])
+    assert isinstance(mean, np.ndarray) and isinstance(q, np.ndarray)
+    if family != "chronos-t5":  # T5 samples: its reference would need the same seeded RNG fork
+        ref_q, ref_mean = fc._predict_quantiles(fc.pipeline, [torch.tensor(a[-32:], dtype=torch.float32) for a in arrays],
+                                                HORIZON, [0.1, 0.5, 0.9])
+        np.testing.assert_allclose(mean, ref_mean, rtol=1e-6)
+        np.testing.assert_allclose(q, ref_q, rtol=1e-6)
+    assert not any(p.is_inference() for p in fc.pipeline.inner_model.parameters())
+    fitted = fc.fit(sine, "MS", HORIZON)
+    assert fitted.info["steps_done"] == 4
+    assert all(h["loss"] is None or np.isfinite(h["loss"]) for h in fitted.training_history)

@@ -368,10 +368,14 @@ class ChronosForecaster(Forecaster):
         C = self.cfg.context_length
         inputs = [torch.from_numpy(np.ascontiguousarray(a[-C:], dtype=np.float32)) for a in arrays]
         levels = [float(q) for q in quantiles]
+        # inference mode, not upstream's no_grad alone: no version counters or view tracking on the
+        # tensors of a forecast (measured: ~13% off an 11-series call of a tiny Chronos-2 on CPU); the
+        # outputs leave as numpy, so no inference tensor reaches training
         if not self.samples:  # no randomness to seed (forking the RNG costs as much as a tiny model's step)
-            q, mean = self._predict_quantiles(pipe, inputs, horizon, levels)
+            with torch.inference_mode():
+                q, mean = self._predict_quantiles(pipe, inputs, horizon, levels)
             return mean, q
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(self.cfg.seed)  # T5 samples: reproducible forecasts
             q, mean = self._predict_quantiles(pipe, inputs, horizon, levels)
         return mean, q
