@@ -814,6 +814,39 @@ def test_when_a_lone_request_follows_a_short_lone_call_then_it_is_answered_on_th
     assert answers[3] == predict(champ, parse_request(wide))
 
 
+def test_when_a_call_on_the_event_loop_fails_outside_the_model_then_that_request_gets_the_error_and_the_next_is_served():
+    """An inline call that raises (anything but the model, whose failures become answers) fails its
+    request like a call on the model thread would; the batcher is not left busy for ever."""
+    import asyncio
+
+    from chronos_flows.serving import MicroBatcher, parse_request, predict
+
+    champ = _champion_of(_Where(7))
+    batcher = MicroBatcher(max_wait_seconds=0.0)
+    body = {"inputs": [{"target": series(40), "item_id": "a"}], "parameters": {"prediction_length": 4}}
+    answer = batcher._answer
+
+    def broken(jobs):
+        raise RuntimeError("the envelope broke")
+
+    async def scenario():
+        await batcher.submit_async(champ, parse_request(body))  # the first call, on the thread: now known short
+        batcher._answer = broken
+        try:
+            await asyncio.wait_for(batcher.submit_async(champ, parse_request(body)), 5)
+        except RuntimeError as exc:
+            failed = str(exc)
+        batcher._answer = answer
+        return failed, await asyncio.wait_for(batcher.submit_async(champ, parse_request(body)), 5)
+
+    try:
+        failed, after = asyncio.run(scenario())
+    finally:
+        batcher.stop()
+    assert failed == "the envelope broke"
+    assert after == predict(champ, parse_request(body))
+
+
 def test_when_a_lone_call_is_slow_then_the_next_ones_stay_on_the_model_thread_and_the_loop_keeps_answering():
     """A model whose lone call took longer than ``inline_max_seconds`` never runs on the event loop:
     while it works, the loop stays free (a ticker keeps ticking, as /ping would keep answering)."""

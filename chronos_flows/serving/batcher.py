@@ -168,10 +168,13 @@ class MicroBatcher:
             jobs.append(job)
             n += job.parsed.n_series
         self._loop_shared = len(jobs) > 1
-        if self._inline(jobs):
-            self._answer(jobs)  # on the loop: short and alone (see the class notes)
+        if self._inline(jobs):  # on the loop: short and alone (see the class notes)
             done: "asyncio.Future" = loop.create_future()
-            done.set_result(None)
+            try:
+                self._answer(jobs)
+                done.set_result(None)
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting request, as from the thread
+                done.set_exception(exc)
             self._end_call(loop, jobs, done)
             return
         call = loop.run_in_executor(self._model, self._answer, jobs)
