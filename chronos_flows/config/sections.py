@@ -7,7 +7,7 @@ compose them, and :mod:`chronos_flows.config.params` re-exports every one of the
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -318,15 +318,15 @@ class EvaluationConfig(Frozen):
         "alike: weights chosen on WQL alone followed a member whose point forecasts were poor out of sample "
         "(README, 'The champion').",
     )
-    ensemble_shrinkage: float = Field(
-        0.5,
-        ge=0,
-        le=1,
+    ensemble_shrinkage: Union[Literal["auto"], Annotated[float, Field(ge=0, le=1)]] = Field(
+        "auto",
         title="Ensemble shrinkage",
         description="Share of the ensemble's weight moved from the greedy weights to the member that is best alone "
         "on the same windows (0 = pure greedy selection, 1 = the best single member). The gate metrics are convex "
         "in the combined forecast, so the ensemble's loss is at most (1 - shrinkage) x the greedy ensemble's plus "
-        "shrinkage x the best member's.",
+        "shrinkage x the best member's. 'auto' (default): each fit chooses among 0, 0.25, 0.5, 0.75 and 1 by "
+        "leave-one-window-out on its own fitting windows (0.5 when it has a single window); the report shows the "
+        "choice and its evidence.",
     )
 
     @field_validator("baselines", "ensemble_metrics")

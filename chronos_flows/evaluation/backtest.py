@@ -504,6 +504,19 @@ def _ensemble_report_lines(settings: Mapping[str, Any]) -> list[str]:
         f"score on each judging window uses weights fitted without that window (nested); the leaderboard above "
         f"ranks every model on {span} only.",
         "",
+    ]
+    if fit.get("shrinkage_mode") == "auto":
+        scores = fit.get("shrinkage_scores") or {}
+        nested_levels = fit.get("nested_shrinkage") or {}
+        evidence = (", ".join(f"{k}: {v:.4f}" for k, v in scores.items()) if scores else
+                    f"a single fitting window, so the default {shrink:.2f}")
+        lines += [
+            f"Shrinkage chosen by leave-one-window-out on the fitting windows (held-out objective by level: {evidence})"
+            + ("; in the nested fits: " + ", ".join(f"window {w} {v:.2f}" for w, v in nested_levels.items())
+               if nested_levels else "") + ".",
+            "",
+        ]
+    lines += [
         f"| member | weight | greedy weight | {column} on the fitting windows |",
         "|---|---:|---:|---:|",
     ]

@@ -133,6 +133,11 @@ class EnsembleFit:
     nested: dict[int, dict[str, float]] = field(default_factory=dict)
     trace: list[float] = field(default_factory=list, repr=False)
     metrics: list[str] = field(default_factory=list)
+    #: "auto": ``shrinkage`` was chosen by leave-one-window-out on the fitting windows (its held-out
+    #: objective per candidate in ``shrinkage_scores``; per judging window in ``nested_shrinkage``)
+    shrinkage_mode: str = "fixed"
+    shrinkage_scores: dict[float, float] = field(default_factory=dict)
+    nested_shrinkage: dict[int, float] = field(default_factory=dict)
 
     def selected(self) -> dict[str, float]:
         """The members with a positive weight, in candidate order."""
@@ -142,6 +147,8 @@ class EnsembleFit:
         d = asdict(self)
         d.pop("trace")
         d["nested"] = {str(w): ws for w, ws in self.nested.items()}  # JSON keys are strings
+        d["shrinkage_scores"] = {f"{k:g}": v for k, v in self.shrinkage_scores.items()}
+        d["nested_shrinkage"] = {str(w): v for w, v in self.nested_shrinkage.items()}
         return d
 
 
@@ -240,10 +247,10 @@ def objective_function(arr: _Arrays, n_members: int, metrics: Sequence[str],
     return lambda w: sum(mean_score(metric, w) / ref for metric, ref in refs.items())
 
 
-def _fit(arr: _Arrays, members: Sequence[str], metrics: Sequence[str], quantiles: Sequence[float], iterations: int,
-         shrinkage: float) -> tuple[np.ndarray, np.ndarray, int, float, dict[str, float], list[float]]:
-    """Greedy weights on ``arr``, shrunk toward the best single member: ``(weights, greedy weights,
-    index of the best single member, score of the weights, every member's score, greedy trace)``."""
+def _greedy(arr: _Arrays, members: Sequence[str], metrics: Sequence[str], quantiles: Sequence[float], iterations: int
+            ) -> tuple[Callable[[np.ndarray], float], np.ndarray, int, dict[str, float], list[float]]:
+    """Greedy weights on ``arr``: ``(objective, greedy weights, index of the best single member,
+    every member's score, greedy trace)``."""
     objective = objective_function(arr, len(members), metrics, quantiles)
     greedy, _, trace = greedy_weights(objective, len(members), iterations)
     singles = {}
@@ -253,10 +260,58 @@ def _fit(arr: _Arrays, members: Sequence[str], metrics: Sequence[str], quantiles
         singles[m] = objective(one)
     finite = [(v, i) for i, v in enumerate(singles.values()) if math.isfinite(v)]
     best = min(finite)[1] if finite else int(np.argmax(greedy))  # the first of equal scores
-    target = np.zeros(len(members))
+    return objective, greedy, best, singles, trace
+
+
+def _shrunk(greedy: np.ndarray, best: int, shrinkage: float) -> np.ndarray:
+    target = np.zeros(len(greedy))
     target[best] = 1.0
-    weights = (1.0 - shrinkage) * greedy + shrinkage * target
+    return (1.0 - shrinkage) * greedy + shrinkage * target
+
+
+def _fit(arr: _Arrays, members: Sequence[str], metrics: Sequence[str], quantiles: Sequence[float], iterations: int,
+         shrinkage: float) -> tuple[np.ndarray, np.ndarray, int, float, dict[str, float], list[float]]:
+    """Greedy weights on ``arr``, shrunk toward the best single member: ``(weights, greedy weights,
+    index of the best single member, score of the weights, every member's score, greedy trace)``."""
+    objective, greedy, best, singles, trace = _greedy(arr, members, metrics, quantiles, iterations)
+    weights = _shrunk(greedy, best, shrinkage)
     return weights, greedy, best, objective(weights), singles, trace
+
+
+#: the shrinkage levels ``evaluation.ensemble_shrinkage="auto"`` chooses among
+SHRINKAGE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def choose_shrinkage(arr: _Arrays, members: Sequence[str], metrics: Sequence[str], quantiles: Sequence[float],
+                     iterations: int, *, n_windows: int, horizon: int, step: int,
+                     grid: Sequence[float] = SHRINKAGE_GRID) -> tuple[float | None, dict[float, float]]:
+    """The shrinkage of ``grid`` whose weights forecast best out of sample on ``arr``'s windows:
+    for each window, greedy weights fitted on the windows that do not overlap it, shrunk by each
+    level, scored on that window with the same objective (relative to that window's best member);
+    the level with the lowest mean held-out objective wins (ties: the larger shrinkage, the safer).
+    ``(None, {})`` when no window has another window to fit on (the caller keeps its default)."""
+    windows = sorted(int(w) for w in arr.pairs["window"].unique())
+    window_of = arr.pairs["window"].to_numpy()
+    totals = {float(lv): [] for lv in grid}
+    for v in windows:
+        train = ~np.isin(window_of, excluded_windows(v, n_windows, horizon, step))
+        test = window_of == v
+        if not train.any() or not test.any():
+            continue
+        try:
+            _, greedy, best, _, _ = _greedy(arr.take(train), members, metrics, quantiles, iterations)
+            held_out = objective_function(arr.take(test), len(members), metrics, quantiles)
+        except BadInputError:
+            continue  # nothing to fit or score on this fold (a metric no member scores there)
+        for lv in totals:
+            score = held_out(_shrunk(greedy, best, lv))
+            if math.isfinite(score):
+                totals[lv].append(score)
+    scores = {lv: float(np.mean(v)) for lv, v in totals.items() if v and len(v) == max(len(x) for x in totals.values())}
+    if not scores:
+        return None, {}
+    chosen = min(scores, key=lambda lv: (scores[lv], -lv))
+    return chosen, scores
 
 
 def excluded_windows(window: int, n_windows: int, horizon: int, step: int) -> list[int]:
@@ -267,7 +322,7 @@ def excluded_windows(window: int, n_windows: int, horizon: int, step: int) -> li
 
 def fit_weights(result: BacktestResult, history: pd.DataFrame, members: Sequence[str], *, gate_metric: str,
                 fit_windows: Sequence[int] | None = None, judge_windows: Sequence[int] = (),
-                iterations: int = DEFAULT_ITERATIONS, shrinkage: float = DEFAULT_SHRINKAGE,
+                iterations: int = DEFAULT_ITERATIONS, shrinkage: float | str = DEFAULT_SHRINKAGE,
                 metrics: Sequence[str] | None = None) -> EnsembleFit:
     """Weights of ``members`` (models of the backtest ``result``) optimising ``metrics`` (default:
     ``gate_metric`` alone; several: the sum of each relative to its best member, see
@@ -277,8 +332,15 @@ def fit_weights(result: BacktestResult, history: pd.DataFrame, members: Sequence
 
     The final ``weights`` are fitted on ``fit_windows`` (default: every window, the out-of-fold
     forecasts of the whole backtest); for each of ``judge_windows`` the weights are fitted again
-    without it (:func:`excluded_windows`) — the nested weights its score is computed with."""
-    if not 0.0 <= shrinkage <= 1.0:
+    without it (:func:`excluded_windows`) — the nested weights its score is computed with.
+
+    ``shrinkage="auto"``: each fit chooses its level by :func:`choose_shrinkage` on its own windows
+    only (a judging window's nested fit never sees that window), falling back to
+    ``DEFAULT_SHRINKAGE`` where there is a single window to fit on."""
+    auto = isinstance(shrinkage, str)
+    if auto and shrinkage != "auto":
+        raise BadInputError(f"ensemble shrinkage must be a number between 0 and 1 or 'auto', got {shrinkage!r}")
+    if not auto and not 0.0 <= float(shrinkage) <= 1.0:
         raise BadInputError(f"ensemble shrinkage must be between 0 and 1, got {shrinkage}")
     metrics = list(dict.fromkeys(metrics or [gate_metric]))
     unknown = [m for m in metrics if m not in GATE_METRICS]
@@ -289,13 +351,25 @@ def fit_weights(result: BacktestResult, history: pd.DataFrame, members: Sequence
     windows = sorted(int(w) for w in (range(n) if fit_windows is None else fit_windows))
     quantiles = s["quantiles"]
     arr = _arrays(result, history, members, metrics, windows)
-    weights, greedy, best, score, singles, trace = _fit(arr, members, metrics, quantiles, iterations, shrinkage)
+
+    def level(a: _Arrays) -> tuple[float, dict[float, float]]:
+        if not auto:
+            return float(shrinkage), {}
+        chosen, scores = choose_shrinkage(a, members, metrics, quantiles, iterations, n_windows=n, horizon=horizon,
+                                          step=step)
+        return (DEFAULT_SHRINKAGE if chosen is None else chosen), scores
+
+    final_level, level_scores = level(arr)
+    weights, greedy, best, score, singles, trace = _fit(arr, members, metrics, quantiles, iterations, final_level)
     nested: dict[int, dict[str, float]] = {}
+    nested_levels: dict[int, float] = {}
     for w in judge_windows:
         mask = ~arr.pairs["window"].isin(excluded_windows(int(w), n, horizon, step)).to_numpy()
         if not mask.any():
             continue  # no window left to fit on without it: the ensemble is not scored there
-        ws = _fit(arr.take(mask), members, metrics, quantiles, iterations, shrinkage)[0]
+        sub = arr.take(mask)
+        nested_levels[int(w)], _ = level(sub)
+        ws = _fit(sub, members, metrics, quantiles, iterations, nested_levels[int(w)])[0]
         nested[int(w)] = {m: float(x) for m, x in zip(members, ws)}
     return EnsembleFit(
         members=list(members),
@@ -308,11 +382,14 @@ def fit_weights(result: BacktestResult, history: pd.DataFrame, members: Sequence
         member_fit_scores=singles,
         iterations=int(iterations),
         n_fit_pairs=int(len(arr.pairs)),
-        shrinkage=float(shrinkage),
+        shrinkage=float(final_level),
         best_single=members[best],
         greedy_weights={m: float(x) for m, x in zip(members, greedy)},
         nested=nested,
         trace=trace,
+        shrinkage_mode="auto" if auto else "fixed",
+        shrinkage_scores=level_scores,
+        nested_shrinkage=nested_levels if auto else {},
     )
 
 
@@ -334,7 +411,7 @@ def restrict_windows(result: BacktestResult, windows: Sequence[int], extra_setti
 
 def add_ensemble(result: BacktestResult, history: pd.DataFrame, *, candidates: Sequence[str], gate_metric: str,
                  fit_windows: Sequence[int], iterations: int = DEFAULT_ITERATIONS,
-                 shrinkage: float = DEFAULT_SHRINKAGE, metrics: Sequence[str] | None = None) -> BacktestResult:
+                 shrinkage: float | str = DEFAULT_SHRINKAGE, metrics: Sequence[str] | None = None) -> BacktestResult:
     """The backtest ``result`` plus the ``ensemble`` model over the ``candidates`` present in it.
 
     ``fit_windows`` are the windows only the ensemble uses (the extra first window): every model is
