@@ -13,7 +13,8 @@ tiny model's share of a batched call).
 * ``GET /metrics``: Prometheus text format (requests by route and status, latency histogram, model
   calls and their sizes in requests and series, champion load time and swaps, the serving champion).
 * Concurrent requests are micro-batched into one model call (:class:`~chronos_flows.serving.MicroBatcher`);
-  the event loop hands a request to the batcher's thread and is woken once with its answer.
+  the event loop hands a request to the batcher's thread and is woken once with its answer (a lone,
+  known-short call runs on the loop itself: no hand-off).
 * Bodies are read by orjson (Python's json only for what orjson refuses: NaN, huge integers), so
   the validator still names such values.
 """
