@@ -814,6 +814,26 @@ def test_when_a_lone_request_follows_a_short_lone_call_then_it_is_answered_on_th
     assert answers[3] == predict(champ, parse_request(wide))
 
 
+def test_when_a_champion_is_swapped_out_then_the_batcher_does_not_keep_its_model_alive():
+    import asyncio
+    import gc
+    import weakref
+
+    from chronos_flows.serving import MicroBatcher, parse_request
+
+    batcher = MicroBatcher(max_wait_seconds=0.0)
+    body = {"inputs": [{"target": series(40), "item_id": "a"}], "parameters": {"prediction_length": 4}}
+    old = _champion_of(_Where(7))
+    gone = weakref.ref(old)
+    try:
+        asyncio.run(batcher.submit_async(old, parse_request(body)))
+        del old
+        gc.collect()
+        assert gone() is None  # only the server's holder decides how long a champion lives
+    finally:
+        batcher.stop()
+
+
 def test_when_a_call_on_the_event_loop_fails_outside_the_model_then_that_request_gets_the_error_and_the_next_is_served():
     """An inline call that raises (anything but the model, whose failures become answers) fails its
     request like a call on the model thread would; the batcher is not left busy for ever."""

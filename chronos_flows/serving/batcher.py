@@ -7,6 +7,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -68,8 +69,9 @@ class MicroBatcher:
         self._loop_shared = False
         self.inline_max_seconds = max(0.0, float(inline_max_seconds))
         self.inline_max_series = max(0, int(inline_max_series))
-        #: the champion of the last lone call and how long that call took (the inline budget's evidence)
-        self._alone: tuple[Any, float] = (None, float("inf"))
+        #: the champion of the last lone call (weakly: a swapped-out model is never kept alive here)
+        #: and how long that call took (the inline budget's evidence)
+        self._alone: tuple[Any, float] = (lambda: None, float("inf"))
 
     # ------------------------------------------------------------------------- the thread door
 
@@ -137,7 +139,7 @@ class MicroBatcher:
             except BaseException as exc:  # noqa: BLE001 - handed to each waiting request (logged there)
                 results = [exc] * len(group)
             if len(jobs) == 1:
-                self._alone = (group[0].champ, time.perf_counter() - t0)
+                self._alone = (weakref.ref(group[0].champ), time.perf_counter() - t0)
             if self.on_batch is not None:
                 try:
                     self.on_batch(len(group), sum(j.parsed.n_series for j in group), time.perf_counter() - t0)
@@ -185,7 +187,7 @@ class MicroBatcher:
         if len(jobs) != 1 or jobs[0].parsed.n_series > self.inline_max_series:
             return False
         champ, seconds = self._alone
-        return champ is jobs[0].champ and seconds <= self.inline_max_seconds
+        return champ() is jobs[0].champ and seconds <= self.inline_max_seconds
 
     def _end_call(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job], call: "asyncio.Future") -> None:
         failed = call.exception() if not call.cancelled() else asyncio.CancelledError()
