@@ -511,7 +511,7 @@ def _ensemble_report_lines(settings: Mapping[str, Any]) -> list[str]:
         evidence = (", ".join(f"{k}: {v:.4f}" for k, v in scores.items()) if scores else
                     f"a single fitting window, so the default {shrink:.2f}")
         lines += [
-            f"Shrinkage chosen by leave-one-window-out on the fitting windows (held-out objective by level: {evidence})"
+            f"Shrinkage chosen by leave-one-window-out on the fitting windows (held-out objective by level, lower is better: {evidence})"
             + ("; in the nested fits: " + ", ".join(f"window {w} {v:.2f}" for w, v in nested_levels.items())
                if nested_levels else "") + ".",
             "",
